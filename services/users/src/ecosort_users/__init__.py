@@ -1,0 +1,1 @@
+"""EcoSort users service."""

@@ -1,0 +1,1 @@
+"""EcoSort waste service."""
