@@ -32,13 +32,13 @@ lint: install  ## ruff
 	$(UV) run --frozen ruff format --check .
 
 typecheck: install  ## mypy over every package
-	$(UV) run --frozen mypy libs/common/src services/*/src tools/devstack/src
+	$(UV) run --frozen mypy libs/common/src services/*/src tools/*/src
 
 test-py: install  ## pytest over every package and the cross-service tests
 	$(UV) run --frozen pytest -n 2 libs services tools tests
 
 lint-k8s: install  ## render and validate charts, manifests, Dockerfiles and skaffold offline
-	$(UV) run --frozen python -m k8s_check
+	$(UV) run --frozen python -m ecosort_k8scheck
 
 train-head: install  ## retrain the classifier head from the shared photos and stored corrections
 	$(UV) run --frozen python -m ecosort_waste train-head
