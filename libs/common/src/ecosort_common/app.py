@@ -1,0 +1,125 @@
+"""The one call every service makes at start-up (the service defaults)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import Table
+
+from ecosort_common.db import create_engine, create_sessionmaker
+from ecosort_common.errors import install_error_handlers
+from ecosort_common.events import EventConsumer, Handler
+from ecosort_common.health import DEFAULT_CHECKS, ReadinessCheck, health_router
+from ecosort_common.logging import configure_logging
+from ecosort_common.observability import ObservabilityMiddleware
+from ecosort_common.outbox import OutboxRelay
+from ecosort_common.redis import create_redis
+from ecosort_common.security import TokenVerifier
+from ecosort_common.settings import ServiceSettings
+
+# A hook receives the app once its engine, sessionmaker, redis and verifier exist; it may return
+# a coroutine to run in the background for the app's lifetime, or None.
+StartupHook = Callable[[FastAPI], Awaitable[Awaitable[None] | None]]
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    description: str = "",
+    routers: Sequence[APIRouter] = (),
+    outbox: Table | None = None,
+    consumers: dict[str, Handler] | None = None,
+    processed_events: Table | None = None,
+    readiness_checks: dict[str, ReadinessCheck] | None = None,
+    on_startup: Sequence[StartupHook] = (),
+    on_shutdown: Sequence[Callable[[FastAPI], Awaitable[None]]] = (),
+) -> FastAPI:
+    """Build a FastAPI app with health, metrics, problem+json errors, request ids, JSON logs, the
+    database and Redis clients, token verification, the outbox relay and event consumers."""
+    configure_logging(settings.log_level, json=settings.log_json)
+    prefix = settings.api_prefix
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.engine = create_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            connect_timeout=settings.database_connect_timeout_seconds,
+        )
+        app.state.sessionmaker = create_sessionmaker(app.state.engine)
+        app.state.redis = create_redis(settings.redis_url)
+        app.state.token_verifier = TokenVerifier(
+            jwks_url=settings.jwks_url,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            cache_seconds=settings.jwks_cache_seconds,
+            redis=app.state.redis,
+        )
+        background: list[Awaitable[Any]] = []
+        if outbox is not None and settings.outbox_relay_enabled:
+            relay = OutboxRelay(
+                outbox,
+                app.state.sessionmaker,
+                app.state.redis,
+                source=settings.service_name,
+                poll_seconds=settings.outbox_poll_seconds,
+            )
+            background.append(relay.run())
+        if consumers and settings.event_consumers_enabled:
+            if processed_events is None:
+                raise ValueError("consumers need a processed_events table for idempotency")
+            consumer = EventConsumer(
+                redis=app.state.redis,
+                sessionmaker=app.state.sessionmaker,
+                processed=processed_events,
+                group=settings.service_name,
+                handlers=consumers,
+            )
+            background.append(consumer.run())
+        for hook in on_startup:
+            task = await hook(app)
+            if task is not None:
+                background.append(task)
+        tasks = [asyncio.create_task(_named(coro)) for coro in background]
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(app.state.engine.dispose)
+            stack.push_async_callback(app.state.redis.aclose)
+            stack.push_async_callback(app.state.token_verifier.aclose)
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for shutdown in on_shutdown:
+                    await shutdown(app)
+
+    app = FastAPI(
+        title=title,
+        description=description,
+        version="1.0.0",
+        lifespan=lifespan,
+        openapi_url=f"{prefix}/openapi.json",
+        docs_url=f"{prefix}/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(ObservabilityMiddleware, service=settings.service_name)
+    checks = readiness_checks if readiness_checks is not None else DEFAULT_CHECKS
+    health = health_router(checks, settings.readiness_timeout_seconds)
+    app.include_router(health)
+    app.include_router(health, prefix=prefix, include_in_schema=False)
+    for router in routers:
+        app.include_router(router, prefix=prefix)
+    return app
+
+
+async def _named(coro: Awaitable[Any]) -> Any:
+    return await coro

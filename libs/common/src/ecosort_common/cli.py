@@ -1,0 +1,51 @@
+"""The command line every service shares: `python -m ecosort_<svc> migrate|serve|<own commands>`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import uvicorn
+
+from ecosort_common.migrations import upgrade
+from ecosort_common.settings import ServiceSettings
+
+Command = Callable[[Sequence[str]], int | None]
+
+
+def run_cli(
+    package: str,
+    settings_factory: Callable[[], ServiceSettings],
+    commands: dict[str, Command] | None = None,
+    argv: Sequence[str] | None = None,
+) -> int:
+    commands = commands or {}
+    parser = argparse.ArgumentParser(prog=f"python -m {package}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply this service's database migrations")
+    serve = sub.add_parser("serve", help="run the HTTP API with uvicorn")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    for name, func in commands.items():
+        sub.add_parser(name, help=(func.__doc__ or "").strip().split("\n")[0] or None)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "migrate":
+        upgrade(package, settings_factory().database_url)
+        return 0
+    if args.command == "serve":
+        uvicorn.run(
+            f"{package}.main:app",
+            host=args.host,
+            port=args.port,
+            proxy_headers=True,
+            access_log=False,
+        )
+        return 0
+    return commands[args.command](rest) or 0
+
+
+def main_for(
+    package: str, settings_factory: Callable[[], ServiceSettings], commands: dict[str, Command]
+) -> None:
+    sys.exit(run_cli(package, settings_factory, commands))

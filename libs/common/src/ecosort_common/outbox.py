@@ -1,0 +1,132 @@
+"""Transactional outbox: an event is written in the same transaction as the change it announces,
+and a relay publishes it to Redis Streams afterwards (at least once; consumers dedupe by id)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+STREAM_PREFIX = "events:"
+STREAM_MAXLEN = 100_000
+log = structlog.get_logger("ecosort.outbox")
+
+
+def stream_name(event_type: str) -> str:
+    return f"{STREAM_PREFIX}{event_type}"
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    return Table(
+        "outbox",
+        metadata,
+        Column("id", UUID(as_uuid=True), primary_key=True),
+        Column("event_type", String(100), nullable=False),
+        Column("payload", JSONB, nullable=False),
+        Column("occurred_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("published_at", DateTime(timezone=True), nullable=True),
+        Index("ix_outbox_unpublished", "occurred_at", postgresql_where="published_at IS NULL"),
+    )
+
+
+async def add_event(
+    session: AsyncSession, table: Table, event_type: str, payload: dict[str, Any]
+) -> uuid.UUID:
+    """Stage an event in the caller's transaction; it is published only if that commits."""
+    event_id = uuid.uuid4()
+    await session.execute(
+        insert(table).values(
+            id=event_id,
+            event_type=event_type,
+            payload=payload,
+            occurred_at=datetime.now(UTC),
+        )
+    )
+    return event_id
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        table: Table,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        redis: Redis,
+        *,
+        source: str,
+        poll_seconds: float = 0.5,
+        batch_size: int = 100,
+    ) -> None:
+        self.table = table
+        self.sessionmaker = sessionmaker
+        self.redis = redis
+        self.source = source
+        self.poll_seconds = poll_seconds
+        self.batch_size = batch_size
+
+    async def publish_pending(self) -> int:
+        """Publish one batch. Rows are locked with SKIP LOCKED so several relays can run."""
+        t = self.table
+        async with self.sessionmaker() as session, session.begin():
+            rows = (
+                await session.execute(
+                    select(t.c.id, t.c.event_type, t.c.payload, t.c.occurred_at)
+                    .where(t.c.published_at.is_(None))
+                    .order_by(t.c.occurred_at)
+                    .limit(self.batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for row in rows:
+                await self.redis.xadd(
+                    stream_name(row.event_type),
+                    {
+                        "id": str(row.id),
+                        "type": row.event_type,
+                        "source": self.source,
+                        "occurred_at": row.occurred_at.isoformat(),
+                        "payload": json.dumps(row.payload),
+                    },
+                    maxlen=STREAM_MAXLEN,
+                    approximate=True,
+                )
+            if rows:
+                await session.execute(
+                    update(t)
+                    .where(t.c.id.in_([row.id for row in rows]))
+                    .values(published_at=func.now())
+                )
+        return len(rows)
+
+    async def run(self) -> None:
+        backoff = self.poll_seconds
+        while True:
+            try:
+                published = await self.publish_pending()
+                backoff = self.poll_seconds
+                if published:
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a dependency is down: keep trying, never crash the service
+                log.warning("outbox_relay_failed", error=type(exc).__name__)
+                backoff = min(backoff * 2, 30.0)
+            await asyncio.sleep(backoff)

@@ -1,0 +1,159 @@
+"""Verification of auth's access tokens, locally against its JWKS: no call to auth per request.
+
+Accepted: ES256 with a `kid` we know, the expected `iss` and `aud`, not expired, with `sub` and
+`sid`, and a session that auth has not revoked. Revocation is a Redis key auth sets with a TTL
+equal to the access-token lifetime (`auth:revoked-sid:<sid>`), so a revoked session's tokens
+stop working at once rather than when they expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+from fastapi import Request
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from redis.asyncio import Redis
+
+from ecosort_common.errors import Problem
+
+ACCEPTED_ALGORITHMS = ("ES256",)
+REVOKED_SESSION_KEY = "auth:revoked-sid:{sid}"
+# Unknown kids trigger a JWKS refresh, but no more often than this: forged kids must not turn
+# every request into a call to auth.
+MIN_REFRESH_INTERVAL_SECONDS = 10.0
+log = structlog.get_logger("ecosort.security")
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: uuid.UUID
+    session_id: str
+    token_id: str
+    claims: dict[str, Any] = field(repr=False)
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(
+        401,
+        detail,
+        title="Invalid access token",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        *,
+        jwks_url: str,
+        issuer: str,
+        audience: str,
+        cache_seconds: float = 300,
+        redis: Redis | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.jwks_url = jwks_url
+        self.issuer = issuer
+        self.audience = audience
+        self.cache_seconds = cache_seconds
+        self.redis = redis
+        self._http = http or httpx.AsyncClient(timeout=3.0)
+        self._keys: KeySet | None = None
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+        self._claims = jwt.JWTClaimsRegistry(
+            iss={"essential": True, "value": issuer},
+            aud={"essential": True, "value": audience},
+            exp={"essential": True},
+            sub={"essential": True},
+            sid={"essential": True},
+            jti={"essential": True},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _refresh(self, *, force: bool) -> KeySet:
+        async with self._lock:
+            age = time.monotonic() - self._fetched_at
+            fresh = self._keys is not None and age < self.cache_seconds
+            if fresh and (not force or age < MIN_REFRESH_INTERVAL_SECONDS):
+                assert self._keys is not None
+                return self._keys
+            try:
+                response = await self._http.get(self.jwks_url)
+                response.raise_for_status()
+                self._keys = KeySet.import_key_set(response.json())
+                self._fetched_at = time.monotonic()
+            except (httpx.HTTPError, ValueError, JoseError) as exc:
+                log.warning("jwks_fetch_failed", error=type(exc).__name__)
+                if self._keys is None:
+                    raise Problem(503, "The token signing keys are unavailable.") from exc
+            return self._keys
+
+    async def _key_for(self, kid: str) -> Any:
+        keys = await self._refresh(force=False)
+        try:
+            return keys.get_by_kid(kid)
+        except (ValueError, KeyError, JoseError):
+            keys = await self._refresh(force=True)
+        try:
+            return keys.get_by_kid(kid)
+        except (ValueError, KeyError, JoseError) as exc:
+            raise _unauthorized("The token was signed by an unknown key.") from exc
+
+    async def verify(self, token: str) -> Principal:
+        try:
+            header = jws.extract_compact(token.encode()).protected
+        except (JoseError, ValueError, UnicodeError) as exc:
+            raise _unauthorized("The token is malformed.") from exc
+        if header.get("alg") not in ACCEPTED_ALGORITHMS:
+            raise _unauthorized("The token's algorithm is not accepted.")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise _unauthorized("The token has no key id.")
+        key = await self._key_for(kid)
+        try:
+            decoded = jwt.decode(token, key, algorithms=list(ACCEPTED_ALGORITHMS))
+            self._claims.validate(decoded.claims)
+        except JoseError as exc:
+            raise _unauthorized(f"The token was refused: {exc.error}.") from exc
+        claims = decoded.claims
+        try:
+            user_id = uuid.UUID(str(claims["sub"]))
+        except ValueError as exc:
+            raise _unauthorized("The token's subject is not a user id.") from exc
+        sid = str(claims["sid"])
+        if self.redis is not None and await self.redis.exists(REVOKED_SESSION_KEY.format(sid=sid)):
+            raise _unauthorized("The session of this token has been revoked.")
+        return Principal(
+            user_id=user_id, session_id=sid, token_id=str(claims["jti"]), claims=claims
+        )
+
+
+def bearer_token(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Problem(
+            401,
+            "This endpoint needs an access token: Authorization: Bearer <token>.",
+            title="Authentication required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return token.strip()
+
+
+async def current_principal(request: Request) -> Principal:
+    """FastAPI dependency for authenticated routes."""
+    verifier: TokenVerifier = request.app.state.token_verifier
+    principal = await verifier.verify(bearer_token(request))
+    structlog.contextvars.bind_contextvars(user_id=str(principal.user_id))
+    return principal
