@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_LATENCY = Histogram(
@@ -25,18 +27,31 @@ REQUESTS = Counter(
 )
 REQUEST_ID_HEADER = "x-request-id"
 log = structlog.get_logger("ecosort.access")
-_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+_QUIET_NAMES = ("healthz", "readyz", "metrics")
 
 
-def _route_template(scope: Scope) -> str:
-    """The matched route's path template, so metrics do not explode with ids."""
-    app = scope.get("app")
-    router = getattr(app, "router", None)
-    for route in getattr(router, "routes", ()):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
+class RouteTemplates:
+    """Maps a request path to its route template (`/analyses/{analysis_id}`), so metrics do not
+    explode with ids. Built once from the app's OpenAPI paths plus the health routes, because
+    routers included with a prefix only know their own relative paths."""
+
+    def __init__(self) -> None:
+        self._patterns: list[tuple[re.Pattern[str], str]] | None = None
+
+    def _build(self, app: Any) -> list[tuple[re.Pattern[str], str]]:
+        prefix = app.state.settings.api_prefix
+        paths = list(app.openapi().get("paths", {}))
+        paths += [f"{base}/{name}" for base in ("", prefix) for name in _QUIET_NAMES]
+        return [(compile_path(path)[0], path) for path in paths]
+
+    def lookup(self, scope: Scope) -> str:
+        if self._patterns is None:
+            self._patterns = self._build(scope["app"])
+        path = scope["path"]
+        for pattern, template in self._patterns:
+            if pattern.match(path):
+                return template
+        return "unmatched"
 
 
 def _valid_request_id(value: str | None) -> str:
@@ -49,6 +64,7 @@ class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
         self.service = service
+        self.routes = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,11 +92,11 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = _route_template(scope)
+            route = self.routes.lookup(scope)
             labels = (self.service, scope["method"], route, str(status_holder["status"]))
             REQUEST_LATENCY.labels(*labels).observe(elapsed)
             REQUESTS.labels(*labels).inc()
-            if route not in _QUIET_ROUTES:
+            if route.rpartition("/")[2] not in _QUIET_NAMES:
                 log.info(
                     "request",
                     method=scope["method"],

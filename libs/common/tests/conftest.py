@@ -1,0 +1,105 @@
+"""Fixtures for the common library's own tests: a small app built the way services build theirs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import APIRouter, Depends, FastAPI
+from httpx import ASGITransport, AsyncClient
+from pydantic import BaseModel
+from sqlalchemy import Column, Integer, String, Table, create_engine
+from sqlalchemy.orm import DeclarativeBase
+
+from ecosort_common.app import create_service_app
+from ecosort_common.db import new_metadata
+from ecosort_common.errors import Problem
+from ecosort_common.events import processed_events_table
+from ecosort_common.outbox import outbox_table
+from ecosort_common.security import Principal, current_principal
+from ecosort_common.settings import ServiceSettings
+from ecosort_common.testing import TokenIssuer, temporary_database, temporary_redis_db
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+outbox = outbox_table(Base.metadata)
+processed_events = processed_events_table(Base.metadata)
+notes = Table(
+    "notes",
+    Base.metadata,
+    Column("id", Integer, primary_key=True),
+    Column("text", String(100), nullable=False),
+)
+
+
+class Echo(BaseModel):
+    count: int
+
+
+def demo_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/echo")
+    async def echo(body: Echo) -> Echo:
+        return body
+
+    @router.get("/teapot")
+    async def teapot() -> None:
+        raise Problem(418, "Short and stout.", title="I'm a teapot", hint="tip me over")
+
+    @router.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internal detail postgresql://10.0.0.5")
+
+    @router.get("/me")
+    async def me(principal: Principal = Depends(current_principal)) -> dict[str, str]:
+        return {"user_id": str(principal.user_id), "sid": principal.session_id}
+
+    return router
+
+
+def build_app(settings: ServiceSettings) -> FastAPI:
+    return create_service_app(settings, title="demo", routers=[demo_router()], outbox=outbox)
+
+
+@pytest.fixture(scope="session")
+def token_issuer() -> Iterator[TokenIssuer]:
+    issuer = TokenIssuer().start()
+    yield issuer
+    issuer.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(token_issuer: TokenIssuer) -> Iterator[ServiceSettings]:
+    with temporary_database("common") as database_url, temporary_redis_db() as redis_url:
+        engine = create_engine(database_url)
+        Base.metadata.create_all(engine)
+        engine.dispose()
+        yield ServiceSettings(
+            service_name="demo",
+            database_url=database_url,
+            redis_url=redis_url,
+            jwks_url=token_issuer.jwks_url,
+            jwt_issuer=token_issuer.issuer,
+            jwt_audience=token_issuer.audience,
+            outbox_relay_enabled=False,
+            log_json=False,
+        )
+
+
+@pytest.fixture(scope="session")
+async def app(settings: ServiceSettings) -> AsyncIterator[FastAPI]:
+    application = build_app(settings)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
+    transport = ASGITransport(app=app, raise_app_exceptions=False)
+    async with AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http

@@ -1,0 +1,111 @@
+"""Every error path answers problem+json; health is cheap; readiness names what is down."""
+
+from __future__ import annotations
+
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
+
+from ecosort_common.settings import ServiceSettings
+
+from .conftest import build_app
+
+PROBLEM = "application/problem+json"
+
+
+async def test_problem_raised_by_a_handler(client: AsyncClient) -> None:
+    response = await client.get("/api/v1/demo/teapot")
+    assert response.status_code == 418
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["title"] == "I'm a teapot"
+    assert body["detail"] == "Short and stout."
+    assert body["hint"] == "tip me over"
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+async def test_validation_error_lists_the_fields(client: AsyncClient) -> None:
+    response = await client.post("/api/v1/demo/echo", json={"count": "many"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["errors"][0]["loc"] == ["body", "count"]
+
+
+async def test_malformed_json_is_problem_json(client: AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/demo/echo", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+
+
+async def test_unknown_route_and_wrong_method(client: AsyncClient) -> None:
+    missing = await client.get("/api/v1/demo/nothing-here")
+    assert (missing.status_code, missing.headers["content-type"]) == (404, PROBLEM)
+    wrong = await client.delete("/api/v1/demo/echo")
+    assert (wrong.status_code, wrong.headers["content-type"]) == (405, PROBLEM)
+
+
+async def test_unexpected_error_hides_internals(client: AsyncClient) -> None:
+    response = await client.get("/api/v1/demo/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == PROBLEM
+    assert "10.0.0.5" not in response.text
+    assert "Traceback" not in response.text
+
+
+async def test_request_id_is_kept_or_made(client: AsyncClient) -> None:
+    kept = await client.get("/healthz", headers={"x-request-id": "abc-123"})
+    assert kept.headers["x-request-id"] == "abc-123"
+    made = await client.get("/healthz", headers={"x-request-id": "bad id\n"})
+    assert made.headers["x-request-id"] not in ("", "bad id\n")
+
+
+async def test_metrics_use_route_templates(client: AsyncClient) -> None:
+    await client.post("/api/v1/demo/echo", json={"count": 1})
+    metrics = (await client.get("/metrics")).text
+    assert 'route="/api/v1/demo/echo"' in metrics
+    assert "http_request_duration_seconds_bucket" in metrics
+
+
+async def test_ready_when_dependencies_answer(client: AsyncClient) -> None:
+    response = await client.get("/api/v1/demo/readyz")
+    assert response.status_code == 200
+    assert response.json()["dependencies"] == {"database": True, "redis": True}
+
+
+async def test_unreachable_database_starts_alive_but_not_ready(settings: ServiceSettings) -> None:
+    broken = settings.model_copy(
+        update={
+            "database_url": "postgresql+psycopg://nobody@127.0.0.1:9/nowhere",
+            "outbox_relay_enabled": True,
+            "outbox_poll_seconds": 0.05,
+        }
+    )
+    app = build_app(broken)
+    async with LifespanManager(app):
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            assert (await http.get("/healthz")).status_code == 200
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.headers["content-type"] == PROBLEM
+            body = ready.json()
+            assert body["dependencies"] == {"database": False, "redis": True}
+            assert "database" in body["detail"]
+            assert "127.0.0.1:9" not in ready.text
+
+
+async def test_unreachable_redis_is_named(settings: ServiceSettings) -> None:
+    broken = settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"})
+    app = build_app(broken)
+    async with LifespanManager(app):
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["dependencies"] == {"database": True, "redis": False}
+
+
+def test_plain_postgres_urls_use_psycopg() -> None:
+    settings = ServiceSettings(database_url="postgresql://u@h:5432/d")
+    assert settings.database_url == "postgresql+psycopg://u@h:5432/d"

@@ -1,0 +1,131 @@
+"""Events: written with the change, published by the relay, handled once, recovered."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecosort_common.events import Event, EventConsumer
+from ecosort_common.outbox import OutboxRelay, add_event, stream_name
+
+from .conftest import notes, outbox, processed_events
+
+
+def _relay(app: FastAPI) -> OutboxRelay:
+    return OutboxRelay(outbox, app.state.sessionmaker, app.state.redis, source="demo")
+
+
+def _consumer(app: FastAPI, group: str, name: str, **options: int) -> EventConsumer:
+    async def record(session: AsyncSession, event: Event) -> None:
+        await session.execute(insert(notes).values(text=event.payload["text"]))
+
+    return EventConsumer(
+        redis=app.state.redis,
+        sessionmaker=app.state.sessionmaker,
+        processed=processed_events,
+        group=group,
+        consumer=name,
+        handlers={"note.added": record},
+        block_ms=50,
+        **options,
+    )
+
+
+async def _count_notes(app: FastAPI, text: str) -> int:
+    async with app.state.sessionmaker() as session:
+        query = select(func.count()).select_from(notes).where(notes.c.text == text)
+        return int((await session.execute(query)).scalar_one())
+
+
+async def test_event_of_a_rolled_back_change_is_never_published(app: FastAPI) -> None:
+    redis: Redis = app.state.redis
+    async with app.state.sessionmaker() as session:
+        await add_event(session, outbox, "note.rolledback", {"text": "x"})
+        await session.rollback()
+    await _relay(app).publish_pending()
+    assert await redis.xlen(stream_name("note.rolledback")) == 0
+
+
+async def test_relay_publishes_committed_events_once(app: FastAPI) -> None:
+    redis: Redis = app.state.redis
+    text = uuid.uuid4().hex
+    async with app.state.sessionmaker() as session, session.begin():
+        event_id = await add_event(session, outbox, "note.published", {"text": text})
+    assert await _relay(app).publish_pending() >= 1
+    assert await _relay(app).publish_pending() == 0
+    entries = await redis.xrange(stream_name("note.published"))
+    ours = [fields for _, fields in entries if fields["id"] == str(event_id)]
+    assert len(ours) == 1
+    assert json.loads(ours[0]["payload"]) == {"text": text}
+    assert ours[0]["source"] == "demo"
+
+
+async def test_duplicate_delivery_is_applied_once(app: FastAPI) -> None:
+    redis: Redis = app.state.redis
+    text = uuid.uuid4().hex
+    fields = {
+        "id": str(uuid.uuid4()),
+        "type": "note.added",
+        "source": "test",
+        "occurred_at": "2026-01-01T00:00:00+00:00",
+        "payload": json.dumps({"text": text}),
+    }
+    consumer = _consumer(app, "dupes", "c1")
+    await consumer.ensure_groups()
+    await redis.xadd(stream_name("note.added"), fields)
+    await redis.xadd(stream_name("note.added"), fields)  # at-least-once: the relay may resend
+    assert await consumer.poll_once() >= 2
+    assert await _count_notes(app, text) == 1
+    pending = await redis.xpending(stream_name("note.added"), "dupes")
+    assert pending["pending"] == 0
+
+
+async def test_pending_message_of_a_crashed_consumer_is_recovered(app: FastAPI) -> None:
+    redis: Redis = app.state.redis
+    text = uuid.uuid4().hex
+    crashed = _consumer(app, "recovery", "crashed")
+    await crashed.ensure_groups()
+    await redis.xadd(
+        stream_name("note.added"),
+        {"id": str(uuid.uuid4()), "type": "note.added", "payload": json.dumps({"text": text})},
+    )
+    # The crashed consumer received the message and died before handling or acknowledging it.
+    delivered = await redis.xreadgroup("recovery", "crashed", {stream_name("note.added"): ">"})
+    assert delivered
+    assert await _count_notes(app, text) == 0
+    survivor = _consumer(app, "recovery", "survivor", claim_idle_ms=0)
+    assert await survivor.recover_pending() >= 1
+    assert await _count_notes(app, text) == 1
+    assert (await redis.xpending(stream_name("note.added"), "recovery"))["pending"] == 0
+
+
+async def test_failing_handler_leaves_the_message_pending(app: FastAPI) -> None:
+    redis: Redis = app.state.redis
+
+    async def broken(session: AsyncSession, event: Event) -> None:
+        raise RuntimeError("database said no")
+
+    consumer = EventConsumer(
+        redis=redis,
+        sessionmaker=app.state.sessionmaker,
+        processed=processed_events,
+        group="failing",
+        consumer="c1",
+        handlers={"note.failing": broken},
+        block_ms=50,
+    )
+    await consumer.ensure_groups()
+    event_id = str(uuid.uuid4())
+    await redis.xadd(stream_name("note.failing"), {"id": event_id, "type": "note.failing"})
+    await consumer.poll_once()
+    assert (await redis.xpending(stream_name("note.failing"), "failing"))["pending"] == 1
+    async with app.state.sessionmaker() as session:
+        seen = await session.execute(
+            select(processed_events).where(processed_events.c.event_id == event_id)
+        )
+        assert seen.first() is None  # rolled back with the handler: it will be retried

@@ -1,0 +1,126 @@
+"""Access tokens are accepted only when auth really issued them for us and they are still valid."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import uuid
+from datetime import timedelta
+
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient
+from joserfc import jws, jwt
+from joserfc.jwk import ECKey
+
+from ecosort_common.security import REVOKED_SESSION_KEY
+from ecosort_common.testing import TokenIssuer
+
+PATH = "/api/v1/demo/me"
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+async def _status(client: AsyncClient, token: str) -> tuple[int, str]:
+    response = await client.get(PATH, headers={"Authorization": f"Bearer {token}"})
+    if response.status_code != 200:
+        assert response.headers["content-type"] == "application/problem+json"
+    return response.status_code, response.text
+
+
+async def test_a_valid_token_is_accepted(client: AsyncClient, token_issuer: TokenIssuer) -> None:
+    user_id = uuid.uuid4()
+    response = await client.get(
+        PATH, headers={"Authorization": f"Bearer {token_issuer.token(user_id, session_id='s1')}"}
+    )
+    assert response.status_code == 200
+    assert response.json() == {"user_id": str(user_id), "sid": "s1"}
+
+
+async def test_missing_token_is_401_with_challenge(client: AsyncClient) -> None:
+    response = await client.get(PATH)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_alg_none_is_refused(client: AsyncClient, token_issuer: TokenIssuer) -> None:
+    good = token_issuer.token()
+    _, payload, _ = good.split(".")
+    forged = f"{_b64({'alg': 'none', 'kid': token_issuer.kid})}.{payload}."
+    assert (await _status(client, forged))[0] == 401
+
+
+async def test_hs256_signed_with_the_public_key_is_refused(
+    client: AsyncClient, token_issuer: TokenIssuer
+) -> None:
+    # The classic confusion attack: the public key, which anyone can fetch, used as an HMAC secret.
+    public_pem = token_issuer.key.as_pem(private=False)
+    claims = jwt.decode(token_issuer.token(), token_issuer.key).claims
+    signing_input = f"{_b64({'alg': 'HS256', 'kid': token_issuer.kid})}.{_b64(claims)}"
+    mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    forged = f"{signing_input}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
+    assert (await _status(client, forged))[0] == 401
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"iss": "https://evil.example"}, {"aud": "someone-else"}, {"sub": "not-a-uuid"}],
+    ids=["wrong-iss", "wrong-aud", "bad-sub"],
+)
+async def test_wrong_claims_are_refused(
+    client: AsyncClient, token_issuer: TokenIssuer, overrides: dict[str, str]
+) -> None:
+    assert (await _status(client, token_issuer.token(**overrides)))[0] == 401
+
+
+async def test_expired_token_is_refused(client: AsyncClient, token_issuer: TokenIssuer) -> None:
+    token = token_issuer.token(lifetime=timedelta(seconds=-60))
+    status, body = await _status(client, token)
+    assert status == 401
+    assert "exp" in body
+
+
+async def test_tampered_payload_is_refused(client: AsyncClient, token_issuer: TokenIssuer) -> None:
+    header, _, signature = token_issuer.token().split(".")
+    other = jwt.decode(token_issuer.token(), token_issuer.key).claims
+    other["sub"] = str(uuid.uuid4())
+    assert (await _status(client, f"{header}.{_b64(other)}.{signature}"))[0] == 401
+
+
+async def test_unknown_kid_is_refused(client: AsyncClient, token_issuer: TokenIssuer) -> None:
+    stranger = ECKey.generate_key("P-256", parameters={"kid": "stranger"})
+    claims = jwt.decode(token_issuer.token(), token_issuer.key).claims
+    token = jwt.encode({"alg": "ES256", "kid": "stranger"}, claims, stranger)
+    status, body = await _status(client, token)
+    assert status == 401
+    assert "unknown key" in body
+
+
+async def test_right_kid_wrong_key_is_refused(
+    client: AsyncClient, token_issuer: TokenIssuer
+) -> None:
+    impostor = ECKey.generate_key("P-256")
+    claims = jwt.decode(token_issuer.token(), token_issuer.key).claims
+    token = jwt.encode({"alg": "ES256", "kid": token_issuer.kid}, claims, impostor)
+    assert (await _status(client, token))[0] == 401
+
+
+async def test_revoked_session_is_refused(
+    client: AsyncClient, token_issuer: TokenIssuer, app: FastAPI
+) -> None:
+    token = token_issuer.token(session_id="revoked-session")
+    assert (await _status(client, token))[0] == 200
+    await app.state.redis.set(REVOKED_SESSION_KEY.format(sid="revoked-session"), "1", ex=60)
+    status, body = await _status(client, token)
+    assert status == 401
+    assert "revoked" in body
+
+
+async def test_garbage_is_refused(client: AsyncClient) -> None:
+    no_kid = jws.serialize_compact({"alg": "ES256"}, b"{}", ECKey.generate_key("P-256"))
+    for token in ("abc", "a.b.c", "....", no_kid):
+        assert (await _status(client, token))[0] == 401
