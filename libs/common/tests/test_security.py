@@ -8,6 +8,7 @@ import hmac
 import json
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -72,7 +73,7 @@ async def test_hs256_signed_with_the_public_key_is_refused(
     ids=["wrong-iss", "wrong-aud", "bad-sub"],
 )
 async def test_wrong_claims_are_refused(
-    client: AsyncClient, token_issuer: TokenIssuer, overrides: dict[str, str]
+    client: AsyncClient, token_issuer: TokenIssuer, overrides: dict[str, Any]
 ) -> None:
     assert (await _status(client, token_issuer.token(**overrides)))[0] == 401
 
