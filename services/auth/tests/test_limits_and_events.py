@@ -1,0 +1,112 @@
+"""Rate limits (429 + Retry-After), the dev login switch, `user.registered` leaving through the
+outbox, and `user.deleted` removing identities and sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+from auth_test_helpers import AppFactory, assert_problem, bearer, client_for_app, dev_login
+from fastapi import FastAPI
+from httpx import AsyncClient
+from sqlalchemy import func, select
+
+from ecosort_auth.models import AuthSession, Identity
+
+DEV_LOGIN = "/api/v1/auth/dev/login"
+
+
+async def _eventually(check: Any) -> None:
+    for _ in range(100):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met within 10 s")
+
+
+async def test_sign_in_rate_limits_per_ip_and_per_subject(make_app: AppFactory) -> None:
+    async with make_app(
+        auth_rate_signin_per_ip=3, auth_rate_signin_per_subject=2, auth_rate_window_seconds=60
+    ) as strict:
+        # Per subject: the same account from many addresses.
+        subject = f"limited-{uuid.uuid4().hex[:8]}"
+        for n in range(2):
+            async with client_for_app(strict, ip=f"198.51.100.{n + 1}") as client:
+                await dev_login(client, subject)
+        async with client_for_app(strict, ip="198.51.100.99") as client:
+            refused = await client.post(DEV_LOGIN, json={"subject": subject, "nickname": "x"})
+        assert_problem(refused, 429)
+        assert 1 <= int(refused.headers["retry-after"]) <= 61
+
+        # Per IP: many accounts from one address.
+        async with client_for_app(strict, ip="192.0.2.77") as client:
+            for _ in range(3):
+                await dev_login(client, uuid.uuid4().hex)
+            assert_problem(
+                await client.post(DEV_LOGIN, json={"subject": "fresh", "nickname": "x"}), 429
+            )
+            assert_problem(await client.get("/api/v1/auth/kakao/authorize"), 429)
+
+
+async def test_refresh_rate_limit(make_app: AppFactory) -> None:
+    async with make_app(auth_rate_refresh_per_ip=2, auth_rate_refresh_per_subject=100) as strict:
+        async with client_for_app(strict, ip="192.0.2.88") as client:
+            tokens = await dev_login(client, uuid.uuid4().hex)
+            for _ in range(2):
+                answer = await client.post("/api/v1/auth/refresh", json=tokens)
+                tokens = answer.json()
+            limited = await client.post("/api/v1/auth/refresh", json=tokens)
+        assert_problem(limited, 429)
+        assert "retry-after" in limited.headers
+
+
+async def test_dev_login_is_off_by_default(make_app: AppFactory) -> None:
+    async with make_app(auth_dev_login_enabled=False) as locked, client_for_app(locked) as client:
+        assert_problem(await client.post(DEV_LOGIN, json={"subject": "a", "nickname": "b"}), 404)
+
+
+async def test_user_registered_is_published(client: AsyncClient, app: FastAPI) -> None:
+    tokens = await dev_login(client, f"newcomer-{uuid.uuid4().hex[:8]}", nickname="새내기")
+    user_id = tokens["user"]["id"]
+    redis = app.state.redis
+
+    async def published() -> bool:
+        entries = await redis.xrange("events:user.registered")
+        return any(json.loads(f["payload"])["user_id"] == user_id for _, f in entries)
+
+    await _eventually(published)
+
+
+async def test_user_deleted_removes_identities_and_sessions(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    tokens = await dev_login(client, f"leaving-{uuid.uuid4().hex[:8]}")
+    user_id = uuid.UUID(tokens["user"]["id"])
+    await app.state.redis.xadd(
+        "events:user.deleted",
+        {
+            "id": str(uuid.uuid4()),
+            "type": "user.deleted",
+            "source": "users",
+            "occurred_at": "2026-11-27T00:00:00+00:00",
+            "payload": json.dumps({"user_id": str(user_id)}),
+        },
+    )
+
+    async def forgotten() -> bool:
+        async with app.state.sessionmaker() as db:
+            left = await db.scalar(
+                select(func.count()).select_from(Identity).where(Identity.user_id == user_id)
+            )
+            sessions = await db.scalar(
+                select(func.count()).select_from(AuthSession).where(AuthSession.user_id == user_id)
+            )
+        return left == 0 and sessions == 0
+
+    await _eventually(forgotten)
+    assert_problem(
+        await client.get("/api/v1/auth/sessions", headers=bearer(tokens["access_token"])), 401
+    )
+    assert_problem(await client.post("/api/v1/auth/refresh", json=tokens), 401)

@@ -1,0 +1,174 @@
+"""The mobile exchange: the token a native SDK gave the app is checked with its provider (recorded
+responses in the providers' documented shapes, served by respx at the real addresses)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from auth_test_helpers import AppFactory, assert_problem, client_for_app
+from fastapi import FastAPI
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+FIXTURES = Path(__file__).parent / "fixtures"
+KAKAO_ME = "https://kapi.kakao.com/v2/user/me"
+KAKAO_TOKEN_INFO = "https://kapi.kakao.com/v1/user/access_token_info"
+NAVER_ME = "https://openapi.naver.com/v1/nid/me"
+GOOGLE_CERTS = "https://www.googleapis.com/oauth2/v3/certs"
+GOOGLE_WEB_CLIENT = "1234987819200.apps.googleusercontent.com"
+GOOGLE_ANDROID_CLIENT = "555-android.apps.googleusercontent.com"
+
+
+def recorded(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    return loaded
+
+
+@pytest.fixture(scope="module")
+async def mobile_app(make_app: AppFactory) -> AsyncIterator[FastAPI]:
+    """Default (real) provider addresses, which respx answers."""
+    async with make_app(
+        kakao_client_id="kakao-rest-key",
+        kakao_app_id=1234,
+        naver_client_id="naver-client",
+        naver_client_secret="naver-secret",
+        google_client_id=GOOGLE_WEB_CLIENT,
+        google_mobile_client_ids=[GOOGLE_ANDROID_CLIENT],
+    ) as application:
+        yield application
+
+
+@pytest.fixture(scope="module")
+def google_key() -> RSAKey:
+    return RSAKey.generate_key(2048, parameters={"kid": "google-2026-11"})
+
+
+def google_id_token(key: RSAKey, **overrides: Any) -> str:
+    now = int(time.time())
+    claims = {**recorded("google_id_token_claims.json"), "iat": now, "exp": now + 3600}
+    claims.update(overrides)
+    return jwt.encode({"alg": "RS256", "kid": key.kid, "typ": "JWT"}, claims, key)
+
+
+def google_certs(key: RSAKey) -> dict[str, Any]:
+    return {"keys": [{**key.as_dict(private=False), "alg": "RS256", "use": "sig"}]}
+
+
+async def _exchange(app: FastAPI, provider: str, body: dict[str, str]) -> httpx.Response:
+    async with client_for_app(app) as client:
+        return await client.post(f"/api/v1/auth/{provider}/token", json=body)
+
+
+async def test_kakao_access_token_is_checked_with_kakao(mobile_app: FastAPI) -> None:
+    with respx.mock(assert_all_called=True) as mock:
+        info = mock.get(KAKAO_TOKEN_INFO).respond(json=recorded("kakao_access_token_info.json"))
+        me = mock.get(KAKAO_ME).respond(json=recorded("kakao_user_me.json"))
+        answer = await _exchange(mobile_app, "kakao", {"access_token": "kakao-sdk-token"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["user"]["nickname"] == "홍길동"
+    assert me.calls.last.request.headers["authorization"] == "Bearer kakao-sdk-token"
+    assert info.calls.last.request.headers["authorization"] == "Bearer kakao-sdk-token"
+    with respx.mock() as mock:
+        mock.get(KAKAO_TOKEN_INFO).respond(json=recorded("kakao_access_token_info.json"))
+        mock.get(KAKAO_ME).respond(json=recorded("kakao_user_me.json"))
+        again = await _exchange(mobile_app, "kakao", {"access_token": "another-sdk-token"})
+    assert again.json()["user"]["id"] == answer.json()["user"]["id"]
+
+
+async def test_kakao_refusals(mobile_app: FastAPI) -> None:
+    with respx.mock() as mock:
+        mock.get(KAKAO_TOKEN_INFO).respond(401, json=recorded("kakao_invalid_token.json"))
+        assert_problem(await _exchange(mobile_app, "kakao", {"access_token": "bad"}), 401)
+    other_app = {**recorded("kakao_access_token_info.json"), "app_id": 9999}
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(KAKAO_TOKEN_INFO).respond(json=other_app)
+        me = mock.get(KAKAO_ME).respond(json=recorded("kakao_user_me.json"))
+        assert_problem(await _exchange(mobile_app, "kakao", {"access_token": "x"}), 401)
+        assert not me.called
+    with respx.mock() as mock:
+        mock.get(KAKAO_TOKEN_INFO).mock(side_effect=httpx.ConnectError("down"))
+        assert_problem(await _exchange(mobile_app, "kakao", {"access_token": "x"}), 502)
+    assert_problem(await _exchange(mobile_app, "kakao", {"id_token": "wrong-field"}), 422)
+
+
+async def test_naver_access_token_is_checked_with_naver(mobile_app: FastAPI) -> None:
+    with respx.mock() as mock:
+        mock.get(NAVER_ME).respond(json=recorded("naver_nid_me.json"))
+        answer = await _exchange(mobile_app, "naver", {"access_token": "naver-sdk-token"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["user"]["nickname"] == "OpenAPI"
+    with respx.mock() as mock:
+        mock.get(NAVER_ME).respond(401, json=recorded("naver_invalid_token.json"))
+        assert_problem(await _exchange(mobile_app, "naver", {"access_token": "bad"}), 401)
+    with respx.mock() as mock:
+        mock.get(NAVER_ME).respond(200, text="<html>maintenance</html>")
+        assert_problem(await _exchange(mobile_app, "naver", {"access_token": "x"}), 401)
+    with respx.mock() as mock:
+        mock.get(NAVER_ME).respond(200, json={"resultcode": "00", "response": {}})
+        assert_problem(await _exchange(mobile_app, "naver", {"access_token": "x"}), 401)
+    with respx.mock() as mock:
+        # Naver also reports refusals in the body of a 200.
+        mock.get(NAVER_ME).respond(200, json=recorded("naver_invalid_token.json"))
+        assert_problem(await _exchange(mobile_app, "naver", {"access_token": "bad"}), 401)
+
+
+async def test_google_id_token_is_checked_against_googles_keys(
+    mobile_app: FastAPI, google_key: RSAKey
+) -> None:
+    with respx.mock() as mock:
+        mock.get(GOOGLE_CERTS).respond(json=google_certs(google_key))
+        web = await _exchange(mobile_app, "google", {"id_token": google_id_token(google_key)})
+        android = await _exchange(
+            mobile_app,
+            "google",
+            {"id_token": google_id_token(google_key, aud=GOOGLE_ANDROID_CLIENT)},
+        )
+    assert web.status_code == 200, web.text
+    assert web.json()["user"]["nickname"] == "Jane Smith"
+    assert android.json()["user"]["id"] == web.json()["user"]["id"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"aud": "someone-elses-app.apps.googleusercontent.com"},
+        {"iss": "https://accounts.evil.example"},
+        {"exp": int(time.time()) - 60},
+    ],
+    ids=["wrong-audience", "wrong-issuer", "expired"],
+)
+async def test_google_id_token_refusals(
+    mobile_app: FastAPI, google_key: RSAKey, overrides: dict[str, Any]
+) -> None:
+    # Google's keys may already be cached from an earlier exchange: the route may go unused.
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(GOOGLE_CERTS).respond(json=google_certs(google_key))
+        refused = await _exchange(
+            mobile_app, "google", {"id_token": google_id_token(google_key, **overrides)}
+        )
+    assert_problem(refused, 401)
+
+
+async def test_google_id_token_signed_by_another_key_is_refused(
+    mobile_app: FastAPI, google_key: RSAKey
+) -> None:
+    impostor = RSAKey.generate_key(2048, parameters={"kid": str(google_key.kid)})
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(GOOGLE_CERTS).respond(json=google_certs(google_key))
+        refused = await _exchange(mobile_app, "google", {"id_token": google_id_token(impostor)})
+    assert_problem(refused, 401)
+
+
+async def test_disabled_provider_is_not_found(make_app: AppFactory) -> None:
+    async with make_app() as bare:
+        assert_problem(await _exchange(bare, "kakao", {"access_token": "x"}), 404)
+        async with client_for_app(bare) as client:
+            providers = (await client.get("/api/v1/auth/providers")).json()
+            assert providers["providers"] == []

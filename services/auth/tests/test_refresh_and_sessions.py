@@ -1,0 +1,96 @@
+"""Refresh-token rotation and reuse detection (RFC 9700), concurrency against PostgreSQL,
+sessions listing, sign-out of one device, and logout."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from auth_test_helpers import assert_problem, bearer, client_for_app, dev_login
+from fastapi import FastAPI
+from httpx import AsyncClient
+from sqlalchemy import select
+
+from ecosort_auth.models import RefreshToken
+from ecosort_auth.tokens import hash_refresh_token
+
+REFRESH = "/api/v1/auth/refresh"
+SESSIONS = "/api/v1/auth/sessions"
+
+
+async def test_refresh_rotates_and_stores_only_hashes(client: AsyncClient, app: FastAPI) -> None:
+    first = await dev_login(client, "rotate")
+    second = (await client.post(REFRESH, json={"refresh_token": first["refresh_token"]})).json()
+    assert second["refresh_token"] != first["refresh_token"]
+    assert second["user"]["id"] == first["user"]["id"]
+    third = await client.post(REFRESH, json={"refresh_token": second["refresh_token"]})
+    assert third.status_code == 200, third.text
+    async with app.state.sessionmaker() as db:
+        stored = set((await db.execute(select(RefreshToken.token_hash))).scalars())
+    assert first["refresh_token"] not in stored
+    assert hash_refresh_token(first["refresh_token"]) in stored
+
+
+async def test_reused_refresh_token_revokes_the_whole_family(client: AsyncClient) -> None:
+    stolen = await dev_login(client, "reuse")
+    legit = (await client.post(REFRESH, json={"refresh_token": stolen["refresh_token"]})).json()
+    # The spent token comes back (an attacker replaying it): refused, and the family dies.
+    body = assert_problem(await client.post(REFRESH, json=stolen), 401)
+    assert body["type"] == "urn:ecosort:auth:refresh-reused"
+    assert_problem(await client.post(REFRESH, json={"refresh_token": legit["refresh_token"]}), 401)
+    assert_problem(await client.get(SESSIONS, headers=bearer(legit["access_token"])), 401)
+    assert_problem(await client.get(SESSIONS, headers=bearer(stolen["access_token"])), 401)
+
+
+async def test_unknown_refresh_token_is_refused(client: AsyncClient) -> None:
+    assert_problem(await client.post(REFRESH, json={"refresh_token": "made-up"}), 401)
+    assert_problem(await client.post(REFRESH, json={}), 422)
+
+
+async def test_fifty_concurrent_refreshes_exactly_one_succeeds(app: FastAPI) -> None:
+    async with client_for_app(app) as client:
+        tokens = await dev_login(client, "race")
+        body = {"refresh_token": tokens["refresh_token"]}
+        answers = await asyncio.gather(*(client.post(REFRESH, json=body) for _ in range(50)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses.count(200) == 1, statuses
+    assert statuses.count(401) == 49, statuses
+
+
+async def test_sessions_list_and_sign_out_of_one_device(client: AsyncClient) -> None:
+    subject = f"devices-{uuid.uuid4().hex[:8]}"
+    phone = await dev_login(client, subject, device="Galaxy S25")
+    tablet = await dev_login(client, subject, device="iPad")
+    listed = await client.get(SESSIONS, headers=bearer(phone["access_token"]))
+    assert listed.status_code == 200, listed.text
+    items = listed.json()["items"]
+    assert {i["device"] for i in items} == {"Galaxy S25", "iPad"}
+    assert [i["current"] for i in items if i["device"] == "Galaxy S25"] == [True]
+    assert all(i["created_at"] and i["last_used_at"] for i in items)
+    tablet_sid = next(i["id"] for i in items if i["device"] == "iPad")
+
+    # Someone else cannot see or end it: 404, as if it did not exist.
+    stranger = await dev_login(client, f"stranger-{uuid.uuid4().hex[:8]}")
+    assert_problem(
+        await client.delete(f"{SESSIONS}/{tablet_sid}", headers=bearer(stranger["access_token"])),
+        404,
+    )
+    assert_problem(
+        await client.delete(f"{SESSIONS}/{uuid.uuid4()}", headers=bearer(phone["access_token"])),
+        404,
+    )
+    gone = await client.delete(f"{SESSIONS}/{tablet_sid}", headers=bearer(phone["access_token"]))
+    assert gone.status_code == 204
+    # The tablet's tokens stop working now, not in 15 minutes.
+    assert_problem(await client.get(SESSIONS, headers=bearer(tablet["access_token"])), 401)
+    assert_problem(await client.post(REFRESH, json={"refresh_token": tablet["refresh_token"]}), 401)
+    left = (await client.get(SESSIONS, headers=bearer(phone["access_token"]))).json()["items"]
+    assert [i["device"] for i in left] == ["Galaxy S25"]
+
+
+async def test_logout_with_the_refresh_token(client: AsyncClient) -> None:
+    tokens = await dev_login(client, "logout-by-refresh")
+    out = await client.post("/api/v1/auth/logout", json={"refresh_token": tokens["refresh_token"]})
+    assert out.status_code == 204
+    assert_problem(await client.get(SESSIONS, headers=bearer(tokens["access_token"])), 401)
+    assert_problem(await client.post("/api/v1/auth/logout"), 401)
