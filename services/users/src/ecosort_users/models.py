@@ -1,13 +1,65 @@
-"""Tables of the users service's own database."""
+"""Tables of the users service's own database: profiles, the analysis history built from
+`analysis.completed` events, tombstones of deleted accounts, and the event plumbing tables."""
 
-from ecosort_common.db import new_metadata
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import DateTime, Float, Index, String, func
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from ecosort_common.db import TimestampMixin, new_metadata
 from ecosort_common.events import processed_events_table
 from ecosort_common.outbox import outbox_table
-from sqlalchemy.orm import DeclarativeBase
 
 
 class Base(DeclarativeBase):
     metadata = new_metadata()
+
+
+class Profile(TimestampMixin, Base):
+    """A person's profile; its id is auth's user id (the access token's `sub`)."""
+
+    __tablename__ = "profiles"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    nickname: Mapped[str | None] = mapped_column(String(30))
+    provider: Mapped[str | None] = mapped_column(String(20))
+    email: Mapped[str | None] = mapped_column(String(320))
+    region_code: Mapped[str | None] = mapped_column(String(5))
+    region_name: Mapped[str | None] = mapped_column(String(60))
+    locale: Mapped[str] = mapped_column(String(10), nullable=False)
+
+
+class AnalysisRecord(Base):
+    """One completed analysis in a person's history. The id is waste's analysis id, so the same
+    analysis announced twice (even under two event ids) is recorded once."""
+
+    __tablename__ = "analysis_history"
+    __table_args__ = (Index("ix_analysis_history_user_completed", "user_id", "completed_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    category: Mapped[str] = mapped_column(String(40), nullable=False)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    completed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    recorded_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+
+
+class DeletedUser(Base):
+    """Tombstone of a deleted account: late or redelivered events for it must not bring a
+    profile back. Holds nothing but the id and the time."""
+
+    __tablename__ = "deleted_users"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
 
 
 outbox = outbox_table(Base.metadata)

@@ -2,4 +2,8 @@
 
 from fastapi import APIRouter
 
+from ecosort_locations.api.routes import collection_points, geocode
+
 api_router = APIRouter()
+api_router.include_router(collection_points.router)
+api_router.include_router(geocode.router)

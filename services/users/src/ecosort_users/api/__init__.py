@@ -2,4 +2,7 @@
 
 from fastapi import APIRouter
 
+from ecosort_users.api.routes import me
+
 api_router = APIRouter()
+api_router.include_router(me.router)

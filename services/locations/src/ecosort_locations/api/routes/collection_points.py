@@ -1,0 +1,87 @@
+"""Collection points: nearest search, one point, and the kinds of point."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecosort_common.db import get_session
+from ecosort_common.errors import Problem
+from ecosort_locations import search
+from ecosort_locations.point_types import POINT_TYPES
+from ecosort_locations.schemas import (
+    Center,
+    CollectionPointOut,
+    NearbyOut,
+    NearbyPointOut,
+    PointTypeOut,
+    TypesOut,
+)
+
+router = APIRouter(tags=["collection points"])
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+MAX_RADIUS_M = 20_000  # beyond a city's width "nearest" stops meaning walking distance
+MAX_LIMIT = 100
+PointType = Annotated[
+    str | None,
+    Query(
+        alias="type",
+        pattern="^(" + "|".join(POINT_TYPES) + ")$",
+        description=f"one of {', '.join(POINT_TYPES)}",
+    ),
+]
+
+
+@router.get(
+    "/collection-points", response_model=NearbyOut, summary="Collection points near a place"
+)
+async def nearby(
+    session: SessionDep,
+    lat: Annotated[float, Query(ge=-90, le=90, description="WGS84 latitude")],
+    lng: Annotated[float, Query(ge=-180, le=180, description="WGS84 longitude")],
+    radius_m: Annotated[float, Query(gt=0, le=MAX_RADIUS_M)] = 1000,
+    point_type: PointType = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
+) -> NearbyOut:
+    found = await search.nearest(
+        session, lat=lat, lng=lng, radius_m=radius_m, point_type=point_type, limit=limit
+    )
+    return NearbyOut(
+        items=[
+            NearbyPointOut(
+                **CollectionPointOut.of(point).model_dump(), distance_m=round(distance, 1)
+            )
+            for point, distance in found
+        ],
+        center=Center(lat=lat, lng=lng),
+        radius_m=radius_m,
+        type=point_type,
+    )
+
+
+@router.get("/collection-points/{point_id}", response_model=CollectionPointOut, summary="One point")
+async def one_point(point_id: uuid.UUID, session: SessionDep) -> CollectionPointOut:
+    point = await search.point_by_id(session, point_id)
+    if point is None:
+        raise Problem(404, f"No collection point {point_id}.", title="Collection point not found")
+    return CollectionPointOut.of(point)
+
+
+@router.get("/types", response_model=TypesOut, summary="Kinds of collection point")
+async def types(session: SessionDep) -> TypesOut:
+    counts = await search.counts_by_type(session)
+    return TypesOut(
+        items=[
+            PointTypeOut(
+                code=t.code,
+                name_ko=t.name_ko,
+                name_en=t.name_en,
+                categories=list(t.categories),
+                count=counts.get(t.code, 0),
+            )
+            for t in POINT_TYPES.values()
+        ]
+    )

@@ -1,0 +1,112 @@
+"""The service's own commands: `import <file>` and the seeding `migrate` runs when
+COLLECTION_POINTS_SEED_DIR is set."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ecosort_common.db import create_engine, create_sessionmaker
+from ecosort_common.logging import configure_logging
+from ecosort_locations.config import Settings, get_settings
+from ecosort_locations.importer.load import already_imported, import_file
+from ecosort_locations.importer.readers import UnknownLayout
+from ecosort_locations.kakao import KakaoLocalClient
+from ecosort_locations.point_types import POINT_TYPES, type_from_file_name
+
+SEED_SUFFIXES = (".csv", ".json")
+
+
+def _geocoder(settings: Settings) -> KakaoLocalClient | None:
+    if settings.kakao_rest_api_key is None:
+        return None
+    return KakaoLocalClient(
+        settings.kakao_rest_api_key.get_secret_value(),
+        base_url=settings.kakao_local_base_url,
+        timeout=settings.kakao_timeout_seconds,
+    )
+
+
+async def import_files(
+    settings: Settings, files: Sequence[tuple[str, bytes, str]], *, skip_known: bool
+) -> list[dict[str, object]]:
+    """Import each (file, type) in its own transaction; with skip_known, files whose checksum
+    was imported before are left alone (what makes seeding at every start cheap)."""
+    engine = create_engine(settings.database_url, pool_size=2)
+    sessionmaker = create_sessionmaker(engine)
+    geocoder = _geocoder(settings)
+    reports: list[dict[str, object]] = []
+    try:
+        for file_name, data, point_type in files:
+            async with sessionmaker() as session, session.begin():
+                digest = hashlib.sha256(data).hexdigest()
+                if skip_known and await already_imported(
+                    session, digest, point_type, can_geocode=geocoder is not None
+                ):
+                    reports.append({"file": file_name, "skipped": "already imported"})
+                    continue
+                report = await import_file(
+                    session,
+                    file_name,
+                    data,
+                    point_type,
+                    geocoder=geocoder,
+                    geocode_concurrency=settings.geocode_concurrency,
+                )
+                reports.append(report.as_json())
+    finally:
+        if geocoder is not None:
+            await geocoder.aclose()
+        await engine.dispose()
+    return reports
+
+
+def _type_of(path: Path, given: str | None) -> str:
+    point_type = given or type_from_file_name(path.name)
+    if point_type is None:
+        raise SystemExit(f"{path.name}: say what it lists with --type ({', '.join(POINT_TYPES)})")
+    return point_type
+
+
+def import_command(argv: Sequence[str]) -> int:
+    """import public collection-point files (CSV/JSON); idempotent: upsert by source id"""
+    parser = argparse.ArgumentParser(prog="python -m ecosort_locations import")
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--type", choices=sorted(POINT_TYPES), help="default: from the file name")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    try:
+        files = [(p.name, p.read_bytes(), _type_of(p, args.type)) for p in args.files]
+        reports = asyncio.run(import_files(settings, files, skip_known=False))
+    except (OSError, UnknownLayout) as exc:
+        print(f"import failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(reports, ensure_ascii=False, indent=2))
+    return 0
+
+
+def seed_files(seed_dir: Path) -> list[tuple[str, bytes, str]]:
+    """The seed folder's data files whose names say what they list (others are left out)."""
+    files = sorted(p for p in seed_dir.iterdir() if p.suffix.lower() in SEED_SUFFIXES)
+    typed = [(p, type_from_file_name(p.name)) for p in files]
+    return [(p.name, p.read_bytes(), t) for p, t in typed if t is not None]
+
+
+def seed(settings: Settings) -> int:
+    """Import the files of COLLECTION_POINTS_SEED_DIR that were not imported before."""
+    seed_dir = settings.collection_points_seed_dir
+    if seed_dir is None:
+        return 0
+    if not seed_dir.is_dir():
+        print(f"COLLECTION_POINTS_SEED_DIR={seed_dir} is not a folder", file=sys.stderr)
+        return 1
+    configure_logging(settings.log_level, json=settings.log_json)
+    reports = asyncio.run(import_files(settings, seed_files(seed_dir), skip_known=True))
+    print(json.dumps(reports, ensure_ascii=False))
+    return 0

@@ -1,0 +1,1 @@
+"""Import of public collection-point data (CSV or JSON, as Korean portals publish it)."""
