@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from typing import Any
 
 import pytest
-from auth_test_helpers import bearer, dev_login, unverified_parts
+from asgi_lifespan import LifespanManager
+from auth_test_helpers import bearer, client_for_app, dev_login, unverified_parts
 from fastapi import FastAPI
 from httpx import AsyncClient
-from pydantic import ValidationError
 from sqlalchemy import select
 
-from ecosort_auth.config import Settings
+from ecosort_auth.config import MissingKeyEncryptionKeyError, Settings
 from ecosort_auth.keys import KeyRing
+from ecosort_auth.main import create_app
 from ecosort_auth.models import SigningKey
 
 
@@ -58,11 +60,20 @@ async def test_rotate_keys_command(client: AsyncClient, app: FastAPI) -> None:
         assert answer.status_code == 200, answer.text
 
 
-def test_key_encryption_key_is_required_outside_local() -> None:
-    with pytest.raises(ValidationError, match="AUTH_KEY_ENCRYPTION_KEY"):
-        Settings(environment="production")
-    assert Settings(environment="production", auth_key_encryption_key="k").key_encryption_key == "k"
-    assert Settings(environment="local").auth_dev_login_enabled is False
+def test_key_encryption_key_is_required() -> None:
+    with pytest.raises(MissingKeyEncryptionKeyError, match="AUTH_KEY_ENCRYPTION_KEY"):
+        _ = Settings().key_encryption_key
+    assert Settings(auth_key_encryption_key="k").key_encryption_key == "k"
+    assert Settings().auth_dev_login_enabled is False
+
+
+async def test_auth_refuses_to_start_without_key_encryption_key(
+    base_settings: dict[str, Any],
+) -> None:
+    settings = Settings(**{**base_settings, "auth_key_encryption_key": None})
+    with pytest.raises(MissingKeyEncryptionKeyError):
+        async with LifespanManager(create_app(settings), startup_timeout=30):
+            pass
 
 
 def test_redirect_allow_list_defaults_to_our_callback() -> None:
@@ -72,3 +83,18 @@ def test_redirect_allow_list_defaults_to_our_callback() -> None:
     ]
     custom = Settings(auth_redirect_uri_allowlist=["https://app.ecosort.kr/{provider}/done"])
     assert custom.allowed_redirect_uris("kakao") == ["https://app.ecosort.kr/kakao/done"]
+
+
+async def test_auth_starts_alive_but_not_ready_with_its_database_down(
+    base_settings: dict[str, Any],
+) -> None:
+    unreachable = {**base_settings, "database_url": "postgresql://nobody@127.0.0.1:9/nowhere"}
+    application = create_app(Settings(**unreachable))
+    async with (
+        LifespanManager(application, startup_timeout=30),
+        client_for_app(application) as http,
+    ):
+        assert (await http.get("/healthz")).status_code == 200
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["dependencies"]["database"] is False

@@ -3,7 +3,8 @@
 Beyond the shared ones (DATABASE_URL, REDIS_URL, JWT_ISSUER, JWT_AUDIENCE, …):
 
 - ``AUTH_KEY_ENCRYPTION_KEY``: passphrase that encrypts the signing keys' private halves in the
-  database (PKCS#8, AES-256). Required outside ``ENVIRONMENT=local``.
+  database (PKCS#8, AES-256). Required: auth refuses to start without it (the local stack
+  generates one under .local/).
 - ``AUTH_PUBLIC_BASE_URL``: where browsers reach us; the default callback address derives from it.
 - ``AUTH_REDIRECT_URI_ALLOWLIST``: JSON list of the callback addresses a web flow may use
   (``{provider}`` is replaced by the provider's name).
@@ -21,12 +22,17 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 
 from ecosort_common.settings import ServiceSettings
 
-# Only ever used with ENVIRONMENT=local, so the local stack starts with no secret to provide.
-LOCAL_ONLY_KEY_ENCRYPTION_KEY = "ecosort-local-development-only"
+
+class MissingKeyEncryptionKeyError(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__(
+            "AUTH_KEY_ENCRYPTION_KEY is not set: it encrypts the token signing keys "
+            "(create a Secret and reference it; the local stack generates one)"
+        )
 
 
 class Settings(ServiceSettings):
@@ -75,19 +81,10 @@ class Settings(ServiceSettings):
     )
     google_scope: str = "openid email profile"
 
-    @model_validator(mode="after")
-    def _key_encryption_key_outside_local(self) -> Settings:
-        if self.auth_key_encryption_key is None and self.environment != "local":
-            raise ValueError(
-                "AUTH_KEY_ENCRYPTION_KEY must be set outside ENVIRONMENT=local: "
-                "it encrypts the token signing keys"
-            )
-        return self
-
     @property
     def key_encryption_key(self) -> str:
         if self.auth_key_encryption_key is None:
-            return LOCAL_ONLY_KEY_ENCRYPTION_KEY
+            raise MissingKeyEncryptionKeyError()
         return self.auth_key_encryption_key.get_secret_value()
 
     def allowed_redirect_uris(self, provider: str) -> list[str]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
+
 import httpx
+import structlog
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 
 from ecosort_auth import models
 from ecosort_auth.api import api_router
@@ -16,21 +21,20 @@ from ecosort_common.app import create_service_app
 from ecosort_common.security import TokenVerifier
 
 SELF_BASE_URL = "http://auth.internal"
+log = structlog.get_logger("ecosort.auth")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     on_user_deleted = UserDeletedHandler(settings.auth_access_token_ttl_seconds)
 
-    async def start_auth(app: FastAPI) -> None:
-        app.state.keyring = KeyRing(settings.key_encryption_key)
+    async def start_auth(app: FastAPI) -> Awaitable[None] | None:
+        app.state.keyring = KeyRing(settings.key_encryption_key)  # no key: refuse to start
         app.state.rate_limiter = RateLimiter(
             app.state.redis, window_seconds=settings.auth_rate_window_seconds
         )
         app.state.google_keys = GoogleKeys(settings.google_jwks_url)
         on_user_deleted.redis = app.state.redis
-        async with app.state.sessionmaker() as db, db.begin():
-            await ensure_current_key(db, settings.key_encryption_key)  # first start: make one
         # Auth checks its own access tokens (sessions, logout) with the same verifier as every
         # other service, fed from its own JWKS route in-process rather than over the network.
         await app.state.token_verifier.aclose()
@@ -42,7 +46,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=app.state.redis,
             http=httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=SELF_BASE_URL),
         )
-        return None
+        # The first start makes a signing key. With the database down, auth still starts (alive,
+        # not ready) and keeps trying in the background instead of crashing in a loop.
+        if await _ensure_signing_key(app, settings.key_encryption_key):
+            return None
+        return _until_signing_key_exists(app, settings.key_encryption_key)
 
     return create_service_app(
         settings,
@@ -55,6 +63,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         processed_events=models.processed_events,
         on_startup=[start_auth],
     )
+
+
+async def _ensure_signing_key(app: FastAPI, key_encryption_key: str) -> bool:
+    try:
+        async with app.state.sessionmaker() as db, db.begin():
+            await ensure_current_key(db, key_encryption_key)
+        return True
+    except (OSError, SQLAlchemyError) as exc:
+        log.warning("signing_key_check_failed", error=type(exc).__name__)
+        return False
+
+
+async def _until_signing_key_exists(app: FastAPI, key_encryption_key: str) -> None:
+    delay = 0.5
+    while not await _ensure_signing_key(app, key_encryption_key):
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
 
 
 app = create_app()
