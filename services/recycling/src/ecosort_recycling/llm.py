@@ -1,0 +1,75 @@
+"""A grounded answer from an OpenAI-compatible model (OpenAI, vLLM, Ollama's /v1), checked
+against our rules before use (grounding.py). Imported only when a model is configured: the
+`openai` package takes seconds to import, which a rules-only replica should not pay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import openai
+from pydantic import ValidationError
+
+from ecosort_recycling.config import Settings
+from ecosort_recycling.grounding import Grounding, ModelAnswer, Rejected, check_against_rules
+
+SYSTEM_PROMPT = (
+    "You are EcoSort's assistant for household waste separation in South Korea (분리배출). "
+    "Answer in Korean, using ONLY the rules in the user message; do not add rules of your own. "
+    "Reply with one JSON object and nothing else: "
+    '{"category": <one of allowed_categories>, "answer": <2-3 sentences>, '
+    '"steps": [<preparation steps>], "mistakes": [<common mistakes>]}. '
+    "If the rules do not answer the question, say so in 'answer' and repeat the rule's steps."
+)
+
+
+class GroundedModel:
+    def __init__(self, settings: Settings) -> None:
+        self.model = str(settings.llm_model)
+        self.timeout = settings.llm_timeout_seconds
+        self.max_tokens = settings.llm_max_output_tokens
+        self.client = openai.AsyncOpenAI(
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key.get_secret_value(),
+            timeout=settings.llm_timeout_seconds,
+            # One attempt: a retry would double the wait of a person holding the app.
+            max_retries=0,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    async def answer(self, grounding: Grounding) -> tuple[ModelAnswer, int]:
+        """The checked answer and the tokens it cost; raises Rejected."""
+        user = {
+            "allowed_categories": grounding.allowed_categories,
+            "rules": grounding.rules,
+            "question": grounding.question or "이 품목은 어떻게 버리나요?",
+        }
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self.client.chat.completions.create(
+                    model=self.model,
+                    messages=[
+                        {"role": "system", "content": SYSTEM_PROMPT},
+                        {"role": "user", "content": json.dumps(user, ensure_ascii=False)},
+                    ],
+                    response_format={"type": "json_object"},
+                    temperature=0,
+                    max_tokens=self.max_tokens,
+                )
+        except (TimeoutError, openai.APITimeoutError) as exc:
+            raise Rejected("timeout") from exc
+        except openai.OpenAIError as exc:
+            raise Rejected("error") from exc
+        tokens = response.usage.total_tokens if response.usage else 0
+        content = response.choices[0].message.content if response.choices else None
+        try:
+            answer = ModelAnswer.model_validate_json(content or "")
+        except ValidationError as exc:
+            raise Rejected("invalid_json", tokens) from exc
+        try:
+            check_against_rules(answer, grounding)
+        except Rejected as exc:
+            raise Rejected(exc.reason, tokens) from exc
+        return answer, tokens

@@ -1,0 +1,116 @@
+"""The public rules API and the rules-only feedback, against the loaded database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from httpx import AsyncClient
+
+from ecosort_recycling.knowledge_base import CATEGORY_CODES
+
+PREFIX = "/api/v1/recycling"
+AuthHeaders = Callable[[], dict[str, str]]
+
+
+async def test_categories_list_has_all_21_with_rules(client: AsyncClient) -> None:
+    response = await client.get(f"{PREFIX}/categories")
+    assert response.status_code == 200
+    body = response.json()
+    assert sorted(c["code"] for c in body["items"]) == sorted(CATEGORY_CODES)
+    assert body["next_cursor"] is None and body["data_version"]
+
+
+async def test_category_guidance_body_for_the_waste_pipeline(client: AsyncClient) -> None:
+    response = await client.get(f"{PREFIX}/categories/battery")
+    assert response.status_code == 200
+    body = response.json()
+    for field in ("code", "name_ko", "name_en", "disposal", "marks", "varies_by_region"):
+        assert field in body
+    assert body["code"] == "battery" and body["name_ko"] == "폐건전지·배터리"
+    assert body["steps"] and all(isinstance(step, str) for step in body["steps"])
+    assert body["mistakes"] and all(isinstance(m, str) for m in body["mistakes"])
+    assert body["sources"] and {"title", "url", "date"} <= set(body["sources"][0])
+    assert all(rule["sources"] and rule["as_of"] for rule in body["rules"]["steps"])
+    assert "max-age" in response.headers["cache-control"]
+
+
+async def test_regional_override_is_shown_on_its_category(client: AsyncClient) -> None:
+    body = (await client.get(f"{PREFIX}/categories/pet_clear")).json()
+    assert body["varies_by_region"] is True
+    assert any(rule["region_name"] == "서울특별시 강남구" for rule in body["regional_rules"])
+
+
+async def test_unknown_category_is_404_problem_json(client: AsyncClient) -> None:
+    response = await client.get(f"{PREFIX}/categories/plutonium")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["title"] == "Unknown category"
+
+
+async def test_item_search_forgives_typos_spacing_and_initials(client: AsyncClient) -> None:
+    for query, expected in (
+        ("보조베터리", "battery"),
+        ("우유 팩", "paper_pack"),
+        ("ㅍㅌㅂ", "pet_clear"),
+    ):
+        response = await client.get(f"{PREFIX}/items", params={"q": query, "limit": 3})
+        assert response.status_code == 200
+        items = response.json()["items"]
+        assert items[0]["primary_category"] == expected, query
+        assert len(items) <= 3
+
+
+async def test_item_search_rejects_empty_and_oversized_queries(client: AsyncClient) -> None:
+    for params in ({"q": " · "}, {"q": "x" * 101}, {}, {"q": "캔", "limit": 0}):
+        response = await client.get(f"{PREFIX}/items", params=params)
+        assert response.status_code == 422, params
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_feedback_needs_a_signed_in_user(client: AsyncClient) -> None:
+    response = await client.post(f"{PREFIX}/feedback", json={"category": "battery"})
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_feedback_rules_answer_by_default(client: AsyncClient, auth: AuthHeaders) -> None:
+    response = await client.post(
+        f"{PREFIX}/feedback",
+        json={"category": "paper", "item": "기름 묻은 피자 박스"},
+        headers=auth(),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["source"] == "rules" and body["fallback_reason"] is None
+    assert body["item"]["id"] == "pizza-box"
+    # Which part goes where, from the item's notes.
+    assert "깨끗한 뚜껑" in body["answer"] and "기름 밴 바닥" in body["answer"]
+    assert body["steps"] and body["mistakes"] and body["sources"]
+
+
+async def test_feedback_names_the_region_when_the_rule_varies(
+    client: AsyncClient, auth: AuthHeaders
+) -> None:
+    gangnam = await client.post(
+        f"{PREFIX}/feedback", json={"category": "pet_clear", "region": "강남구"}, headers=auth()
+    )
+    assert "[서울특별시 강남구]" in gangnam.json()["answer"]
+    unknown_region = await client.post(
+        f"{PREFIX}/feedback", json={"category": "pet_clear"}, headers=auth()
+    )
+    body = unknown_region.json()
+    assert "강남구" not in body["answer"] and "지역마다 다를 수 있으니" in body["answer"]
+    assert body["regional_rules"], "what we know per region is still listed"
+    elsewhere = await client.post(
+        f"{PREFIX}/feedback", json={"category": "food", "region": "11110"}, headers=auth()
+    )
+    body = elsewhere.json()
+    assert body["varies_by_region"] is True and "지역마다 다를 수 있으니" in body["answer"]
+
+
+async def test_feedback_rejects_an_unknown_category(client: AsyncClient, auth: AuthHeaders) -> None:
+    response = await client.post(
+        f"{PREFIX}/feedback", json={"category": "lithium_waste"}, headers=auth()
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
