@@ -35,7 +35,7 @@ typecheck: install  ## mypy over every package
 	$(UV) run --frozen mypy libs/common/src services/*/src tools/*/src
 
 test-py: install  ## pytest over every package and the cross-service tests
-	$(UV) run --frozen pytest -n 2 libs services tools tests
+	$(UV) run --frozen pytest -n 2 --dist loadgroup libs services tools tests
 
 lint-k8s: install  ## render and validate charts, manifests, Dockerfiles and skaffold offline
 	$(UV) run --frozen python -m ecosort_k8scheck

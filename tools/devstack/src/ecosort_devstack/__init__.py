@@ -1,1 +1,4 @@
-"""Local stack launcher."""
+"""The EcoSort local stack: embedded PostgreSQL, Valkey and nginx plus every service.
+
+`ecosort-stack up` starts everything as real processes and `ecosort-stack down` stops them.
+"""

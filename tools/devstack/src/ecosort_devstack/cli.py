@@ -1,0 +1,111 @@
+"""`ecosort-stack up | down | gateway-config`: the command behind `make run` and `make stop`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from signal import SIGHUP, SIGTERM
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from ecosort_devstack.config import StackConfig
+from ecosort_devstack.errors import StackError
+from ecosort_devstack.shutdown import down
+
+if TYPE_CHECKING:
+    from ecosort_devstack.stack import StackInfo
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # `down` and a closed terminal stop the stack the same way Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+def _summary(info: StackInfo, config: StackConfig) -> str:
+    width = max(len(name) for name in info.service_urls) + 2
+    lines = [f"EcoSort is up in {info.seconds:.1f} s", f"  {'gateway':<{width}}{info.gateway_url}"]
+    for service, url in info.service_urls.items():
+        routed = f"{info.gateway_url}/api/v1/{service}"
+        lines.append(f"  {service:<{width}}{url}   (through the gateway: {routed})")
+    lines += [
+        f"  {'postgres':<{width}}{info.database}",
+        f"  {'redis':<{width}}{info.redis}",
+        f"  {'worker':<{width}}{info.worker}",
+        f"  {'logs':<{width}}{config.logs_dir}/",
+        *(f"  note: {note}" for note in info.notes),
+        "Ctrl-C stops the stack (or `make stop` / `ecosort-stack down` in another terminal).",
+    ]
+    return "\n".join(lines)
+
+
+def run_up(config: StackConfig) -> int:
+    from ecosort_devstack.stack import Stack  # imported here: `down` must start fast
+
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (SIGTERM, SIGHUP)}
+    stack = Stack(config, say=_say)
+    try:
+        info = stack.up()
+        _say(_summary(info, config))
+        stack.watch()
+    except KeyboardInterrupt:
+        _say("stopping the stack...")
+    finally:
+        stack.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    _say("stopped")
+    return 0
+
+
+def run_gateway_config(config: StackConfig) -> int:
+    from ecosort_devstack.ingress import load_routes
+    from ecosort_devstack.nginx_conf import render_nginx_conf
+
+    routes = load_routes(config.repo / "ingress")
+    ports = {service: config.service_port(service) for service in config.services}
+    print(
+        render_nginx_conf(
+            routes,
+            ports,
+            listen_port=config.gateway_port,
+            work_dir=config.nginx_dir,
+            rate_limit=config.rate_limit,
+        ),
+        end="",
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ecosort-stack",
+        description="The EcoSort local stack. Settings: DATABASE_URL / REDIS_URL (use servers "
+        "you run), ECOSORT_STACK_HOME (default <repo>/.local), ECOSORT_STACK_PORT_OFFSET, "
+        "ECOSORT_STACK_DB_PREFIX, ECOSORT_GATEWAY_RATE_LIMIT=off, ECOSORT_STACK_WORKER=off, "
+        "ECOSORT_STACK_MIGRATE=always (see tools/devstack/README.md).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start everything; Ctrl-C stops it")
+    sub.add_parser("down", help="stop a stack started in another terminal")
+    sub.add_parser("gateway-config", help="print the nginx.conf generated from ingress/")
+    args = parser.parse_args(argv)
+    try:
+        config = StackConfig.from_env()
+        if args.command == "up":
+            return run_up(config)
+        if args.command == "down":
+            return down(config, say=_say)
+        return run_gateway_config(config)
+    except (StackError, FileNotFoundError, ValueError) as exc:
+        print(f"ecosort-stack: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

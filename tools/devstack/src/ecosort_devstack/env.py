@@ -1,0 +1,80 @@
+"""The environment each process of the stack gets: the one table of the local settings.
+
+Values are layered: the launcher's own environment (so a service's other settings can be set
+in the terminal), then this table. Service engineers add their local settings here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from ecosort_devstack.config import StackConfig
+
+# Secrets a service refuses to start without (or should not run on a shared default): made
+# once per stack home, kept in <home>/secrets.json (0600) so they survive restarts: the auth
+# signing keys stored in the database stay readable. A value in the environment wins.
+GENERATED_SECRETS = ("AUTH_KEY_ENCRYPTION_KEY", "UPLOAD_SIGNING_KEY")
+
+
+_SECRETS_LOCK = threading.Lock()  # the service pipelines start on parallel threads
+
+
+def local_secrets(home: Path) -> dict[str, str]:
+    with _SECRETS_LOCK:
+        return _load_or_create_secrets(home / "secrets.json")
+
+
+def _load_or_create_secrets(path: Path) -> dict[str, str]:
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [name for name in GENERATED_SECRETS if name not in stored]
+    if missing:
+        stored.update({name: secrets.token_urlsafe(32) for name in missing})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.touch(mode=0o600)
+        temporary.write_text(json.dumps(stored, indent=2))
+        temporary.replace(path)
+    return stored
+
+
+def service_env(
+    config: StackConfig,
+    service: str,
+    *,
+    database_url: str,
+    redis_url: str,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of `service` (its migrations, its API and, for waste, the worker)."""
+    gateway = f"http://127.0.0.1:{config.gateway_port}"
+    table = {
+        "DATABASE_URL": database_url,  # this service's own database
+        "REDIS_URL": redis_url,  # one Redis DB for all: events travel on its Streams
+        "JWKS_URL": f"http://127.0.0.1:{config.service_port('auth')}/api/v1/auth/jwks.json",
+        "JWT_ISSUER": gateway,
+        "JWT_AUDIENCE": "ecosort",
+        "AUTH_DEV_LOGIN_ENABLED": "true",
+        "RECYCLING_URL": f"http://127.0.0.1:{config.service_port('recycling')}",
+        "PUBLIC_BASE_URL": gateway,  # waste: where local direct-upload forms post back
+        "AUTH_PUBLIC_BASE_URL": gateway,  # auth: OAuth callbacks come back through the gateway
+        "DATA_DIR": str(config.data_dir(service)),  # uploads, signing keys, models
+        "LOG_LEVEL": "info",
+    }
+    environment = dict(os.environ if base is None else base)
+    generated = {
+        name: value for name, value in local_secrets(config.home).items() if name not in environment
+    }
+    environment.update(table)
+    environment.update(generated)
+    return environment
+
+
+def per_service_database_url(service: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """`<SVC>_DATABASE_URL` (e.g. WASTE_DATABASE_URL) points one service at a database as is."""
+    env = os.environ if environ is None else environ
+    return env.get(f"{service.upper()}_DATABASE_URL") or None

@@ -1,0 +1,107 @@
+"""Processes are recorded as they start and stopped by PID, process group included."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from ecosort_devstack.config import StackConfig
+from ecosort_devstack.processes import (
+    ProcessGroup,
+    ProcessRecord,
+    StateFile,
+    group_members,
+    is_alive,
+    launcher_record,
+    stop_records,
+)
+from ecosort_devstack.shutdown import down
+
+# A parent with a child of its own, as uvicorn and Celery have.
+FAMILY = ["sh", "-c", "sleep 60 & sleep 60"]
+# Ignores SIGTERM (inherited by its child), so only SIGKILL ends it.
+STUBBORN = ["sh", "-c", "trap '' TERM; sleep 60 & wait"]
+
+
+def spawn(group: ProcessGroup, name: str, argv: list[str], tier: int = 3) -> ProcessRecord:
+    popen = group.spawn(name, argv, env=dict(os.environ), cwd=Path.cwd(), tier=tier)
+    deadline = time.monotonic() + 5
+    while len(group_members(popen.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return next(r for r in group.records if r.pid == popen.pid)
+
+
+def test_stop_all_ends_every_process_of_every_group(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "stack.json")
+    group = ProcessGroup(state, tmp_path)
+    records = [spawn(group, "a", FAMILY, tier=1), spawn(group, "b", FAMILY, tier=3)]
+    _, written = state.read()
+    assert [r.pid for r in written] == [r.pid for r in records]  # recorded as they started
+    assert all(len(group_members(r.pid)) >= 2 for r in records)
+    group.stop_all()
+    assert not any(group_members(r.pid) for r in records)
+    assert not state.path.exists()
+
+
+def test_a_process_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
+    group = ProcessGroup(StateFile(tmp_path / "stack.json"), tmp_path)
+    record = spawn(group, "stubborn", STUBBORN)
+    started = time.monotonic()
+    stop_records([record], timeout=0.5)
+    assert not group_members(record.pid)
+    assert time.monotonic() - started < 5
+    group.stop_all()
+
+
+def test_a_reused_pid_is_not_ours() -> None:
+    me = launcher_record()
+    assert is_alive(me)
+    assert not is_alive(ProcessRecord("x", me.pid, me.create_time - 100, signal.SIGTERM, 1))
+
+
+def test_down_stops_what_a_killed_launcher_left(tmp_path: Path) -> None:
+    config = StackConfig(repo=Path.cwd(), home=tmp_path)
+    state = StateFile(config.state_file)
+    group = ProcessGroup(state, tmp_path)
+    record = spawn(group, "orphan", FAMILY)
+    # The file as a launcher that died with SIGKILL would leave it: launcher gone, child alive.
+    dead_launcher = ProcessRecord("ecosort-stack", 2**22 + 1, 0.0, signal.SIGTERM, 99)
+    state.write(dead_launcher, group.records)
+    messages: list[str] = []
+    assert down(config, say=messages.append) == 0
+    assert not group_members(record.pid)
+    assert not state.path.exists()
+    assert "stopped 1 processes" in messages[-1]
+
+
+def test_down_without_a_stack_says_so(tmp_path: Path) -> None:
+    messages: list[str] = []
+    assert down(StackConfig(repo=Path.cwd(), home=tmp_path), say=messages.append) == 0
+    assert "no stack is running" in messages[0]
+
+
+def test_spawn_after_stop_is_refused(tmp_path: Path) -> None:
+    group = ProcessGroup(StateFile(tmp_path / "stack.json"), tmp_path)
+    group.stop_all()
+    try:
+        group.spawn("late", [sys.executable, "-c", "pass"], env={}, cwd=tmp_path, tier=1)
+    except Exception as exc:
+        assert "stopping" in str(exc)
+    else:
+        raise AssertionError("a process started after stop_all()")
+
+
+def test_an_exited_but_unreaped_process_is_not_alive(tmp_path: Path) -> None:
+    # `down` waits for the launcher to exit; its parent (a shell, pytest) may reap it later.
+    group = ProcessGroup(StateFile(tmp_path / "stack.json"), tmp_path)
+    popen = group.spawn("brief", ["true"], env={}, cwd=tmp_path, tier=1)
+    record = group.records[0]
+    deadline = time.monotonic() + 5
+    while is_alive(record) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not is_alive(record)
+    assert popen.returncode is None  # still unreaped: a zombie
+    group.stop_all()
