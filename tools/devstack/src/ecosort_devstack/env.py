@@ -65,6 +65,9 @@ def service_env(
         "DATA_DIR": str(config.data_dir(service)),  # uploads, signing keys, models
         "LOG_LEVEL": "info",
     }
+    seed = config.repo / ".." / "shared" / "data" / "collection-points"
+    if seed.is_dir():  # locations imports the public collection-point data once, on migrate
+        table["COLLECTION_POINTS_SEED_DIR"] = str(seed.resolve())
     environment = dict(os.environ if base is None else base)
     generated = {
         name: value for name, value in local_secrets(config.home).items() if name not in environment
