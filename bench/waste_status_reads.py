@@ -1,0 +1,137 @@
+"""Status reads: `GET /api/v1/waste/analyses/{id}` against one API process, 64 connections.
+
+Goal (issue 3): >= 2,000 req/s with p99 <= 50 ms. The analysis read is one being processed, so
+each request verifies the token (ES256 + the revocation check in Redis), reads the row from
+PostgreSQL and the live progress hash from Redis: the polling path of a real client.
+
+    uv run --frozen python bench/waste_status_reads.py [--seconds 15] [--connections 64]
+
+Load comes from wrk (Debian package `wrk`) in its own process; without it, from a slower
+Python client (httpx), whose own CPU use then competes with the server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+import redis
+
+sys.path.insert(0, str(Path(__file__).parent))
+from waste_api_stack import API, WasteApi, waste_api
+
+
+def prepare(api: WasteApi) -> tuple[str, dict[str, str]]:
+    user = uuid.uuid4()
+    analysis_id = api.create_analysis(user)
+    plain_url = api.database_url.replace("+psycopg", "")
+    with psycopg.connect(plain_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE analyses SET status='processing', stage='classify', progress=40 WHERE id=%s",
+            (analysis_id,),
+        )
+    client = redis.Redis.from_url(api.redis_url)
+    client.hset(f"waste:analysis:{analysis_id}", mapping={"status": "processing", "progress": 55})
+    client.close()
+    return f"{api.base_url}{API}/analyses/{analysis_id}", api.headers(user)
+
+
+def run_wrk(url: str, headers: dict[str, str], connections: int, seconds: int) -> dict[str, float]:
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    print(output)
+
+    def ms(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        assert match, f"no {label}% line in wrk output"
+        value, unit = float(match[1]), match[2]
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "rps": rps,
+        "p50_ms": ms("50"),
+        "p99_ms": ms("99"),
+        "non_2xx": float(errors[1]) if errors else 0.0,
+    }
+
+
+async def run_python(
+    url: str, headers: dict[str, str], connections: int, seconds: int
+) -> dict[str, float]:
+    latencies: list[float] = []
+    failures = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=connections)
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=5) as http:
+
+        async def worker() -> None:
+            nonlocal failures
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                response = await http.get(url)
+                latencies.append((time.perf_counter() - start) * 1000)
+                failures += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    cuts = statistics.quantiles(latencies, n=100)
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": cuts[49],
+        "p99_ms": cuts[98],
+        "non_2xx": float(failures),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    with waste_api() as api:
+        url, headers = prepare(api)
+        assert httpx.get(url, headers=headers).json()["status"] == "processing"
+        # Warm up: JWKS fetch, connection pools, code paths.
+        for _ in range(200):
+            httpx.get(url, headers=headers)
+        tool = "wrk" if shutil.which("wrk") else "python-httpx"
+        cpu_before = api.cpu_seconds()
+        if tool == "wrk":
+            figures = run_wrk(url, headers, args.connections, args.seconds)
+        else:
+            figures = asyncio.run(run_python(url, headers, args.connections, args.seconds))
+        cpu_used = api.cpu_seconds() - cpu_before
+        rss = api.rss_mb()
+        load = os.getloadavg()[0]
+    # CPU per request does not depend on what else the machine runs; req/s and latency do.
+    cpu_ms = cpu_used * 1000 / max(1.0, figures["rps"] * args.seconds)
+    print(
+        f"waste status reads | load: {tool}, {args.connections} connections, {args.seconds} s, "
+        f"one uvicorn process\n"
+        f"  throughput {figures['rps']:.0f} req/s (goal >= 2000)\n"
+        f"  latency p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms "
+        f"(goal p99 <= 50)\n"
+        f"  non-2xx {figures['non_2xx']:.0f}, API RSS {rss:.0f} MB\n"
+        f"  API CPU {cpu_ms:.2f} ms per request (=> about {1000 / cpu_ms:.0f} req/s on one "
+        f"free core); 1-min load average during the run {load:.1f} on {os.cpu_count()} cores"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Upload → completed with the local model: 10 concurrent clients, each uploading a photo and
+following its event stream until the analysis is completed, one after another.
+
+    uv run --frozen python bench/waste_upload_to_completed.py [--clients 10] [--uploads 20]
+        [--worker-processes 2]
+
+A real stack on this machine: one uvicorn process of the waste API (its own PostgreSQL and
+Redis databases, tokens from a local issuer), one Celery worker (`--worker-processes` pool
+processes, the local model), and a stand-in for the recycling service. Latency is measured by
+the client from sending `POST /api/v1/waste/analyses` to receiving the `completed` event on
+`GET …/analyses/{id}/events`: upload checks and sanitising, the commit, the queue, the four
+stages, the save and the event's way back. Goal (issue 3): p50 <= 150 ms, p95 <= 400 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from waste_api_stack import API, WasteApi, waste_api
+from waste_worker_stack import (
+    celery_worker,
+    percentile,
+    recycling_stand_in,
+    shared_photos,
+)
+
+
+async def upload_and_follow(client: httpx.AsyncClient, api: WasteApi, photo: bytes) -> float:
+    """Seconds from the upload to the `completed` event."""
+    headers = api.headers(uuid.uuid4())
+    started = time.perf_counter()
+    response = await client.post(
+        f"{api.base_url}{API}/analyses",
+        headers=headers,
+        files={"image": ("photo.jpg", photo, "image/jpeg")},
+    )
+    response.raise_for_status()
+    events_url = api.base_url + response.json()["links"]["events"]
+    async with client.stream("GET", events_url, headers=headers) as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("event:") and line.split(":", 1)[1].strip() in (
+                "completed",
+                "failed",
+            ):
+                if line.split(":", 1)[1].strip() == "failed":
+                    raise RuntimeError("analysis failed")
+                return time.perf_counter() - started
+    raise RuntimeError("the event stream ended without a final event")
+
+
+async def run_clients(api: WasteApi, clients: int, uploads: int) -> list[float]:
+    photos = shared_photos(clients * uploads)
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=clients * 2)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+        async def one_client(index: int) -> None:
+            for n in range(uploads):
+                latencies.append(await upload_and_follow(client, api, photos[index * uploads + n]))
+
+        for warm_up in photos[:3]:  # first connections, first model runs
+            await upload_and_follow(client, api, warm_up)
+        await asyncio.gather(*(one_client(i) for i in range(clients)))
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--uploads", type=int, default=20, help="per client")
+    parser.add_argument("--worker-processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--no-tta", action="store_true", help="CLASSIFIER_TEST_TIME_AUGMENTATION=false"
+    )
+    args = parser.parse_args()
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}:"
+    with (
+        tempfile.TemporaryDirectory(prefix="ecosort-bench-") as data_dir,
+        recycling_stand_in() as recycling_url,
+    ):
+        shared_env = {
+            "DATA_DIR": data_dir,
+            "RECYCLING_URL": recycling_url,
+            "CELERY_KEY_PREFIX": prefix,
+            "LOG_LEVEL": "warning",
+        }
+        with waste_api(shared_env) as api:
+            worker_env = shared_env | {
+                "DATABASE_URL": api.database_url,
+                "REDIS_URL": api.redis_url,
+                "CLASSIFIER_PROVIDER": "local",
+                "CLASSIFIER_TEST_TIME_AUGMENTATION": str(not args.no_tta).lower(),
+            }
+            log_dir = Path(data_dir) / "worker-logs"
+            log_dir.mkdir()
+            with celery_worker(worker_env, concurrency=args.worker_processes, log_dir=log_dir):
+                started = time.perf_counter()
+                latencies = asyncio.run(run_clients(api, args.clients, args.uploads))
+                elapsed = time.perf_counter() - started
+
+    ms = [value * 1000 for value in latencies]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"clients: {args.clients}, uploads: {len(ms)}, worker processes: "
+        f"{args.worker_processes}, test-time augmentation: {not args.no_tta}"
+    )
+    print(f"throughput: {len(ms) / elapsed:.1f} analyses/s")
+    print(
+        f"upload -> completed: p50 {percentile(ms, 0.5):.0f} ms, p95 {percentile(ms, 0.95):.0f} ms,"
+        f" p99 {percentile(ms, 0.99):.0f} ms, max {max(ms):.0f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

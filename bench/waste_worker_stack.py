@@ -1,0 +1,167 @@
+"""What the pipeline benchmarks share: real Celery worker processes of `ecosort_waste.worker`, a
+stand-in for the recycling service (fixed category answers, so its own speed is not measured),
+the shared photos, and CPU accounting of a process tree from /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from ecosort_common.testing import free_port
+
+PHOTOS = Path(
+    os.environ.get(
+        "WASTE_PHOTOS_DIR", Path(__file__).resolve().parents[2] / "shared/data/waste-images"
+    )
+)
+
+
+def shared_photos(count: int) -> list[bytes]:
+    """`count` photos, the six classes in turn (TrashNet JPEGs, 512×384, as a phone would send
+    after the app's own downscaling)."""
+    classes = sorted(p for p in PHOTOS.iterdir() if p.is_dir())
+    files = [sorted(c.glob("*.jpg")) for c in classes]
+    return [files[i % len(files)][i // len(files)].read_bytes() for i in range(count)]
+
+
+@contextmanager
+def recycling_stand_in() -> Iterator[str]:
+    """GET /api/v1/recycling/categories/{code} answered from memory, like recycling would."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            code = self.path.rsplit("/", 1)[-1]
+            body = json.dumps(
+                {
+                    "code": code,
+                    "name_ko": code,
+                    "name_en": code,
+                    "disposal": "…",
+                    "steps": [],
+                    "mistakes": [],
+                    "marks": [],
+                    "sources": [],
+                    "varies_by_region": False,
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def tree(self) -> list[int]:
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.process.pid)], capture_output=True, text=True
+        ).stdout
+        return [self.process.pid, *(int(p) for p in out.split())]
+
+    def cpu_seconds(self, *, main_only: bool = False) -> float:
+        """User + system CPU of the worker and its pool processes (or its main process) so far."""
+        total = 0
+        for pid in [self.process.pid] if main_only else self.tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)  # warm shutdown of the pool
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@contextmanager
+def celery_worker(
+    env: dict[str, str], *, concurrency: int, log_dir: Path, pool: str = "prefork"
+) -> Iterator[Worker]:
+    log_path = log_dir / f"worker-{len(list(log_dir.iterdir()))}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "ecosort_waste.worker",
+                "worker",
+                "-Q",
+                "analyses",
+                "--concurrency",
+                str(concurrency),
+                "--pool",
+                pool,
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "WARNING",
+                "--hostname",
+                f"bench-{os.getpid()}-{time.monotonic_ns()}@%h",
+            ],
+            env={**os.environ, **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = Worker(process, log_path)
+    try:
+        _wait_ready(worker, concurrency, pool)
+        yield worker
+    finally:
+        worker.stop()
+
+
+def _wait_ready(worker: Worker, concurrency: int, pool: str) -> None:
+    """Up when every pool process exists and has loaded the model (its CPU use settles)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if worker.process.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{worker.log_path.read_text()[-3000:]}")
+        if len(worker.tree()) == (1 if pool == "solo" else concurrency + 1):
+            before = worker.cpu_seconds()
+            time.sleep(0.5)
+            if worker.cpu_seconds() - before < 0.05:
+                return
+        time.sleep(0.2)
+    raise RuntimeError("worker not ready within 120 s")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]

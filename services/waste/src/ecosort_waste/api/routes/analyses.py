@@ -1,0 +1,303 @@
+"""Creating and reading analyses, and correcting their category."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from ecosort_common.errors import Problem
+from ecosort_common.pagination import MAX_PAGE_SIZE, Page
+from ecosort_common.security import Principal
+from ecosort_waste import crud, images, progress
+from ecosort_waste.api.deps import (
+    CurrentUser,
+    DbSession,
+    Enqueue,
+    EnqueueDep,
+    ReadSession,
+    RedisClient,
+    StorageDep,
+    analysis_links,
+)
+from ecosort_waste.api.routes.uploads import incoming_key
+from ecosort_waste.api.schemas import (
+    AnalysisAccepted,
+    AnalysisSummary,
+    AnalysisView,
+    CorrectionView,
+    CreateFromUpload,
+    FeedbackRequest,
+)
+from ecosort_waste.idempotency import StoredImage, create_or_replay, request_hash, validate_key
+from ecosort_waste.models import FINAL_STATUSES, Analysis
+from ecosort_waste.storage import ObjectNotFound, Storage
+
+router = APIRouter(tags=["analyses"])
+log = structlog.get_logger(__name__)
+
+# Multipart framing around a 10 MB image is a few hundred bytes; anything far above is refused
+# from the Content-Length alone, before a byte of it is parsed.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+CREATE_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/json": {"schema": CreateFromUpload.model_json_schema()},
+        },
+    }
+}
+IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The image is over 10 MB."},
+    415: {"description": "Not a JPEG, PNG, WebP or HEIC/HEIF image."},
+    422: {"description": "Corrupt or truncated image, too many pixels, or a reused key."},
+}
+
+
+@router.post(
+    "/analyses",
+    status_code=202,
+    response_model=AnalysisAccepted,
+    openapi_extra=CREATE_BODY_DOC,
+    responses=IMAGE_ERRORS,
+    summary="Upload a photo (multipart `image`) or name a direct upload (`upload_id`)",
+)
+async def create_analysis(
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    session: DbSession,
+    storage: StorageDep,
+    enqueue: EnqueueDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> AnalysisAccepted:
+    with image_problems():
+        return await _create_analysis(
+            request, response, user, session, storage, enqueue, idempotency_key
+        )
+
+
+@contextmanager
+def image_problems() -> Iterator[None]:
+    """An image refused anywhere below (size, type, decoding) becomes its problem+json."""
+    try:
+        yield
+    except images.ImageRejected as exc:
+        raise Problem(exc.status, exc.detail, title=exc.title) from exc
+
+
+async def _create_analysis(
+    request: Request,
+    response: Response,
+    user: Principal,
+    session: AsyncSession,
+    storage: Storage,
+    enqueue: Enqueue,
+    idempotency_key: str | None,
+) -> AnalysisAccepted:
+    key = validate_key(idempotency_key)
+    content_type = request.headers.get("content-type", "").lower()
+    upload_key: str | None = None
+    if content_type.startswith("multipart/form-data"):
+        raw = await _read_multipart_image(request)
+        hashed = request_hash("image", raw)
+    elif content_type.startswith("application/json"):
+        upload_id = _parse_upload_reference(await request.body())
+        upload_key = incoming_key(user.user_id, upload_id)
+        hashed = request_hash("upload", upload_id.bytes)
+        raw = b""  # read from storage only if this is not a replay
+    else:
+        raise Problem(
+            415,
+            'Send the photo as multipart/form-data (field `image`) or JSON {"upload_id"}.',
+            title="Unsupported request body",
+        )
+
+    async def store_image() -> StoredImage:
+        data = raw if upload_key is None else await _read_upload(storage, upload_key)
+        return await _sanitise_and_store(storage, user.user_id, data)
+
+    outcome = await create_or_replay(
+        session, owner_id=user.user_id, key=key, hashed=hashed, store_image=store_image
+    )
+    analysis = outcome.analysis
+    if outcome.created:
+        await _enqueue(enqueue, analysis.id)
+        if upload_key is not None:
+            # The original may carry GPS and other metadata: keep only the sanitised copy.
+            await run_in_threadpool(storage.delete, upload_key)
+    links = analysis_links(analysis.id)
+    response.headers["Location"] = links["self"]
+    return AnalysisAccepted.model_validate(
+        {"id": analysis.id, "status": analysis.status, "links": links}
+    )
+
+
+async def _read_multipart_image(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit():
+        images.check_size(max(0, int(declared) - MULTIPART_OVERHEAD_BYTES))
+    async with request.form(max_files=1, max_fields=8) as form:
+        image = form.get("image")
+        if not isinstance(image, UploadFile):
+            raise Problem(
+                422,
+                "The multipart body needs a file field named `image`.",
+                title="Missing image",
+            )
+        if image.size is not None:
+            images.check_size(image.size)
+        data = await image.read(images.MAX_UPLOAD_BYTES + 1)
+    images.check_size(len(data))
+    return data
+
+
+def _parse_upload_reference(body: bytes) -> uuid.UUID:
+    try:
+        return CreateFromUpload.model_validate_json(body).upload_id
+    except ValidationError as exc:
+        raise Problem(
+            422,
+            'The JSON body must be {"upload_id": "<id from POST /uploads>"}.',
+            title="Request validation failed",
+            errors=[{"loc": [str(p) for p in e["loc"]], "msg": e["msg"]} for e in exc.errors()],
+        ) from exc
+
+
+async def _read_upload(storage: Storage, key: str) -> bytes:
+    try:
+        images.check_size(await run_in_threadpool(storage.size, key))
+        data: bytes = await run_in_threadpool(storage.get, key)
+    except ObjectNotFound as exc:
+        raise Problem(
+            422,
+            "No uploaded object for this upload_id: upload it first, with the form from "
+            "POST /api/v1/waste/uploads.",
+            title="Unknown upload",
+        ) from exc
+    return data
+
+
+async def _sanitise_and_store(storage: Storage, owner_id: uuid.UUID, data: bytes) -> StoredImage:
+    # Decoding and re-encoding is CPU work: keep it off the event loop.
+    clean = await run_in_threadpool(images.sanitise, data)
+    # Content-addressed: duplicate requests write the same object instead of leaving orphans.
+    key = f"images/{owner_id}/{clean.sha256}.jpg"
+    await run_in_threadpool(storage.put, key, clean.data, clean.content_type)
+    return StoredImage(key=key, sha256=clean.sha256)
+
+
+async def _enqueue(enqueue: Enqueue, analysis_id: uuid.UUID) -> None:
+    try:
+        await run_in_threadpool(enqueue, analysis_id)
+    except Exception:
+        # The analysis is committed as `queued`; the reaper re-queues what never started.
+        log.exception("enqueue_failed", analysis_id=str(analysis_id))
+
+
+@router.get("/analyses/{analysis_id}", response_model=AnalysisView)
+async def get_analysis(
+    analysis_id: uuid.UUID, user: CurrentUser, session: ReadSession, redis: RedisClient
+) -> AnalysisView:
+    analysis = await _owned_or_404(session, analysis_id, user.user_id)
+    view = _view(analysis)
+    if analysis.status not in FINAL_STATUSES:
+        await _overlay_live_progress(redis, view)
+    return view
+
+
+async def _overlay_live_progress(redis: RedisClient, view: AnalysisView) -> None:
+    """The pipeline publishes progress to Redis more often than it writes the database."""
+    try:
+        state = await progress.read_state(redis, view.id)
+    except Exception:  # progress is a nicety; the database answer stands on its own
+        log.warning("progress_state_unavailable", analysis_id=str(view.id))
+        return
+    # Only "processing" is taken from Redis: a final status comes with a result in the database.
+    if state.get("status") == "processing":
+        view.status = "processing"
+    if state.get("stage"):
+        view.stage = state["stage"]
+    live = state.get("progress", "")
+    if live.isdigit() and view.status != "queued":
+        view.progress = max(view.progress, min(int(live), 99))
+
+
+@router.get("/analyses", response_model=Page[AnalysisSummary])
+async def list_analyses(
+    user: CurrentUser,
+    session: ReadSession,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
+) -> Page[Any]:
+    return await crud.list_owned(session, user.user_id, cursor=cursor, limit=limit, item=_summary)
+
+
+@router.post("/analyses/{analysis_id}/feedback", status_code=201, response_model=CorrectionView)
+async def add_feedback(
+    analysis_id: uuid.UUID, body: FeedbackRequest, user: CurrentUser, session: DbSession
+) -> CorrectionView:
+    analysis = await _owned_or_404(session, analysis_id, user.user_id)
+    correction = await crud.add_correction(session, analysis, body.category)
+    await session.commit()
+    return CorrectionView.model_validate(correction, from_attributes=True)
+
+
+async def _owned_or_404(
+    session: AsyncSession, analysis_id: uuid.UUID, owner_id: uuid.UUID
+) -> Analysis:
+    analysis = await crud.get_owned(session, analysis_id, owner_id)
+    if analysis is None:
+        # Someone else's analysis gets the same answer as a missing one: ids are not disclosed.
+        raise Problem(404, f"No analysis {analysis_id}.", title="Analysis not found")
+    return analysis
+
+
+def _view(analysis: Analysis) -> AnalysisView:
+    return AnalysisView.model_validate(
+        {
+            "id": analysis.id,
+            "status": analysis.status,
+            "progress": analysis.progress,
+            "stage": analysis.stage,
+            "result": analysis.result,
+            "error": analysis.error,
+            "created_at": analysis.created_at,
+            "updated_at": analysis.updated_at,
+            "completed_at": analysis.completed_at,
+            "links": analysis_links(analysis.id),
+        }
+    )
+
+
+def _summary(analysis: Analysis) -> AnalysisSummary:
+    result = analysis.result or {}
+    return AnalysisSummary.model_validate(
+        {
+            "id": analysis.id,
+            "status": analysis.status,
+            "progress": analysis.progress,
+            "stage": analysis.stage,
+            "category": result.get("category"),
+            "confidence": result.get("confidence"),
+            "created_at": analysis.created_at,
+            "completed_at": analysis.completed_at,
+            "links": analysis_links(analysis.id),
+        }
+    )

@@ -1,0 +1,139 @@
+"""The trained head: a linear softmax layer over the backbone's 1280-d features, stored as
+versioned `.npz` files beside a `current` pointer, plus its calibration (temperature and the
+not-sure threshold)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .categories import CATEGORY_CODES, TRASHNET_CLASSES
+
+CURRENT_POINTER = "current"
+_VERSION_FILE = re.compile(r"^head-v(\d+)\.npz$")
+
+
+class HeadError(RuntimeError):
+    """A head file that is missing, malformed or made for another backbone."""
+
+
+@dataclass(frozen=True)
+class Head:
+    version: str  # "head-v3"
+    weights: NDArray[np.float32]  # (features, classes)
+    bias: NDArray[np.float32]  # (classes,)
+    temperature: float
+    threshold: float  # calibrated top-1 probability below which the answer is "not sure"
+    classes: tuple[str, ...] = TRASHNET_CLASSES
+    # Mean feature per class, and the cosine similarity to it below which a photo counts as
+    # unlike anything the head was trained on (a blank or synthetic image, say).
+    centroids: NDArray[np.float32] | None = None
+    typicality_threshold: float = -1.0
+    backbone_sha256: str = ""  # the ONNX file whose features the head was trained on
+    # Whether the service averages the mirrored view too; the thresholds were calibrated so.
+    test_time_augmentation: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def logits(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
+        return np.asarray(features @ self.weights + self.bias, dtype=np.float32)
+
+    def probabilities(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Calibrated class probabilities, one row per feature row."""
+        return softmax(self.logits(features) / self.temperature)
+
+
+def softmax(logits: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return np.asarray(exp / exp.sum(axis=-1, keepdims=True), dtype=np.float32)
+
+
+def save_head(head: Head, path: Path) -> None:
+    np.savez(
+        path,
+        weights=head.weights.astype(np.float32),
+        bias=head.bias.astype(np.float32),
+        temperature=np.float32(head.temperature),
+        threshold=np.float32(head.threshold),
+        classes=np.array(head.classes),
+        centroids=(
+            head.centroids.astype(np.float32)
+            if head.centroids is not None
+            else np.zeros((0, head.weights.shape[0]), np.float32)
+        ),
+        typicality_threshold=np.float32(head.typicality_threshold),
+        backbone_sha256=np.array(head.backbone_sha256),
+        test_time_augmentation=np.array(head.test_time_augmentation),
+        metrics=np.array(json.dumps(head.metrics, sort_keys=True)),
+    )
+
+
+def load_head(path: Path) -> Head:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            classes = tuple(str(c) for c in data["classes"])
+            centroids = data["centroids"].astype(np.float32)
+            head = Head(
+                version=path.stem,
+                weights=data["weights"].astype(np.float32),
+                bias=data["bias"].astype(np.float32),
+                temperature=float(data["temperature"]),
+                threshold=float(data["threshold"]),
+                classes=classes,
+                centroids=centroids if len(centroids) else None,
+                typicality_threshold=float(data["typicality_threshold"]),
+                backbone_sha256=str(data["backbone_sha256"]),
+                test_time_augmentation=bool(data["test_time_augmentation"]),
+                metrics=json.loads(str(data["metrics"])),
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise HeadError(f"cannot read head file {path}: {exc}") from exc
+    # The TrashNet classes first; classes added from corrections are category codes.
+    extra = classes[len(TRASHNET_CLASSES) :]
+    if classes[: len(TRASHNET_CLASSES)] != TRASHNET_CLASSES or not set(extra) <= set(
+        CATEGORY_CODES
+    ):
+        raise HeadError(f"{path}: unexpected classes {classes}")
+    if head.weights.shape != (head.weights.shape[0], len(classes)) or head.temperature <= 0:
+        raise HeadError(f"{path}: malformed weights or temperature")
+    return head
+
+
+def current_head_path(heads_dir: Path) -> Path:
+    pointer = heads_dir / CURRENT_POINTER
+    try:
+        name = pointer.read_text().strip()
+    except OSError as exc:
+        raise HeadError(f"no current head pointer at {pointer}") from exc
+    if not _VERSION_FILE.match(name):
+        raise HeadError(f"{pointer} names {name!r}, not a head-v<N>.npz file")
+    return heads_dir / name
+
+
+def next_version_path(heads_dir: Path) -> Path:
+    numbers = [
+        int(m.group(1)) for p in heads_dir.glob("head-v*.npz") if (m := _VERSION_FILE.match(p.name))
+    ]
+    return heads_dir / f"head-v{max(numbers, default=0) + 1}.npz"
+
+
+def publish_head(head: Head, heads_dir: Path) -> Path:
+    """Write `head` as the next version, then switch `current` to it atomically (rename), so a
+    running service never reads a half-written pointer."""
+    heads_dir.mkdir(parents=True, exist_ok=True)
+    path = next_version_path(heads_dir)
+    save_head(head, path)
+    with tempfile.NamedTemporaryFile("w", dir=heads_dir, delete=False) as tmp:
+        tmp.write(path.name + "\n")
+    # NamedTemporaryFile is private (0600); the pointer must be readable by the service user.
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, heads_dir / CURRENT_POINTER)
+    return path

@@ -1,0 +1,179 @@
+"""The `openai` provider: a vision model asked for JSON constrained to our category codes.
+
+Structured output (`response_format` of type `json_schema`, strict) makes the model answer with
+exactly our schema and only our codes; the answer is still validated here, because a provider
+that says otherwise is a provider error, not a category. Timeouts and retries (with backoff)
+are the SDK's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Literal
+
+import openai
+from PIL import Image
+from pydantic import BaseModel, Field, ValidationError
+
+from ecosort_waste.classifier.base import Classification
+from ecosort_waste.classifier.remote import (
+    CATEGORY_CODES,
+    ProviderError,
+    jpeg_bytes,
+    ranked_classification,
+)
+
+INSTRUCTIONS = (
+    "You sort household waste under South Korea's separate-collection rules (분리배출). "
+    "Look at the photo and answer with the collection category of the main item, your "
+    "confidence from 0 to 1, up to three candidate categories best first (the first being your "
+    "answer), the item's name in a few words, and a note: when parts of the item go to different "
+    "categories (a greasy pizza box: clean part paper, greasy part general) say which part goes "
+    "where, else an empty string. Use only the category codes of the schema."
+)
+
+
+def response_schema() -> dict[str, Any]:
+    code = {"type": "string", "enum": list(CATEGORY_CODES)}
+    confidence = {"type": "number", "minimum": 0, "maximum": 1}
+    return {
+        "type": "object",
+        "properties": {
+            "category": code,
+            "confidence": confidence,
+            "candidates": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"category": code, "confidence": confidence},
+                    "required": ["category", "confidence"],
+                    "additionalProperties": False,
+                },
+            },
+            "item": {"type": "string"},
+            "note": {"type": "string"},
+        },
+        "required": ["category", "confidence", "candidates", "item", "note"],
+        "additionalProperties": False,
+    }
+
+
+class _Candidate(BaseModel):
+    category: str
+    confidence: float = Field(ge=0, le=1)
+
+
+class _Answer(BaseModel):
+    category: str
+    confidence: float = Field(ge=0, le=1)
+    candidates: list[_Candidate]
+    item: str = ""
+    note: str = ""
+
+
+class OpenAIClassifier:
+    """Classifies by asking an OpenAI vision model; any failure raises ProviderError."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        *,
+        model: str,
+        min_confidence: float = 0.5,
+        image_detail: Literal["auto", "low", "high"] = "low",
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._min_confidence = min_confidence
+        # "low" sends a 512 px thumbnail: enough to tell a can from a bottle, and cheaper.
+        self._image_detail = image_detail
+
+    def classify(self, image: Image.Image) -> Classification:
+        data_url = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(image)).decode()
+        try:
+            completion = self._client.chat.completions.create(
+                model=self._model,
+                messages=[
+                    {"role": "system", "content": INSTRUCTIONS},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "Which collection category is this?"},
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": data_url, "detail": self._image_detail},
+                            },
+                        ],
+                    },
+                ],
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "waste_classification",
+                        "strict": True,
+                        "schema": response_schema(),
+                    },
+                },
+            )
+        except openai.OpenAIError as exc:  # connection, timeout, 4xx/5xx after the SDK's retries
+            raise ProviderError(f"openai: {type(exc).__name__}: {exc}") from exc
+        answer = _parse_answer(completion)
+        return ranked_classification(
+            _ranked(answer),
+            min_confidence=self._min_confidence,
+            model_version=f"openai:{completion.model}",
+            mapping_note=_mapping_note(answer),
+        )
+
+
+def create_openai_classifier(
+    *,
+    api_key: str,
+    model: str,
+    base_url: str | None = None,
+    timeout_seconds: float = 20.0,
+    max_retries: int = 2,
+    min_confidence: float = 0.5,
+) -> OpenAIClassifier:
+    client = openai.OpenAI(
+        api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries
+    )
+    return OpenAIClassifier(client, model=model, min_confidence=min_confidence)
+
+
+def _parse_answer(completion: Any) -> _Answer:
+    if not completion.choices:
+        raise ProviderError("openai: no choices in the answer")
+    message = completion.choices[0].message
+    if getattr(message, "refusal", None):
+        raise ProviderError(f"openai: refused: {message.refusal}")
+    if completion.choices[0].finish_reason != "stop" or not message.content:
+        raise ProviderError(f"openai: incomplete answer ({completion.choices[0].finish_reason})")
+    try:
+        answer = _Answer.model_validate(json.loads(message.content))
+    except (ValueError, ValidationError) as exc:
+        raise ProviderError(f"openai: answer does not match the schema: {exc}") from exc
+    unknown = {answer.category, *(c.category for c in answer.candidates)} - set(CATEGORY_CODES)
+    if unknown:
+        raise ProviderError(f"openai: unknown category codes {sorted(unknown)}")
+    return answer
+
+
+def _ranked(answer: _Answer) -> list[tuple[str, float]]:
+    """The answer first, then the other candidates best first, each code once."""
+    ranked = [(answer.category, answer.confidence)]
+    for candidate in sorted(answer.candidates, key=lambda c: c.confidence, reverse=True):
+        if candidate.category not in {category for category, _ in ranked}:
+            ranked.append((candidate.category, candidate.confidence))
+    return ranked
+
+
+def _mapping_note(answer: _Answer) -> str:
+    # The model's confidence is self-reported, not calibrated like the local head's: say so.
+    parts = [f"openai vision model, self-reported confidence; item: {answer.item or 'unknown'}"]
+    if answer.note:
+        parts.append(answer.note)
+    return ". ".join(parts)

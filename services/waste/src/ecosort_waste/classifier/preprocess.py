@@ -1,0 +1,53 @@
+"""Image → model input, shared by the runtime and the build scripts (services/waste/ml/).
+
+The build scripts import this module too, so training and serving see identical pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageOps
+
+INPUT_SIZE = 224
+# ImageNet statistics: the pretrained Lite0 weights were checked with these (see MODEL_CARD.md).
+MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB on a white background: transparent PNGs must not turn black (TrashNet is on white)."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def center_square(image: Image.Image, size: int = INPUT_SIZE) -> Image.Image:
+    """Resize the short side to `size`, then crop the centre square."""
+    rgb = to_rgb(image)
+    return ImageOps.fit(rgb, (size, size), method=Image.Resampling.BILINEAR)
+
+
+def normalize(image: Image.Image) -> NDArray[np.float32]:
+    """A size×size RGB image → CHW float32, normalised with the ImageNet statistics."""
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    chw = ((pixels - MEAN_RGB) / STD_RGB).transpose(2, 0, 1)
+    return np.ascontiguousarray(chw, dtype=np.float32)
+
+
+def model_input(image: Image.Image, *, flip: bool = False) -> NDArray[np.float32]:
+    """One CHW array for the ONNX model; `flip` gives the mirrored view used for test-time
+    augmentation."""
+    square = center_square(image)
+    if flip:
+        square = square.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return normalize(square)
+
+
+def tta_batch(image: Image.Image) -> NDArray[np.float32]:
+    """The two views the classifier averages: the centre crop and its mirror image."""
+    square = center_square(image)
+    mirrored = square.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.stack([normalize(square), normalize(mirrored)])

@@ -1,0 +1,154 @@
+"""Providers by name, so settings can pick one (`local` is the default and needs no network),
+and the pipeline's selection of the configured provider with fallback to `local`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from PIL import Image
+
+from .base import Classification, Classifier
+from .remote import ProviderError
+
+log = structlog.get_logger(__name__)
+
+ClassifierFactory = Callable[..., Classifier]
+_FACTORIES: dict[str, ClassifierFactory] = {}
+
+
+def register_provider(name: str, factory: ClassifierFactory) -> None:
+    _FACTORIES[name] = factory
+
+
+def create_classifier(name: str = "local", **options: Any) -> Classifier:
+    if name == "local" and name not in _FACTORIES:
+        from .local import LocalClassifier
+
+        register_provider("local", LocalClassifier)
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown classifier provider {name!r}; known: {sorted(_FACTORIES)}"
+        ) from None
+    return factory(**options)
+
+
+def providers() -> list[str]:
+    return sorted({"local", *_FACTORIES})
+
+
+# --- Provider selection with fallback (the pipeline's entry point) --------------------------
+#
+# A remote provider (openai, roboflow) that fails falls back to `local`, so a photo still gets a
+# category when a third party is down; the answer records which provider actually produced it.
+# The local model is loaded once per process, and only when it is first needed.
+
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class ProviderAnswer:
+    classification: Classification
+    provider: str  # the provider that produced the classification
+    fallback_reason: str | None = None  # why the configured provider did not
+
+
+class ClassifierRegistry:
+    def __init__(
+        self,
+        provider: str,
+        *,
+        local_loader: Callable[[], Classifier],
+        remote: Classifier | None = None,
+    ) -> None:
+        if provider != LOCAL and remote is None:
+            raise ValueError(f"provider {provider!r} needs its remote classifier")
+        self.provider = provider
+        self._remote = remote
+        self._local_loader = local_loader
+        self._local: Classifier | None = None
+        self._lock = threading.Lock()
+
+    def local(self) -> Classifier:
+        with self._lock:  # loading twice would double the memory of the model
+            if self._local is None:
+                self._local = self._local_loader()
+            return self._local
+
+    def classify(self, image: Image.Image) -> ProviderAnswer:
+        """The configured provider's answer, or the local model's when a remote one fails.
+        Raises ProviderError only when the local model fails too."""
+        if self._remote is None:
+            return ProviderAnswer(self._classify_locally(image), LOCAL)
+        try:
+            return ProviderAnswer(self._remote.classify(image), self.provider)
+        except ProviderError as exc:
+            log.warning("classifier.fallback_to_local", provider=self.provider, reason=str(exc))
+            try:
+                local = self._classify_locally(image)
+            except ProviderError as local_exc:
+                raise ProviderError(f"{exc}; fallback {local_exc}") from local_exc
+            return ProviderAnswer(local, LOCAL, fallback_reason=str(exc))
+
+    def _classify_locally(self, image: Image.Image) -> Classification:
+        try:
+            return self.local().classify(image)
+        except Exception as exc:  # a broken model file or runtime: let the task retry, then fail
+            raise ProviderError(f"local: {type(exc).__name__}: {exc}") from exc
+
+
+def registry_from_settings(
+    settings: Any, *, local_loader: Callable[[], Classifier] | None = None
+) -> ClassifierRegistry:
+    """The registry CLASSIFIER_PROVIDER asks for; a remote provider without its key is a
+    configuration error, reported at start-up rather than on the first photo."""
+    provider = settings.classifier_provider
+    loader = local_loader or (
+        lambda: create_classifier(
+            LOCAL,
+            intra_op_threads=settings.classifier_threads,
+            test_time_augmentation=settings.classifier_test_time_augmentation,
+            heads_dir=Path(settings.classifier_heads_dir)
+            if settings.classifier_heads_dir
+            else None,
+        )
+    )
+    if provider == LOCAL:
+        return ClassifierRegistry(LOCAL, local_loader=loader)
+    if provider == "openai":
+        from .openai_provider import create_openai_classifier
+
+        if not settings.openai_api_key:
+            raise ValueError("CLASSIFIER_PROVIDER=openai needs OPENAI_API_KEY")
+        remote: Classifier = create_openai_classifier(
+            api_key=settings.openai_api_key,
+            model=settings.openai_model,
+            base_url=settings.openai_base_url or None,
+            timeout_seconds=settings.openai_timeout_seconds,
+            max_retries=settings.openai_max_retries,
+            min_confidence=settings.remote_min_confidence,
+        )
+    elif provider == "roboflow":
+        from .roboflow_provider import create_roboflow_classifier
+
+        if not (settings.roboflow_api_key and settings.roboflow_model_id):
+            raise ValueError(
+                "CLASSIFIER_PROVIDER=roboflow needs ROBOFLOW_API_KEY and ROBOFLOW_MODEL_ID"
+            )
+        remote = create_roboflow_classifier(
+            api_key=settings.roboflow_api_key,
+            model_id=settings.roboflow_model_id,
+            base_url=settings.roboflow_base_url,
+            class_map=settings.roboflow_class_map or None,
+            timeout_seconds=settings.roboflow_timeout_seconds,
+            min_confidence=settings.remote_min_confidence,
+        )
+    else:
+        raise ValueError(f"unknown CLASSIFIER_PROVIDER {provider!r}")
+    return ClassifierRegistry(provider, local_loader=loader, remote=remote)

@@ -1,0 +1,167 @@
+"""The `roboflow` provider: a detection (or classification) model hosted by Roboflow, over HTTP.
+
+`POST {base_url}/{project}/{version}?api_key=…&confidence=…` with the base64 JPEG as the body
+(Roboflow's hosted inference API). Its class names are the dataset's own, so a mapping turns
+them into our category codes; classes we cannot map are ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from ecosort_waste.classifier.base import Classification
+from ecosort_waste.classifier.remote import (
+    CATEGORY_CODES,
+    ProviderError,
+    jpeg_bytes,
+    ranked_classification,
+)
+
+# Class names of the public trash/TACO-style datasets on Roboflow Universe → our codes.
+# Overridable per model (ROBOFLOW_CLASS_MAP); names are compared lower-cased.
+DEFAULT_CLASS_MAP: dict[str, str] = {
+    "cardboard": "paper",
+    "paper": "paper",
+    "carton": "paper_pack",
+    "glass": "glass_bottle",
+    "glass bottle": "glass_bottle",
+    "metal": "can",
+    "can": "can",
+    "aluminium can": "can",
+    "plastic": "plastic",
+    "plastic bottle": "pet_clear",
+    "pet": "pet_clear",
+    "plastic bag": "vinyl",
+    "styrofoam": "styrofoam",
+    "clothes": "textile",
+    "textile": "textile",
+    "battery": "battery",
+    "light bulb": "lamp",
+    "e-waste": "small_appliance",
+    "biodegradable": "food",
+    "food": "food",
+    "trash": "general",
+}
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class RoboflowClassifier:
+    """Classifies with a Roboflow-hosted model; any failure raises ProviderError."""
+
+    name = "roboflow"
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        *,
+        base_url: str,
+        model_id: str,
+        api_key: str,
+        class_map: dict[str, str] | None = None,
+        min_confidence: float = 0.5,
+        attempts: int = 3,
+        backoff_seconds: float = 0.2,
+    ) -> None:
+        class_map = {name.lower(): code for name, code in (class_map or DEFAULT_CLASS_MAP).items()}
+        unknown = set(class_map.values()) - set(CATEGORY_CODES)
+        if unknown:
+            raise ValueError(f"ROBOFLOW class map names unknown category codes: {sorted(unknown)}")
+        self._http = http
+        self._url = f"{base_url.rstrip('/')}/{model_id.strip('/')}"
+        self._model_id = model_id
+        self._api_key = api_key
+        self._class_map = class_map
+        self._min_confidence = min_confidence
+        self._attempts = attempts
+        self._backoff_seconds = backoff_seconds
+
+    def classify(self, image: Image.Image) -> Classification:
+        body = base64.b64encode(jpeg_bytes(image))
+        answer = self._post_with_retry(body)
+        return ranked_classification(
+            self._ranked(answer),
+            min_confidence=self._min_confidence,
+            model_version=f"roboflow:{self._model_id}",
+            mapping_note=(
+                "roboflow hosted model; its classes mapped to our categories by name "
+                "(material classes like 'plastic' may be pet_clear or vinyl)"
+            ),
+        )
+
+    def _post_with_retry(self, body: bytes) -> dict[str, Any]:
+        reason = "no attempt made"
+        for attempt in range(1, self._attempts + 1):
+            try:
+                response = self._http.post(
+                    self._url,
+                    params={"api_key": self._api_key, "confidence": 10},
+                    content=body,
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                )
+            except httpx.TransportError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    return _json_object(response)
+                reason = f"HTTP {response.status_code}"
+                if response.status_code not in RETRYABLE_STATUS:
+                    break  # a bad key or a missing model will not get better by asking again
+            if attempt < self._attempts:
+                time.sleep(self._backoff_seconds * 2 ** (attempt - 1))
+        raise ProviderError(f"roboflow: {reason}")
+
+    def _ranked(self, answer: dict[str, Any]) -> list[tuple[str, float]]:
+        """Best confidence per mapped category, best first."""
+        best: dict[str, float] = {}
+        for class_name, confidence in _predictions(answer):
+            code = self._class_map.get(class_name.lower())
+            if code is not None and confidence > best.get(code, -1.0):
+                best[code] = confidence
+        return sorted(best.items(), key=lambda item: item[1], reverse=True)
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise ProviderError("roboflow: answer is not JSON") from exc
+    if not isinstance(body, dict) or "predictions" not in body:
+        raise ProviderError("roboflow: answer has no predictions")
+    return body
+
+
+def _predictions(answer: dict[str, Any]) -> list[tuple[str, float]]:
+    """(class, confidence) pairs from any of Roboflow's answer shapes: detection and
+    single-label classification give a list, multi-label classification a mapping."""
+    predictions = answer["predictions"]
+    try:
+        if isinstance(predictions, dict):
+            return [(str(name), float(p["confidence"])) for name, p in predictions.items()]
+        return [(str(p["class"]), float(p["confidence"])) for p in predictions]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProviderError(f"roboflow: malformed prediction: {exc}") from exc
+
+
+def create_roboflow_classifier(
+    *,
+    api_key: str,
+    model_id: str,
+    base_url: str = "https://detect.roboflow.com",
+    class_map: dict[str, str] | None = None,
+    timeout_seconds: float = 10.0,
+    min_confidence: float = 0.5,
+) -> RoboflowClassifier:
+    http = httpx.Client(timeout=httpx.Timeout(timeout_seconds))
+    return RoboflowClassifier(
+        http,
+        base_url=base_url,
+        model_id=model_id,
+        api_key=api_key,
+        class_map=class_map,
+        min_confidence=min_confidence,
+    )

@@ -1,0 +1,316 @@
+"""Retrain the head without torch: features from the ONNX backbone (onnxruntime), a softmax
+regression fitted in numpy, temperature scaling and the not-sure threshold chosen on the
+calibration split, figures on the validation split, then a new versioned head file.
+
+`make train-head` → `python -m ecosort_waste train-head` → `train_head(corrections)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from . import preprocess
+from .categories import CATEGORY_CODES, TRASHNET_CLASSES
+from .decision import class_code, decide, is_sure
+from .head import Head, publish_head, save_head
+from .local import MODELS_DIR, ONNX_FILE, OnnxBackbone
+
+SPLIT_FILE = MODELS_DIR / "split.json"
+# The shared photos sit beside the repository (../shared/data/waste-images); override by env.
+DEFAULT_PHOTOS_DIR = MODELS_DIR.parents[6] / "shared" / "data" / "waste-images"
+# A correction's category code → the TrashNet class it adds photos to. Other codes become
+# classes of their own once they have MIN_NEW_CLASS_EXAMPLES photos.
+CODE_TO_TRASHNET = {
+    "paper": "paper",
+    "glass_bottle": "glass",
+    "can": "metal",
+    "plastic": "plastic",
+    "general": "trash",
+}
+MIN_NEW_CLASS_EXAMPLES = 5
+L2 = 1e-3  # chosen on the calibration split (see MODEL_CARD.md)
+STEPS = 400
+TARGET_SURE_ACCURACY = 0.97  # the threshold keeps answers at least this accurate on calibration
+BATCH_IMAGES = 16
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Examples:
+    features: NDArray[np.float32]  # (images, views, 1280)
+    imagenet_logits: NDArray[np.float32]  # (images, views, 1000)
+    labels: NDArray[np.int64]  # class index per image
+
+
+def photos_dir() -> Path:
+    return Path(os.environ.get("WASTE_PHOTOS_DIR", DEFAULT_PHOTOS_DIR))
+
+
+def load_split(limit_per_class: int | None = None) -> dict[str, list[str]]:
+    split: dict[str, list[str]] = json.loads(SPLIT_FILE.read_text())
+    parts = {name: split[name] for name in ("train", "calibration", "validation")}
+    if limit_per_class is None:
+        return parts
+    return {
+        name: [
+            f
+            for c in TRASHNET_CLASSES
+            for f in [f for f in files if f.startswith(c + "/")][:limit_per_class]
+        ]
+        for name, files in parts.items()
+    }
+
+
+def extract(backbone: OnnxBackbone, paths: Sequence[Path], labels: Sequence[int]) -> Examples:
+    """Both test-time-augmentation views of every image, in batches."""
+    features, logits = [], []
+    for start in range(0, len(paths), BATCH_IMAGES):
+        views = []
+        for path in paths[start : start + BATCH_IMAGES]:
+            with Image.open(path) as image:
+                views.append(preprocess.tta_batch(image))
+        f, lg = backbone.run(np.concatenate(views))
+        features.append(f.reshape(len(views), 2, -1))
+        logits.append(lg.reshape(len(views), 2, -1))
+    return Examples(
+        features=np.concatenate(features) if features else np.zeros((0, 2, 1280), np.float32),
+        imagenet_logits=np.concatenate(logits) if logits else np.zeros((0, 2, 1000), np.float32),
+        labels=np.asarray(labels, dtype=np.int64),
+    )
+
+
+def centre_view_only(examples: Examples) -> Examples:
+    return Examples(examples.features[:, :1], examples.imagenet_logits[:, :1], examples.labels)
+
+
+def fit_softmax_regression(
+    x: NDArray[np.float32], y: NDArray[np.int64], classes: int, l2: float = L2, steps: int = STEPS
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Multinomial logistic regression by full-batch Adam on standardised features; the
+    standardisation is folded into the returned weights so the head takes raw features."""
+    mean = x.mean(axis=0)
+    std = x.std(axis=0) + 1e-6
+    z = (x - mean) / std
+    onehot = np.eye(classes, dtype=np.float32)[y]
+    # Balanced class weights: TrashNet has five times fewer `trash` photos than `paper`.
+    counts = np.bincount(y, minlength=classes).astype(np.float32)
+    sample_weight = (len(y) / (classes * np.maximum(counts, 1)))[y][:, None]
+    w = np.zeros((z.shape[1], classes), np.float32)
+    b = np.zeros(classes, np.float32)
+    m_w, v_w, m_b, v_b = (np.zeros_like(w), np.zeros_like(w), np.zeros_like(b), np.zeros_like(b))
+    lr, beta1, beta2 = 0.05, 0.9, 0.999
+    for step in range(1, steps + 1):
+        logits = z @ w + b
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        grad_logits = sample_weight * (p - onehot) / len(y)
+        g_w = z.T @ grad_logits + l2 * w
+        g_b = grad_logits.sum(axis=0)
+        for param, grad, m, v in ((w, g_w, m_w, v_w), (b, g_b, m_b, v_b)):
+            m *= beta1
+            m += (1 - beta1) * grad
+            v *= beta2
+            v += (1 - beta2) * grad * grad
+            param -= lr * (m / (1 - beta1**step)) / (np.sqrt(v / (1 - beta2**step)) + 1e-8)
+    weights = (w / std[:, None]).astype(np.float32)
+    bias = (b - (mean / std) @ w).astype(np.float32)
+    return weights, bias
+
+
+def fit_temperature(logits: NDArray[np.float32], labels: NDArray[np.int64]) -> float:
+    """The temperature minimising the log-loss on held-out logits (a 1-D search)."""
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 400))
+
+    def nll(t: float) -> float:
+        z = logits / t
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-log_p[np.arange(len(labels)), labels].mean())
+
+    return float(min(grid, key=nll))
+
+
+def choose_threshold(confidences: NDArray[np.float64], correct: NDArray[np.bool_]) -> float:
+    """The lowest threshold whose accepted answers are at least TARGET_SURE_ACCURACY right."""
+    for threshold in np.round(np.arange(0.30, 0.951, 0.01), 2):
+        accepted = confidences >= threshold
+        if not accepted.any() or correct[accepted].mean() >= TARGET_SURE_ACCURACY:
+            return float(threshold)
+    return 0.95
+
+
+def calibrate(head: Head, calibration: Examples, class_codes: list[str]) -> Head:
+    """Temperature, typicality threshold and not-sure threshold, all from calibration photos."""
+    if len(calibration.labels) == 0:
+        return replace(head, threshold=0.5)
+    logits = np.stack([head.logits(f.mean(axis=0)) for f in calibration.features])
+    head = replace(head, temperature=fit_temperature(logits, calibration.labels))
+    pairs = list(zip(calibration.features, calibration.imagenet_logits, strict=True))
+    # Typicality: the 1st percentile of calibration photos, so 99% of real photos pass.
+    typicality = [decide(head, f, lg).typicality for f, lg in pairs]
+    head = replace(head, typicality_threshold=float(np.percentile(typicality, 1)))
+    decisions = [decide(head, f, lg) for f, lg in pairs]
+    confidences = np.array([d.top[1] for d in decisions])
+    expected = [class_codes[k] for k in calibration.labels]
+    correct = np.array([d.top[0] == e for d, e in zip(decisions, expected, strict=True)])
+    return replace(head, threshold=choose_threshold(confidences, correct))
+
+
+def evaluate(head: Head, examples: Examples, class_codes: list[str]) -> dict[str, Any]:
+    """Class-level accuracy of the head, then the service's whole decision (category codes,
+    ImageNet mixture, not-sure rule)."""
+    if len(examples.labels) == 0:
+        return {"images": 0}
+    head_logits = np.stack([head.logits(f.mean(axis=0)) for f in examples.features])
+    decisions = [
+        decide(head, f, lg)
+        for f, lg in zip(examples.features, examples.imagenet_logits, strict=True)
+    ]
+    sure = np.array([is_sure(d, head) for d in decisions])
+    expected = [class_codes[i] for i in examples.labels]
+    category_right = np.array([d.top[0] == e for d, e in zip(decisions, expected, strict=True)])
+    return {
+        "images": len(examples.labels),
+        "class_accuracy": round(float((head_logits.argmax(1) == examples.labels).mean()), 4),
+        "category_accuracy": round(float(category_right.mean()), 4),
+        "not_sure_fraction": round(float(1 - sure.mean()), 4),
+        "accuracy_when_sure": round(float(category_right[sure].mean()), 4) if sure.any() else None,
+        "imagenet_category_answers": int(sum(d.top[0] not in class_codes for d in decisions)),
+    }
+
+
+def train_head(
+    extra_examples: Sequence[tuple[Path, str]] = (),
+    *,
+    models_dir: Path | None = None,
+    heads_dir: Path | None = None,
+    photos: Path | None = None,
+    limit_per_class: int | None = None,
+    feature_cache: Path | None = None,
+    test_time_augmentation: bool = False,
+    publish: bool = True,
+    out_path: Path | None = None,
+    log: Log = print,
+) -> Path:
+    """Train, calibrate and write a new head; `extra_examples` are stored corrections
+    (image path, category code). Returns the new head file, which `current` then names."""
+    models_dir = models_dir or MODELS_DIR
+    heads_dir = heads_dir or models_dir / "heads"
+    photos = photos or photos_dir()
+    backbone = OnnxBackbone(models_dir / ONNX_FILE, intra_op_threads=os.cpu_count() or 1)
+    split = load_split(limit_per_class)
+
+    classes = list(TRASHNET_CLASSES)
+    extra_paths, extra_labels = _corrections_as_classes(extra_examples, classes, log)
+    class_codes = [class_code(c) for c in classes]
+
+    def shared(name: str) -> Examples:
+        files = split[name]
+        cached = None
+        if feature_cache is not None:
+            limit = limit_per_class or "all"
+            cached = feature_cache / f"features-{backbone.sha256[:8]}-{name}-{limit}.npz"
+            if cached.exists():
+                with np.load(cached) as data:
+                    return Examples(data["features"], data["imagenet_logits"], data["labels"])
+        examples = extract(
+            backbone, [photos / f for f in files], [classes.index(f.split("/")[0]) for f in files]
+        )
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                cached,
+                features=examples.features,
+                imagenet_logits=examples.imagenet_logits,
+                labels=examples.labels,
+            )
+        return examples
+
+    train, calibration, validation = shared("train"), shared("calibration"), shared("validation")
+    corrections = extract(backbone, extra_paths, extra_labels)
+    log(
+        f"features: {len(train.labels)} train, {len(corrections.labels)} corrections, "
+        f"{len(calibration.labels)} calibration, {len(validation.labels)} validation photos"
+    )
+
+    # Both views of each training photo are separate samples (flip augmentation).
+    x = np.concatenate([train.features, corrections.features]).reshape(-1, train.features.shape[-1])
+    y = np.repeat(np.concatenate([train.labels, corrections.labels]), 2)
+    weights, bias = fit_softmax_regression(x, y, len(classes))
+    head = Head(
+        version="candidate",
+        weights=weights,
+        bias=bias,
+        temperature=1.0,
+        threshold=0.0,
+        classes=tuple(classes),
+        centroids=np.stack([x[y == k].mean(axis=0) for k in range(len(classes))]),
+        backbone_sha256=backbone.sha256,
+        test_time_augmentation=test_time_augmentation,
+    )
+    # Calibrate and score on exactly the views the service will compute.
+    if not test_time_augmentation:
+        calibration, validation = centre_view_only(calibration), centre_view_only(validation)
+    head = calibrate(head, calibration, class_codes)
+    temperature, threshold = head.temperature, head.threshold
+    metrics = {
+        "trainer": "numpy softmax regression (ecosort_waste.classifier.training)",
+        "l2": L2,
+        "test_time_augmentation": test_time_augmentation,
+        "temperature": round(temperature, 4),
+        "threshold": threshold,
+        "typicality_threshold": round(head.typicality_threshold, 4),
+        "train_images": len(train.labels),
+        "corrections": len(corrections.labels),
+        "calibration": evaluate(head, calibration, class_codes),
+        "validation": evaluate(head, validation, class_codes),
+    }
+    head = replace(head, metrics=metrics)
+    log(f"temperature {temperature:.3f}, not-sure threshold {threshold:.2f}")
+    log(f"validation: {json.dumps(metrics['validation'])}")
+    if out_path is not None:
+        save_head(head, out_path)
+        return out_path
+    if not publish:
+        raise ValueError("publish=False needs out_path")
+    path = publish_head(head, heads_dir)
+    log(f"wrote {path} and pointed {heads_dir / 'current'} at it")
+    return path
+
+
+def _corrections_as_classes(
+    extra_examples: Sequence[tuple[Path, str]], classes: list[str], log: Log
+) -> tuple[list[Path], list[int]]:
+    """Map corrections onto head classes, adding a class per new category code that has
+    enough photos; `classes` is extended in place."""
+    by_class: dict[str, list[Path]] = {}
+    for path, code in extra_examples:
+        if code not in CATEGORY_CODES:
+            log(f"skipping correction {path}: unknown category {code!r}")
+            continue
+        by_class.setdefault(CODE_TO_TRASHNET.get(code, code), []).append(Path(path))
+    paths: list[Path] = []
+    labels: list[int] = []
+    for name, items in sorted(by_class.items()):
+        if name not in classes:
+            if len(items) < MIN_NEW_CLASS_EXAMPLES:
+                log(
+                    f"skipping {len(items)} correction(s) to {name}: a new class needs "
+                    f"{MIN_NEW_CLASS_EXAMPLES}"
+                )
+                continue
+            classes.append(name)
+        paths += items
+        labels += [classes.index(name)] * len(items)
+    return paths, labels

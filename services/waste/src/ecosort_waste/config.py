@@ -1,0 +1,77 @@
+"""Settings of the waste service (environment variables; see the README's configuration table)."""
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+
+from ecosort_common.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service_name: str = "waste"
+
+    # Storage of sanitised images: DATA_DIR/uploads locally, or an S3 bucket.
+    data_dir: str = ".local/waste"
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str = "ecosort-waste"
+    s3_prefix: str = ""
+    s3_region: str = ""
+    s3_endpoint_url: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    # Direct uploads: how long a presigned form is valid; with local storage the form posts back
+    # to this API at PUBLIC_BASE_URL and is signed with UPLOAD_SIGNING_KEY (set it in production).
+    upload_expires_seconds: int = Field(default=900, gt=0)
+    public_base_url: str = "http://127.0.0.1:8080"
+    upload_signing_key: str = "local-development-only-upload-signing-key"
+
+    # Server-Sent Events: a comment line this often keeps proxies from closing idle streams;
+    # and a stream with no news re-checks the event log and database this often, in case a
+    # pub/sub message was lost (pub/sub is at-most-once).
+    sse_heartbeat_seconds: int = Field(default=15, gt=0)
+    sse_resync_seconds: float = Field(default=30.0, gt=0)
+
+    # The pipeline's side (worker, guidance, classifier providers).
+    recycling_url: str = "http://127.0.0.1:8104"
+    classifier_provider: Literal["local", "openai", "roboflow"] = "local"
+    analysis_deadline_seconds: int = Field(default=300, gt=0)
+    # How often one analysis may be started (crashed workers, provider retries) before it fails.
+    analysis_max_attempts: int = Field(default=3, gt=0)
+    reaper_interval_seconds: float = Field(default=15.0, gt=0)
+    # Celery on REDIS_URL, queue "analyses"; a key prefix keeps test runs and stacks apart. The
+    # visibility timeout (redelivery of unacknowledged tasks) must exceed the longest task.
+    celery_key_prefix: str = ""
+    # Touched by the consumer every HEARTBEAT_INTERVAL_SECONDS; the pod's liveness probe reads
+    # its age (a cheap check that cannot hang under load, unlike `celery inspect ping`).
+    worker_heartbeat_file: str | None = None
+    celery_visibility_timeout_seconds: int = Field(default=3600, gt=0)
+    guidance_timeout_seconds: float = Field(default=2.0, gt=0)
+    guidance_attempts: int = Field(default=3, gt=0)
+    guidance_cache_seconds: float = Field(default=300.0, ge=0)
+    guidance_down_cooldown_seconds: float = Field(default=5.0, ge=0)
+    # Remote providers; a failing one falls back to the local model.
+    remote_min_confidence: float = Field(default=0.5, ge=0, le=1)
+    openai_api_key: str = ""
+    openai_model: str = "gpt-4o-mini"
+    openai_base_url: str = ""
+    openai_timeout_seconds: float = Field(default=20.0, gt=0)
+    openai_max_retries: int = Field(default=2, ge=0)
+    roboflow_api_key: str = ""
+    roboflow_model_id: str = ""
+    roboflow_base_url: str = "https://detect.roboflow.com"
+    roboflow_class_map: dict[str, str] = Field(default_factory=dict)  # JSON; empty = built-in
+    roboflow_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Local classifier: onnxruntime threads per worker process (one process per core), and
+    # where `train-head` writes heads and the service reads the `current` one (empty: the
+    # packaged models/heads). The training photos come from WASTE_PHOTOS_DIR.
+    classifier_threads: int = Field(default=1, gt=0)
+    # Test-time augmentation (a flipped second view, half the throughput). None: follow the
+    # head file, whose not-sure threshold was calibrated with or without it; true/false forces.
+    classifier_test_time_augmentation: bool | None = None
+    classifier_heads_dir: str = ""
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,84 @@
+"""Data access for analyses and corrections."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecosort_common.pagination import Page, page_of, paginate
+from ecosort_waste.models import Analysis, Correction
+
+
+async def get_owned(
+    session: AsyncSession, analysis_id: uuid.UUID, owner_id: uuid.UUID
+) -> Analysis | None:
+    """The analysis if ``owner_id`` owns it; someone else's is as good as missing."""
+    stmt = select(Analysis).where(Analysis.id == analysis_id, Analysis.owner_id == owner_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def find_by_idempotency_key(
+    session: AsyncSession, owner_id: uuid.UUID, idempotency_key: str
+) -> Analysis | None:
+    stmt = select(Analysis).where(
+        Analysis.owner_id == owner_id, Analysis.idempotency_key == idempotency_key
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def insert_analysis(
+    session: AsyncSession,
+    *,
+    owner_id: uuid.UUID,
+    image_key: str,
+    image_sha256: str,
+    idempotency_key: str | None,
+    request_hash: str | None,
+) -> uuid.UUID | None:
+    """Insert a queued analysis; None when (owner, idempotency key) already exists.
+
+    ON CONFLICT DO NOTHING makes the database the arbiter: of any number of concurrent inserts
+    with one key exactly one succeeds, the others wait for it to commit and then do nothing.
+    """
+    stmt = (
+        insert(Analysis)
+        .values(
+            id=uuid.uuid4(),
+            owner_id=owner_id,
+            status="queued",
+            progress=0,
+            image_key=image_key,
+            image_sha256=image_sha256,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
+        .on_conflict_do_nothing(index_elements=[Analysis.owner_id, Analysis.idempotency_key])
+        .returning(Analysis.id)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def list_owned(
+    session: AsyncSession, owner_id: uuid.UUID, *, cursor: str | None, limit: int, item: Any
+) -> Page[Any]:
+    stmt = paginate(
+        select(Analysis).where(Analysis.owner_id == owner_id),
+        Analysis.created_at,
+        Analysis.id,
+        cursor=cursor,
+        limit=limit,
+    )
+    rows = list((await session.execute(stmt)).scalars())
+    return page_of(rows, limit, item)
+
+
+async def add_correction(session: AsyncSession, analysis: Analysis, category: str) -> Correction:
+    correction = Correction(analysis_id=analysis.id, owner_id=analysis.owner_id, category=category)
+    session.add(correction)
+    await session.flush()
+    await session.refresh(correction)
+    return correction

@@ -1,0 +1,180 @@
+"""Judging and sanitising uploaded photos.
+
+Everything here works on bytes: the file name and the declared content type are never trusted.
+The result is always a metadata-free sRGB JPEG no larger than ``MAX_LONG_SIDE`` on its long side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Final
+
+import pillow_heif
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+pillow_heif.register_heif_opener()
+
+MAX_UPLOAD_BYTES: Final = 10 * 1024 * 1024
+MAX_PIXELS: Final = 40_000_000
+MAX_LONG_SIDE: Final = 1024
+JPEG_QUALITY: Final = 85
+
+# Pillow plugin names for the formats we accept; anything else is refused by the sniffer first.
+_PILLOW_FORMATS: Final = ("JPEG", "PNG", "WEBP", "HEIF")
+# ISO-BMFF brands of HEIC/HEIF still images (AVIF's 'avif'/'avis' are deliberately not here).
+_HEIF_BRANDS: Final = frozenset(
+    {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+_SRGB_PROFILE: Final = ImageCms.createProfile("sRGB")
+
+
+class ImageRejected(Exception):
+    """An upload we refuse; ``status`` is the HTTP status the API answers with."""
+
+    status: int = 422
+    title: str = "Invalid image"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ImageTooLarge(ImageRejected):
+    status = 413
+    title = "Image too large"
+
+
+class UnsupportedImage(ImageRejected):
+    status = 415
+    title = "Unsupported image type"
+
+
+class CorruptImage(ImageRejected):
+    status = 422
+    title = "Corrupt image"
+
+
+class TooManyPixels(ImageRejected):
+    status = 422
+    title = "Image has too many pixels"
+
+
+@dataclass(frozen=True, slots=True)
+class SanitisedImage:
+    data: bytes
+    width: int
+    height: int
+    source_format: str
+    sha256: str
+    content_type: str = "image/jpeg"
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format named by the leading magic bytes, or None when it is none we accept."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    # HEIF: an 'ftyp' box first; the major brand sits at offset 8, compatible brands follow.
+    if len(data) >= 16 and data[4:8] == b"ftyp":
+        box_size = int.from_bytes(data[:4], "big")
+        brands = data[8:12] + data[16 : max(16, min(box_size, 64))]
+        if any(brands[i : i + 4] in _HEIF_BRANDS for i in range(0, len(brands) - 3, 4)):
+            return "HEIF"
+    return None
+
+
+def check_size(size: int) -> None:
+    if size > MAX_UPLOAD_BYTES:
+        raise ImageTooLarge(f"The image is {size} bytes; the limit is {MAX_UPLOAD_BYTES} bytes.")
+
+
+def sanitise(data: bytes) -> SanitisedImage:
+    """Validate ``data`` and return the cleaned JPEG, or raise an ``ImageRejected``."""
+    check_size(len(data))
+    if not data:
+        raise UnsupportedImage("The upload is empty.")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedImage("Only JPEG, PNG, WebP and HEIC/HEIF images are accepted.")
+    image = _open_header(data, fmt)
+    try:
+        _check_pixels(image)
+        # For JPEG, let libjpeg decode at a reduced DCT scale: far less work for big photos.
+        image.draft("RGB", (MAX_LONG_SIDE, MAX_LONG_SIDE))
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise CorruptImage(f"The {fmt} image could not be decoded: {exc}") from exc
+        return _clean(image, fmt)
+    finally:
+        image.close()
+
+
+def _open_header(data: bytes, fmt: str) -> Image.Image:
+    """Parse only the header (Pillow is lazy), so the size is known before any decoding."""
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit is stricter; Pillow's bomb warning would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        raise TooManyPixels(str(exc)) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        # The magic bytes said this format, so a header Pillow cannot read means a broken file.
+        raise CorruptImage(f"The {fmt} image header could not be read.") from exc
+
+
+def _check_pixels(image: Image.Image) -> None:
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise CorruptImage("The image has no pixels.")
+    if width * height > MAX_PIXELS:
+        raise TooManyPixels(
+            f"The image is {width}x{height} ({width * height} pixels); "
+            f"the limit is {MAX_PIXELS} pixels."
+        )
+
+
+def _clean(image: Image.Image, fmt: str) -> SanitisedImage:
+    icc_profile = image.info.get("icc_profile")
+    oriented = ImageOps.exif_transpose(image) or image
+    rgb = _to_srgb(oriented, icc_profile)
+    rgb.thumbnail((MAX_LONG_SIDE, MAX_LONG_SIDE), Image.Resampling.LANCZOS)
+    # A fresh image from the pixels alone: no EXIF, GPS, XMP, ICC or text chunk can follow.
+    bare = Image.frombytes("RGB", rgb.size, rgb.tobytes())
+    out = io.BytesIO()
+    bare.save(out, format="JPEG", quality=JPEG_QUALITY)
+    encoded = out.getvalue()
+    return SanitisedImage(
+        data=encoded,
+        width=bare.width,
+        height=bare.height,
+        source_format=fmt,
+        sha256=hashlib.sha256(encoded).hexdigest(),
+    )
+
+
+def _to_srgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
+    """Flatten transparency on white and convert colours to sRGB (the profile is dropped)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: scale to 8 bits instead of letting convert() clip at 255.
+        image = image.point(lambda value: value / 256).convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if icc_profile and image.mode in ("RGB", "RGBA", "CMYK", "L"):
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+            converted = ImageCms.profileToProfile(image, source, _SRGB_PROFILE, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # an unusable profile: fall back to a plain conversion below
+    return image.convert("RGB")

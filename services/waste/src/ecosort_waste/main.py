@@ -1,0 +1,55 @@
+"""ASGI entry point: `uvicorn ecosort_waste.main:app`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from ecosort_common.app import create_service_app
+from ecosort_waste import models
+from ecosort_waste.api import api_router
+from ecosort_waste.api.deps import Enqueue
+from ecosort_waste.config import Settings, get_settings
+from ecosort_waste.sse import ProgressHub
+from ecosort_waste.storage import storage_from_settings
+
+
+def enqueue_with_celery(analysis_id: uuid.UUID) -> None:
+    # Imported on first use: the API process needs the Celery client only when it enqueues.
+    from ecosort_waste.worker import enqueue_analysis
+
+    enqueue_analysis(analysis_id)
+
+
+def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    async def start_read_sessions(app: FastAPI) -> None:
+        # Reads are single statements: autocommit spares a BEGIN and a ROLLBACK per request.
+        autocommit = app.state.engine.execution_options(isolation_level="AUTOCOMMIT")
+        app.state.read_sessionmaker = async_sessionmaker(autocommit, expire_on_commit=False)
+        return None
+
+    async def start_progress_hub(app: FastAPI) -> Awaitable[None]:
+        # One Redis subscription for the whole process; every SSE client shares it.
+        hub = ProgressHub(app.state.redis)
+        app.state.progress_hub = hub
+        return hub.run()
+
+    app = create_service_app(
+        settings,
+        title="EcoSort waste",
+        description="Photo upload, the classification pipeline's progress, results, feedback.",
+        routers=[api_router],
+        outbox=models.outbox,
+        on_startup=[start_read_sessions, start_progress_hub],
+    )
+    app.state.storage = storage_from_settings(settings)
+    app.state.enqueue_analysis = enqueue or enqueue_with_celery
+    return app
+
+
+app = create_app()

@@ -1,0 +1,309 @@
+"""The analysis pipeline: load → classify → guide → save, with progress published to Redis.
+
+Idempotent by analysis id. A run first *claims* the analysis (queued or processing →
+processing, attempts + 1); every later write is conditional on that attempt number, so a run
+that was superseded (its worker presumed dead and the analysis re-queued) can never overwrite
+the newer run, and a completed or failed analysis is never processed again.
+
+The database is written twice per analysis (the claim, then the result with its outbox event);
+the stages in between go to Redis only, which is where the API reads live progress. Statements
+address the `analyses` table directly (SQLAlchemy Core): this is the worker's hot path, and the
+ORM's bookkeeping would only add cost to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+from PIL import Image, UnidentifiedImageError
+from redis.asyncio import Redis
+from sqlalchemy import Table, Update, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ecosort_common.outbox import add_event
+from ecosort_waste import progress
+from ecosort_waste.classifier.registry import ClassifierRegistry, ProviderAnswer
+from ecosort_waste.classifier.remote import ProviderError
+from ecosort_waste.guidance import GuidanceClient
+from ecosort_waste.models import FINAL_STATUSES, Analysis, outbox
+from ecosort_waste.storage import ObjectNotFound, Storage
+
+log = structlog.get_logger(__name__)
+
+analyses: Table = Analysis.__table__  # type: ignore[assignment]
+UNFINISHED = ("queued", "processing")
+# Progress (0-100) reported when a stage starts; 100 is reserved for "completed".
+STAGE_PROGRESS = {"load": 5, "classify": 20, "guide": 70, "save": 90}
+COMPLETED_EVENT = "analysis.completed"
+# The classifier looks at 224 px; JPEGs are decoded at a reduced DCT scale that still covers it.
+DECODE_AT_LEAST = (224, 224)
+
+Outcome = Literal["completed", "failed", "retry", "skipped", "superseded"]
+
+
+@dataclass
+class PipelineDeps:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: Redis
+    storage: Storage
+    classifiers: ClassifierRegistry
+    guidance: GuidanceClient
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    analysis_id: uuid.UUID
+    attempt: int
+    owner_id: uuid.UUID
+    image_key: str
+
+
+class Superseded(Exception):
+    """Another run took the analysis over; this one must stop without writing."""
+
+
+class PermanentFailure(Exception):
+    """Retrying cannot help (the stored image is gone or unreadable)."""
+
+
+async def run_analysis(deps: PipelineDeps, analysis_id: uuid.UUID) -> Outcome:
+    """Process one analysis. Returns "retry" when a transient error should be retried later
+    (the analysis is then back in `queued`); failures are recorded, never raised."""
+    claim = await _claim(deps, analysis_id)
+    if claim is None:
+        await _republish_final_state(deps, analysis_id)
+        return "skipped"
+    if claim.attempt > deps.max_attempts:
+        await fail(deps, analysis_id, f"gave up after {deps.max_attempts} attempts")
+        return "failed"
+    try:
+        result = await _run_stages(deps, claim)
+        await _save(deps, claim, result)
+    except Superseded:
+        log.info("pipeline.superseded", analysis_id=str(analysis_id), attempt=claim.attempt)
+        return "superseded"
+    except PermanentFailure as exc:
+        await fail(deps, analysis_id, str(exc), attempt=claim.attempt)
+        return "failed"
+    except ProviderError as exc:
+        if claim.attempt >= deps.max_attempts:
+            await fail(deps, analysis_id, f"classification failed: {exc}", attempt=claim.attempt)
+            return "failed"
+        await _requeue(deps, claim, f"classification failed, will retry: {exc}")
+        return "retry"
+    await progress.publish_event(
+        deps.redis,
+        analysis_id,
+        "completed",
+        {"status": "completed", "stage": "save", "progress": 100, "result": result},
+    )
+    return "completed"
+
+
+async def _run_stages(deps: PipelineDeps, claim: Claim) -> dict[str, Any]:
+    await _enter_stage(deps, claim, "load")
+    image = await _load_image(deps.storage, claim.image_key)
+    await _enter_stage(deps, claim, "classify")
+    answer = await asyncio.to_thread(deps.classifiers.classify, image)
+    await _enter_stage(deps, claim, "guide")
+    category = answer.classification.category
+    guidance = await deps.guidance.fetch(category) if category is not None else None
+    await _enter_stage(deps, claim, "save")
+    return result_document(answer, guidance)
+
+
+def result_document(answer: ProviderAnswer, guidance: dict[str, Any] | None) -> dict[str, Any]:
+    """The `analyses.result` JSON (the contract the API and the app read)."""
+    c = answer.classification
+    return {
+        "category": c.category,
+        "confidence": round(float(c.confidence), 4),
+        "candidates": [
+            {"category": candidate.category, "confidence": round(float(candidate.confidence), 4)}
+            for candidate in c.candidates
+        ],
+        "not_sure": bool(c.not_sure),
+        "mapping_note": c.mapping_note,
+        "guidance": guidance,
+        "guidance_available": guidance is not None,
+        "model_version": c.model_version,
+        "head_version": c.head_version,
+        "provider": answer.provider,
+    }
+
+
+async def _load_image(storage: Storage, key: str) -> Image.Image:
+    try:
+        data = await asyncio.to_thread(storage.get, key)
+    except ObjectNotFound as exc:
+        raise PermanentFailure(f"the stored image {key!r} is missing") from exc
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.draft("RGB", DECODE_AT_LEAST)  # a no-op for formats other than JPEG
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise PermanentFailure(f"the stored image {key!r} cannot be decoded: {exc}") from exc
+    return image
+
+
+async def _claim(deps: PipelineDeps, analysis_id: uuid.UUID) -> Claim | None:
+    """queued/processing → processing with attempts + 1; None when final or unknown."""
+    now = datetime.now(UTC)
+    async with deps.sessionmaker() as session, session.begin():
+        row = (
+            await session.execute(
+                update(analyses)
+                .where(analyses.c.id == analysis_id, analyses.c.status.in_(UNFINISHED))
+                .values(
+                    status="processing",
+                    stage="load",
+                    progress=STAGE_PROGRESS["load"],
+                    attempts=analyses.c.attempts + 1,
+                    error=None,
+                    started_at=now,
+                    updated_at=now,
+                )
+                .returning(analyses.c.attempts, analyses.c.owner_id, analyses.c.image_key)
+            )
+        ).first()
+    if row is None:
+        return None
+    return Claim(analysis_id, row.attempts, row.owner_id, row.image_key)
+
+
+async def _enter_stage(deps: PipelineDeps, claim: Claim, stage: str) -> None:
+    await progress.publish_event(
+        deps.redis,
+        claim.analysis_id,
+        "progress",
+        {"status": "processing", "stage": stage, "progress": STAGE_PROGRESS[stage]},
+    )
+
+
+async def _save(deps: PipelineDeps, claim: Claim, result: dict[str, Any]) -> None:
+    """The result and the `analysis.completed` event in one transaction (the outbox)."""
+    completed_at = datetime.now(UTC)
+    async with deps.sessionmaker() as session, session.begin():
+        updated = await session.execute(
+            _own_run(claim).values(
+                status="completed",
+                stage="save",
+                progress=100,
+                result=result,
+                error=None,
+                completed_at=completed_at,
+                updated_at=completed_at,
+            )
+        )
+        if updated.rowcount == 0:  # type: ignore[attr-defined]
+            raise Superseded
+        await add_event(
+            session,
+            outbox,
+            COMPLETED_EVENT,
+            {
+                "analysis_id": str(claim.analysis_id),
+                "user_id": str(claim.owner_id),
+                "category": result["category"],
+                "confidence": result["confidence"],
+                "completed_at": completed_at.isoformat(),
+            },
+        )
+
+
+def _own_run(claim: Claim) -> Update:
+    """An UPDATE that only matches while this run still owns the analysis."""
+    return update(analyses).where(
+        analyses.c.id == claim.analysis_id,
+        analyses.c.status == "processing",
+        analyses.c.attempts == claim.attempt,
+    )
+
+
+async def fail(
+    deps: PipelineDeps, analysis_id: uuid.UUID, reason: str, *, attempt: int | None = None
+) -> bool:
+    """Mark an unfinished analysis failed with its reason and tell the watchers.
+    With `attempt`, only while that run still owns it."""
+    condition = [analyses.c.id == analysis_id, analyses.c.status.in_(UNFINISHED)]
+    if attempt is not None:
+        condition.append(analyses.c.attempts == attempt)
+    # The database knows the stage of the claim; Redis knows the last stage reached.
+    state = await progress.read_state(deps.redis, analysis_id)
+    async with deps.sessionmaker() as session, session.begin():
+        row = (
+            await session.execute(
+                update(analyses)
+                .where(*condition)
+                .values(
+                    status="failed",
+                    stage=state.get("stage") or analyses.c.stage,
+                    error=reason,
+                    updated_at=datetime.now(UTC),
+                )
+                .returning(analyses.c.stage, analyses.c.progress)
+            )
+        ).first()
+    if row is None:
+        return False
+    log.warning("pipeline.failed", analysis_id=str(analysis_id), reason=reason)
+    await progress.publish_event(
+        deps.redis,
+        analysis_id,
+        "failed",
+        {
+            "status": "failed",
+            "stage": row.stage,
+            "progress": int(state.get("progress", row.progress)),
+            "error": reason,
+        },
+    )
+    return True
+
+
+async def _requeue(deps: PipelineDeps, claim: Claim, reason: str) -> None:
+    """Back to `queued` until the retry runs, so the reaper does not count it as stuck."""
+    async with deps.sessionmaker() as session, session.begin():
+        updated = await session.execute(
+            _own_run(claim).values(
+                status="queued", stage=None, progress=0, error=reason, updated_at=datetime.now(UTC)
+            )
+        )
+    if updated.rowcount:  # type: ignore[attr-defined]
+        await progress.publish_event(
+            deps.redis,
+            claim.analysis_id,
+            "progress",
+            {"status": "queued", "progress": 0, "stage": None, "error": reason},
+        )
+
+
+async def _republish_final_state(deps: PipelineDeps, analysis_id: uuid.UUID) -> None:
+    """A duplicate delivery of a finished analysis: nothing to do, except repairing the final
+    event if a crash after the database commit kept it from being published."""
+    async with deps.sessionmaker() as session:
+        row = (
+            await session.execute(
+                select(
+                    analyses.c.status, analyses.c.stage, analyses.c.result, analyses.c.error
+                ).where(analyses.c.id == analysis_id)
+            )
+        ).first()
+    if row is None or row.status not in FINAL_STATUSES:
+        return
+    state = await progress.read_state(deps.redis, analysis_id)
+    if state.get("status") == row.status:
+        return
+    data: dict[str, Any] = {"status": row.status, "stage": row.stage}
+    if row.status == "completed":
+        data |= {"progress": 100, "result": row.result}
+        await progress.publish_event(deps.redis, analysis_id, "completed", data)
+    else:
+        await progress.publish_event(deps.redis, analysis_id, "failed", data | {"error": row.error})

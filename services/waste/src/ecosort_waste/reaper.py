@@ -1,0 +1,147 @@
+"""The reaper: nothing stays `processing` past ANALYSIS_DEADLINE_SECONDS.
+
+Where it runs, and why: a periodic loop in every worker's main process (a thread started when
+the worker is ready), not Celery beat. Beat must run as exactly one extra process; a reaper in
+each worker needs no extra Deployment, runs exactly when there are workers to re-queue to, and
+survives any single worker's death (the others keep reaping). Several reapers are safe: rows are
+taken with `FOR UPDATE SKIP LOCKED` and every change is conditional on the row's state.
+
+A stuck analysis (its worker died, hung, or lost the message) is re-queued while attempts
+remain, else marked `failed` with the reason. An analysis `queued` for longer than the deadline
+(the API died between commit and enqueue, or a retry message was lost) is enqueued again; the
+task is idempotent, so a duplicate costs one cheap no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ecosort_waste import progress
+from ecosort_waste.models import Analysis
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZE = 100
+
+
+@dataclass
+class ReapReport:
+    requeued: list[uuid.UUID] = field(default_factory=list)
+    failed: list[uuid.UUID] = field(default_factory=list)
+    reenqueued: list[uuid.UUID] = field(default_factory=list)
+
+
+async def reap_once(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    enqueue: Callable[[uuid.UUID], None],
+    *,
+    deadline_seconds: float,
+    max_attempts: int,
+) -> ReapReport:
+    report = ReapReport()
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(seconds=deadline_seconds)
+    failures: dict[uuid.UUID, tuple[str | None, str]] = {}
+    async with sessionmaker() as session, session.begin():
+        stuck = (
+            await session.execute(
+                select(Analysis.id, Analysis.attempts, Analysis.stage)
+                .where(Analysis.status == "processing", Analysis.started_at < cutoff)
+                .limit(BATCH_SIZE)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        for row in stuck:
+            # The database has the stage of the claim; Redis has the last stage reported.
+            stage = (await progress.read_state(redis, row.id)).get("stage") or row.stage
+            where = f"stage {stage}" if stage else "its first stage"
+            if row.attempts < max_attempts:
+                reason = (
+                    f"re-queued: attempt {row.attempts} made no progress past {where} "
+                    f"within {deadline_seconds:g} s (worker lost?)"
+                )
+                values = {"status": "queued", "stage": None, "progress": 0}
+                report.requeued.append(row.id)
+            else:
+                reason = (
+                    f"deadline exceeded: still processing in {where} after {deadline_seconds:g} s "
+                    f"on attempt {row.attempts} of {max_attempts}"
+                )
+                values = {"status": "failed", "stage": stage}
+                failures[row.id] = (stage, reason)
+                report.failed.append(row.id)
+            await session.execute(
+                update(Analysis)
+                .where(Analysis.id == row.id, Analysis.status == "processing")
+                .values(error=reason, updated_at=now, **values)
+            )
+        forgotten = (
+            await session.execute(
+                select(Analysis.id)
+                .where(Analysis.status == "queued", Analysis.updated_at < cutoff)
+                .limit(BATCH_SIZE)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        report.reenqueued = [row.id for row in forgotten]
+        if report.reenqueued:
+            # Touch them so the next enqueue is at most once per deadline period.
+            await session.execute(
+                update(Analysis).where(Analysis.id.in_(report.reenqueued)).values(updated_at=now)
+            )
+    # After the commit: a task must never see the old state.
+    for analysis_id in report.requeued + report.reenqueued:
+        enqueue(analysis_id)
+    for analysis_id in report.requeued:
+        await progress.publish_event(
+            redis, analysis_id, "progress", {"status": "queued", "progress": 0, "stage": None}
+        )
+    for analysis_id, (stage, reason) in failures.items():
+        await progress.publish_event(
+            redis, analysis_id, "failed", {"status": "failed", "stage": stage, "error": reason}
+        )
+    if stuck or forgotten:
+        log.warning(
+            "reaper.reaped",
+            requeued=len(report.requeued),
+            failed=len(report.failed),
+            reenqueued=len(report.reenqueued),
+        )
+    return report
+
+
+async def run_reaper(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    enqueue: Callable[[uuid.UUID], None],
+    *,
+    deadline_seconds: float,
+    max_attempts: int,
+    interval_seconds: float,
+    stop: asyncio.Event,
+) -> None:
+    """Reap every `interval_seconds` until `stop` is set; a failing tick is logged, not fatal."""
+    while not stop.is_set():
+        try:
+            await reap_once(
+                sessionmaker,
+                redis,
+                enqueue,
+                deadline_seconds=deadline_seconds,
+                max_attempts=max_attempts,
+            )
+        except Exception as exc:  # the database or Redis is down: try again next tick
+            log.warning("reaper.tick_failed", error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_seconds)

@@ -1,0 +1,47 @@
+"""Object storage for uploaded and sanitised images: a local directory or S3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ecosort_waste.storage.base import InvalidKey, ObjectNotFound, Storage, check_key
+from ecosort_waste.storage.local import LocalStorage, UploadFormRejected
+from ecosort_waste.storage.s3 import S3Storage
+
+__all__ = [
+    "InvalidKey",
+    "LocalStorage",
+    "ObjectNotFound",
+    "S3Storage",
+    "Storage",
+    "UploadFormRejected",
+    "check_key",
+    "storage_from_settings",
+]
+
+
+def storage_from_settings(settings: Any) -> Storage:
+    """The backend ``STORAGE_BACKEND`` names (``local`` or ``s3``), configured from settings."""
+    if settings.storage_backend == "s3":
+        import boto3  # here, not at the top: a local deployment need not load botocore (~25 MB)
+
+        client = boto3.client(
+            "s3",
+            region_name=settings.s3_region or None,
+            endpoint_url=settings.s3_endpoint_url or None,
+            aws_access_key_id=settings.s3_access_key_id or None,
+            aws_secret_access_key=settings.s3_secret_access_key or None,
+        )
+        return S3Storage(
+            client,
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            expires_in=settings.upload_expires_seconds,
+        )
+    return LocalStorage(
+        Path(settings.data_dir) / "uploads",
+        upload_url=settings.public_base_url.rstrip("/") + "/api/v1/waste/uploads/direct",
+        signing_key=settings.upload_signing_key.encode(),
+        expires_in=settings.upload_expires_seconds,
+    )

@@ -1,0 +1,45 @@
+"""The storage interface the API and the pipeline share.
+
+Methods are synchronous on purpose: the Celery pipeline calls them directly, and the async API
+calls them in a worker thread (``starlette.concurrency.run_in_threadpool``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+class ObjectNotFound(KeyError):
+    """No object is stored under the key."""
+
+
+class InvalidKey(ValueError):
+    """A key that could escape the storage root or is otherwise malformed."""
+
+
+@runtime_checkable
+class Storage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` under ``key``, replacing what was there."""
+
+    def get(self, key: str) -> bytes:
+        """The bytes under ``key``; raises ``ObjectNotFound``."""
+
+    def size(self, key: str) -> int:
+        """The size in bytes of the object under ``key``; raises ``ObjectNotFound``."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+
+    def presign_upload(
+        self, key: str, content_type: str, max_bytes: int
+    ) -> tuple[str, dict[str, str]]:
+        """A URL and form fields a client POSTs (multipart, file field last) to upload ``key``."""
+
+
+def check_key(key: str) -> str:
+    """Keys are relative, slash-separated, and never walk upwards."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key:
+        raise InvalidKey(f"invalid storage key: {key!r}")
+    return key

@@ -1,0 +1,49 @@
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from ecosort_common.testing import free_port, service_fixtures
+from ecosort_waste.config import Settings
+from ecosort_waste.main import create_app
+
+token_issuer, settings, app, client = service_fixtures("ecosort_waste", Settings, create_app)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _waste_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Stored images go to a throw-away directory; SSE heartbeats come fast enough to test.
+    Autouse and session-scoped, so it runs before the `settings` fixture reads the environment."""
+    overrides = {
+        "DATA_DIR": str(tmp_path_factory.mktemp("waste-data")),
+        "SSE_HEARTBEAT_SECONDS": "1",
+        "SSE_RESYNC_SECONDS": "2",
+    }
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+async def live_url(app: Any) -> AsyncIterator[str]:
+    """The same app served over real HTTP by uvicorn: for streamed responses (SSE), which
+    httpx's ASGI transport buffers, and for real concurrent connections."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task

@@ -1,0 +1,174 @@
+"""Fixtures of the pipeline's tests: a Redis database of their own, a throw-away PostgreSQL
+database with the waste migrations, and a local HTTP server replaying recorded answers of the
+third parties (OpenAI) and standing in for the recycling service."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from redis.asyncio import Redis
+
+from ecosort_common.migrations import upgrade
+from ecosort_common.redis import create_redis
+from ecosort_common.testing import free_port, temporary_database, temporary_redis_db
+
+RECORDINGS = Path(__file__).parent / "recordings"
+SHARED_PHOTOS = Path(__file__).resolve().parents[4].parent / "shared" / "data" / "waste-images"
+
+
+def recording(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((RECORDINGS / name).read_text())
+    return loaded
+
+
+def category_guidance(code: str) -> dict[str, Any]:
+    """What recycling answers for GET /api/v1/recycling/categories/{code} (the contract)."""
+    return {
+        "code": code,
+        "name_ko": f"{code} (ko)",
+        "name_en": code.replace("_", " ").title(),
+        "disposal": f"How {code} is put out.",
+        "steps": ["Empty it", "Rinse it"],
+        "mistakes": ["Leaving food inside"],
+        "marks": [],
+        "sources": [{"title": "환경부 재활용품 분리배출 가이드라인", "date": "2024-01-01"}],
+        "varies_by_region": False,
+    }
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+Responder = Callable[[RecordedRequest], tuple[int, Any]]
+
+
+@dataclass
+class FakeThirdParties:
+    """One local HTTP server: `POST /v1/chat/completions` answers like OpenAI (from recordings),
+    `GET /api/v1/recycling/categories/{code}` like recycling. Tests steer it:
+    `openai_responses` is a queue of answers (the last one repeats), `hang_openai` holds OpenAI
+    calls until released, `recycling_down` answers 503."""
+
+    port: int = field(default_factory=free_port)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    openai_responses: list[tuple[int, Any]] = field(default_factory=list)
+    hang_openai: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    recycling_down: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def respond(self, request: RecordedRequest) -> tuple[int, Any]:
+        self.requests.append(request)
+        if request.path.startswith("/v1/chat/completions"):
+            if self.hang_openai.is_set():
+                self.release.wait(timeout=60)
+            if not self.openai_responses:
+                return 200, recording("openai_chat_completion_can.json")
+            return (
+                self.openai_responses.pop(0)
+                if len(self.openai_responses) > 1
+                else self.openai_responses[0]
+            )
+        if request.path.startswith("/api/v1/recycling/categories/"):
+            if self.recycling_down:
+                return 503, {"title": "Service Unavailable"}
+            return 200, category_guidance(request.path.rsplit("/", 1)[-1])
+        return 404, {"title": "Not Found"}
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [
+            json.loads(r.body) for r in self.requests if r.path.startswith("/v1/chat/completions")
+        ]
+
+
+def serve(fake: FakeThirdParties) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            request = RecordedRequest(
+                self.command, self.path, dict(self.headers.items()), self.rfile.read(length)
+            )
+            status, body = fake.respond(request)
+            payload = json.dumps(body).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client (a killed worker) is gone
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", fake.port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server
+
+
+@contextmanager
+def running_third_parties() -> Iterator[FakeThirdParties]:
+    fake = FakeThirdParties()
+    server = serve(fake)
+    try:
+        yield fake
+    finally:
+        fake.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def third_parties() -> Iterator[FakeThirdParties]:
+    with running_third_parties() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with temporary_redis_db() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = create_redis(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    with temporary_database("waste_pipeline") as url:
+        upgrade("ecosort_waste", url)
+        yield url
+
+
+def photo_bytes(name: str = "metal/metal1.jpg") -> bytes:
+    """A shared TrashNet photo re-encoded the way the API stores it (sanitised JPEG)."""
+    with Image.open(SHARED_PHOTOS / name) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()

@@ -1,0 +1,323 @@
+"""pipeline.py in-process against real PostgreSQL, Redis and local storage: the stages, the
+result contract, the outbox event, idempotency, supersession, retries and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ecosort_common.db import create_engine, create_sessionmaker
+from ecosort_waste import pipeline, progress
+from ecosort_waste.classifier.base import Classification
+from ecosort_waste.classifier.openai_provider import create_openai_classifier
+from ecosort_waste.classifier.registry import ClassifierRegistry, registry_from_settings
+from ecosort_waste.config import Settings
+from ecosort_waste.guidance import create_guidance_client
+from ecosort_waste.models import Analysis, outbox
+from ecosort_waste.storage import storage_from_settings
+
+from .conftest import FakeThirdParties, photo_bytes
+
+RESULT_KEYS = {
+    "category",
+    "confidence",
+    "candidates",
+    "not_sure",
+    "mapping_note",
+    "guidance",
+    "guidance_available",
+    "model_version",
+    "head_version",
+    "provider",
+}
+
+
+@pytest.fixture
+async def sessionmaker(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(database_url, pool_size=2)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, third_parties: FakeThirdParties) -> Settings:
+    return Settings(
+        data_dir=str(tmp_path),
+        recycling_url=third_parties.url,
+        classifier_provider="openai",
+        openai_api_key="sk-test",
+        openai_base_url=f"{third_parties.url}/v1",
+        openai_max_retries=0,
+        guidance_cache_seconds=0,
+    )
+
+
+def make_deps(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    classifiers: ClassifierRegistry | None = None,
+) -> pipeline.PipelineDeps:
+    return pipeline.PipelineDeps(
+        sessionmaker=sessionmaker,
+        redis=redis,
+        storage=storage_from_settings(settings),
+        classifiers=classifiers or registry_from_settings(settings),
+        guidance=create_guidance_client(
+            settings.recycling_url, timeout_seconds=1, attempts=2, cache_seconds=0
+        ),
+        max_attempts=settings.analysis_max_attempts,
+    )
+
+
+@pytest.fixture
+def deps(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> pipeline.PipelineDeps:
+    return make_deps(settings, sessionmaker, redis)
+
+
+async def new_analysis(deps: pipeline.PipelineDeps, *, store: bool = True, **values: Any) -> Any:
+    data = photo_bytes()
+    columns: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "owner_id": uuid.uuid4(),
+        "status": "queued",
+        "progress": 0,
+        "image_key": f"analyses/{uuid.uuid4()}.jpg",
+        "image_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    analysis = Analysis(**(columns | values))
+    if store:
+        deps.storage.put(analysis.image_key, data, "image/jpeg")
+    async with deps.sessionmaker() as session, session.begin():
+        session.add(analysis)
+    return analysis
+
+
+async def load(deps: pipeline.PipelineDeps, analysis_id: uuid.UUID) -> Analysis:
+    async with deps.sessionmaker() as session:
+        row = await session.get(Analysis, analysis_id)
+        assert row is not None
+        return row
+
+
+async def completed_events(deps: pipeline.PipelineDeps, analysis_id: uuid.UUID) -> list[Any]:
+    async with deps.sessionmaker() as session:
+        rows = await session.execute(
+            select(outbox.c.event_type, outbox.c.payload).where(
+                outbox.c.payload["analysis_id"].astext == str(analysis_id)
+            )
+        )
+        return list(rows.all())
+
+
+async def test_completes_through_the_stages_with_the_outbox_event(
+    deps: pipeline.PipelineDeps, third_parties: FakeThirdParties
+) -> None:
+    analysis = await new_analysis(deps)
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "completed"
+
+    row = await load(deps, analysis.id)
+    assert (row.status, row.stage, row.progress, row.attempts) == ("completed", "save", 100, 1)
+    assert row.completed_at is not None and row.error is None
+    result = row.result
+    assert result is not None and set(result) == RESULT_KEYS
+    assert result["category"] == "can" and result["provider"] == "openai"
+    assert result["model_version"] == "openai:gpt-4o-mini-2024-07-18"
+    assert result["candidates"][0] == {"category": "can", "confidence": 0.86}
+    assert result["guidance_available"] is True and result["guidance"]["code"] == "can"
+    ((event_type, payload),) = await completed_events(deps, analysis.id)
+    assert event_type == "analysis.completed"
+    assert payload == {
+        "analysis_id": str(analysis.id),
+        "user_id": str(analysis.owner_id),
+        "category": "can",
+        "confidence": 0.86,
+        "completed_at": row.completed_at.isoformat(),
+    }
+    events = await progress.read_events(deps.redis, analysis.id)
+    assert [(e.event, e.data.get("stage")) for e in events] == [
+        ("progress", "load"),
+        ("progress", "classify"),
+        ("progress", "guide"),
+        ("progress", "save"),
+        ("completed", "save"),
+    ]
+    assert [e.data["progress"] for e in events] == sorted(e.data["progress"] for e in events)
+    assert events[-1].data["result"] == result
+    state = await progress.read_state(deps.redis, analysis.id)
+    assert state["status"] == "completed" and state["progress"] == "100"
+
+
+async def test_a_finished_analysis_is_never_processed_again(
+    deps: pipeline.PipelineDeps, third_parties: FakeThirdParties
+) -> None:
+    analysis = await new_analysis(deps)
+    await pipeline.run_analysis(deps, analysis.id)
+    calls = len(third_parties.chat_requests())
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "skipped"
+
+    assert len(third_parties.chat_requests()) == calls
+    assert (await load(deps, analysis.id)).attempts == 1
+    assert len(await completed_events(deps, analysis.id)) == 1
+
+
+async def test_a_lost_final_event_is_published_by_a_duplicate_delivery(
+    deps: pipeline.PipelineDeps,
+) -> None:
+    analysis = await new_analysis(deps)
+    await pipeline.run_analysis(deps, analysis.id)
+    await deps.redis.delete(progress.state_key(analysis.id), progress.events_key(analysis.id))
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "skipped"
+
+    (event,) = await progress.read_events(deps.redis, analysis.id)
+    assert event.event == "completed" and event.data["result"]["category"] == "can"
+
+
+async def test_recycling_down_still_completes_without_guidance(
+    deps: pipeline.PipelineDeps, third_parties: FakeThirdParties
+) -> None:
+    third_parties.recycling_down = True
+    analysis = await new_analysis(deps)
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "completed"
+
+    result = (await load(deps, analysis.id)).result
+    assert result is not None
+    assert result["category"] == "can"
+    assert result["guidance"] is None and result["guidance_available"] is False
+
+
+async def test_a_failing_remote_provider_falls_back_to_the_local_model(
+    deps: pipeline.PipelineDeps, third_parties: FakeThirdParties
+) -> None:
+    third_parties.openai_responses = [(500, {"error": {"message": "down"}})]
+    analysis = await new_analysis(deps)
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "completed"
+
+    result = (await load(deps, analysis.id)).result
+    assert result is not None
+    assert result["provider"] == "local"
+    assert result["model_version"].startswith("efficientnet-lite0")
+    assert result["head_version"]
+
+
+class BrokenLocal:
+    name = "local"
+
+    def classify(self, image: Image.Image) -> Classification:
+        raise RuntimeError("onnxruntime: cannot allocate memory")
+
+
+async def test_provider_errors_are_retried_then_fail_with_the_reason(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    third_parties: FakeThirdParties,
+) -> None:
+    third_parties.openai_responses = [(503, {"error": {"message": "overloaded"}})]
+    settings.analysis_max_attempts = 2
+    registry = registry_from_settings(settings, local_loader=BrokenLocal)
+    deps = make_deps(settings, sessionmaker, redis, registry)
+    analysis = await new_analysis(deps)
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "retry"
+    row = await load(deps, analysis.id)
+    assert (row.status, row.attempts) == ("queued", 1)
+    assert row.error is not None and "will retry" in row.error
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "failed"
+    row = await load(deps, analysis.id)
+    assert (row.status, row.attempts) == ("failed", 2)
+    assert row.error is not None and "cannot allocate memory" in row.error
+    assert (await progress.read_events(redis, analysis.id))[-1].event == "failed"
+    assert await completed_events(deps, analysis.id) == []
+
+
+async def test_a_missing_image_fails_with_the_reason(deps: pipeline.PipelineDeps) -> None:
+    analysis = await new_analysis(deps, store=False)
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "failed"
+
+    row = await load(deps, analysis.id)
+    assert row.status == "failed" and row.error is not None and "missing" in row.error
+    last = (await progress.read_events(deps.redis, analysis.id))[-1]
+    assert last.event == "failed" and "missing" in last.data["error"]
+
+
+async def test_too_many_attempts_fail_instead_of_looping(deps: pipeline.PipelineDeps) -> None:
+    # As after a photo that kills its worker every time: each redelivery counted an attempt.
+    analysis = await new_analysis(deps, attempts=deps.max_attempts, status="processing")
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "failed"
+
+    row = await load(deps, analysis.id)
+    assert row.status == "failed" and row.error is not None and "gave up" in row.error
+
+
+class Usurper:
+    """While this run classifies, the analysis is re-queued and claimed by another run."""
+
+    name = "openai"
+
+    def __init__(self, database_url: str, inner: Any) -> None:
+        self.database_url = database_url
+        self.inner = inner
+        self.analysis_id: uuid.UUID | None = None
+
+    def classify(self, image: Image.Image) -> Classification:
+        async def bump() -> None:
+            engine = create_engine(self.database_url, pool_size=1)
+            async with create_sessionmaker(engine)() as session, session.begin():
+                await session.execute(
+                    update(Analysis)
+                    .where(Analysis.id == self.analysis_id)
+                    .values(attempts=Analysis.attempts + 1)
+                )
+            await engine.dispose()
+
+        asyncio.run(bump())  # runs in the pipeline's worker thread, so a loop of its own
+        answer: Classification = self.inner.classify(image)
+        return answer
+
+
+async def test_a_superseded_run_does_not_overwrite_the_newer_one(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    database_url: str,
+    third_parties: FakeThirdParties,
+) -> None:
+    openai = create_openai_classifier(
+        api_key="sk-test", model="gpt-4o-mini", base_url=f"{third_parties.url}/v1"
+    )
+    usurper = Usurper(database_url, openai)
+    registry = ClassifierRegistry("openai", local_loader=BrokenLocal, remote=usurper)
+    deps = make_deps(settings, sessionmaker, redis, registry)
+    analysis = await new_analysis(deps)
+    usurper.analysis_id = analysis.id
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "superseded"
+
+    row = await load(deps, analysis.id)
+    assert (row.status, row.attempts, row.result) == ("processing", 2, None)
+    assert await completed_events(deps, analysis.id) == []
+
+
+async def test_unknown_analysis_is_skipped(deps: pipeline.PipelineDeps) -> None:
+    assert await pipeline.run_analysis(deps, uuid.uuid4()) == "skipped"

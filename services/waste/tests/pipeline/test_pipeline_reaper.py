@@ -1,0 +1,139 @@
+"""reaper.reap_once against real PostgreSQL and Redis: stuck analyses are re-queued while
+attempts remain, else failed with a reason; forgotten queued ones are enqueued again."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ecosort_common.db import create_engine, create_sessionmaker
+from ecosort_waste import progress
+from ecosort_waste.models import Analysis
+from ecosort_waste.reaper import reap_once
+
+DEADLINE = 60.0
+MAX_ATTEMPTS = 3
+
+
+@pytest.fixture
+async def sessionmaker(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(database_url, pool_size=2)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def add(
+    sessionmaker: async_sessionmaker[AsyncSession], *, age_seconds: float, **values: Any
+) -> uuid.UUID:
+    then = datetime.now(UTC) - timedelta(seconds=age_seconds)
+    columns: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "owner_id": uuid.uuid4(),
+        "progress": 0,
+        "image_key": "analyses/x.jpg",
+        "image_sha256": "0" * 64,
+        "created_at": then,
+        "updated_at": then,
+    }
+    async with sessionmaker() as session, session.begin():
+        session.add(Analysis(**(columns | values)))
+    return uuid.UUID(str(columns["id"]))
+
+
+async def status_of(
+    sessionmaker: async_sessionmaker[AsyncSession], analysis_id: uuid.UUID
+) -> Analysis:
+    async with sessionmaker() as session:
+        row = await session.get(Analysis, analysis_id)
+        assert row is not None
+        return row
+
+
+async def reap(
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> tuple[Any, list[uuid.UUID]]:
+    enqueued: list[uuid.UUID] = []
+    report = await reap_once(
+        sessionmaker,
+        redis,
+        enqueued.append,
+        deadline_seconds=DEADLINE,
+        max_attempts=MAX_ATTEMPTS,
+    )
+    return report, enqueued
+
+
+async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    long_ago = datetime.now(UTC) - timedelta(seconds=DEADLINE * 2)
+    retryable = await add(
+        sessionmaker,
+        age_seconds=DEADLINE * 2,
+        status="processing",
+        stage="classify",
+        attempts=1,
+        started_at=long_ago,
+    )
+    exhausted = await add(
+        sessionmaker,
+        age_seconds=DEADLINE * 2,
+        status="processing",
+        stage="guide",
+        attempts=MAX_ATTEMPTS,
+        started_at=long_ago,
+    )
+    running = await add(
+        sessionmaker,
+        age_seconds=1,
+        status="processing",
+        stage="classify",
+        attempts=1,
+        started_at=datetime.now(UTC),
+    )
+    finished = await add(sessionmaker, age_seconds=DEADLINE * 2, status="completed", attempts=1)
+
+    report, enqueued = await reap(sessionmaker, redis)
+
+    assert retryable in report.requeued and exhausted in report.failed
+    assert retryable in enqueued and exhausted not in enqueued
+    assert {running, finished}.isdisjoint(report.requeued + report.failed + enqueued)
+    requeued_row = await status_of(sessionmaker, retryable)
+    assert (requeued_row.status, requeued_row.stage, requeued_row.progress) == ("queued", None, 0)
+    assert requeued_row.error is not None and "stage classify" in requeued_row.error
+    failed_row = await status_of(sessionmaker, exhausted)
+    assert failed_row.status == "failed"
+    assert failed_row.error == (
+        f"deadline exceeded: still processing in stage guide after {DEADLINE:g} s "
+        f"on attempt {MAX_ATTEMPTS} of {MAX_ATTEMPTS}"
+    )
+    assert (await status_of(sessionmaker, running)).status == "processing"
+    (failed_event,) = await progress.read_events(redis, exhausted)
+    assert failed_event.event == "failed" and "deadline exceeded" in failed_event.data["error"]
+    (requeued_event,) = await progress.read_events(redis, retryable)
+    assert requeued_event.data["status"] == "queued"
+
+    # A second pass finds nothing new to do with them.
+    report, enqueued = await reap(sessionmaker, redis)
+    assert {retryable, exhausted}.isdisjoint(report.requeued + report.failed + enqueued)
+
+
+async def test_forgotten_queued_analyses_are_enqueued_again_once_per_deadline(
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    forgotten = await add(sessionmaker, age_seconds=DEADLINE * 2, status="queued")
+    recent = await add(sessionmaker, age_seconds=1, status="queued")
+
+    report, enqueued = await reap(sessionmaker, redis)
+
+    assert forgotten in report.reenqueued and forgotten in enqueued
+    assert recent not in enqueued
+    assert (await status_of(sessionmaker, forgotten)).status == "queued"
+    _, enqueued_again = await reap(sessionmaker, redis)
+    assert forgotten not in enqueued_again

@@ -1,0 +1,131 @@
+"""`python -m ecosort_waste train-head`: stored corrections (database + storage) join the shared
+photos, and a new versioned head is published that the local classifier then uses."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ecosort_common.db import create_engine, create_sessionmaker
+from ecosort_waste.classifier.local import MODELS_DIR, LocalClassifier
+from ecosort_waste.config import Settings
+from ecosort_waste.models import Analysis, Correction
+from ecosort_waste.retrain import export_corrections
+from ecosort_waste.storage import storage_from_settings
+
+from .conftest import SHARED_PHOTOS, photo_bytes
+
+
+@pytest.fixture
+async def sessionmaker(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(database_url, pool_size=2)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def corrected_analysis(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    photo: str,
+    categories: list[str],
+    *,
+    store: bool = True,
+) -> uuid.UUID:
+    analysis_id, owner_id = uuid.uuid4(), uuid.uuid4()
+    key = f"analyses/{analysis_id}.jpg"
+    data = photo_bytes(photo)
+    if store:
+        storage_from_settings(settings).put(key, data, "image/jpeg")
+    started = datetime.now(UTC)
+    async with sessionmaker() as session, session.begin():
+        session.add(
+            Analysis(
+                id=analysis_id,
+                owner_id=owner_id,
+                status="completed",
+                progress=100,
+                image_key=key,
+                image_sha256="0" * 64,
+            )
+        )
+        await session.flush()
+        for n, category in enumerate(categories):
+            session.add(
+                Correction(
+                    analysis_id=analysis_id,
+                    owner_id=owner_id,
+                    category=category,
+                    created_at=started + timedelta(seconds=n),
+                )
+            )
+    return analysis_id
+
+
+async def test_export_takes_the_latest_correction_with_its_stored_photo(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    twice = await corrected_analysis(
+        sessionmaker, settings, "plastic/plastic10.jpg", ["general", "pet_clear"]
+    )
+    once = await corrected_analysis(sessionmaker, settings, "glass/glass2.jpg", ["glass_bottle"])
+    lost = await corrected_analysis(
+        sessionmaker, settings, "trash/trash100.jpg", ["general"], store=False
+    )
+    folder = tmp_path / "export"
+    folder.mkdir()
+
+    examples = await export_corrections(sessionmaker, storage_from_settings(settings), folder)
+
+    by_name = {path.stem: code for path, code in examples}
+    assert by_name[str(twice)] == "pet_clear" and by_name[str(once)] == "glass_bottle"
+    assert str(lost) not in by_name
+    for path, _ in examples:
+        Image.open(io.BytesIO(path.read_bytes())).verify()
+
+
+async def test_train_head_publishes_a_new_version_the_classifier_picks_up(
+    sessionmaker: async_sessionmaker[AsyncSession], database_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    await corrected_analysis(sessionmaker, settings, "metal/metal2.jpg", ["can"])
+    heads = tmp_path / "heads"
+    shutil.copytree(MODELS_DIR / "heads", heads)
+    before = (heads / "current").read_text().strip()
+    classifier = LocalClassifier(heads_dir=heads)
+    photo = Image.open(SHARED_PHOTOS / "metal/metal3.jpg")
+    assert classifier.classify(photo).head_version == Path(before).stem
+
+    finished = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "ecosort_waste", "train-head", "--limit-per-class", "2"],
+        env={
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "DATA_DIR": settings.data_dir,
+            "CLASSIFIER_HEADS_DIR": str(heads),
+            "WASTE_PHOTOS_DIR": str(SHARED_PHOTOS),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "stored corrections with their photos: 1" in finished.stdout
+    assert "validation" in finished.stdout and "accuracy" in finished.stdout
+    after = (heads / "current").read_text().strip()
+    assert after != before and (heads / after).exists() and (heads / before).exists()
+    assert classifier.classify(photo).head_version == Path(after).stem

@@ -1,0 +1,228 @@
+"""A real Celery worker process (`celery -A ecosort_waste.worker worker -Q analyses`) against
+real Redis and PostgreSQL, with the local model: normal runs, recycling down, duplicate
+deliveries, and the worker's reaper turning a stuck analysis into `failed`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from ecosort_waste import progress, worker
+from ecosort_waste.config import Settings
+from ecosort_waste.storage import storage_from_settings
+
+from .conftest import FakeThirdParties, photo_bytes, running_third_parties
+from .workers import (
+    WorkerProcess,
+    analysis_row,
+    insert_analysis,
+    outbox_events,
+    start_worker,
+    wait_for,
+)
+
+DEADLINE_SECONDS = 10
+MAX_ATTEMPTS = 3
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeThirdParties]:
+    with running_third_parties() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def worker_settings(
+    database_url: str,
+    redis_url: str,
+    fake: FakeThirdParties,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        celery_key_prefix=f"test-{uuid.uuid4().hex[:8]}:",
+        data_dir=str(tmp_path_factory.mktemp("waste-data")),
+        recycling_url=fake.url,
+        classifier_provider="local",
+        analysis_deadline_seconds=DEADLINE_SECONDS,
+        analysis_max_attempts=MAX_ATTEMPTS,
+        reaper_interval_seconds=0.3,
+        guidance_cache_seconds=0,
+        guidance_down_cooldown_seconds=0,
+        log_json=False,
+        worker_heartbeat_file=str(tmp_path_factory.mktemp("heartbeat") / "worker-heartbeat"),
+    )
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    names = (
+        "database_url",
+        "redis_url",
+        "celery_key_prefix",
+        "data_dir",
+        "recycling_url",
+        "classifier_provider",
+        "analysis_deadline_seconds",
+        "analysis_max_attempts",
+        "reaper_interval_seconds",
+        "guidance_cache_seconds",
+        "guidance_down_cooldown_seconds",
+        "openai_api_key",
+        "openai_base_url",
+        "openai_max_retries",
+        "log_json",
+        "worker_heartbeat_file",
+    )
+    values = {name: getattr(settings, name) for name in names}
+    return {name.upper(): str(value) for name, value in values.items() if value is not None}
+
+
+@pytest.fixture(scope="module")
+def running_worker(
+    worker_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    process = start_worker(environment(worker_settings), "waste-a", tmp_path_factory.mktemp("logs"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def enqueue(worker_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`worker.enqueue_analysis` (what the API calls) sending to this test's broker prefix."""
+    monkeypatch.setattr(worker, "app", worker.create_celery_app(worker_settings))
+
+
+def stored_photo(settings: Settings, name: str = "metal/metal1.jpg") -> tuple[str, bytes]:
+    data = photo_bytes(name)
+    key = f"analyses/{uuid.uuid4()}.jpg"
+    storage_from_settings(settings).put(key, data, "image/jpeg")
+    return key, data
+
+
+@pytest.mark.usefixtures("running_worker", "enqueue")
+async def test_a_queued_analysis_completes_with_the_local_model(
+    worker_settings: Settings, redis: Redis
+) -> None:
+    key, data = stored_photo(worker_settings)
+    analysis_id = insert_analysis(worker_settings.database_url, key, data)
+
+    worker.enqueue_analysis(analysis_id)
+
+    row = await asyncio.to_thread(
+        wait_for, worker_settings.database_url, analysis_id, status="completed"
+    )
+    result = row["result"]
+    assert row["attempts"] == 1 and row["error"] is None
+    assert result["provider"] == "local"
+    assert result["model_version"].startswith("efficientnet-lite0") and result["head_version"]
+    assert result["not_sure"] or result["category"] == "can"  # a TrashNet metal photo
+    assert result["guidance_available"] is (result["category"] is not None)
+    (event,) = outbox_events(worker_settings.database_url, analysis_id)
+    assert event["event_type"] == "analysis.completed"
+    assert event["payload"]["user_id"] == str(row["owner_id"])
+    events = await progress.read_events(redis, analysis_id)
+    assert [e.event for e in events][-1] == "completed"
+    assert [e.data["stage"] for e in events[:-1]] == ["load", "classify", "guide", "save"]
+
+
+@pytest.mark.usefixtures("running_worker", "enqueue")
+async def test_recycling_down_completes_with_guidance_unavailable(
+    worker_settings: Settings, fake: FakeThirdParties
+) -> None:
+    key, data = stored_photo(worker_settings, "glass/glass1.jpg")
+    analysis_id = insert_analysis(worker_settings.database_url, key, data)
+    fake.recycling_down = True
+    try:
+        worker.enqueue_analysis(analysis_id)
+        row = await asyncio.to_thread(
+            wait_for, worker_settings.database_url, analysis_id, status="completed"
+        )
+    finally:
+        fake.recycling_down = False
+    result = row["result"]
+    assert result["guidance"] is None and result["guidance_available"] is False
+    assert result["category"] is not None or result["not_sure"]
+    asked = [r for r in fake.requests if r.path.startswith("/api/v1/recycling/categories/")]
+    assert asked or result["not_sure"]
+
+
+@pytest.mark.usefixtures("running_worker", "enqueue")
+async def test_duplicate_deliveries_process_an_analysis_once(worker_settings: Settings) -> None:
+    key, data = stored_photo(worker_settings, "paper/paper1.jpg")
+    analysis_id = insert_analysis(worker_settings.database_url, key, data)
+
+    for _ in range(3):
+        worker.enqueue_analysis(analysis_id)
+
+    await asyncio.to_thread(wait_for, worker_settings.database_url, analysis_id, status="completed")
+    await asyncio.sleep(0.5)  # let the duplicates run
+    assert analysis_row(worker_settings.database_url, analysis_id)["attempts"] == 1
+    assert len(outbox_events(worker_settings.database_url, analysis_id)) == 1
+
+
+@pytest.mark.usefixtures("running_worker", "enqueue")
+async def test_the_workers_reaper_fails_or_requeues_stuck_analyses(
+    worker_settings: Settings, redis: Redis
+) -> None:
+    key, data = stored_photo(worker_settings)
+    long_ago = datetime.now(UTC) - timedelta(seconds=DEADLINE_SECONDS * 3)
+    # Stuck with no task anywhere (its worker vanished together with the message).
+    exhausted = insert_analysis(
+        worker_settings.database_url,
+        key,
+        data,
+        status="processing",
+        stage="classify",
+        attempts=MAX_ATTEMPTS,
+        started_at=long_ago,
+    )
+    retryable = insert_analysis(
+        worker_settings.database_url,
+        key,
+        data,
+        status="processing",
+        stage="load",
+        attempts=1,
+        started_at=long_ago,
+    )
+
+    failed = await asyncio.to_thread(
+        wait_for, worker_settings.database_url, exhausted, timeout=10, status="failed"
+    )
+    completed = await asyncio.to_thread(
+        wait_for, worker_settings.database_url, retryable, timeout=15, status="completed"
+    )
+
+    assert "deadline exceeded" in failed["error"] and "stage classify" in failed["error"]
+    assert completed["attempts"] == 2 and completed["result"]["provider"] == "local"
+    assert (await progress.read_events(redis, exhausted))[-1].event == "failed"
+
+
+def test_the_visibility_timeout_must_exceed_the_deadline(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="VISIBILITY"):
+        worker.create_celery_app(
+            Settings(analysis_deadline_seconds=600, celery_visibility_timeout_seconds=300)
+        )
+
+
+def test_the_consumer_touches_its_heartbeat_file(
+    running_worker: WorkerProcess, worker_settings: Settings
+) -> None:
+    """The liveness contract of the worker pods (docs/deploy.md): the file exists once the
+    consumer runs, and its age stays below the probe's limit."""
+    assert worker_settings.worker_heartbeat_file is not None
+    heartbeat = Path(worker_settings.worker_heartbeat_file)
+    deadline = datetime.now(UTC) + timedelta(seconds=30)
+    while not heartbeat.exists() and datetime.now(UTC) < deadline:
+        time.sleep(0.2)
+    assert heartbeat.exists(), running_worker.log()
+    age = time.time() - heartbeat.stat().st_mtime
+    assert age < worker.HEARTBEAT_INTERVAL_SECONDS + 5

@@ -1,0 +1,311 @@
+"""Creating, reading, listing and correcting analyses through the HTTP API (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient
+from PIL import ExifTags, Image
+from sqlalchemy import func, select, update
+
+from ecosort_common.testing import TokenIssuer
+from ecosort_waste.models import Analysis, Correction
+from ecosort_waste.progress import publish_event
+
+API = "/api/v1/waste"
+PROBLEM = "application/problem+json"
+
+
+def jpeg(seed: int = 0, size: tuple[int, int] = (320, 240), **params: Any) -> bytes:
+    image = Image.new("RGB", size, (seed % 256, (seed * 7) % 256, (seed * 13) % 256))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", **params)
+    return buf.getvalue()
+
+
+def gps_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[ExifTags.Base.GPSInfo] = {
+        ExifTags.GPS.GPSLatitudeRef: "N",
+        ExifTags.GPS.GPSLatitude: (37.0, 33.0, 59.99),
+    }
+    exif[ExifTags.Base.Make] = "PhoneWithGPS"
+    return jpeg(99, exif=exif)
+
+
+class User:
+    def __init__(self, issuer: TokenIssuer) -> None:
+        self.id = uuid.uuid4()
+        self.headers = {"Authorization": f"Bearer {issuer.token(self.id)}"}
+
+
+@pytest.fixture
+def user(token_issuer: TokenIssuer) -> User:
+    return User(token_issuer)
+
+
+@pytest.fixture
+def other(token_issuer: TokenIssuer) -> User:
+    return User(token_issuer)
+
+
+@pytest.fixture
+def enqueued(app: FastAPI) -> Iterator[list[uuid.UUID]]:
+    """What the API handed to the pipeline (the Celery worker is the pipeline tests' business)."""
+    calls: list[uuid.UUID] = []
+    previous = app.state.enqueue_analysis
+    app.state.enqueue_analysis = calls.append
+    yield calls
+    app.state.enqueue_analysis = previous
+
+
+async def upload(
+    client: AsyncClient, who: User, data: bytes, key: str | None = None, name: str = "x.jpg"
+) -> Any:
+    headers = dict(who.headers)
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return await client.post(
+        f"{API}/analyses", headers=headers, files={"image": (name, data, "image/jpeg")}
+    )
+
+
+async def row(app: FastAPI, analysis_id: str) -> Analysis:
+    async with app.state.sessionmaker() as session:
+        found = await session.get(Analysis, uuid.UUID(analysis_id))
+    assert found is not None
+    return found
+
+
+async def count_owned(app: FastAPI, owner: uuid.UUID) -> int:
+    async with app.state.sessionmaker() as session:
+        stmt = select(func.count()).select_from(Analysis).where(Analysis.owner_id == owner)
+        return int((await session.execute(stmt)).scalar_one())
+
+
+def assert_problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["title"]
+    assert "Traceback" not in response.text
+    return body
+
+
+async def test_upload_answers_202_and_enqueues_once(
+    app: FastAPI, client: AsyncClient, user: User, enqueued: list[uuid.UUID]
+) -> None:
+    response = await upload(client, user, jpeg(1))
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert set(body) == {"id", "status", "links"}
+    assert body["status"] == "queued"
+    assert body["links"] == {
+        "self": f"{API}/analyses/{body['id']}",
+        "events": f"{API}/analyses/{body['id']}/events",
+    }
+    assert response.headers["location"] == body["links"]["self"]
+    assert enqueued == [uuid.UUID(body["id"])]
+
+    status = (await client.get(body["links"]["self"], headers=user.headers)).json()
+    assert status["status"] == "queued" and status["progress"] == 0
+    assert status["result"] is None and status["error"] is None and status["stage"] is None
+
+
+async def test_stored_image_is_sanitised_without_location(
+    app: FastAPI, client: AsyncClient, user: User, enqueued: list[uuid.UUID]
+) -> None:
+    response = await upload(client, user, gps_jpeg(), name="holiday.heic")
+    assert response.status_code == 202, response.text
+    stored_row = await row(app, response.json()["id"])
+    stored = app.state.storage.get(stored_row.image_key)
+    assert stored_row.image_key.startswith(f"images/{user.id}/")
+    assert b"Exif" not in stored and b"PhoneWithGPS" not in stored
+    assert not Image.open(io.BytesIO(stored)).getexif()
+
+
+async def test_requires_a_token(client: AsyncClient) -> None:
+    response = await client.post(
+        f"{API}/analyses", files={"image": ("x.jpg", jpeg(), "image/jpeg")}
+    )
+    assert_problem(response, 401)
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"plain text, not a photo", 415),
+        (b"GIF89a" + b"\0" * 100, 415),
+        (jpeg(2)[:300], 422),
+        (b"\xff\xd8\xff" + b"\0" * (10 * 1024 * 1024 + 10), 413),
+    ],
+    ids=["text", "gif", "truncated", "oversize"],
+)
+async def test_bad_images_are_problems_and_create_nothing(
+    app: FastAPI,
+    client: AsyncClient,
+    user: User,
+    enqueued: list[uuid.UUID],
+    data: bytes,
+    status: int,
+) -> None:
+    assert_problem(await upload(client, user, data), status)
+    assert await count_owned(app, user.id) == 0
+    assert enqueued == []
+
+
+async def test_bomb_is_422(client: AsyncClient, user: User, enqueued: list[uuid.UUID]) -> None:
+    # A real 8000x6000 JPEG (48 MP) of one colour compresses to a few hundred kB.
+    bomb = jpeg(3, size=(8000, 6000), quality=10)
+    assert len(bomb) < 10 * 1024 * 1024
+    body = assert_problem(await upload(client, user, bomb), 422)
+    assert "pixels" in body["detail"]
+
+
+async def test_malformed_requests_are_problems(client: AsyncClient, user: User) -> None:
+    no_image = await client.post(
+        f"{API}/analyses", headers=user.headers, files={"photo": ("x.jpg", jpeg(), "image/jpeg")}
+    )
+    assert_problem(no_image, 422)
+    wrong_type = await client.post(
+        f"{API}/analyses", headers={**user.headers, "Content-Type": "text/plain"}, content=b"hi"
+    )
+    assert_problem(wrong_type, 415)
+    bad_json = await client.post(f"{API}/analyses", headers=user.headers, json={"upload": "x"})
+    assert_problem(bad_json, 422)
+    bad_key = await upload(client, user, jpeg(), key="x" * 300)
+    assert_problem(bad_key, 400)
+
+
+async def test_idempotency_key_replays_and_refuses_a_different_body(
+    app: FastAPI, client: AsyncClient, user: User, other: User, enqueued: list[uuid.UUID]
+) -> None:
+    first = await upload(client, user, jpeg(4), key="photo-1")
+    again = await upload(client, user, jpeg(4), key="photo-1", name="renamed.png")
+    assert first.status_code == again.status_code == 202
+    assert first.json() == again.json()
+    assert len(enqueued) == 1
+
+    different = await upload(client, user, jpeg(5), key="photo-1")
+    assert assert_problem(different, 422)["type"].endswith("idempotency-key-reused")
+
+    # Keys are per user: another person's "photo-1" is their own analysis.
+    theirs = await upload(client, other, jpeg(4), key="photo-1")
+    assert theirs.status_code == 202 and theirs.json()["id"] != first.json()["id"]
+    assert await count_owned(app, user.id) == 1
+
+
+async def test_100_concurrent_duplicates_create_exactly_one(
+    app: FastAPI, live_url: str, user: User, enqueued: list[uuid.UUID]
+) -> None:
+    data = jpeg(6, size=(1200, 900))
+    headers = {**user.headers, "Idempotency-Key": f"burst-{uuid.uuid4()}"}
+    # Real HTTP connections to uvicorn, all in flight at once.
+    async with AsyncClient(base_url=live_url, timeout=60) as http:
+        responses = await asyncio.gather(
+            *(
+                http.post(f"{API}/analyses", headers=headers, files={"image": ("a.jpg", data)})
+                for _ in range(100)
+            )
+        )
+    assert {r.status_code for r in responses} == {202}, {
+        r.text for r in responses if r.status_code != 202
+    }
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert await count_owned(app, user.id) == 1
+    assert len(enqueued) == 1
+
+
+async def test_only_the_owner_sees_or_touches_an_analysis(
+    client: AsyncClient, user: User, other: User, enqueued: list[uuid.UUID]
+) -> None:
+    analysis_id = (await upload(client, user, jpeg(7))).json()["id"]
+    assert (
+        await client.get(f"{API}/analyses/{analysis_id}", headers=user.headers)
+    ).status_code == 200
+    base = f"{API}/analyses/{analysis_id}"
+    for response in [
+        await client.get(base, headers=other.headers),
+        await client.get(f"{base}/events", headers=other.headers),
+        await client.post(f"{base}/feedback", headers=other.headers, json={"category": "can"}),
+    ]:
+        assert_problem(response, 404)
+    missing = await client.get(f"{API}/analyses/{uuid.uuid4()}", headers=user.headers)
+    assert_problem(missing, 404)
+    listing = (await client.get(f"{API}/analyses", headers=other.headers)).json()
+    assert analysis_id not in {item["id"] for item in listing["items"]}
+
+
+async def test_list_is_newest_first_with_cursor_pages(
+    client: AsyncClient, user: User, enqueued: list[uuid.UUID]
+) -> None:
+    created = [(await upload(client, user, jpeg(20 + i))).json()["id"] for i in range(5)]
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get(f"{API}/analyses", headers=user.headers, params=params)).json()
+        pages += 1
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == list(reversed(created))
+    assert_problem(await client.get(f"{API}/analyses?cursor=garbage", headers=user.headers), 400)
+    assert_problem(await client.get(f"{API}/analyses?limit=1000", headers=user.headers), 422)
+
+
+async def test_status_shows_live_progress_then_the_result(
+    app: FastAPI, client: AsyncClient, user: User, enqueued: list[uuid.UUID]
+) -> None:
+    analysis_id = (await upload(client, user, jpeg(8))).json()["id"]
+    data = {"status": "processing", "stage": "classify", "progress": 40}
+    await publish_event(app.state.redis, analysis_id, "progress", data)
+    live = (await client.get(f"{API}/analyses/{analysis_id}", headers=user.headers)).json()
+    assert (live["status"], live["stage"], live["progress"]) == ("processing", "classify", 40)
+
+    result = {"category": "can", "confidence": 0.97, "candidates": [], "guidance": None}
+    async with app.state.sessionmaker() as session:
+        await session.execute(
+            update(Analysis)
+            .where(Analysis.id == uuid.UUID(analysis_id))
+            .values(status="completed", stage="save", progress=100, result=result)
+        )
+        await session.commit()
+    done = (await client.get(f"{API}/analyses/{analysis_id}", headers=user.headers)).json()
+    assert (done["status"], done["progress"], done["result"]) == ("completed", 100, result)
+    listed = (await client.get(f"{API}/analyses", headers=user.headers)).json()["items"][0]
+    assert (listed["id"], listed["category"], listed["confidence"]) == (analysis_id, "can", 0.97)
+
+
+async def test_feedback_stores_a_correction_with_a_valid_code(
+    app: FastAPI, client: AsyncClient, user: User, enqueued: list[uuid.UUID]
+) -> None:
+    analysis_id = (await upload(client, user, jpeg(9))).json()["id"]
+    path = f"{API}/analyses/{analysis_id}/feedback"
+    response = await client.post(path, headers=user.headers, json={"category": "pet_clear"})
+    assert response.status_code == 201, response.text
+    assert response.json()["category"] == "pet_clear"
+    for bad in ({"category": "pizza"}, {"category": ""}, {}, {"category": "can", "x": 1}):
+        assert_problem(await client.post(path, headers=user.headers, json=bad), 422)
+    async with app.state.sessionmaker() as session:
+        stored = (
+            (
+                await session.execute(
+                    select(Correction).where(Correction.analysis_id == uuid.UUID(analysis_id))
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert [(c.category, c.owner_id) for c in stored] == [("pet_clear", user.id)]

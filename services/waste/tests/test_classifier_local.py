@@ -1,0 +1,208 @@
+"""The offline classifier: real ONNX model, real head file, real shared photos."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ecosort_waste.classifier.categories import CATEGORY_CODES, TRASHNET_TO_CATEGORY
+from ecosort_waste.classifier.decision import decide
+from ecosort_waste.classifier.head import HeadError, current_head_path, load_head, save_head
+from ecosort_waste.classifier.imagenet_map import IMAGENET_TO_CATEGORY
+from ecosort_waste.classifier.local import MODELS_DIR, ONNX_FILE, LocalClassifier
+from ecosort_waste.classifier.preprocess import to_rgb
+from ecosort_waste.classifier.training import load_split, photos_dir, train_head
+from ecosort_waste.config import Settings
+
+PHOTOS = photos_dir()
+needs_photos = pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"shared photos not at {PHOTOS}")
+
+
+@pytest.fixture(scope="module")
+def classifier() -> LocalClassifier:
+    return LocalClassifier()
+
+
+def heldout_photos(per_class: int = 5) -> list[tuple[Path, str]]:
+    """The first photos of each class in the validation split: never trained or tuned on."""
+    validation = load_split(limit_per_class=per_class)["validation"]
+    return [(PHOTOS / f, TRASHNET_TO_CATEGORY[f.split("/")[0]]) for f in validation]
+
+
+@needs_photos
+def test_heldout_photos_are_mostly_right(classifier: LocalClassifier) -> None:
+    photos = heldout_photos()
+    assert len(photos) == 30
+    right = sure_right = sure = 0
+    for path, expected in photos:
+        with Image.open(path) as image:
+            result = classifier.classify(image)
+        right += result.candidates[0].category == expected
+        if not result.not_sure:
+            sure += 1
+            sure_right += result.category == expected
+    assert right / len(photos) >= 0.85
+    assert sure >= 20, "most held-out photos should get a sure answer"
+    assert sure_right / sure >= 0.9
+
+
+@needs_photos
+def test_same_photo_same_answer(classifier: LocalClassifier) -> None:
+    path, _ = heldout_photos(1)[0]
+    with Image.open(path) as image:
+        first = classifier.classify(image)
+        second = classifier.classify(image.copy())
+    assert first == second
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGB", (640, 480), "white"),
+        Image.new("RGB", (300, 300), (90, 90, 90)),
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)),
+    ],
+    ids=["white", "grey", "noise"],
+)
+def test_blank_or_synthetic_image_is_not_sure(
+    classifier: LocalClassifier, image: Image.Image
+) -> None:
+    result = classifier.classify(image)
+    assert result.not_sure
+    assert result.category is None
+    assert result.candidates, "not sure still lists the candidates"
+    assert result.mapping_note.startswith("not sure")
+
+
+@needs_photos
+def test_answer_shape_and_versions(classifier: LocalClassifier) -> None:
+    path, _ = heldout_photos(1)[-1]
+    with Image.open(path) as image:
+        result = classifier.classify(image)
+    assert result.category is None or result.category in CATEGORY_CODES
+    assert 1 <= len(result.candidates) <= 3
+    assert all(c.category in CATEGORY_CODES for c in result.candidates)
+    confidences = [c.confidence for c in result.candidates]
+    assert confidences == sorted(confidences, reverse=True)
+    assert all(0.0 <= c <= 1.0 for c in confidences)
+    assert result.confidence == confidences[0]
+    sha = hashlib.sha256((MODELS_DIR / ONNX_FILE).read_bytes()).hexdigest()
+    assert result.model_version == f"efficientnet-lite0-ft@{sha[:8]}"
+    assert re.fullmatch(r"head-v\d+", result.head_version or "")
+    assert result.mapping_note
+
+
+@pytest.mark.parametrize("override", [None, True, False])
+def test_views_per_photo_follow_the_head_unless_overridden(
+    classifier: LocalClassifier, override: bool | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The not-sure threshold was calibrated on one view or on two; by default the service
+    computes what the head was calibrated on."""
+    batches: list[int] = []
+    run = classifier.backbone.run
+
+    def counting_run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batches.append(len(batch))
+        return run(batch)
+
+    monkeypatch.setattr(classifier.backbone, "run", counting_run)
+    monkeypatch.setattr(classifier, "test_time_augmentation", override)
+    classifier.classify(Image.new("RGB", (64, 48), "white"))
+    tta = classifier.head.test_time_augmentation if override is None else override
+    assert batches == [2 if tta else 1]
+
+
+def test_service_setting_defaults_to_the_heads_choice() -> None:
+    field = Settings.model_fields["classifier_test_time_augmentation"]
+    assert field.default is None
+    local_default = inspect.signature(LocalClassifier).parameters["test_time_augmentation"]
+    assert local_default.default is None
+
+
+def test_shipped_head_records_how_it_was_calibrated() -> None:
+    head = load_head(current_head_path(MODELS_DIR / "heads"))
+    assert head.metrics["test_time_augmentation"] == head.test_time_augmentation
+    assert head.backbone_sha256 == hashlib.sha256((MODELS_DIR / ONNX_FILE).read_bytes()).hexdigest()
+
+
+def test_model_card_checksums_match_the_files() -> None:
+    """MODEL_CARD.md lists `sha256  file` lines for the committed artefacts."""
+    card = (MODELS_DIR / "MODEL_CARD.md").read_text()
+    listed = dict(
+        (name, digest)
+        for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", card, re.MULTILINE)
+    )
+    assert ONNX_FILE in listed
+    assert current_head_path(MODELS_DIR / "heads").relative_to(MODELS_DIR).as_posix() in listed
+    for name, digest in listed.items():
+        assert hashlib.sha256((MODELS_DIR / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_imagenet_mapping_is_valid() -> None:
+    assert all(0 <= index < 1000 for index in IMAGENET_TO_CATEGORY)
+    assert {code for _, code in IMAGENET_TO_CATEGORY.values()} <= set(CATEGORY_CODES)
+
+
+def test_imagenet_classes_answer_what_trashnet_lacks(classifier: LocalClassifier) -> None:
+    """A photo the backbone calls a jersey (T-shirt) is textile, whatever the head says."""
+    head = classifier.head
+    features = np.zeros((2, head.weights.shape[0]), np.float32)
+    logits = np.zeros((2, 1000), np.float32)
+    logits[:, 610] = 12.0  # jersey
+    decision = decide(head, features, logits)
+    assert decision.top[0] == "textile"
+    assert decision.top[1] > 0.9
+    assert not decision.top_from_head
+
+
+def test_transparent_png_gets_a_white_background() -> None:
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    assert to_rgb(clear).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_head_for_another_backbone_is_refused(tmp_path: Path) -> None:
+    head = load_head(current_head_path(MODELS_DIR / "heads"))
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    save_head(
+        head.__class__(**{**head.__dict__, "backbone_sha256": "0" * 64}), heads / "head-v1.npz"
+    )
+    (heads / "current").write_text("head-v1.npz\n")
+    with pytest.raises(HeadError):
+        LocalClassifier(heads_dir=heads)
+
+
+@needs_photos
+def test_train_head_writes_a_new_version_the_service_picks_up(tmp_path: Path) -> None:
+    heads = tmp_path / "heads"
+    shipped = current_head_path(MODELS_DIR / "heads")
+    heads.mkdir()
+    shutil.copy(shipped, heads / "head-v1.npz")
+    (heads / "current").write_text("head-v1.npz\n")
+    running = LocalClassifier(heads_dir=heads)
+    assert running.classify(Image.new("RGB", (64, 64), "white")).head_version == "head-v1"
+
+    glass = sorted((PHOTOS / "glass").glob("*.jpg"))[:2]
+    messages: list[str] = []
+    path = train_head(
+        [(p, "glass_bottle") for p in glass] + [(glass[0], "not-a-code")],
+        heads_dir=heads,
+        limit_per_class=2,
+        log=messages.append,
+    )
+    assert path == heads / "head-v2.npz"
+    assert (heads / "current").read_text().strip() == "head-v2.npz"
+    new_head = load_head(path)
+    assert new_head.metrics["corrections"] == 2
+    assert new_head.metrics["validation"]["images"] == 12
+    assert any("validation" in m for m in messages)
+    assert any("not-a-code" in m for m in messages)
+    # The running classifier switches to the new head without a restart.
+    assert running.classify(Image.new("RGB", (64, 64), "white")).head_version == "head-v2"

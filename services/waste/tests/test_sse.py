@@ -1,0 +1,232 @@
+"""Progress over SSE against a real uvicorn: live events, Last-Event-ID, heartbeats, the end of
+the stream, gap recovery, and one Redis subscription for all clients."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient
+from PIL import Image
+from redis.asyncio import Redis
+from sqlalchemy import update
+
+from ecosort_common.testing import TokenIssuer
+from ecosort_waste.models import Analysis
+from ecosort_waste.progress import events_key, publish_event, state_key
+
+API = "/api/v1/waste"
+
+
+class Stream:
+    """An open SSE response, parsed into events (and heartbeat comments) as they arrive."""
+
+    def __init__(self, lines: AsyncIterator[str]) -> None:
+        self._lines = lines
+        self.comments = 0
+
+    async def next_event(self, wait_seconds: float = 5.0) -> dict[str, Any] | None:
+        return await asyncio.wait_for(self._next(), wait_seconds)
+
+    async def _next(self) -> dict[str, Any] | None:
+        fields: dict[str, Any] = {}
+        async for line in self._lines:
+            if line == "":
+                if fields:
+                    return fields
+                continue
+            if line.startswith(":"):
+                self.comments += 1
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+        return None  # the server ended the stream
+
+    async def rest(self, wait_seconds: float = 5.0) -> list[dict[str, Any]]:
+        events = []
+        while (event := await self.next_event(wait_seconds)) is not None:
+            events.append(event)
+        return events
+
+
+@pytest.fixture
+def user(token_issuer: TokenIssuer) -> tuple[uuid.UUID, dict[str, str]]:
+    user_id = uuid.uuid4()
+    return user_id, {"Authorization": f"Bearer {token_issuer.token(user_id)}"}
+
+
+@pytest.fixture
+def quiet_enqueue(app: FastAPI) -> Iterator[None]:
+    previous = app.state.enqueue_analysis
+    app.state.enqueue_analysis = lambda _analysis_id: None
+    yield
+    app.state.enqueue_analysis = previous
+
+
+@pytest.fixture
+async def analysis_id(
+    live_url: str, user: tuple[uuid.UUID, dict[str, str]], quiet_enqueue: None
+) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="JPEG")
+    async with AsyncClient(base_url=live_url) as http:
+        response = await http.post(
+            f"{API}/analyses", headers=user[1], files={"image": ("a.jpg", buf.getvalue())}
+        )
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+@asynccontextmanager
+async def open_stream(
+    live_url: str, analysis_id: str, headers: dict[str, str]
+) -> AsyncIterator[Stream]:
+    async with (
+        AsyncClient(base_url=live_url, timeout=10) as http,
+        http.stream("GET", f"{API}/analyses/{analysis_id}/events", headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield Stream(response.aiter_lines())
+
+
+async def wait_for_watchers(app: FastAPI, count: int) -> None:
+    for _ in range(200):
+        if app.state.progress_hub.watcher_count == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"expected {count} watchers, have {app.state.progress_hub.watcher_count}")
+
+
+def progress(stage: str, value: int) -> dict[str, Any]:
+    return {"status": "processing", "stage": stage, "progress": value}
+
+
+async def test_live_events_then_the_stream_ends(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    redis: Redis = app.state.redis
+    async with open_stream(live_url, analysis_id, user[1]) as stream:
+        await wait_for_watchers(app, 1)
+        await publish_event(redis, analysis_id, "progress", progress("load", 10))
+        first = await stream.next_event()
+        assert first == {
+            "id": "1",
+            "event": "progress",
+            "data": json.dumps(progress("load", 10), separators=(",", ":")),
+        }
+        await publish_event(redis, analysis_id, "progress", progress("classify", 50))
+        await publish_event(
+            redis, analysis_id, "completed", {"status": "completed", "progress": 100}
+        )
+        rest = await stream.rest()
+    assert [(e["id"], e["event"]) for e in rest] == [("2", "progress"), ("3", "completed")]
+    await wait_for_watchers(app, 0)  # the finished client is no longer fanned out to
+
+
+async def test_resumes_after_last_event_id(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    redis: Redis = app.state.redis
+    for stage, value in [("load", 10), ("classify", 40), ("guide", 80)]:
+        await publish_event(redis, analysis_id, "progress", progress(stage, value))
+    headers = {**user[1], "Last-Event-ID": "1"}
+    async with open_stream(live_url, analysis_id, headers) as stream:
+        assert [(await stream.next_event())["id"] for _ in range(2)] == ["2", "3"]  # type: ignore[index]
+        await publish_event(redis, analysis_id, "failed", {"status": "failed", "error": "x"})
+        assert [(e["id"], e["event"]) for e in await stream.rest()] == [("4", "failed")]
+
+
+async def test_a_lost_message_is_recovered_from_the_log(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    redis: Redis = app.state.redis
+    async with open_stream(live_url, analysis_id, user[1]) as stream:
+        await wait_for_watchers(app, 1)
+        await publish_event(redis, analysis_id, "progress", progress("load", 10))
+        assert (await stream.next_event())["id"] == "1"  # type: ignore[index]
+        # Event 2 reaches the log but its pub/sub message is lost (pub/sub is at-most-once).
+        seq = await redis.hincrby(state_key(analysis_id), "seq", 1)
+        data = json.dumps(progress("classify", 50))
+        await redis.xadd(events_key(analysis_id), {"seq": seq, "event": "progress", "data": data})
+        await publish_event(redis, analysis_id, "completed", {"status": "completed"})
+        events = await stream.rest()
+    assert [e["id"] for e in events] == ["2", "3"]
+
+
+async def test_finished_analysis_without_a_log_answers_from_the_database(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    result = {"category": "glass_bottle", "confidence": 0.9}
+    async with app.state.sessionmaker() as session:
+        await session.execute(
+            update(Analysis)
+            .where(Analysis.id == uuid.UUID(analysis_id))
+            .values(status="completed", progress=100, stage="save", result=result)
+        )
+        await session.commit()
+    async with open_stream(live_url, analysis_id, user[1]) as stream:
+        events = await stream.rest()
+    assert len(events) == 1 and events[0]["event"] == "completed"
+    assert json.loads(events[0]["data"])["result"] == result
+
+
+async def test_heartbeats_keep_an_idle_stream_alive(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    async with open_stream(live_url, analysis_id, user[1]) as stream:
+        with pytest.raises(TimeoutError):
+            await stream.next_event(wait_seconds=2.5)  # SSE_HEARTBEAT_SECONDS=1 in the tests
+        assert stream.comments >= 2
+
+
+async def test_many_clients_share_one_redis_subscription(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    redis: Redis = app.state.redis
+    clients = 20
+    async with AsyncClient(base_url=live_url, timeout=10) as http:
+
+        async def watch() -> list[str]:
+            path = f"{API}/analyses/{analysis_id}/events"
+            async with http.stream("GET", path, headers=user[1]) as response:
+                return [e["id"] for e in await Stream(response.aiter_lines()).rest()]
+
+        watchers = [asyncio.create_task(watch()) for _ in range(clients)]
+        await wait_for_watchers(app, clients)
+        # Subscribers of this test's Redis database (other test runs use other databases).
+        db = redis.connection_pool.connection_kwargs.get("db", 0)
+        listed = await redis.client_list()
+        subscribers = [c for c in listed if int(c["db"]) == db and int(c.get("sub", 0)) > 0]
+        assert len(subscribers) == 1
+        await publish_event(redis, analysis_id, "progress", progress("load", 10))
+        await publish_event(redis, analysis_id, "completed", {"status": "completed"})
+        results = await asyncio.wait_for(asyncio.gather(*watchers), 10)
+    assert results == [["1", "2"]] * clients
+
+
+async def test_bad_last_event_id_is_a_problem(
+    live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    async with AsyncClient(base_url=live_url) as http:
+        response = await http.get(
+            f"{API}/analyses/{analysis_id}/events", headers={**user[1], "Last-Event-ID": "abc"}
+        )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_client_that_leaves_is_forgotten(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    async with open_stream(live_url, analysis_id, user[1]):
+        await wait_for_watchers(app, 1)
+    # The client hung up mid-stream: its mailbox must not linger in the hub.
+    await wait_for_watchers(app, 0)

@@ -1,0 +1,113 @@
+"""Storage backends: a local directory, and S3 (moto stands in for AWS; boto3 is the client)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from ecosort_waste.storage import (
+    InvalidKey,
+    LocalStorage,
+    ObjectNotFound,
+    S3Storage,
+    Storage,
+    UploadFormRejected,
+)
+
+BUCKET = "ecosort-test-images"
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path, upload_url="http://api/upload", signing_key=b"k" * 32)
+
+
+@pytest.fixture
+def s3() -> Iterator[S3Storage]:
+    with mock_aws():
+        client = boto3.client("s3", region_name="ap-northeast-2")
+        client.create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "ap-northeast-2"}
+        )
+        yield S3Storage(client, BUCKET, prefix="waste")
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest) -> Storage:
+    backend: Storage = request.getfixturevalue(request.param)
+    return backend
+
+
+def test_round_trip_size_and_delete(storage: Storage) -> None:
+    storage.put("images/a/b.jpg", b"jpeg-bytes", "image/jpeg")
+    assert storage.get("images/a/b.jpg") == b"jpeg-bytes"
+    assert storage.size("images/a/b.jpg") == len(b"jpeg-bytes")
+    storage.put("images/a/b.jpg", b"new", "image/jpeg")
+    assert storage.get("images/a/b.jpg") == b"new"
+    storage.delete("images/a/b.jpg")
+    with pytest.raises(ObjectNotFound):
+        storage.get("images/a/b.jpg")
+    with pytest.raises(ObjectNotFound):
+        storage.size("images/a/b.jpg")
+    storage.delete("images/a/b.jpg")  # deleting twice is fine
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "/abs", "a//b", "a/./b", "", "a\\b"])
+def test_keys_cannot_escape(storage: Storage, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        storage.put(key, b"x", "image/jpeg")
+
+
+def test_local_files_land_under_the_root(local: LocalStorage, tmp_path: Path) -> None:
+    local.put("images/x.jpg", b"abc", "image/jpeg")
+    assert (tmp_path / "images" / "x.jpg").read_bytes() == b"abc"
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
+def test_local_presigned_form_is_signed_and_expires(local: LocalStorage) -> None:
+    url, fields = local.presign_upload("incoming/u/1", "image/jpeg", 1000)
+    assert url == "http://api/upload"
+    assert local.verify_upload_form(fields) == "incoming/u/1"
+    for tampered in ({**fields, "key": "incoming/other/1"}, {**fields, "max_bytes": "99999999"}):
+        with pytest.raises(UploadFormRejected):
+            local.verify_upload_form(tampered)
+    with pytest.raises(UploadFormRejected):
+        local.verify_upload_form({k: v for k, v in fields.items() if k != "signature"})
+    with pytest.raises(UploadFormRejected):
+        local.verify_upload_form(fields, now=int(fields["expires"]) + 1)
+
+
+def test_s3_objects_carry_prefix_and_content_type(s3: S3Storage) -> None:
+    s3.put("images/p.jpg", b"data", "image/jpeg")
+    head = s3._client.head_object(Bucket=BUCKET, Key="waste/images/p.jpg")
+    assert head["ContentType"] == "image/jpeg"
+
+
+def test_s3_presigned_post_policy(s3: S3Storage) -> None:
+    url, fields = s3.presign_upload("incoming/u/1", "image/jpeg", 10 * 1024 * 1024)
+    assert BUCKET in url
+    assert fields["key"] == "waste/incoming/u/1"
+    assert fields["Content-Type"] == "image/jpeg"
+    assert "policy" in fields
+    # The policy S3 enforces carries the size limit and the content type.
+    import base64
+    import json
+
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    conditions = policy["conditions"]
+    assert ["content-length-range", 1, 10 * 1024 * 1024] in conditions
+    assert {"Content-Type": "image/jpeg"} in conditions
+
+
+def test_s3_presigned_post_accepts_an_upload(s3: S3Storage) -> None:
+    # moto also intercepts `requests`, so the client's direct upload can be replayed end to end.
+    import requests
+
+    url, fields = s3.presign_upload("incoming/u/2", "image/jpeg", 1000)
+    response = requests.post(url, data=fields, files={"file": ("x.jpg", b"abc")}, timeout=5)
+    assert response.status_code == 204
+    assert s3.get("incoming/u/2") == b"abc"
