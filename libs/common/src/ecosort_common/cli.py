@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import uvicorn
 
@@ -17,7 +17,7 @@ Command = Callable[[Sequence[str]], int | None]
 def run_cli(
     package: str,
     settings_factory: Callable[[], ServiceSettings],
-    commands: dict[str, Command] | None = None,
+    commands: Mapping[str, Command] | None = None,
     argv: Sequence[str] | None = None,
 ) -> int:
     commands = commands or {}
@@ -46,6 +46,6 @@ def run_cli(
 
 
 def main_for(
-    package: str, settings_factory: Callable[[], ServiceSettings], commands: dict[str, Command]
+    package: str, settings_factory: Callable[[], ServiceSettings], commands: Mapping[str, Command]
 ) -> None:
     sys.exit(run_cli(package, settings_factory, commands))

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 
@@ -79,17 +80,21 @@ async def publish_event(
     for field in _STATE_FIELDS:
         if data.get(field) is not None:
             state_fields += [field, str(data[field])]
-    seq = await redis.eval(
-        _PUBLISH_SCRIPT,
-        2,
-        state_key(analysis_id),
-        events_key(analysis_id),
-        analysis_id,
-        event,
-        json.dumps(data, separators=(",", ":"), default=str),
-        PROGRESS_TTL_SECONDS,
-        EVENT_LOG_MAXLEN,
-        *state_fields,
+    # redis-py types asyncio commands as `Awaitable[T] | T`; on an asyncio client it is awaitable.
+    seq = await cast(
+        Awaitable[str],
+        redis.eval(
+            _PUBLISH_SCRIPT,
+            2,
+            state_key(analysis_id),
+            events_key(analysis_id),
+            analysis_id,
+            event,
+            json.dumps(data, separators=(",", ":"), default=str),
+            str(PROGRESS_TTL_SECONDS),
+            str(EVENT_LOG_MAXLEN),
+            *state_fields,
+        ),
     )
     return int(seq)
 
@@ -105,7 +110,7 @@ async def read_events(
 
 async def read_state(redis: Redis, analysis_id: uuid.UUID | str) -> dict[str, str]:
     """The latest {status, stage, progress, seq}; empty when nothing was published (or expired)."""
-    raw = await redis.hgetall(state_key(analysis_id))
+    raw = await cast(Awaitable[dict[Any, Any]], redis.hgetall(state_key(analysis_id)))
     return {_text(key): _text(value) for key, value in raw.items()}
 
 

@@ -102,7 +102,7 @@ class ProgressHub:
                     self._dispatch(message["data"])
         finally:
             with suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
+                await pubsub.aclose()
 
     def _dispatch(self, raw: str | bytes) -> None:
         try:
