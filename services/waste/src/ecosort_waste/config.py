@@ -3,7 +3,7 @@
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from ecosort_common.settings import ServiceSettings
 
@@ -24,7 +24,9 @@ class Settings(ServiceSettings):
     # to this API at PUBLIC_BASE_URL and is signed with UPLOAD_SIGNING_KEY (set it in production).
     upload_expires_seconds: int = Field(default=900, gt=0)
     public_base_url: str = "http://127.0.0.1:8080"
-    upload_signing_key: str = "local-development-only-upload-signing-key"
+    # Signs local direct-upload forms. Unset: a random key per process, which is enough for
+    # one process; several processes behind one URL need the same key (a Secret).
+    upload_signing_key: SecretStr | None = None
 
     # Server-Sent Events: a comment line this often keeps proxies from closing idle streams;
     # and a stream with no news re-checks the event log and database this often, in case a

@@ -13,6 +13,7 @@ from ecosort_waste import models
 from ecosort_waste.api import api_router
 from ecosort_waste.api.deps import Enqueue
 from ecosort_waste.config import Settings, get_settings
+from ecosort_waste.consumers import UserDeletedHandler
 from ecosort_waste.sse import ProgressHub
 from ecosort_waste.storage import storage_from_settings
 
@@ -39,15 +40,18 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         app.state.progress_hub = hub
         return hub.run()
 
+    storage = storage_from_settings(settings)
     app = create_service_app(
         settings,
         title="EcoSort waste",
         description="Photo upload, the classification pipeline's progress, results, feedback.",
         routers=[api_router],
         outbox=models.outbox,
+        consumers={"user.deleted": UserDeletedHandler(storage)},
+        processed_events=models.processed_events,
         on_startup=[start_read_sessions, start_progress_hub],
     )
-    app.state.storage = storage_from_settings(settings)
+    app.state.storage = storage
     app.state.enqueue_analysis = enqueue or enqueue_with_celery
     return app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ def storage_from_settings(settings: Any) -> Storage:
     return LocalStorage(
         Path(settings.data_dir) / "uploads",
         upload_url=settings.public_base_url.rstrip("/") + "/api/v1/waste/uploads/direct",
-        signing_key=settings.upload_signing_key.encode(),
+        signing_key=(
+            settings.upload_signing_key.get_secret_value().encode()
+            if settings.upload_signing_key is not None
+            else secrets.token_bytes(32)
+        ),
         expires_in=settings.upload_expires_seconds,
     )

@@ -1,0 +1,36 @@
+"""Reactions to other services' events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import structlog
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecosort_common.events import Event
+from ecosort_waste.models import Analysis
+from ecosort_waste.storage import Storage
+
+log = structlog.get_logger(__name__)
+
+
+class UserDeletedHandler:
+    """`user.deleted` (from users): the person's analyses, corrections and photos go.
+
+    Photos are removed inside the event's transaction: if the commit fails, the event is
+    redelivered and the (idempotent) deletes run again."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def __call__(self, session: AsyncSession, event: Event) -> None:
+        user_id = uuid.UUID(str(event.payload["user_id"]))
+        deleted = await session.execute(
+            delete(Analysis).where(Analysis.owner_id == user_id).returning(Analysis.image_key)
+        )  # corrections go with their analyses (ON DELETE CASCADE)
+        image_keys = set(deleted.scalars())
+        for key in image_keys:
+            await asyncio.to_thread(self.storage.delete, key)
+        log.info("user_data_deleted", user_id=str(user_id), analyses_images=len(image_keys))
