@@ -9,35 +9,11 @@ import json
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-# The contract between vision, recycling, waste and the app (DESIGN.md §3).
-CategoryCode = Literal[
-    "paper",
-    "paper_pack",
-    "glass_bottle",
-    "can",
-    "scrap_metal",
-    "pet_clear",
-    "plastic",
-    "vinyl",
-    "styrofoam",
-    "textile",
-    "battery",
-    "lamp",
-    "small_appliance",
-    "large_appliance",
-    "medicine",
-    "food",
-    "general",
-    "nonburnable",
-    "bulky",
-    "cooking_oil",
-    "hazardous",
-]
-CATEGORY_CODES: tuple[str, ...] = get_args(CategoryCode)
+from ecosort_common.categories import CATEGORY_CODES, CategoryCode
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 

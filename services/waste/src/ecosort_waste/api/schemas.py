@@ -8,30 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# DESIGN.md §3: the category codes shared by vision, recycling, waste and the app.
-CategoryCode = Literal[
-    "paper",
-    "paper_pack",
-    "glass_bottle",
-    "can",
-    "scrap_metal",
-    "pet_clear",
-    "plastic",
-    "vinyl",
-    "styrofoam",
-    "textile",
-    "battery",
-    "lamp",
-    "small_appliance",
-    "large_appliance",
-    "medicine",
-    "food",
-    "general",
-    "nonburnable",
-    "bulky",
-    "cooking_oil",
-    "hazardous",
-]
+from ecosort_common.categories import CategoryCode
+
 AnalysisStatus = Literal["queued", "processing", "completed", "failed"]
 UploadContentType = Literal["image/jpeg", "image/png", "image/webp", "image/heic", "image/heif"]
 
