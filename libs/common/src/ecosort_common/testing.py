@@ -200,3 +200,22 @@ def service_fixtures(package: str, settings_cls: Any, create_app: Any) -> tuple[
             yield http
 
     return token_issuer, settings, app, client
+
+
+async def check_service_defaults(client: Any, service: str) -> None:
+    """What every service promises (DESIGN.md §4): health and readiness at its root and under
+    its prefix, Prometheus metrics, its OpenAPI document, and problem+json for unknown routes."""
+    prefix = f"/api/v1/{service}"
+    for path in ("/healthz", f"{prefix}/healthz"):
+        assert (await client.get(path)).json() == {"status": "ok"}
+    for path in ("/readyz", f"{prefix}/readyz"):
+        ready = await client.get(path)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["dependencies"] == {"database": True, "redis": True}
+    assert "http_request_duration_seconds" in (await client.get("/metrics")).text
+    document = (await client.get(f"{prefix}/openapi.json")).json()
+    assert document["info"]["title"] == f"EcoSort {service}"
+    missing = await client.get(f"{prefix}/no-such-thing")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["status"] == 404
