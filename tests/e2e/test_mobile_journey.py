@@ -133,7 +133,7 @@ def test_search_and_nearest_collection_points(http: httpx.Client) -> None:
     assert distances == sorted(distances)
 
 
-@pytest.mark.skipif(not (SHARED / "tools").exists(), reason="../shared/tools is not beside the repo")
+@pytest.mark.skipif(not (SHARED / "tools").exists(), reason="no ../shared/tools beside the repo")
 def test_the_mobile_contract_smoke_passes(gateway_url: str) -> None:
     run = subprocess.run(
         [sys.executable, str(SHARED / "tools" / "contract-smoke.py"), gateway_url],
