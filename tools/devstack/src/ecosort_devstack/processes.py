@@ -17,12 +17,28 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
 from ecosort_devstack.errors import StackError
 
 STOP_TIMEOUT_S = 10.0
+
+
+class Child(Protocol):
+    """What the launcher needs of a started process: a `subprocess.Popen`, or a service forked
+    from the preloading forkserver (`preload.ForkedProcess`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -152,7 +168,7 @@ class StateFile:
 
 
 def record_of(
-    popen: subprocess.Popen[bytes], name: str, stop_signal: int, tier: int, port: int | None
+    popen: Child, name: str, stop_signal: int, tier: int, port: int | None
 ) -> ProcessRecord:
     try:
         created = psutil.Process(popen.pid).create_time()
@@ -174,7 +190,7 @@ class ProcessGroup:
         self._logs_dir = logs_dir
         self._lock = threading.Lock()
         self._records: list[ProcessRecord] = []
-        self._popens: dict[int, subprocess.Popen[bytes]] = {}
+        self._popens: dict[int, Child] = {}
         self._launcher = launcher_record()
         self.stopping = threading.Event()
         self._owns_state = False  # a refused second `up` must not delete the running one's file
@@ -216,13 +232,35 @@ class ProcessGroup:
                 raise StackError(f"cannot start {name} ({argv[0]}): {exc}") from exc
             finally:
                 log.close()  # the child holds its own copy of the descriptor
-            self._records.append(record_of(popen, name, stop_signal, tier, port))
-            self._popens[popen.pid] = popen
-            self._state.write(self._launcher, self._records)
-            self._owns_state = True
+            self._remember(popen, name, stop_signal, tier, port)
             return popen
 
-    def forget(self, popen: subprocess.Popen[bytes]) -> None:
+    def spawn_forked(
+        self,
+        name: str,
+        start: Callable[[Path], Child],
+        *,
+        tier: int,
+        port: int | None = None,
+        stop_signal: int = signal.SIGTERM,
+    ) -> Child:
+        """Like `spawn`, for a process that `start` forks (given its log path)."""
+        with self._lock:
+            if self.stopping.is_set():
+                raise StackError(f"not starting {name}: the stack is stopping")
+            child = start(self.log_path(name))
+            self._remember(child, name, stop_signal, tier, port)
+            return child
+
+    def _remember(
+        self, child: Child, name: str, stop_signal: int, tier: int, port: int | None
+    ) -> None:
+        self._records.append(record_of(child, name, stop_signal, tier, port))
+        self._popens[child.pid] = child
+        self._state.write(self._launcher, self._records)
+        self._owns_state = True
+
+    def forget(self, popen: Child) -> None:
         """Drops a process that ended by itself (a finished migration)."""
         with self._lock:
             self._records = [r for r in self._records if r.pid != popen.pid]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import errno
 import random
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ecosort_devstack.errors import StackError
+from ecosort_devstack.processes import Child
 
 POLL_INTERVAL_S = 0.2
 
@@ -55,7 +55,7 @@ def wait_until(
     *,
     what: str,
     timeout: float,
-    process: subprocess.Popen[bytes] | None = None,
+    process: Child | None = None,
     log: Path | None = None,
     abort: threading.Event | None = None,
 ) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from ecosort_devstack import postgres, valkey
+from ecosort_devstack import postgres, preload, valkey
 from ecosort_devstack.config import WORKER_MODULE, WORKER_QUEUE, WORKER_SERVICE, StackConfig
 from ecosort_devstack.env import per_service_database_url, service_env
 from ecosort_devstack.errors import StackError
@@ -274,17 +274,11 @@ class Stack:
 
     def _start_service(self, service: str, env: dict[str, str]) -> None:
         port = self.config.service_port(service)
-        argv = [
-            sys.executable, "-m", "uvicorn", f"ecosort_{service}.main:app",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--no-access-log",  # the gateway writes the access log; services log JSON
-            "--timeout-graceful-shutdown", "3",  # SSE streams must not hold up a stop
-        ]  # fmt: skip
-        process = self.group.spawn(
+        process = self.group.spawn_forked(
             service,
-            argv,
-            env=env,
-            cwd=self.config.repo,
+            lambda log: preload.start_api(
+                f"ecosort_{service}.main", port, env, self.config.repo, log
+            ),
             tier=TIER_APPS,
             port=port,
         )
