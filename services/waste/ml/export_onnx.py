@@ -38,9 +38,9 @@ ONNX_NAME = "efficientnet-lite0-ft.onnx"
 
 
 class DualOutput(nn.Module):
-    def __init__(self, backbone: nn.Module, tuned: TunedTop) -> None:
+    def __init__(self, backbone: nn.Module, tuned: TunedTop, first_trained: int) -> None:
         super().__init__()
-        self.stem = FrozenStem(backbone)
+        self.stem = FrozenStem(backbone, first_trained)
         self.tuned = tuned
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,14 +70,18 @@ def main() -> None:
     backbone = load_backbone()
     for p in backbone.parameters():
         p.requires_grad_(False)  # tracing needs constants
-    original = DualOutput(backbone, TunedTop(backbone, dropout=0.0)).eval()
-    tuned = TunedTop(backbone, dropout=0.0)
+    original = DualOutput(backbone, TunedTop(backbone, 0.0), FIRST_TRAINED_BLOCK).eval()
+    first_trained = FIRST_TRAINED_BLOCK
+    checkpoint = None
     if not args.no_finetune:
         checkpoint = torch.load(args.tuned, map_location="cpu")
+        first_trained = checkpoint["args"].get("first_block", FIRST_TRAINED_BLOCK)
+    tuned = TunedTop(backbone, 0.0, first_trained)
+    if checkpoint is not None:
         tuned.load_state_dict(checkpoint["state"])
     for p in tuned.parameters():
         p.requires_grad_(False)
-    model = DualOutput(backbone, tuned.eval()).eval()
+    model = DualOutput(backbone, tuned.eval(), first_trained).eval()
 
     example = torch.from_numpy(sample_images(8))
     torch.onnx.export(
@@ -108,7 +112,8 @@ def main() -> None:
         "sha256": hashlib.sha256(args.out.read_bytes()).hexdigest(),
         "bytes": args.out.stat().st_size,
         "fine_tuned": not args.no_finetune,
-        "tuned_from_block": FIRST_TRAINED_BLOCK,
+        "tuned_from_block": first_trained,
+        "checkpoint_epoch": checkpoint["epoch"] if checkpoint is not None else None,
         "imagenet_top1_agreement_with_original_96_calibration_photos": float(
             (tuned_top1 == original_top1).float().mean()
         ),

@@ -38,8 +38,11 @@ def heldout_photos(per_class: int = 5) -> list[tuple[Path, str]]:
 
 @needs_photos
 def test_heldout_photos_are_mostly_right(classifier: LocalClassifier) -> None:
-    photos = heldout_photos()
-    assert len(photos) == 30
+    """Measured with the shipped head-v2 (MODEL_CARD.md): 55/60 right, 53 sure, 50 of them right.
+    The bounds leave one to three photos of margin; round 1's model fails them (53 right,
+    37 sure)."""
+    photos = heldout_photos(per_class=10)
+    assert len(photos) == 60
     right = sure_right = sure = 0
     for path, expected in photos:
         with Image.open(path) as image:
@@ -48,9 +51,9 @@ def test_heldout_photos_are_mostly_right(classifier: LocalClassifier) -> None:
         if not result.not_sure:
             sure += 1
             sure_right += result.category == expected
-    assert right / len(photos) >= 0.85
-    assert sure >= 20, "most held-out photos should get a sure answer"
-    assert sure_right / sure >= 0.9
+    assert right / len(photos) >= 0.9
+    assert sure >= 48, "at most one held-out photo in five may be 'not sure'"
+    assert sure_right / sure >= 0.92
 
 
 @needs_photos
