@@ -81,7 +81,9 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=20, help="per client")
     parser.add_argument("--worker-processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
-        "--no-tta", action="store_true", help="CLASSIFIER_TEST_TIME_AUGMENTATION=false"
+        "--tta",
+        action="store_true",
+        help="force test-time augmentation on (default: as the head says)",
     )
     args = parser.parse_args()
 
@@ -101,7 +103,7 @@ def main() -> None:
                 "DATABASE_URL": api.database_url,
                 "REDIS_URL": api.redis_url,
                 "CLASSIFIER_PROVIDER": "local",
-                "CLASSIFIER_TEST_TIME_AUGMENTATION": str(not args.no_tta).lower(),
+                **({"CLASSIFIER_TEST_TIME_AUGMENTATION": "true"} if args.tta else {}),
             }
             log_dir = Path(data_dir) / "worker-logs"
             log_dir.mkdir()
@@ -114,7 +116,8 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     print(
         f"clients: {args.clients}, uploads: {len(ms)}, worker processes: "
-        f"{args.worker_processes}, test-time augmentation: {not args.no_tta}"
+        f"{args.worker_processes}, test-time augmentation: "
+        f"{'on' if args.tta else 'as the head says'}"
     )
     print(f"throughput: {len(ms) / elapsed:.1f} analyses/s")
     print(

@@ -69,7 +69,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1, help="pool processes (cores)")
     parser.add_argument("--pool", choices=("prefork", "solo"), default="prefork")
     parser.add_argument(
-        "--no-tta", action="store_true", help="CLASSIFIER_TEST_TIME_AUGMENTATION=false"
+        "--tta",
+        action="store_true",
+        help="force test-time augmentation on (default: as the head says)",
     )
     args = parser.parse_args()
 
@@ -94,7 +96,7 @@ def main() -> None:
             "RECYCLING_URL": recycling_url,
             "CELERY_KEY_PREFIX": settings.celery_key_prefix,
             "CLASSIFIER_PROVIDER": "local",
-            "CLASSIFIER_TEST_TIME_AUGMENTATION": str(not args.no_tta).lower(),
+            **({"CLASSIFIER_TEST_TIME_AUGMENTATION": "true"} if args.tta else {}),
             "LOG_LEVEL": "warning",
         }
         ids = insert_analyses(database_url, settings, shared_photos(args.images))
@@ -121,7 +123,7 @@ def main() -> None:
     print(f"images: {len(ids)} ({completed} completed, {failed} failed)")
     print(
         f"worker pool: {args.pool}, processes: {args.concurrency},"
-        f" test-time augmentation: {not args.no_tta}"
+        f" test-time augmentation: {'on' if args.tta else 'as the head says'}"
     )
     print(f"wall-clock: {wall:.2f} s -> {len(ids) / wall:.1f} images/s")
     print(f"worker CPU: {cpu:.2f} s -> {len(ids) / cpu:.1f} images per CPU-second (per core)")
