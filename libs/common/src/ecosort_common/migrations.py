@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import zlib
 
-from alembic import command, context
+import sqlalchemy as sa
+from alembic import command, context, op
 from alembic.config import Config
 from sqlalchemy import MetaData, create_engine, pool, text
+from sqlalchemy.dialects import postgresql
 
 
 def alembic_config(package: str, database_url: str) -> Config:
@@ -48,3 +50,41 @@ def run_migrations(metadata: MetaData) -> None:
             )
             connection.commit()
     engine.dispose()
+
+
+def create_event_tables() -> None:
+    """The `outbox` and `processed_events` tables (ecosort_common.outbox / events) as every
+    service's first migration creates them. Like any migration this is history: a change to
+    those tables needs a new migration in each service, not an edit here."""
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.UUID(), nullable=False),
+        sa.Column("event_type", sa.String(length=100), nullable=False),
+        sa.Column("payload", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column(
+            "occurred_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_outbox"),
+    )
+    op.create_index(
+        "ix_outbox_unpublished",
+        "outbox",
+        ["occurred_at"],
+        postgresql_where="published_at IS NULL",
+    )
+    op.create_table(
+        "processed_events",
+        sa.Column("event_id", sa.String(length=64), nullable=False),
+        sa.Column("event_type", sa.String(length=100), nullable=False),
+        sa.Column(
+            "processed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("event_id", name="pk_processed_events"),
+    )
+
+
+def drop_event_tables() -> None:
+    op.drop_table("processed_events")
+    op.drop_index("ix_outbox_unpublished", table_name="outbox")
+    op.drop_table("outbox")
