@@ -86,7 +86,7 @@ def create_service_app(
             task = await hook(app)
             if task is not None:
                 background.append(task)
-        tasks = [asyncio.create_task(_named(coro)) for coro in background]
+        tasks = [asyncio.create_task(_as_coroutine(job)) for job in background]
         async with AsyncExitStack() as stack:
             stack.push_async_callback(app.state.engine.dispose)
             stack.push_async_callback(app.state.redis.aclose)
@@ -121,5 +121,5 @@ def create_service_app(
     return app
 
 
-async def _named(coro: Awaitable[Any]) -> Any:
-    return await coro
+async def _as_coroutine(job: Awaitable[Any]) -> Any:
+    return await job
