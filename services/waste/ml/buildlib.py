@@ -64,11 +64,11 @@ def label_of(relpath: str) -> int:
     return TRASHNET_CLASSES.index(relpath.split("/")[0])
 
 
-def augmented_view(image: Image.Image, rng: random.Random) -> Image.Image:
+def augmented_view(image: Image.Image, rng: random.Random, crop_min: float = 0.45) -> Image.Image:
     """A random view for training: crop, flips, quarter turns, light colour changes."""
     image = preprocess.to_rgb(image)
     w, h = image.size
-    area = w * h * rng.uniform(0.45, 1.0)
+    area = w * h * rng.uniform(crop_min, 1.0)
     ratio = rng.uniform(3 / 4, 4 / 3)
     cw = min(w, round((area * ratio) ** 0.5))
     ch = min(h, round((area / ratio) ** 0.5))

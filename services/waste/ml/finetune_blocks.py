@@ -10,6 +10,8 @@ on the ImageNet classifier so one network still serves both outputs.
   the exported file is not a second copy of the tail (size budget ~21 MB).
 - Each epoch is scored on the calibration split (centre crop); the best calibration log-loss
   is kept in /work/ml-work/blocks-best.pt.
+- `--init` continues from an earlier checkpoint (the teacher stays the original network);
+  `--crop-min` sets the smallest random crop (share of the photo's area).
 """
 
 from __future__ import annotations
@@ -143,6 +145,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--limit", type=int, default=0, help="train photos (smoke runs)")
     parser.add_argument("--out", default="blocks-best.pt")
+    parser.add_argument(
+        "--init", default="", help="checkpoint to continue from (round 3: round 2's best)"
+    )
+    parser.add_argument("--crop-min", type=float, default=0.45, help="smallest crop area share")
     args = parser.parse_args()
     set_threads()
     torch.manual_seed(0)
@@ -160,7 +166,10 @@ def main() -> None:
     cal_labels = torch.tensor([label_of(f) for f in split["calibration"]])
 
     model = TunedTop(backbone, args.dropout, args.first_block)
-    teacher = TunedTop(backbone, 0.0, args.first_block).eval()
+    teacher = TunedTop(backbone, 0.0, args.first_block).eval()  # always the ImageNet original
+    if args.init:
+        # Continue from an earlier run; the teacher stays the original network.
+        model.load_state_dict(torch.load(WORK_DIR / args.init, map_location="cpu")["state"])
     for p in model.parameters():
         p.requires_grad_(True)
     new_layer = list(model.fc.parameters())
@@ -190,7 +199,10 @@ def main() -> None:
         totals = {"ce": 0.0, "distill": 0.0}
         for start in range(0, len(order), args.batch):
             idx = order[start : start + args.batch]
-            views = [preprocess.normalize(augmented_view(train_photos[i], rng)) for i in idx]
+            views = [
+                preprocess.normalize(augmented_view(train_photos[i], rng, args.crop_min))
+                for i in idx
+            ]
             x = torch.from_numpy(stem.run(None, {"image": np.stack(views)})[0])
             y = torch.tensor([train_labels[i] for i in idx])
             with torch.no_grad():
