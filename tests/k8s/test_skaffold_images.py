@@ -25,10 +25,8 @@ def test_one_artifact_per_service_built_from_the_repo_root(
     for artifact in artifacts:
         assert artifact["context"] == "."  # the uv workspace and its lock file
         assert (root / artifact["docker"]["dockerfile"]).is_file()
-        assert (
-            artifact["docker"]["dockerfile"]
-            == f"services/{artifact['image'].split('/')[1]}/Dockerfile"
-        )
+        assert artifact["docker"]["dockerfile"] == "Dockerfile"
+        assert artifact["docker"]["buildArgs"] == {"SERVICE": artifact["image"].split("/")[1]}
 
 
 def test_releases_set_the_image_the_chart_runs(

@@ -96,7 +96,7 @@ def checkov(objects: list[tuple[str, dict[str, Any]]]) -> tuple[list[Finding], d
             name = "".join(c if c.isalnum() else "_" for c in where)[-120:]
             (directory / f"{index:04d}_{name}.yaml").write_text(yaml.safe_dump(doc))
         for path in dockerfiles():
-            target = directory / "docker" / path.parent.name / "Dockerfile"
+            target = directory / "docker" / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(path.read_text())
         return run_checkov(directory)
