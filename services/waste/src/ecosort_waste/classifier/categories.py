@@ -1,30 +1,16 @@
-"""Category codes (DESIGN.md §3) and how the TrashNet material classes map onto them."""
+"""How the TrashNet material classes map onto the category codes (DESIGN.md §3)."""
 
 from __future__ import annotations
 
-CATEGORY_CODES: tuple[str, ...] = (
-    "paper",
-    "paper_pack",
-    "glass_bottle",
-    "can",
-    "scrap_metal",
-    "pet_clear",
-    "plastic",
-    "vinyl",
-    "styrofoam",
-    "textile",
-    "battery",
-    "lamp",
-    "small_appliance",
-    "large_appliance",
-    "medicine",
-    "food",
-    "general",
-    "nonburnable",
-    "bulky",
-    "cooking_oil",
-    "hazardous",
-)
+from ecosort_common.categories import CATEGORY_CODES
+
+__all__ = [
+    "CATEGORY_CODES",
+    "IMAGENET_NOTE",
+    "MAPPING_NOTES",
+    "TRASHNET_CLASSES",
+    "TRASHNET_TO_CATEGORY",
+]
 
 # The head's output order; the head file stores it too and the loader checks they agree.
 TRASHNET_CLASSES: tuple[str, ...] = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
