@@ -126,3 +126,20 @@ async def app(web_settings: Settings) -> AsyncIterator[FastAPI]:
 async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
     async with client_for_app(app) as http:
         yield http
+
+
+@pytest.fixture
+async def rotating_app(web_settings: Settings) -> AsyncIterator[FastAPI]:
+    """An app on a database of its own, for tests that rotate the signing keys: a rotation on
+    the shared database would leave the shared app's JWKS cache behind the key that signs."""
+    with temporary_database("auth_keys") as database_url:
+        upgrade("ecosort_auth", database_url)
+        application = create_app(web_settings.model_copy(update={"database_url": database_url}))
+        async with LifespanManager(application, startup_timeout=30):
+            yield application
+
+
+@pytest.fixture
+async def rotating_client(rotating_app: FastAPI) -> AsyncIterator[AsyncClient]:
+    async with client_for_app(rotating_app) as http:
+        yield http

@@ -64,29 +64,39 @@ async def test_access_token_claims_and_header(client: AsyncClient) -> None:
     assert all("d" not in k for k in jwks["keys"])  # never a private half
 
 
-async def test_rotation_logs_nobody_out(client: AsyncClient, app: FastAPI) -> None:
-    jwks_before = (await client.get("/api/v1/auth/jwks.json")).json()
-    before = await dev_login(client, "rotation-check")
+async def test_rotation_logs_nobody_out(
+    rotating_client: AsyncClient, rotating_app: FastAPI
+) -> None:
+    jwks_before = (await rotating_client.get("/api/v1/auth/jwks.json")).json()
+    before = await dev_login(rotating_client, "rotation-check")
     old_kid = unverified_parts(before["access_token"])[0]["kid"]
-    async with app.state.sessionmaker() as db, db.begin():
-        new_kid = await rotate_keys(db, app.state.settings.key_encryption_key)
+    async with rotating_app.state.sessionmaker() as db, db.begin():
+        new_kid = await rotate_keys(db, rotating_app.state.settings.key_encryption_key)
     # The key that now signs was already published before the rotation.
     assert new_kid in {k["kid"] for k in jwks_before["keys"]} and new_kid != old_kid
-    published = {k["kid"] for k in (await client.get("/api/v1/auth/jwks.json")).json()["keys"]}
+    published = {
+        k["kid"] for k in (await rotating_client.get("/api/v1/auth/jwks.json")).json()["keys"]
+    }
     assert {old_kid, new_kid} < published and len(published) == 3
     # The token signed before the rotation still works; new ones use the new key.
-    assert (await client.get(PROTECTED, headers=bearer(before["access_token"]))).status_code == 200
-    after = await dev_login(client, "rotation-check")
+    assert (
+        await rotating_client.get(PROTECTED, headers=bearer(before["access_token"]))
+    ).status_code == 200
+    after = await dev_login(rotating_client, "rotation-check")
     assert unverified_parts(after["access_token"])[0]["kid"] == new_kid
-    assert (await client.get(PROTECTED, headers=bearer(after["access_token"]))).status_code == 200
-    refreshed = await client.post(
+    assert (
+        await rotating_client.get(PROTECTED, headers=bearer(after["access_token"]))
+    ).status_code == 200
+    refreshed = await rotating_client.post(
         "/api/v1/auth/refresh", json={"refresh_token": before["refresh_token"]}
     )
     assert refreshed.status_code == 200, refreshed.text
     # A second rotation retires the first key: it is no longer published.
-    async with app.state.sessionmaker() as db, db.begin():
-        newest = await rotate_keys(db, app.state.settings.key_encryption_key)
-    published = {k["kid"] for k in (await client.get("/api/v1/auth/jwks.json")).json()["keys"]}
+    async with rotating_app.state.sessionmaker() as db, db.begin():
+        newest = await rotate_keys(db, rotating_app.state.settings.key_encryption_key)
+    published = {
+        k["kid"] for k in (await rotating_client.get("/api/v1/auth/jwks.json")).json()["keys"]
+    }
     assert old_kid not in published and {new_kid, newest} < published
 
 

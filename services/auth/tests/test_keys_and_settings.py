@@ -31,9 +31,9 @@ async def test_private_keys_are_encrypted_at_rest(app: FastAPI) -> None:
             await KeyRing("not-the-key-encryption-key").current(db)
 
 
-async def test_rotate_keys_command(client: AsyncClient, app: FastAPI) -> None:
-    before = await dev_login(client, "cli-rotation")
-    settings = app.state.settings
+async def test_rotate_keys_command(rotating_client: AsyncClient, rotating_app: FastAPI) -> None:
+    before = await dev_login(rotating_client, "cli-rotation")
+    settings = rotating_app.state.settings
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
@@ -53,10 +53,12 @@ async def test_rotate_keys_command(client: AsyncClient, app: FastAPI) -> None:
     stdout, stderr = await asyncio.wait_for(command.communicate(), 60)
     assert command.returncode == 0, stderr.decode()
     new_kid = stdout.decode().strip().rpartition(" ")[2]
-    after = await dev_login(client, "cli-rotation")
+    after = await dev_login(rotating_client, "cli-rotation")
     assert unverified_parts(after["access_token"])[0]["kid"] == new_kid
     for tokens in (before, after):
-        answer = await client.get("/api/v1/auth/sessions", headers=bearer(tokens["access_token"]))
+        answer = await rotating_client.get(
+            "/api/v1/auth/sessions", headers=bearer(tokens["access_token"])
+        )
         assert answer.status_code == 200, answer.text
 
 

@@ -44,53 +44,56 @@ def create_service_app(
     configure_logging(settings.log_level, json=settings.log_json)
     prefix = settings.api_prefix
 
+    if consumers and processed_events is None:
+        raise ValueError("consumers need a processed_events table for idempotency")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.engine = create_engine(
-            settings.database_url,
-            pool_size=settings.database_pool_size,
-            connect_timeout=settings.database_connect_timeout_seconds,
-        )
-        app.state.sessionmaker = create_sessionmaker(app.state.engine)
-        app.state.redis = create_redis(settings.redis_url)
-        app.state.token_verifier = TokenVerifier(
-            jwks_url=settings.jwks_url,
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            cache_seconds=settings.jwks_cache_seconds,
-            redis=app.state.redis,
-        )
-        background: list[Awaitable[Any]] = []
-        if outbox is not None and settings.outbox_relay_enabled:
-            relay = OutboxRelay(
-                outbox,
-                app.state.sessionmaker,
-                app.state.redis,
-                source=settings.service_name,
-                poll_seconds=settings.outbox_poll_seconds,
-            )
-            background.append(relay.run())
-        if consumers and settings.event_consumers_enabled:
-            if processed_events is None:
-                raise ValueError("consumers need a processed_events table for idempotency")
-            consumer = EventConsumer(
-                redis=app.state.redis,
-                sessionmaker=app.state.sessionmaker,
-                processed=processed_events,
-                group=settings.service_name,
-                handlers=consumers,
-            )
-            background.append(consumer.run())
-        for hook in on_startup:
-            task = await hook(app)
-            if task is not None:
-                background.append(task)
-        tasks = [asyncio.create_task(_as_coroutine(job)) for job in background]
         async with AsyncExitStack() as stack:
+            app.state.engine = create_engine(
+                settings.database_url,
+                pool_size=settings.database_pool_size,
+                connect_timeout=settings.database_connect_timeout_seconds,
+            )
             stack.push_async_callback(app.state.engine.dispose)
+            app.state.sessionmaker = create_sessionmaker(app.state.engine)
+            app.state.redis = create_redis(settings.redis_url)
             stack.push_async_callback(app.state.redis.aclose)
-            stack.push_async_callback(app.state.token_verifier.aclose)
+            app.state.token_verifier = TokenVerifier(
+                jwks_url=settings.jwks_url,
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+                cache_seconds=settings.jwks_cache_seconds,
+                redis=app.state.redis,
+            )
+            # A hook may replace the verifier (auth does): close whichever one is in place.
+            stack.push_async_callback(lambda: app.state.token_verifier.aclose())
+            background: list[Awaitable[Any]] = []
+            for hook in on_startup:
+                task = await hook(app)
+                if task is not None:
+                    background.append(task)
+            # Built after the hooks: a hook that refuses to start leaves no coroutine behind.
+            if outbox is not None and settings.outbox_relay_enabled:
+                relay = OutboxRelay(
+                    outbox,
+                    app.state.sessionmaker,
+                    app.state.redis,
+                    source=settings.service_name,
+                    poll_seconds=settings.outbox_poll_seconds,
+                )
+                background.append(relay.run())
+            if consumers and processed_events is not None and settings.event_consumers_enabled:
+                consumer = EventConsumer(
+                    redis=app.state.redis,
+                    sessionmaker=app.state.sessionmaker,
+                    processed=processed_events,
+                    group=settings.service_name,
+                    handlers=consumers,
+                )
+                background.append(consumer.run())
+            tasks = [asyncio.create_task(_as_coroutine(job)) for job in background]
             try:
                 yield
             finally:
