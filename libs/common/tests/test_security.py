@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -80,6 +81,17 @@ async def test_wrong_claims_are_refused(
 
 async def test_expired_token_is_refused(client: AsyncClient, token_issuer: TokenIssuer) -> None:
     token = token_issuer.token(lifetime=timedelta(seconds=-60))
+    status, body = await _status(client, token)
+    assert status == 401
+    assert "exp" in body
+
+
+async def test_a_remembered_token_is_refused_once_it_expires(
+    client: AsyncClient, token_issuer: TokenIssuer
+) -> None:
+    token = token_issuer.token(lifetime=timedelta(seconds=2))
+    assert (await _status(client, token))[0] == 200  # verified, and now remembered
+    await asyncio.sleep(2.1)
     status, body = await _status(client, token)
     assert status == 401
     assert "exp" in body

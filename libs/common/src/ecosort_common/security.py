@@ -4,6 +4,10 @@ Accepted: ES256 with a `kid` we know, the expected `iss` and `aud`, not expired,
 `sid`, and a session that auth has not revoked. Revocation is a Redis key auth sets with a TTL
 equal to the access-token lifetime (`auth:revoked-sid:<sid>`), so a revoked session's tokens
 stop working at once rather than when they expire.
+
+A token that verified once is remembered (by its exact text) for a minute: a polling client sends
+the same token every second, and the signature check is the costly part. Expiry and revocation
+are still checked on every request.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import httpx
 import structlog
+from cachetools import TTLCache
 from fastapi import Request
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
@@ -29,6 +34,8 @@ REVOKED_SESSION_KEY = "auth:revoked-sid:{sid}"
 # Unknown kids trigger a JWKS refresh, but no more often than this: forged kids must not turn
 # every request into a call to auth.
 MIN_REFRESH_INTERVAL_SECONDS = 10.0
+VERIFIED_TOKEN_CACHE_SIZE = 4096
+VERIFIED_TOKEN_CACHE_SECONDS = 60.0
 log = structlog.get_logger("ecosort.security")
 
 
@@ -69,6 +76,9 @@ class TokenVerifier:
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
+        self._verified: TTLCache[str, Principal] = TTLCache(
+            VERIFIED_TOKEN_CACHE_SIZE, VERIFIED_TOKEN_CACHE_SECONDS
+        )
         self._claims = jwt.JWTClaimsRegistry(
             iss={"essential": True, "value": issuer},
             aud={"essential": True, "value": audience},
@@ -111,6 +121,16 @@ class TokenVerifier:
             raise _unauthorized("The token was signed by an unknown key.") from exc
 
     async def verify(self, token: str) -> Principal:
+        principal = self._verified.get(token)
+        if principal is None or principal.claims["exp"] <= time.time():
+            principal = await self._verify_signature_and_claims(token)
+            self._verified[token] = principal
+        sid = principal.session_id
+        if self.redis is not None and await self.redis.exists(REVOKED_SESSION_KEY.format(sid=sid)):
+            raise _unauthorized("The session of this token has been revoked.")
+        return principal
+
+    async def _verify_signature_and_claims(self, token: str) -> Principal:
         try:
             header = jws.extract_compact(token.encode()).protected
         except (JoseError, ValueError, UnicodeError) as exc:
@@ -131,11 +151,11 @@ class TokenVerifier:
             user_id = uuid.UUID(str(claims["sub"]))
         except ValueError as exc:
             raise _unauthorized("The token's subject is not a user id.") from exc
-        sid = str(claims["sid"])
-        if self.redis is not None and await self.redis.exists(REVOKED_SESSION_KEY.format(sid=sid)):
-            raise _unauthorized("The session of this token has been revoked.")
         return Principal(
-            user_id=user_id, session_id=sid, token_id=str(claims["jti"]), claims=claims
+            user_id=user_id,
+            session_id=str(claims["sid"]),
+            token_id=str(claims["jti"]),
+            claims=claims,
         )
 
 

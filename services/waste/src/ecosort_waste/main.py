@@ -12,6 +12,7 @@ from ecosort_common.app import create_service_app
 from ecosort_waste import models
 from ecosort_waste.api import api_router
 from ecosort_waste.api.deps import Enqueue
+from ecosort_waste.api.view_cache import AnalysisViewCache
 from ecosort_waste.config import Settings, get_settings
 from ecosort_waste.consumers import UserDeletedHandler
 from ecosort_waste.sse import ProgressHub
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         # Reads are single statements: autocommit spares a BEGIN and a ROLLBACK per request.
         autocommit = app.state.engine.execution_options(isolation_level="AUTOCOMMIT")
         app.state.read_sessionmaker = async_sessionmaker(autocommit, expire_on_commit=False)
+        app.state.analysis_views = AnalysisViewCache()
         return None
 
     async def start_progress_hub(app: FastAPI) -> Awaitable[None]:

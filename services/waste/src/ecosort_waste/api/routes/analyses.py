@@ -24,8 +24,10 @@ from ecosort_waste.api.deps import (
     Enqueue,
     EnqueueDep,
     ReadSession,
+    ReadSessionmakerDep,
     RedisClient,
     StorageDep,
+    ViewCacheDep,
     analysis_links,
 )
 from ecosort_waste.api.routes.uploads import incoming_key
@@ -213,30 +215,47 @@ async def _enqueue(enqueue: Enqueue, analysis_id: uuid.UUID) -> None:
 
 @router.get("/analyses/{analysis_id}", response_model=AnalysisView)
 async def get_analysis(
-    analysis_id: uuid.UUID, user: CurrentUser, session: ReadSession, redis: RedisClient
-) -> AnalysisView:
-    analysis = await _owned_or_404(session, analysis_id, user.user_id)
-    view = _view(analysis)
-    if analysis.status not in FINAL_STATUSES:
-        await _overlay_live_progress(redis, view)
-    return view
+    analysis_id: uuid.UUID,
+    user: CurrentUser,
+    redis: RedisClient,
+    sessionmaker: ReadSessionmakerDep,
+    views: ViewCacheDep,
+) -> Response:
+    live = await _live_state(redis, analysis_id)
+    seq = live.get("seq", "")
+    view = views.get(user.user_id, analysis_id, seq)
+    if view is None:
+        async with sessionmaker() as session:
+            view = _view(await _owned_or_404(session, analysis_id, user.user_id))
+        views.put(user.user_id, analysis_id, seq, view)
+    if view.status not in FINAL_STATUSES:
+        view = _with_live_progress(view, live)
+    # Serialised here rather than by FastAPI: the view is already validated, and this is the
+    # path every polling client hits.
+    return Response(view.model_dump_json(), media_type="application/json")
 
 
-async def _overlay_live_progress(redis: RedisClient, view: AnalysisView) -> None:
-    """The pipeline publishes progress to Redis more often than it writes the database."""
+async def _live_state(redis: RedisClient, analysis_id: uuid.UUID) -> dict[str, str]:
     try:
-        state = await progress.read_state(redis, view.id)
+        return await progress.read_state(redis, analysis_id)
     except Exception:  # progress is a nicety; the database answer stands on its own
-        log.warning("progress_state_unavailable", analysis_id=str(view.id))
-        return
+        log.warning("progress_state_unavailable", analysis_id=str(analysis_id))
+        return {}
+
+
+def _with_live_progress(view: AnalysisView, state: dict[str, str]) -> AnalysisView:
+    """The pipeline publishes progress to Redis more often than it writes the database."""
+    update: dict[str, Any] = {}
     # Only "processing" is taken from Redis: a final status comes with a result in the database.
     if state.get("status") == "processing":
-        view.status = "processing"
+        update["status"] = "processing"
     if state.get("stage"):
-        view.stage = state["stage"]
+        update["stage"] = state["stage"]
     live = state.get("progress", "")
-    if live.isdigit() and view.status != "queued":
-        view.progress = max(view.progress, min(int(live), 99))
+    if live.isdigit() and update.get("status", view.status) != "queued":
+        update["progress"] = max(view.progress, min(int(live), 99))
+    # A copy: the cached view stays as the database said.
+    return view.model_copy(update=update) if update else view
 
 
 @router.get("/analyses", response_model=Page[AnalysisSummary])
