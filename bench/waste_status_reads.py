@@ -4,7 +4,10 @@ Goal (issue 3): >= 2,000 req/s with p99 <= 50 ms. The analysis read is one being
 each request verifies the token (ES256 + the revocation check in Redis), reads the row from
 PostgreSQL and the live progress hash from Redis: the polling path of a real client.
 
-    uv run --frozen python bench/waste_status_reads.py [--seconds 15] [--connections 64]
+    uv run --frozen python bench/waste_status_reads.py [--seconds 15] [--connections 64] [--gateway]
+
+With --gateway the requests go through the local stack's nginx gateway (bench/gateway.py), as a
+client's do; without it, straight to uvicorn.
 
 Load comes from wrk (Debian package `wrk`) in its own process; without it, from a slower
 Python client (httpx), whose own CPU use then competes with the server's.
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -29,6 +33,7 @@ import psycopg
 import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
+from gateway import gateway_for
 from waste_api_stack import API, WasteApi, waste_api
 
 
@@ -103,9 +108,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--gateway", action="store_true", help="through nginx, as clients do")
     args = parser.parse_args()
-    with waste_api() as api:
+    with waste_api() as api, ExitStack() as stack:
         url, headers = prepare(api)
+        if args.gateway:
+            base = stack.enter_context(gateway_for("waste", int(api.base_url.rpartition(":")[2])))
+            url = url.replace(api.base_url, base)
         assert httpx.get(url, headers=headers).json()["status"] == "processing"
         # Warm up: JWKS fetch, connection pools, code paths.
         for _ in range(200):
@@ -123,7 +132,7 @@ def main() -> None:
     cpu_ms = cpu_used * 1000 / max(1.0, figures["rps"] * args.seconds)
     print(
         f"waste status reads | load: {tool}, {args.connections} connections, {args.seconds} s, "
-        f"one uvicorn process\n"
+        f"one uvicorn process{' behind nginx' if args.gateway else ''}\n"
         f"  throughput {figures['rps']:.0f} req/s (goal >= 2000)\n"
         f"  latency p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms "
         f"(goal p99 <= 50)\n"

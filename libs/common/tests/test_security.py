@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import uuid
+from contextlib import suppress
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from httpx import AsyncClient
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey
 
-from ecosort_common.security import REVOKED_SESSION_KEY
+from ecosort_common.revocation import REVOKED_SESSION_KEY, RevocationWatcher, revoke_sessions
 from ecosort_common.testing import TokenIssuer
 
 PATH = "/api/v1/demo/me"
@@ -122,15 +123,51 @@ async def test_right_kid_wrong_key_is_refused(
     assert (await _status(client, token))[0] == 401
 
 
+async def _until_live(watcher: RevocationWatcher) -> None:
+    async with asyncio.timeout(10):
+        await watcher.subscribed.wait()
+    assert watcher.live
+
+
 async def test_revoked_session_is_refused(
     client: AsyncClient, token_issuer: TokenIssuer, app: FastAPI
 ) -> None:
+    await _until_live(app.state.revocations)
     token = token_issuer.token(session_id="revoked-session")
     assert (await _status(client, token))[0] == 200
-    await app.state.redis.set(REVOKED_SESSION_KEY.format(sid="revoked-session"), "1", ex=60)
-    status, body = await _status(client, token)
+    await revoke_sessions(app.state.redis, ["revoked-session"], ttl_seconds=60)
+    # The announcement reaches the process's own set through pub/sub: give it a moment.
+    for _ in range(200):
+        status, body = await _status(client, token)
+        if status != 200:
+            break
+        await asyncio.sleep(0.01)
     assert status == 401
     assert "revoked" in body
+    assert (await _status(client, token_issuer.token(session_id="another-session")))[0] == 200
+
+
+async def test_revocations_made_before_start_and_without_a_subscription_count(
+    app: FastAPI,
+) -> None:
+    redis = app.state.redis
+    await redis.set(REVOKED_SESSION_KEY.format(sid="old-session"), "1", ex=60)
+    watcher = RevocationWatcher(redis)
+    # Not subscribed yet: the answer comes from Redis itself.
+    assert not watcher.live
+    assert await watcher.is_revoked("old-session")
+    assert not await watcher.is_revoked("fine-session")
+    following = asyncio.create_task(watcher.run())
+    try:
+        await _until_live(watcher)
+        await redis.delete(REVOKED_SESSION_KEY.format(sid="old-session"))
+        # Live: answered from the set loaded at subscription, not from Redis.
+        assert await watcher.is_revoked("old-session")
+        assert not await watcher.is_revoked("fine-session")
+    finally:
+        following.cancel()
+        with suppress(asyncio.CancelledError):
+            await following
 
 
 async def test_garbage_is_refused(client: AsyncClient) -> None:

@@ -18,6 +18,7 @@ from ecosort_common.logging import configure_logging
 from ecosort_common.observability import ObservabilityMiddleware
 from ecosort_common.outbox import OutboxRelay
 from ecosort_common.redis import create_redis
+from ecosort_common.revocation import RevocationWatcher
 from ecosort_common.security import TokenVerifier
 from ecosort_common.settings import ServiceSettings
 
@@ -60,16 +61,17 @@ def create_service_app(
             app.state.sessionmaker = create_sessionmaker(app.state.engine)
             app.state.redis = create_redis(settings.redis_url)
             stack.push_async_callback(app.state.redis.aclose)
+            app.state.revocations = RevocationWatcher(app.state.redis)
             app.state.token_verifier = TokenVerifier(
                 jwks_url=settings.jwks_url,
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
                 cache_seconds=settings.jwks_cache_seconds,
-                redis=app.state.redis,
+                revocations=app.state.revocations,
             )
             # A hook may replace the verifier (auth does): close whichever one is in place.
             stack.push_async_callback(lambda: app.state.token_verifier.aclose())
-            background: list[Awaitable[Any]] = []
+            background: list[Awaitable[Any]] = [app.state.revocations.run()]
             for hook in on_startup:
                 task = await hook(app)
                 if task is not None:

@@ -1,9 +1,8 @@
 """Verification of auth's access tokens, locally against its JWKS: no call to auth per request.
 
 Accepted: ES256 with a `kid` we know, the expected `iss` and `aud`, not expired, with `sub` and
-`sid`, and a session that auth has not revoked. Revocation is a Redis key auth sets with a TTL
-equal to the access-token lifetime (`auth:revoked-sid:<sid>`), so a revoked session's tokens
-stop working at once rather than when they expire.
+`sid`, and a session that auth has not revoked (ecosort_common.revocation), so a revoked
+session's tokens stop working at once rather than when they expire.
 
 A token that verified once is remembered (by its exact text) for a minute: a polling client sends
 the same token every second, and the signature check is the costly part. Expiry and revocation
@@ -25,12 +24,11 @@ from fastapi import Request
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from redis.asyncio import Redis
 
 from ecosort_common.errors import Problem
+from ecosort_common.revocation import RevocationWatcher
 
 ACCEPTED_ALGORITHMS = ("ES256",)
-REVOKED_SESSION_KEY = "auth:revoked-sid:{sid}"
 # Unknown kids trigger a JWKS refresh, but no more often than this: forged kids must not turn
 # every request into a call to auth.
 MIN_REFRESH_INTERVAL_SECONDS = 10.0
@@ -64,14 +62,14 @@ class TokenVerifier:
         issuer: str,
         audience: str,
         cache_seconds: float = 300,
-        redis: Redis | None = None,
+        revocations: RevocationWatcher | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.jwks_url = jwks_url
         self.issuer = issuer
         self.audience = audience
         self.cache_seconds = cache_seconds
-        self.redis = redis
+        self.revocations = revocations
         self._http = http or httpx.AsyncClient(timeout=3.0)
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
@@ -125,8 +123,7 @@ class TokenVerifier:
         if principal is None or principal.claims["exp"] <= time.time():
             principal = await self._verify_signature_and_claims(token)
             self._verified[token] = principal
-        sid = principal.session_id
-        if self.redis is not None and await self.redis.exists(REVOKED_SESSION_KEY.format(sid=sid)):
+        if self.revocations is not None and await self.revocations.is_revoked(principal.session_id):
             raise _unauthorized("The session of this token has been revoked.")
         return principal
 

@@ -8,9 +8,9 @@ import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ecosort_auth.revocation import mark_sessions_revoked
 from ecosort_auth.sessions import delete_user
 from ecosort_common.events import Event
+from ecosort_common.revocation import revoke_sessions
 
 log = structlog.get_logger("ecosort.auth.consumers")
 
@@ -29,9 +29,9 @@ class UserDeletedHandler:
         # Set before the commit: if the commit fails the event is redelivered, and marking
         # sessions revoked twice is harmless.
         if self.redis is not None and live_sessions:
-            await mark_sessions_revoked(
+            await revoke_sessions(
                 self.redis,
                 live_sessions,
-                access_token_lifetime_seconds=self.access_token_lifetime_seconds,
+                ttl_seconds=self.access_token_lifetime_seconds,
             )
         log.info("user_deleted", user_id=str(user_id), sessions=len(live_sessions))

@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ecosort_auth.api.schemas import TokenAnswer, UserOut
 from ecosort_auth.config import Settings
 from ecosort_auth.keys import KeyRing
-from ecosort_auth.revocation import mark_sessions_revoked
 from ecosort_auth.sessions import (
     ProviderIdentity,
     RefreshRefused,
@@ -20,6 +19,7 @@ from ecosort_auth.sessions import (
 )
 from ecosort_auth.tokens import issue_access_token
 from ecosort_common.errors import Problem
+from ecosort_common.revocation import revoke_sessions
 
 
 async def _access_token(
@@ -80,10 +80,10 @@ async def tokens_for_refresh(app: FastAPI, refresh_token: str) -> TokenAnswer:
     # The transaction has committed here, a reuse's revocation included.
     if isinstance(rotated, RefreshRefused):
         if rotated.revoked_session is not None:
-            await mark_sessions_revoked(
+            await revoke_sessions(
                 app.state.redis,
                 [rotated.revoked_session],
-                access_token_lifetime_seconds=settings.auth_access_token_ttl_seconds,
+                ttl_seconds=settings.auth_access_token_ttl_seconds,
             )
         raise Problem(
             401,

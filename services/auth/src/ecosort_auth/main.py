@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             cache_seconds=settings.jwks_cache_seconds,
-            redis=app.state.redis,
+            revocations=app.state.revocations,
             http=httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=SELF_BASE_URL),
         )
         # The first start makes a signing key. With the database down, auth still starts (alive,

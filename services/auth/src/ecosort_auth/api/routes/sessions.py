@@ -11,10 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ecosort_auth.api.deps import settings_of
 from ecosort_auth.api.schemas import SessionOut
 from ecosort_auth.config import Settings
-from ecosort_auth.revocation import mark_sessions_revoked
 from ecosort_auth.sessions import active_sessions, find_owned_session, revoke_session
 from ecosort_common.errors import Problem
 from ecosort_common.pagination import Page, page_of
+from ecosort_common.revocation import revoke_sessions
 from ecosort_common.security import Principal, current_principal
 
 router = APIRouter(tags=["sessions"])
@@ -62,9 +62,9 @@ async def delete_session(
         if owned is None:
             raise Problem(404, "No such session.")
         await revoke_session(db, session_id, reason="signed_out_by_user")
-    await mark_sessions_revoked(
+    await revoke_sessions(
         request.app.state.redis,
         [session_id],
-        access_token_lifetime_seconds=settings.auth_access_token_ttl_seconds,
+        ttl_seconds=settings.auth_access_token_ttl_seconds,
     )
     return Response(status_code=204)

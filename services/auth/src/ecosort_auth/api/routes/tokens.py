@@ -14,9 +14,9 @@ from ecosort_auth.config import Settings
 from ecosort_auth.issuance import tokens_for_refresh
 from ecosort_auth.keys import published_jwks
 from ecosort_auth.ratelimit import RateLimiter
-from ecosort_auth.revocation import mark_sessions_revoked
 from ecosort_auth.sessions import owner_of_refresh_token, revoke_session, session_of_refresh_token
 from ecosort_common.errors import Problem
+from ecosort_common.revocation import revoke_sessions
 from ecosort_common.security import bearer_token
 
 router = APIRouter(tags=["tokens"])
@@ -54,10 +54,10 @@ async def logout(request: Request, settings: SettingsDep, body: LogoutIn | None 
         session_id = uuid.UUID(principal.session_id)
     async with sessionmaker() as db, db.begin():
         await revoke_session(db, session_id, reason="logout")
-    await mark_sessions_revoked(
+    await revoke_sessions(
         request.app.state.redis,
         [session_id],
-        access_token_lifetime_seconds=settings.auth_access_token_ttl_seconds,
+        ttl_seconds=settings.auth_access_token_ttl_seconds,
     )
     return Response(status_code=204)
 
