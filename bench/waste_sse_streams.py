@@ -87,6 +87,12 @@ async def open_stream(
     return asyncio.create_task(consume())
 
 
+async def api_redis_clients(redis: Redis) -> list[dict[str, str]]:
+    """Clients of the stack's Redis database: the API's, and this one."""
+    db = redis.connection_pool.connection_kwargs.get("db", 0)
+    return [c for c in await redis.client_list() if int(c["db"]) == db]
+
+
 def _take_events(buffer: bytes, client: StreamClient) -> bytes:
     now = time.perf_counter()
     while b"\r\n\r\n" in buffer or b"\n\n" in buffer:
@@ -111,6 +117,8 @@ async def run(api: WasteApi, streams: int, analyses: int) -> None:
     split = urlsplit(api.base_url)
     host, port = split.hostname or "127.0.0.1", split.port or 80
     rss_idle = api.rss_mb()
+    redis = Redis.from_url(api.redis_url, decode_responses=True)
+    subscriptions_idle = sum(int(c.get("sub", 0)) > 0 for c in await api_redis_clients(redis))
 
     clients = [StreamClient(analysis_ids[i % analyses]) for i in range(streams)]
     tasks: list[asyncio.Task[None]] = []
@@ -128,9 +136,7 @@ async def run(api: WasteApi, streams: int, analyses: int) -> None:
     await asyncio.sleep(2)  # let the server settle before reading its memory
     rss_streams = api.rss_mb()
 
-    redis = Redis.from_url(api.redis_url, decode_responses=True)
-    db = redis.connection_pool.connection_kwargs.get("db", 0)
-    listed = [c for c in await redis.client_list() if int(c["db"]) == db]
+    listed = await api_redis_clients(redis)
     subscriptions = sum(int(c.get("sub", 0)) > 0 for c in listed)
 
     # One progress event per analysis: every stream of it should receive seq 1.
@@ -158,8 +164,9 @@ async def run(api: WasteApi, streams: int, analyses: int) -> None:
         f"(refused {refused})\n"
         f"  API RSS: {rss_idle:.0f} MB idle -> {rss_streams:.0f} MB with the streams open "
         f"(goal <= 300 MB; {per_stream_kb:.1f} kB per stream); {rss_after:.0f} MB after they end\n"
-        f"  Redis subscriptions held by the API: {subscriptions} "
-        f"(Redis clients of the API in all: {len(listed) - 1})\n"
+        f"  Redis subscriptions held by the API: {subscriptions} with the streams open, "
+        f"{subscriptions_idle} idle (progress hub, revoked sessions); "
+        f"Redis clients of the API in all: {len(listed) - 1}\n"
         f"  fan-out of one event per analysis: {len(delays)}/{streams} delivered, "
         f"p50 {cuts[49]:.0f} ms, p99 {cuts[98]:.0f} ms, max {max(delays, default=0):.0f} ms\n"
         f"  streams ended after the final event: {ended}/{streams}\n"

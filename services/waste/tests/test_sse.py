@@ -192,6 +192,16 @@ async def test_many_clients_share_one_redis_subscription(
 ) -> None:
     redis: Redis = app.state.redis
     clients = 20
+
+    async def subscribers() -> int:
+        # Of this test's Redis database (other test runs use other databases). The process
+        # holds others than the hub's (revoked sessions): what counts is that clients add none.
+        db = redis.connection_pool.connection_kwargs.get("db", 0)
+        listed = await redis.client_list()
+        return sum(int(c["db"]) == db and int(c.get("sub", 0)) > 0 for c in listed)
+
+    await asyncio.wait_for(app.state.progress_hub.subscribed.wait(), 5)
+    before = await subscribers()
     async with AsyncClient(base_url=live_url, timeout=10) as http:
 
         async def watch() -> list[str]:
@@ -201,11 +211,7 @@ async def test_many_clients_share_one_redis_subscription(
 
         watchers = [asyncio.create_task(watch()) for _ in range(clients)]
         await wait_for_watchers(app, clients)
-        # Subscribers of this test's Redis database (other test runs use other databases).
-        db = redis.connection_pool.connection_kwargs.get("db", 0)
-        listed = await redis.client_list()
-        subscribers = [c for c in listed if int(c["db"]) == db and int(c.get("sub", 0)) > 0]
-        assert len(subscribers) == 1
+        assert await subscribers() == before
         await publish_event(redis, analysis_id, "progress", progress("load", 10))
         await publish_event(redis, analysis_id, "completed", {"status": "completed"})
         results = await asyncio.wait_for(asyncio.gather(*watchers), 10)
@@ -230,3 +236,18 @@ async def test_a_client_that_leaves_is_forgotten(
         await wait_for_watchers(app, 1)
     # The client hung up mid-stream: its mailbox must not linger in the hub.
     await wait_for_watchers(app, 0)
+
+
+async def test_streams_end_when_the_server_shuts_down(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    hub = app.state.progress_hub
+    try:
+        async with open_stream(live_url, analysis_id, user[1]) as stream:
+            await wait_for_watchers(app, 1)
+            hub.end_streams()
+            # Ends now, before the next heartbeat: uvicorn waits for open responses to end.
+            assert await stream.rest(wait_seconds=0.5) == []
+        await wait_for_watchers(app, 0)
+    finally:
+        hub.closing = False  # the app outlives this test

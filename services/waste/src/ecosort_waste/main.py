@@ -42,6 +42,10 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         app.state.progress_hub = hub
         return hub.run()
 
+    async def end_streams_at_exit(app: FastAPI) -> Awaitable[None]:
+        hub: ProgressHub = app.state.progress_hub
+        return hub.end_streams_at_exit()
+
     storage = storage_from_settings(settings)
     app = create_service_app(
         settings,
@@ -51,7 +55,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         outbox=models.outbox,
         consumers={"user.deleted": UserDeletedHandler(storage)},
         processed_events=models.processed_events,
-        on_startup=[start_read_sessions, start_progress_hub],
+        on_startup=[start_read_sessions, start_progress_hub, end_streams_at_exit],
     )
     app.state.storage = storage
     app.state.enqueue_analysis = enqueue or enqueue_with_celery

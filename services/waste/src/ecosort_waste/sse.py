@@ -5,6 +5,8 @@ the analysis's event log (see ``progress.py``). ``ProgressHub`` holds the proces
 subscription and hands each message to the queues of the clients watching that analysis.
 A client first replays the log after its Last-Event-ID, then follows live messages; a gap in
 seq (a dropped message, a Redis reconnect) is filled from the log, so no event is lost.
+Memory per open stream is what limits a process (5,000 streams in 300 MB): hence a mailbox
+rather than a queue, one generator, and ``ProgressResponse``'s single task per stream.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
 from ecosort_waste.progress import (
     PROGRESS_CHANNEL,
@@ -31,9 +35,6 @@ log = structlog.get_logger(__name__)
 CLIENT_BACKLOG = 32
 # Sentinel telling a client to re-read the log: its mailbox overflowed or Redis reconnected.
 RESYNC = ProgressEvent(seq=-1, event="resync", data={})
-# Yielded by `follow` when nothing happened for a heartbeat interval: send an SSE comment.
-HEARTBEAT = ProgressEvent(seq=-1, event="heartbeat", data={})
-ProgressStream = AsyncIterator[ProgressEvent]
 
 
 class Mailbox:
@@ -52,19 +53,29 @@ class Mailbox:
             self._events = [RESYNC]
         else:
             self._events.append(event)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self._waiter is not None:
+            _wake(self._waiter)
 
-    async def take(self) -> list[ProgressEvent]:
-        """Everything received so far, waiting for at least one event."""
-        while not self._events:
-            self._waiter = asyncio.get_running_loop().create_future()
+    async def take(self, wait_seconds: float) -> list[ProgressEvent]:
+        """Everything received so far, waiting up to ``wait_seconds`` for an event (an empty
+        list when none came). A timer on the waiter itself, not ``asyncio.timeout``:
+        no timeout object and no cancellation per wait, at thousands of waiting streams."""
+        if not self._events:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(wait_seconds, _wake, waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         events, self._events = self._events, []
         return events
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class ProgressHub:
@@ -73,6 +84,8 @@ class ProgressHub:
         self._reconnect_seconds = reconnect_seconds
         self._watchers: dict[str, set[Mailbox]] = {}
         self.subscribed = asyncio.Event()
+        # Set when the server shuts down: every stream ends, so that uvicorn can stop.
+        self.closing = False
 
     @property
     def watcher_count(self) -> int:
@@ -104,6 +117,21 @@ class ProgressHub:
             with suppress(RedisError, OSError):
                 await pubsub.aclose()
 
+    async def end_streams_at_exit(self) -> None:
+        """Wait for the server to start shutting down, then end every stream.
+
+        uvicorn waits for open responses before it stops, and a stream only ends with its
+        analysis. sse-starlette would watch for the exit in a task of each stream; one watcher
+        for the process, with sse-starlette's own detection (``_listen_for_exit_signal``: it
+        also finds the uvicorn server that started before this module was imported), does it
+        for all of them."""
+        await EventSourceResponse._listen_for_exit_signal()
+        self.end_streams()
+
+    def end_streams(self) -> None:
+        self.closing = True
+        self._resync_all()  # wakes every stream, which sees `closing` and ends
+
     def _dispatch(self, raw: str | bytes) -> None:
         try:
             payload = json.loads(raw)
@@ -120,18 +148,19 @@ class ProgressHub:
             for mailbox in mailboxes:
                 mailbox.offer(RESYNC)
 
-    @asynccontextmanager
-    async def watch(self, analysis_id: str) -> AsyncIterator[Mailbox]:
+    def join(self, analysis_id: str) -> Mailbox:
         mailbox = Mailbox()
         self._watchers.setdefault(analysis_id, set()).add(mailbox)
-        try:
-            yield mailbox
-        finally:
-            mailboxes = self._watchers.get(analysis_id)
-            if mailboxes is not None:
-                mailboxes.discard(mailbox)
-                if not mailboxes:
-                    del self._watchers[analysis_id]
+        if self.closing:
+            mailbox.offer(RESYNC)
+        return mailbox
+
+    def leave(self, analysis_id: str, mailbox: Mailbox) -> None:
+        mailboxes = self._watchers.get(analysis_id)
+        if mailboxes is not None:
+            mailboxes.discard(mailbox)
+            if not mailboxes:
+                del self._watchers[analysis_id]
 
 
 async def follow(
@@ -144,10 +173,12 @@ async def follow(
     known_final: bool,
     heartbeat_seconds: float,
     resync_seconds: float,
-) -> ProgressStream:
-    """Events of one analysis with seq > after_seq, ending after the terminal one, with
-    ``HEARTBEAT`` markers whenever ``heartbeat_seconds`` pass without one.
+) -> AsyncIterator[dict[str, Any]]:
+    """The SSE fields of one analysis's events with seq > after_seq, ending after the terminal
+    one, with a heartbeat comment whenever ``heartbeat_seconds`` pass without an event.
 
+    It yields fields rather than events so that it can be the response's body itself: one
+    generator per open stream instead of two.
     ``final_state(last_seq)`` answers from the database (as seq last_seq + 1) when the analysis
     has finished: it covers a log that expired or a final event that was never published.
     ``known_final`` says the caller already saw the analysis finished; if it did not, the
@@ -155,31 +186,32 @@ async def follow(
     ``resync_seconds`` bounds how long a lost pub/sub message can go unnoticed.
     """
     last = after_seq
-    async with hub.watch(analysis_id) as mailbox:
-        # Watch first, then read the log: an event published in between arrives on both paths
-        # and the seq check below drops the duplicate.
+    # Join first, then read the log: an event published in between arrives on both paths and
+    # the seq check below drops the duplicate.
+    mailbox = hub.join(analysis_id)
+    try:
         pending = await read_events(redis, analysis_id, last)
         if not pending and known_final:
             final = await final_state(last)
             if final is not None:
-                yield final
+                yield sse_fields(final)
                 return
         quiet_seconds = 0.0
         while True:
             for event in pending:
                 if event.seq <= last:
                     continue
-                yield event
+                yield sse_fields(event)
                 last = event.seq
                 if event.event in TERMINAL_EVENTS:
                     return
-            try:
-                # The heartbeat lives here rather than in a ping task of its own: one task
-                # fewer per open stream. asyncio.timeout, unlike wait_for, adds no task either.
-                async with asyncio.timeout(heartbeat_seconds):
-                    received = await mailbox.take()
-            except TimeoutError:
-                yield HEARTBEAT
+            # The heartbeat lives here rather than in a ping task of its own: one task fewer
+            # per open stream.
+            received = await mailbox.take(heartbeat_seconds)
+            if hub.closing:
+                return  # the client comes back with Last-Event-ID, to a server that is up
+            if not received:
+                yield {"comment": "heartbeat"}
                 quiet_seconds += heartbeat_seconds
                 if quiet_seconds < resync_seconds:
                     pending = []
@@ -194,6 +226,8 @@ async def follow(
                     pending = [final] if final is not None else []
             else:
                 pending = received
+    finally:
+        hub.leave(analysis_id, mailbox)
 
 
 def encode_data(event: ProgressEvent) -> str:
@@ -201,6 +235,48 @@ def encode_data(event: ProgressEvent) -> str:
 
 
 def sse_fields(event: ProgressEvent) -> dict[str, Any]:
-    if event is HEARTBEAT:
-        return {"comment": "heartbeat"}
     return {"id": str(event.seq), "event": event.event, "data": encode_data(event)}
+
+
+class ProgressResponse(EventSourceResponse):
+    """sse-starlette's response with one task per stream instead of a task group of three.
+
+    ``EventSourceResponse`` runs the body, a disconnect listener and a shutdown listener as
+    anyio tasks (each with a cancel scope and an event): about 15 kB of a stream's 45 kB. Here
+    the body runs in the request's own task and a plain asyncio task listens for the client
+    leaving; shutdown is the hub's (``ProgressHub.end_streams_at_exit``) and heartbeats come
+    from the body (``follow``), so there is no ping task either. Encoding, headers, HEAD,
+    send timeouts and the body's cleanup stay sse-starlette's (pinned in uv.lock: this
+    relies on its ``_stream_response`` and ``_listen_for_disconnect``).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"].upper() == "HEAD":
+            await super().__call__(scope, receive, send)
+            return
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        done = False
+        client_left = False
+
+        def stop_streaming(_: asyncio.Task[None]) -> None:
+            nonlocal client_left
+            if not done:
+                client_left = True
+                streaming.cancel()
+
+        listener = asyncio.create_task(self._listen_for_disconnect(receive))
+        listener.add_done_callback(stop_streaming)
+        try:
+            await self._stream_response(send)
+        except asyncio.CancelledError:
+            # Our own cancel (the client left) ends the response; anyone else's goes on up.
+            if not client_left or streaming.uncancel() > 0:
+                raise
+        finally:
+            done = True
+            listener.cancel()
+        if listener.done() and not listener.cancelled() and (error := listener.exception()):
+            raise error
+        if self.background is not None:
+            await self.background()

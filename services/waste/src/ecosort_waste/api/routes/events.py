@@ -3,56 +3,52 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
-from sse_starlette import EventSourceResponse
 
 from ecosort_common.errors import Problem
 from ecosort_waste import crud
 from ecosort_waste.api.deps import (
     CurrentUser,
     HubDep,
-    ReadSession,
     ReadSessionmakerDep,
     RedisClient,
     SettingsDep,
 )
 from ecosort_waste.models import FINAL_STATUSES
 from ecosort_waste.progress import ProgressEvent
-from ecosort_waste.sse import follow, sse_fields
+from ecosort_waste.sse import ProgressResponse, follow
 
 router = APIRouter(tags=["analyses"])
 
 
 @router.get(
     "/analyses/{analysis_id}/events",
-    response_class=EventSourceResponse,
+    response_class=ProgressResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def analysis_events(
     analysis_id: uuid.UUID,
     user: CurrentUser,
-    session: ReadSession,
     redis: RedisClient,
     hub: HubDep,
     sessionmaker: ReadSessionmakerDep,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> EventSourceResponse:
+) -> ProgressResponse:
     after_seq = _parse_last_event_id(last_event_id)
-    analysis = await crud.get_owned(session, analysis_id, user.user_id)
+    owner = user.user_id
+    # A session of our own rather than the ReadSession dependency: FastAPI keeps a yield
+    # dependency (its session, context manager and cleanup scope) for the whole stream.
+    async with sessionmaker() as session:
+        analysis = await crud.get_owned(session, analysis_id, owner)
     if analysis is None:
         raise Problem(404, f"No analysis {analysis_id}.", title="Analysis not found")
-    known_final = analysis.status in FINAL_STATUSES
-    # The request's session would stay checked out for the whole stream; release it now and
-    # open a short one only when the database must be asked again.
-    await session.close()
 
     async def final_state(last_seq: int) -> ProgressEvent | None:
         async with sessionmaker() as fresh:
-            analysis = await crud.get_owned(fresh, analysis_id, user.user_id)
+            analysis = await crud.get_owned(fresh, analysis_id, owner)
         if analysis is None or analysis.status not in FINAL_STATUSES:
             return None
         data: dict[str, Any] = {
@@ -66,22 +62,17 @@ async def analysis_events(
         event = "completed" if analysis.status == "completed" else "failed"
         return ProgressEvent(seq=last_seq + 1, event=event, data=data)
 
-    async def stream() -> AsyncIterator[dict[str, Any]]:
-        async for event in follow(
+    return ProgressResponse(
+        follow(
             hub,
             redis,
             str(analysis_id),
             after_seq=after_seq,
             final_state=final_state,
-            known_final=known_final,
+            known_final=analysis.status in FINAL_STATUSES,
             heartbeat_seconds=settings.sse_heartbeat_seconds,
             resync_seconds=settings.sse_resync_seconds,
-        ):
-            yield sse_fields(event)
-
-    return EventSourceResponse(
-        stream(),
-        ping=0,  # heartbeats come from `follow`, sparing a ping task per stream
+        ),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
