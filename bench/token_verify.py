@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from ecosort_common.revocation import RevocationWatcher
 from ecosort_common.security import TokenVerifier
+from ecosort_common.subscription import Subscription
 from ecosort_common.testing import TokenIssuer
 
 
@@ -64,15 +65,15 @@ async def main(seconds: float, redis_url: str) -> None:
     )
     await local.aclose()
     redis = Redis.from_url(redis_url, decode_responses=True)
-    watcher = RevocationWatcher(redis)
-    verifier = _verifier(issuer, watcher)
+    subscription = Subscription(redis)
+    verifier = _verifier(issuer, RevocationWatcher(redis, subscription))
     try:
         for _ in range(64):
             await verifier.verify(next(polling))
         rate = await _measure(verifier, polling, seconds)
         print(f"seen before, revocation in Redis:   {rate:8.0f} /CPU-s")
-        following = asyncio.create_task(watcher.run())
-        await watcher.subscribed.wait()
+        following = asyncio.create_task(subscription.run())
+        await subscription.subscribed.wait()
         rate = await _measure(verifier, polling, seconds)
         print(f"seen before, revocation subscribed: {rate:8.0f} /CPU-s")
         following.cancel()

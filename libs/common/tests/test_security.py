@@ -19,6 +19,7 @@ from joserfc import jws, jwt
 from joserfc.jwk import ECKey
 
 from ecosort_common.revocation import REVOKED_SESSION_KEY, RevocationWatcher, revoke_sessions
+from ecosort_common.subscription import Subscription
 from ecosort_common.testing import TokenIssuer
 
 PATH = "/api/v1/demo/me"
@@ -123,16 +124,16 @@ async def test_right_kid_wrong_key_is_refused(
     assert (await _status(client, token))[0] == 401
 
 
-async def _until_live(watcher: RevocationWatcher) -> None:
+async def _until_live(subscription: Subscription) -> None:
     async with asyncio.timeout(10):
-        await watcher.subscribed.wait()
-    assert watcher.live
+        await subscription.subscribed.wait()
+    assert subscription.live
 
 
 async def test_revoked_session_is_refused(
     client: AsyncClient, token_issuer: TokenIssuer, app: FastAPI
 ) -> None:
-    await _until_live(app.state.revocations)
+    await _until_live(app.state.subscription)
     token = token_issuer.token(session_id="revoked-session")
     assert (await _status(client, token))[0] == 200
     await revoke_sessions(app.state.redis, ["revoked-session"], ttl_seconds=60)
@@ -152,14 +153,15 @@ async def test_revocations_made_before_start_and_without_a_subscription_count(
 ) -> None:
     redis = app.state.redis
     await redis.set(REVOKED_SESSION_KEY.format(sid="old-session"), "1", ex=60)
-    watcher = RevocationWatcher(redis)
+    subscription = Subscription(redis)
+    watcher = RevocationWatcher(redis, subscription)
     # Not subscribed yet: the answer comes from Redis itself.
-    assert not watcher.live
+    assert not subscription.live
     assert await watcher.is_revoked("old-session")
     assert not await watcher.is_revoked("fine-session")
-    following = asyncio.create_task(watcher.run())
+    following = asyncio.create_task(subscription.run())
     try:
-        await _until_live(watcher)
+        await _until_live(subscription)
         await redis.delete(REVOKED_SESSION_KEY.format(sid="old-session"))
         # Live: answered from the set loaded at subscription, not from Redis.
         assert await watcher.is_revoked("old-session")

@@ -20,7 +20,7 @@ from sqlalchemy import update
 
 from ecosort_common.testing import TokenIssuer
 from ecosort_waste.models import Analysis
-from ecosort_waste.progress import events_key, publish_event, state_key
+from ecosort_waste.progress import events_key, publish_event, read_state, state_key
 
 API = "/api/v1/waste"
 
@@ -200,7 +200,7 @@ async def test_many_clients_share_one_redis_subscription(
         listed = await redis.client_list()
         return sum(int(c["db"]) == db and int(c.get("sub", 0)) > 0 for c in listed)
 
-    await asyncio.wait_for(app.state.progress_hub.subscribed.wait(), 5)
+    await asyncio.wait_for(app.state.subscription.subscribed.wait(), 5)
     before = await subscribers()
     async with AsyncClient(base_url=live_url, timeout=10) as http:
 
@@ -251,3 +251,54 @@ async def test_streams_end_when_the_server_shuts_down(
         await wait_for_watchers(app, 0)
     finally:
         hub.closing = False  # the app outlives this test
+
+
+async def _until_hub_knows(hub: Any, analysis_id: str, seq: int) -> dict[str, str]:
+    for _ in range(100):
+        state = hub.state_of(analysis_id)
+        if state is not None and int(state["seq"]) >= seq:
+            return dict(state)
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the hub never reached seq {seq}: {hub.state_of(analysis_id)}")
+
+
+async def test_the_hub_keeps_a_polled_state_current_from_the_events(app: FastAPI) -> None:
+    hub, redis = app.state.progress_hub, app.state.redis
+    await asyncio.wait_for(app.state.subscription.subscribed.wait(), 5)
+    analysis_id = str(uuid.uuid4())
+    await publish_event(redis, analysis_id, "progress", progress("load", 10))
+    assert hub.state_of(analysis_id) is None  # never polled here: not kept
+    generation = hub.generation
+    hub.keep_state(analysis_id, await read_state(redis, analysis_id), generation)
+    assert hub.state_of(analysis_id) == {
+        "seq": "1",
+        "status": "processing",
+        "stage": "load",
+        "progress": "10",
+    }
+    await publish_event(redis, analysis_id, "progress", {"progress": 30})
+    await publish_event(redis, analysis_id, "completed", {"status": "completed", "stage": "save"})
+    # Merged as Redis merges them into the hash: the hub's copy equals the hash.
+    assert await _until_hub_knows(hub, analysis_id, 3) == await read_state(redis, analysis_id)
+
+
+async def test_the_hub_refuses_a_state_older_than_what_it_saw(app: FastAPI) -> None:
+    hub, redis = app.state.progress_hub, app.state.redis
+    await asyncio.wait_for(app.state.subscription.subscribed.wait(), 5)
+    analysis_id = str(uuid.uuid4())
+    generation = hub.generation
+    await publish_event(redis, analysis_id, "progress", progress("load", 10))
+    stale = await read_state(redis, analysis_id)
+    mailbox = hub.join(analysis_id)
+    try:
+        await publish_event(redis, analysis_id, "progress", progress("classify", 40))
+        assert [event.seq for event in await mailbox.take(5)] == [2]  # it has gone by the hub
+    finally:
+        hub.leave(analysis_id, mailbox)
+    hub.keep_state(analysis_id, stale, generation)
+    assert hub.state_of(analysis_id) is None
+    # A read from before a lost subscription (another generation) is not kept either.
+    hub.keep_state(analysis_id, await read_state(redis, analysis_id), generation - 1)
+    assert hub.state_of(analysis_id) is None
+    hub.keep_state(analysis_id, await read_state(redis, analysis_id), hub.generation)
+    assert hub.state_of(analysis_id)["stage"] == "classify"

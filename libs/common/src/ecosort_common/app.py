@@ -21,6 +21,7 @@ from ecosort_common.redis import create_redis
 from ecosort_common.revocation import RevocationWatcher
 from ecosort_common.security import TokenVerifier
 from ecosort_common.settings import ServiceSettings
+from ecosort_common.subscription import Subscription
 
 # A hook receives the app once its engine, sessionmaker, redis and verifier exist; it may return
 # a coroutine to run in the background for the app's lifetime, or None.
@@ -61,7 +62,8 @@ def create_service_app(
             app.state.sessionmaker = create_sessionmaker(app.state.engine)
             app.state.redis = create_redis(settings.redis_url)
             stack.push_async_callback(app.state.redis.aclose)
-            app.state.revocations = RevocationWatcher(app.state.redis)
+            app.state.subscription = Subscription(app.state.redis)
+            app.state.revocations = RevocationWatcher(app.state.redis, app.state.subscription)
             app.state.token_verifier = TokenVerifier(
                 jwks_url=settings.jwks_url,
                 issuer=settings.jwt_issuer,
@@ -71,11 +73,12 @@ def create_service_app(
             )
             # A hook may replace the verifier (auth does): close whichever one is in place.
             stack.push_async_callback(lambda: app.state.token_verifier.aclose())
-            background: list[Awaitable[Any]] = [app.state.revocations.run()]
+            background: list[Awaitable[Any]] = []
             for hook in on_startup:
                 task = await hook(app)
                 if task is not None:
                     background.append(task)
+            background.append(app.state.subscription.run())  # the hooks may add channels
             # Built after the hooks: a hook that refuses to start leaves no coroutine behind.
             if outbox is not None and settings.outbox_relay_enabled:
                 relay = OutboxRelay(

@@ -37,13 +37,9 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         return None
 
     async def start_progress_hub(app: FastAPI) -> Awaitable[None]:
-        # One Redis subscription for the whole process; every SSE client shares it.
-        hub = ProgressHub(app.state.redis)
+        # On the process's one subscription; every SSE client and status poll shares it.
+        hub = ProgressHub(app.state.subscription)
         app.state.progress_hub = hub
-        return hub.run()
-
-    async def end_streams_at_exit(app: FastAPI) -> Awaitable[None]:
-        hub: ProgressHub = app.state.progress_hub
         return hub.end_streams_at_exit()
 
     storage = storage_from_settings(settings)
@@ -55,7 +51,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         outbox=models.outbox,
         consumers={"user.deleted": UserDeletedHandler(storage)},
         processed_events=models.processed_events,
-        on_startup=[start_read_sessions, start_progress_hub, end_streams_at_exit],
+        on_startup=[start_read_sessions, start_progress_hub],
     )
     app.state.storage = storage
     app.state.enqueue_analysis = enqueue or enqueue_with_celery

@@ -76,10 +76,7 @@ async def publish_event(
     analysis_id = str(uuid.UUID(str(analysis_id)))  # refuse anything but a UUID in the script
     if event not in ("progress", *TERMINAL_EVENTS):
         raise ValueError(f"unknown progress event {event!r}")
-    state_fields: list[str] = []
-    for field in _STATE_FIELDS:
-        if data.get(field) is not None:
-            state_fields += [field, str(data[field])]
+    hash_fields = [item for pair in state_fields(data).items() for item in pair]
     # redis-py types asyncio commands as `Awaitable[T] | T`; on an asyncio client it is awaitable.
     seq = await cast(
         Awaitable[str],
@@ -93,10 +90,15 @@ async def publish_event(
             json.dumps(data, separators=(",", ":"), default=str),
             str(PROGRESS_TTL_SECONDS),
             str(EVENT_LOG_MAXLEN),
-            *state_fields,
+            *hash_fields,
         ),
     )
     return int(seq)
+
+
+def state_fields(data: dict[str, Any]) -> dict[str, str]:
+    """What an event's data sets in the state hash."""
+    return {field: str(data[field]) for field in _STATE_FIELDS if data.get(field) is not None}
 
 
 async def read_events(

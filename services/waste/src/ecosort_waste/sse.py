@@ -1,8 +1,9 @@
 """Progress over Server-Sent Events: one Redis subscription per process, fanned out to clients.
 
 The pipeline publishes every event on the single channel ``waste:progress`` and appends it to
-the analysis's event log (see ``progress.py``). ``ProgressHub`` holds the process's only
-subscription and hands each message to the queues of the clients watching that analysis.
+the analysis's event log (see ``progress.py``). ``ProgressHub`` listens on the process's one
+subscription (ecosort_common.subscription) and hands each message to the mailboxes of the
+clients watching that analysis.
 A client first replays the log after its Last-Event-ID, then follows live messages; a gap in
 seq (a dropped message, a Redis reconnect) is filled from the log, so no event is lost.
 Memory per open stream is what limits a process (5,000 streams in 300 MB): hence a mailbox
@@ -14,20 +15,22 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from cachetools import TTLCache
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
+from ecosort_common.subscription import Subscription
 from ecosort_waste.progress import (
     PROGRESS_CHANNEL,
     TERMINAL_EVENTS,
     ProgressEvent,
     read_events,
+    state_fields,
 )
 
 log = structlog.get_logger(__name__)
@@ -35,6 +38,11 @@ log = structlog.get_logger(__name__)
 CLIENT_BACKLOG = 32
 # Sentinel telling a client to re-read the log: its mailbox overflowed or Redis reconnected.
 RESYNC = ProgressEvent(seq=-1, event="resync", data={})
+# Live states of analyses polled in this process: a few hundred bytes each.
+LIVE_STATES = 20_000
+LIVE_STATE_SECONDS = 600
+RECENT_SEQS = 100_000
+RECENT_SEQ_SECONDS = 60
 
 
 class Mailbox:
@@ -78,44 +86,70 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+@dataclass(slots=True)
+class _LiveState:
+    seq: int
+    fields: dict[str, str]  # the state hash: seq, status, stage, progress
+
+
 class ProgressHub:
-    def __init__(self, redis: Redis, *, reconnect_seconds: float = 1.0) -> None:
-        self._redis = redis
-        self._reconnect_seconds = reconnect_seconds
+    """The process's listener on ``waste:progress`` (on its one shared subscription).
+
+    It feeds the open event streams, and it keeps the live state of the analyses this process
+    was asked about, so that a status poll needs no Redis round trip: an analysis's state is
+    read from Redis once, then kept current from the events that follow. That is exact only
+    while no event is missed, hence the checks on seq (a gap drops the state) and the
+    generation (a lost subscription drops them all).
+    """
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._subscription = subscription
         self._watchers: dict[str, set[Mailbox]] = {}
-        self.subscribed = asyncio.Event()
+        self._states: TTLCache[str, _LiveState] = TTLCache(LIVE_STATES, LIVE_STATE_SECONDS)
+        # The latest seq published for each analysis, of the last minute: a state read from
+        # Redis just before an event must not be kept once that event has gone by.
+        self._recent_seqs: TTLCache[str, int] = TTLCache(RECENT_SEQS, RECENT_SEQ_SECONDS)
+        self.generation = 0
         # Set when the server shuts down: every stream ends, so that uvicorn can stop.
         self.closing = False
+        subscription.add(
+            PROGRESS_CHANNEL, self._dispatch, on_subscribed=self._resubscribed, on_lost=self._lost
+        )
 
     @property
     def watcher_count(self) -> int:
         return sum(len(mailboxes) for mailboxes in self._watchers.values())
 
-    async def run(self) -> None:
-        """Keep the subscription alive for the life of the process."""
-        while True:
-            try:
-                await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                log.warning("progress_subscription_lost", error=str(exc))
-            self.subscribed.clear()
-            self._resync_all()  # anything published while we were away is in the logs
-            await asyncio.sleep(self._reconnect_seconds)
+    def state_of(self, analysis_id: str) -> dict[str, str] | None:
+        """The analysis's live state if this process knows it for sure, else None."""
+        if not self._subscription.live:
+            return None
+        state = self._states.get(analysis_id)
+        return state.fields if state is not None else None
 
-    async def _listen(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(PROGRESS_CHANNEL)
-            self.subscribed.set()
-            self._resync_all()
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    self._dispatch(message["data"])
-        finally:
-            with suppress(RedisError, OSError):
-                await pubsub.aclose()
+    def keep_state(self, analysis_id: str, fields: dict[str, str], generation: int) -> None:
+        """Keep a state read from Redis; ``generation`` is the hub's from before the read."""
+        if generation != self.generation or not self._subscription.live:
+            return
+        seq = int(fields.get("seq") or 0)
+        if self._recent_seqs.get(analysis_id, 0) > seq:
+            return  # an event newer than the read went by: the next poll reads again
+        known = self._states.get(analysis_id)
+        if known is None or known.seq < seq:
+            self._states[analysis_id] = _LiveState(seq, {**fields, "seq": str(seq)})
+
+    async def _resubscribed(self) -> None:
+        self._forget_all()
+
+    def _lost(self) -> None:
+        self._forget_all()
+
+    def _forget_all(self) -> None:
+        """Events may have been missed: anything published meanwhile is in the logs and the
+        state hashes, so streams re-read their log and polls read Redis again."""
+        self.generation += 1
+        self._states.clear()
+        self._resync_all()
 
     async def end_streams_at_exit(self) -> None:
         """Wait for the server to start shutting down, then end every stream.
@@ -132,7 +166,7 @@ class ProgressHub:
         self.closing = True
         self._resync_all()  # wakes every stream, which sees `closing` and ends
 
-    def _dispatch(self, raw: str | bytes) -> None:
+    def _dispatch(self, raw: str) -> None:
         try:
             payload = json.loads(raw)
             analysis_id = str(payload["analysis_id"])
@@ -142,6 +176,15 @@ class ProgressHub:
             return
         for mailbox in self._watchers.get(analysis_id, ()):
             mailbox.offer(event)
+        self._recent_seqs[analysis_id] = max(event.seq, self._recent_seqs.get(analysis_id, 0))
+        known = self._states.get(analysis_id)
+        if known is None or event.seq <= known.seq:
+            return
+        if event.seq == known.seq + 1:
+            known.seq = event.seq
+            known.fields = {**known.fields, **state_fields(event.data), "seq": str(event.seq)}
+        else:
+            del self._states[analysis_id]  # a gap: read it from Redis again
 
     def _resync_all(self) -> None:
         for mailboxes in self._watchers.values():

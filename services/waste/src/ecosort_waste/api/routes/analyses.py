@@ -23,6 +23,7 @@ from ecosort_waste.api.deps import (
     DbSession,
     Enqueue,
     EnqueueDep,
+    HubDep,
     ReadSession,
     ReadSessionmakerDep,
     RedisClient,
@@ -41,6 +42,7 @@ from ecosort_waste.api.schemas import (
 )
 from ecosort_waste.idempotency import StoredImage, create_or_replay, request_hash, validate_key
 from ecosort_waste.models import FINAL_STATUSES, Analysis
+from ecosort_waste.sse import ProgressHub
 from ecosort_waste.storage import ObjectNotFound, Storage
 
 router = APIRouter(tags=["analyses"])
@@ -217,11 +219,12 @@ async def _enqueue(enqueue: Enqueue, analysis_id: uuid.UUID) -> None:
 async def get_analysis(
     analysis_id: uuid.UUID,
     user: CurrentUser,
+    hub: HubDep,
     redis: RedisClient,
     sessionmaker: ReadSessionmakerDep,
     views: ViewCacheDep,
 ) -> Response:
-    live = await _live_state(redis, analysis_id)
+    live = await _live_state(hub, redis, str(analysis_id))
     seq = live.get("seq", "")
     view = views.get(user.user_id, analysis_id, seq)
     if view is None:
@@ -235,12 +238,19 @@ async def get_analysis(
     return Response(view.model_dump_json(), media_type="application/json")
 
 
-async def _live_state(redis: RedisClient, analysis_id: uuid.UUID) -> dict[str, str]:
+async def _live_state(hub: ProgressHub, redis: RedisClient, analysis_id: str) -> dict[str, str]:
+    """The state hash, as the hub keeps it or else from Redis (then kept by the hub)."""
+    known = hub.state_of(analysis_id)
+    if known is not None:
+        return known
+    generation = hub.generation
     try:
-        return await progress.read_state(redis, analysis_id)
+        state = await progress.read_state(redis, analysis_id)
     except Exception:  # progress is a nicety; the database answer stands on its own
-        log.warning("progress_state_unavailable", analysis_id=str(analysis_id))
+        log.warning("progress_state_unavailable", analysis_id=analysis_id)
         return {}
+    hub.keep_state(analysis_id, state, generation)
+    return state
 
 
 def _with_live_progress(view: AnalysisView, state: dict[str, str]) -> AnalysisView:
