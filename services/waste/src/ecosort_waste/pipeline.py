@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.outbox import add_event
 from ecosort_waste import progress
-from ecosort_waste.classifier.registry import ClassifierRegistry, ProviderAnswer
+from ecosort_waste.classifier.registry import LOCAL, ClassifierRegistry, ProviderAnswer
 from ecosort_waste.classifier.remote import ProviderError
 from ecosort_waste.guidance import GuidanceClient
 from ecosort_waste.models import FINAL_STATUSES, Analysis, outbox
@@ -111,7 +111,12 @@ async def _run_stages(deps: PipelineDeps, claim: Claim) -> dict[str, Any]:
     await _enter_stage(deps, claim, "load")
     image = await _load_image(deps.storage, claim.image_key)
     await _enter_stage(deps, claim, "classify")
-    answer = await asyncio.to_thread(deps.classifiers.classify, image)
+    if deps.classifiers.provider == LOCAL:
+        # Pure CPU, and a worker process runs one task at a time: a thread would only add a
+        # hand-over of the GIL in each direction.
+        answer = deps.classifiers.classify(image)
+    else:  # waits on a remote API
+        answer = await asyncio.to_thread(deps.classifiers.classify, image)
     await _enter_stage(deps, claim, "guide")
     category = answer.classification.category
     guidance = await deps.guidance.fetch(category) if category is not None else None

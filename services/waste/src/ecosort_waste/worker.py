@@ -59,7 +59,10 @@ def create_celery_app(settings: Settings) -> Celery:
             "CELERY_VISIBILITY_TIMEOUT_SECONDS must exceed ANALYSIS_DEADLINE_SECONDS, or "
             "running tasks would be delivered twice"
         )
-    celery = Celery("ecosort_waste", broker=settings.redis_url, backend=settings.redis_url)
+    # No result backend: results live in PostgreSQL. With one, every task's return value was
+    # stored, a GET and a SET in Redis per photo that nobody reads; task_ignore_result did not
+    # prevent it, as send_task marks each message "do not ignore the result".
+    celery = Celery("ecosort_waste", broker=settings.redis_url)
     transport = {
         "visibility_timeout": settings.celery_visibility_timeout_seconds,
         "global_keyprefix": settings.celery_key_prefix,
@@ -70,11 +73,9 @@ def create_celery_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_ignore_result=True,  # results live in PostgreSQL, not in the result backend
         task_serializer="json",
         accept_content=["json"],
         broker_transport_options=transport,
-        result_backend_transport_options={"global_keyprefix": settings.celery_key_prefix},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         # A new pool process loads the model before it reports up; on a busy node that takes

@@ -13,6 +13,11 @@ INPUT_SIZE = 224
 # ImageNet statistics: the pretrained Lite0 weights were checked with these (see MODEL_CARD.md).
 MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# What `normalize` gives each 8-bit value of each channel: the same float32 operations as on
+# a whole image ((value / 255 - mean) / std), done once, so an image is a table look-up with
+# bit-for-bit the same result at half the cost.
+_BYTE_VALUES = np.arange(256, dtype=np.float32)[None, :]
+_NORMALIZED = (_BYTE_VALUES / 255.0 - MEAN_RGB[:, None]) / STD_RGB[:, None]
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -32,9 +37,11 @@ def center_square(image: Image.Image, size: int = INPUT_SIZE) -> Image.Image:
 
 def normalize(image: Image.Image) -> NDArray[np.float32]:
     """A size×size RGB image → CHW float32, normalised with the ImageNet statistics."""
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    chw = ((pixels - MEAN_RGB) / STD_RGB).transpose(2, 0, 1)
-    return np.ascontiguousarray(chw, dtype=np.float32)
+    chw = np.asarray(image).transpose(2, 0, 1)
+    normalized = np.empty(chw.shape, dtype=np.float32)
+    for channel in range(3):
+        np.take(_NORMALIZED[channel], chw[channel], out=normalized[channel])
+    return normalized
 
 
 def model_input(image: Image.Image, *, flip: bool = False) -> NDArray[np.float32]:
