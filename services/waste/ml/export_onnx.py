@@ -7,7 +7,8 @@ One network: the frozen stem and blocks 0-7, then blocks 8-15 and the head convo
 fine-tuned by finetune_blocks.py (which kept the ImageNet outputs close to the original's by
 distillation). `--no-finetune` exports the original weights. The ImageNet top-1 agreement with
 the original network on calibration photos is reported.
-Input `image` (N, 3, 224, 224), normalised as in ecosort_waste.classifier.preprocess.
+Input `image` (N, 3, S, S), normalised as in ecosort_waste.classifier.preprocess; S is the
+backbone's native size (224 Lite0, 240 Lite1, 260 Lite2; the checkpoint's `--arch`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from buildlib import (
+    INPUT_SIZES,
     MODELS_DIR,
     PHOTOS_DIR,
     WORK_DIR,
@@ -48,13 +50,13 @@ class DualOutput(nn.Module):
         return pooled, self.tuned.imagenet_fc(pooled)
 
 
-def sample_images(count: int, part: str = "validation") -> np.ndarray:
+def sample_images(count: int, part: str = "validation", size: int = 224) -> np.ndarray:
     split = load_split()[part]
     picks = split[:: max(1, len(split) // count)][:count]
     arrays = []
     for relpath in picks:
         with Image.open(PHOTOS_DIR / relpath) as image:
-            arrays.append(preprocess.model_input(image))
+            arrays.append(preprocess.normalize(preprocess.center_square(image, size)))
     return np.stack(arrays)
 
 
@@ -64,17 +66,24 @@ def main() -> None:
     parser.add_argument(
         "--no-finetune", action="store_true", help="features from the ImageNet tail"
     )
+    parser.add_argument(
+        "--arch", default="lite0", help="with --no-finetune (else the checkpoint's)"
+    )
     parser.add_argument("--out", type=Path, default=MODELS_DIR / ONNX_NAME)
     args = parser.parse_args()
     set_threads()
-    backbone = load_backbone()
+    checkpoint = None
+    arch = args.arch
+    if not args.no_finetune:
+        checkpoint = torch.load(args.tuned, map_location="cpu")
+        arch = checkpoint["args"].get("arch", "lite0")
+    size = INPUT_SIZES[arch]
+    backbone = load_backbone(arch)
     for p in backbone.parameters():
         p.requires_grad_(False)  # tracing needs constants
     original = DualOutput(backbone, TunedTop(backbone, 0.0), FIRST_TRAINED_BLOCK).eval()
     first_trained = FIRST_TRAINED_BLOCK
-    checkpoint = None
-    if not args.no_finetune:
-        checkpoint = torch.load(args.tuned, map_location="cpu")
+    if checkpoint is not None:
         first_trained = checkpoint["args"].get("first_block", FIRST_TRAINED_BLOCK)
     tuned = TunedTop(backbone, 0.0, first_trained)
     if checkpoint is not None:
@@ -83,7 +92,7 @@ def main() -> None:
         p.requires_grad_(False)
     model = DualOutput(backbone, tuned.eval(), first_trained).eval()
 
-    example = torch.from_numpy(sample_images(8))
+    example = torch.from_numpy(sample_images(8, size=size))
     torch.onnx.export(
         model,
         (example[:1],),
@@ -102,7 +111,7 @@ def main() -> None:
 
     with torch.inference_mode():
         torch_features, torch_logits = (t.numpy() for t in model(example))
-        calibration = torch.from_numpy(sample_images(96, "calibration"))
+        calibration = torch.from_numpy(sample_images(96, "calibration", size))
         tuned_top1 = model(calibration)[1].argmax(1)
         original_top1 = original(calibration)[1].argmax(1)
     session = ort.InferenceSession(str(args.out), providers=["CPUExecutionProvider"])
@@ -112,6 +121,8 @@ def main() -> None:
         "sha256": hashlib.sha256(args.out.read_bytes()).hexdigest(),
         "bytes": args.out.stat().st_size,
         "fine_tuned": not args.no_finetune,
+        "arch": arch,
+        "input_size": size,
         "tuned_from_block": first_trained,
         "checkpoint_epoch": checkpoint["epoch"] if checkpoint is not None else None,
         "imagenet_top1_agreement_with_original_96_calibration_photos": float(
@@ -129,7 +140,7 @@ def main() -> None:
     assert report["max_abs_diff_features"] < 1e-3, report
     assert report["max_abs_diff_imagenet_logits"] < 1e-3, report
     assert report["same_imagenet_top1"], report
-    (WORK_DIR / "export-report.json").write_text(json.dumps(report, indent=1))
+    (WORK_DIR / f"export-report-{args.out.stem}.json").write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

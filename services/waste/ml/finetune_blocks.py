@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from buildlib import (
+    INPUT_SIZES,
     PHOTOS_DIR,
     TRASHNET_CLASSES,
     WORK_DIR,
@@ -85,11 +86,15 @@ class TunedTop(nn.Module):
         return self.fc(self.dropout(pooled)), self.imagenet_fc(pooled)
 
 
-def stem_session(backbone: nn.Module, first_trained: int) -> ort.InferenceSession:
-    path = WORK_DIR / f"stem-to-block{first_trained}.onnx"
+def stem_session(
+    backbone: nn.Module, first_trained: int, arch: str = "lite0"
+) -> ort.InferenceSession:
+    suffix = "" if arch == "lite0" else f"-{arch}"
+    path = WORK_DIR / f"stem-to-block{first_trained}{suffix}.onnx"
     for p in backbone.parameters():
         p.requires_grad_(False)
-    example = torch.zeros(1, 3, preprocess.INPUT_SIZE, preprocess.INPUT_SIZE)
+    size = INPUT_SIZES[arch]
+    example = torch.zeros(1, 3, size, size)
     torch.onnx.export(
         FrozenStem(backbone, first_trained).eval(),
         (example,),
@@ -113,9 +118,11 @@ def load_photos(files: list[str]) -> list[Image.Image]:
     return photos
 
 
-def calibration_inputs(stem: ort.InferenceSession, photos: list[Image.Image]) -> torch.Tensor:
+def calibration_inputs(
+    stem: ort.InferenceSession, photos: list[Image.Image], size: int = 224
+) -> torch.Tensor:
     """Centre crops through the frozen stem, computed once."""
-    arrays = [preprocess.model_input(p) for p in photos]
+    arrays = [preprocess.normalize(preprocess.center_square(p, size)) for p in photos]
     out = [
         stem.run(None, {"image": np.stack(arrays[i : i + 32])})[0]
         for i in range(0, len(arrays), 32)
@@ -135,6 +142,7 @@ def score(model: TunedTop, inputs: torch.Tensor, labels: torch.Tensor) -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", choices=sorted(INPUT_SIZES), default="lite0")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--first-block", type=int, default=FIRST_TRAINED_BLOCK)
     parser.add_argument("--lr", type=float, default=3e-4, help="tuned blocks; the new layer x10")
@@ -154,15 +162,16 @@ def main() -> None:
     torch.manual_seed(0)
     rng = random.Random(0)
 
-    backbone = load_backbone()
-    stem = stem_session(backbone, args.first_block)
+    backbone = load_backbone(args.arch)
+    size = INPUT_SIZES[args.arch]  # each backbone at its native resolution
+    stem = stem_session(backbone, args.first_block, args.arch)
     split = load_split()
     train_files = split["train"]
     if args.limit:
         train_files = train_files[:: max(1, len(train_files) // args.limit)]
     train_photos = load_photos(train_files)
     train_labels = [label_of(f) for f in train_files]
-    cal_inputs = calibration_inputs(stem, load_photos(split["calibration"]))
+    cal_inputs = calibration_inputs(stem, load_photos(split["calibration"]), size)
     cal_labels = torch.tensor([label_of(f) for f in split["calibration"]])
 
     model = TunedTop(backbone, args.dropout, args.first_block)
@@ -200,7 +209,7 @@ def main() -> None:
         for start in range(0, len(order), args.batch):
             idx = order[start : start + args.batch]
             views = [
-                preprocess.normalize(augmented_view(train_photos[i], rng, args.crop_min))
+                preprocess.normalize(augmented_view(train_photos[i], rng, args.crop_min, size))
                 for i in idx
             ]
             x = torch.from_numpy(stem.run(None, {"image": np.stack(views)})[0])

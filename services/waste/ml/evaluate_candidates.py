@@ -1,0 +1,338 @@
+"""Round 4: compare backbone candidates (one ONNX file, or two whose features are joined) with
+the service's own numpy head, calibration and not-sure rule. Runs in the service environment:
+
+    uv run --frozen python services/waste/ml/evaluate_candidates.py \
+        --candidate lite0=artifacts/efficientnet-lite0-ft.onnx \
+        --candidate lite2=/work/ml-work/lite2-ft.onnx \
+        --candidate lite0+lite2=artifacts/efficientnet-lite0-ft.onnx,/work/ml-work/lite2-ft.onnx
+
+- Everything is chosen on the calibration split: the head's L2 (top-1, then log-loss),
+  temperature, typicality and not-sure thresholds (training.calibrate, the service's rules).
+- An ensemble's head reads the features of both networks side by side (one softmax
+  regression over 2 x 1280 features); the ImageNet outputs come from the first file.
+  "avg" rows average the two single heads' calibrated probabilities instead (class level only).
+- `--validation NAME` scores the validation split for that candidate only: do it once, for a
+  finalist chosen on calibration. `--cost` times onnxruntime (1 thread, batch 1).
+- Features (centre crop and mirror of each photo, at the file's own input size) are cached
+  in /work/ml-work by file checksum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ecosort_waste.classifier import preprocess
+from ecosort_waste.classifier.categories import TRASHNET_CLASSES
+from ecosort_waste.classifier.decision import class_code, decide
+from ecosort_waste.classifier.head import Head, softmax
+from ecosort_waste.classifier.local import MODELS_DIR, OnnxBackbone
+from ecosort_waste.classifier.training import (
+    Examples,
+    calibrate,
+    centre_view_only,
+    choose_threshold,
+    evaluate,
+    fit_softmax_regression,
+    fit_temperature,
+    load_split,
+    photos_dir,
+)
+
+WORK_DIR = Path("/work/ml-work")
+L2_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def input_size(backbone: OnnxBackbone) -> int:
+    return int(backbone.session.get_inputs()[0].shape[2])
+
+
+def features(backbone: OnnxBackbone, part: str, files: list[str]) -> Examples:
+    size = input_size(backbone)
+    cache = WORK_DIR / f"features-{backbone.sha256[:8]}-{part}-all.npz"
+    if cache.exists():
+        with np.load(cache) as data:
+            return Examples(data["features"], data["imagenet_logits"], data["labels"])
+    labels = np.array([TRASHNET_CLASSES.index(f.split("/")[0]) for f in files])
+    feats, logits = [], []
+    for start in range(0, len(files), 16):
+        views = []
+        for relpath in files[start : start + 16]:
+            with Image.open(photos_dir() / relpath) as image:
+                square = preprocess.center_square(image, size)
+            mirrored = square.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            views += [preprocess.normalize(square), preprocess.normalize(mirrored)]
+        f, lg = backbone.run(np.stack(views))
+        feats.append(f.reshape(-1, 2, f.shape[-1]))
+        logits.append(lg.reshape(-1, 2, lg.shape[-1]))
+    examples = Examples(np.concatenate(feats), np.concatenate(logits), labels)
+    np.savez(
+        cache,
+        features=examples.features,
+        imagenet_logits=examples.imagenet_logits,
+        labels=examples.labels,
+    )
+    return examples
+
+
+def joined(parts: list[Examples]) -> Examples:
+    return Examples(
+        np.concatenate([p.features for p in parts], axis=-1),
+        parts[0].imagenet_logits,
+        parts[0].labels,
+    )
+
+
+def log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    p = softmax(logits)
+    return float(-np.log(p[np.arange(len(labels)), labels] + 1e-12).mean())
+
+
+def fit_head(train: Examples, l2: float, sha: str) -> Head:
+    x = train.features.reshape(-1, train.features.shape[-1])
+    y = np.repeat(train.labels, 2)
+    weights, bias = fit_softmax_regression(x, y, len(TRASHNET_CLASSES), l2=l2)
+    return Head(
+        version="candidate",
+        weights=weights,
+        bias=bias,
+        temperature=1.0,
+        threshold=0.0,
+        classes=tuple(TRASHNET_CLASSES),
+        centroids=np.stack([x[y == k].mean(axis=0) for k in range(len(TRASHNET_CLASSES))]),
+        backbone_sha256=sha,
+    )
+
+
+def choose_head(train: Examples, calibration: Examples, sha: str) -> tuple[Head, list[dict]]:
+    """The L2 with the best calibration top-1 (log-loss breaks ties), then calibrated."""
+    rows, best = [], None
+    cal_x = calibration.features[:, 0]  # the centre view, what the service computes
+    for l2 in L2_GRID:
+        head = fit_head(train, l2, sha)
+        logits = head.logits(cal_x)
+        row = {
+            "l2": l2,
+            "top1": round(float((logits.argmax(1) == calibration.labels).mean()), 4),
+            "log_loss": round(log_loss(logits, calibration.labels), 4),
+        }
+        rows.append(row)
+        if best is None or (row["top1"], -row["log_loss"]) > (
+            best[1]["top1"],
+            -best[1]["log_loss"],
+        ):
+            best = (head, row)
+    assert best is not None
+    head = replace(best[0], metrics={"l2": best[1]["l2"]})
+    return calibrate(head, centre_view_only(calibration), class_codes()), rows
+
+
+def subset(examples: Examples, index: np.ndarray) -> Examples:
+    return Examples(
+        examples.features[index], examples.imagenet_logits[index], examples.labels[index]
+    )
+
+
+def pooled_head(train: Examples, cal: Examples, sha: str, folds: int = 5) -> tuple[Head, dict]:
+    """A head on train + calibration. L2, temperature and thresholds come from out-of-fold
+    predictions on the calibration photos only (stratified folds, fixed order; every fold's
+    head also sees all the train photos). Not over the train photos: the backbone was
+    fine-tuned on them, their features are over-confident (5-fold CV over train +
+    calibration gives Lite0 0.974 top-1 and a not-sure threshold of 0.30). Then one head is
+    fitted on everything."""
+    pool = Examples(
+        *(
+            np.concatenate([getattr(train, a), getattr(cal, a)])
+            for a in ("features", "imagenet_logits", "labels")
+        )
+    )
+    fold_of = np.full(len(cal.labels), -1, np.int64)
+    for k in range(len(TRASHNET_CLASSES)):
+        members = np.flatnonzero(cal.labels == k)
+        fold_of[members] = np.arange(len(members)) % folds
+    centre = centre_view_only(cal)
+    rows, best = [], None
+    for l2 in L2_GRID:
+        oof = np.zeros((len(cal.labels), len(TRASHNET_CLASSES)), np.float32)
+        heads = []
+        for f in range(folds):
+            keep = np.concatenate(
+                [np.arange(len(train.labels)), len(train.labels) + np.flatnonzero(fold_of != f)]
+            )
+            head = fit_head(subset(pool, keep), l2, sha)
+            held = np.flatnonzero(fold_of == f)
+            oof[held] = head.logits(centre.features[held, 0])
+            heads.append(head)
+        row = {
+            "l2": l2,
+            "top1": round(float((oof.argmax(1) == cal.labels).mean()), 4),
+            "log_loss": round(log_loss(oof, cal.labels), 4),
+        }
+        rows.append(row)
+        if best is None or (row["top1"], -row["log_loss"]) > (
+            best[0]["top1"],
+            -best[0]["log_loss"],
+        ):
+            best = (row, oof, heads)
+    assert best is not None
+    row, oof, heads = best
+    temperature = fit_temperature(oof, cal.labels)
+    decisions = []
+    for i in range(len(cal.labels)):
+        head = replace(heads[fold_of[i]], temperature=temperature)
+        decisions.append(decide(head, centre.features[i], centre.imagenet_logits[i]))
+    typicality = float(np.percentile([d.typicality for d in decisions], 1))
+    codes = class_codes()
+    confidences = np.array([d.top[1] for d in decisions])
+    correct = np.array([d.top[0] == codes[k] for d, k in zip(decisions, cal.labels, strict=True)])
+    threshold = choose_threshold(confidences, correct)
+    # Out-of-fold figures of the service's decision with these thresholds.
+    sure = np.array(
+        [
+            not (d.top_from_head and d.typicality < typicality) and d.top[1] >= threshold
+            for d in decisions
+        ]
+    )
+    final = replace(
+        fit_head(pool, row["l2"], sha),
+        temperature=temperature,
+        threshold=threshold,
+        typicality_threshold=typicality,
+        metrics={"l2": row["l2"], "pooled": True},
+    )
+    summary = {
+        "l2_out_of_fold_on_calibration": rows,
+        "chosen_l2": row["l2"],
+        "temperature": round(temperature, 3),
+        "threshold": threshold,
+        "out_of_fold_calibration": {
+            "images": len(cal.labels),
+            "class_accuracy": row["top1"],
+            "not_sure_fraction": round(float(1 - sure.mean()), 4),
+            "accuracy_when_sure": round(float(correct[sure].mean()), 4),
+            "per_class_recall": per_class_recall(oof.argmax(1), cal.labels),
+        },
+    }
+    return final, summary
+
+
+def class_codes() -> list[str]:
+    return [class_code(c) for c in TRASHNET_CLASSES]
+
+
+def per_class_recall(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {
+        c: round(float((predicted[labels == k] == k).mean()), 3)
+        for k, c in enumerate(TRASHNET_CLASSES)
+    }
+
+
+def report(head: Head, examples: Examples) -> dict:
+    centre = centre_view_only(examples)
+    out = evaluate(head, centre, class_codes())
+    predicted = head.logits(centre.features[:, 0]).argmax(1)
+    out["per_class_recall"] = per_class_recall(predicted, centre.labels)
+    out["confusions"] = {
+        f"{TRASHNET_CLASSES[t]}->{TRASHNET_CLASSES[p]}": int(n)
+        for (t, p), n in zip(
+            *np.unique(np.stack([centre.labels, predicted], 1), axis=0, return_counts=True),
+            strict=True,
+        )
+        if t != p
+    }
+    return out
+
+
+def cost_ms(paths: list[Path], repeats: int) -> dict:
+    """onnxruntime, 1 thread, batch 1: median and fastest ms per image (all files in turn)."""
+    sessions = [OnnxBackbone(p, intra_op_threads=1) for p in paths]
+    inputs = [
+        np.random.default_rng(0).standard_normal((1, 3, s, s), np.float32)
+        for s in map(input_size, sessions)
+    ]
+    for session, x in zip(sessions, inputs, strict=True):
+        for _ in range(5):
+            session.run(x)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for session, x in zip(sessions, inputs, strict=True):
+            session.run(x)
+        times.append(1000 * (time.perf_counter() - started))
+    return {"median_ms": round(float(np.median(times)), 2), "min_ms": round(min(times), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--candidate", action="append", default=[], help="NAME=file[,file]")
+    parser.add_argument("--validation", default="", help="score validation for this NAME (once)")
+    parser.add_argument(
+        "--pooled", action="store_true", help="also a head on train + calibration (CV-tuned)"
+    )
+    parser.add_argument("--cost", type=int, default=0, help="timed runs per candidate")
+    args = parser.parse_args()
+    split = load_split()
+    backbones: dict[Path, OnnxBackbone] = {}
+    results = {}
+    for spec in args.candidate:
+        name, files = spec.split("=", 1)
+        # "artifacts/NAME" is the committed file; anything else a path.
+        paths = [
+            MODELS_DIR / f.removeprefix("artifacts/") if f.startswith("artifacts/") else Path(f)
+            for f in files.split(",")
+        ]
+        parts = {}
+        for path in paths:
+            if path not in backbones:
+                backbones[path] = OnnxBackbone(path, intra_op_threads=2)
+            b = backbones[path]
+            parts[path] = {k: features(b, k, split[k]) for k in ("train", "calibration")}
+            if args.validation == name:
+                parts[path]["validation"] = features(b, "validation", split["validation"])
+        sha = "+".join(backbones[p].sha256 for p in paths)
+        data = {k: joined([parts[p][k] for p in paths]) for k in parts[paths[0]]}
+        head, l2_rows = choose_head(data["train"], data["calibration"], sha)
+        result = {
+            "files": [str(p) for p in paths],
+            "l2_on_calibration": l2_rows,
+            "chosen_l2": head.metrics["l2"],
+            "temperature": round(head.temperature, 3),
+            "threshold": head.threshold,
+            "calibration": report(head, data["calibration"]),
+        }
+        if len(paths) == 2:
+            # Probability averaging of the two single heads, class level, for comparison.
+            singles = [
+                choose_head(parts[p]["train"], parts[p]["calibration"], p.name)[0] for p in paths
+            ]
+            probs = np.mean(
+                [
+                    h.probabilities(parts[p]["calibration"].features[:, 0])
+                    for h, p in zip(singles, paths, strict=True)
+                ],
+                axis=0,
+            )
+            labels = data["calibration"].labels
+            result["avg_calibration_top1"] = round(float((probs.argmax(1) == labels).mean()), 4)
+        if args.validation == name:
+            result["validation"] = report(head, data["validation"])
+        if args.pooled:
+            pooled, summary = pooled_head(data["train"], data["calibration"], sha)
+            result["pooled"] = summary
+            if args.validation == name:
+                result["pooled"]["validation"] = report(pooled, data["validation"])
+        if args.cost:
+            result["cost"] = cost_ms(paths, args.cost)
+        results[name] = result
+        print(json.dumps({name: result}), flush=True)
+    (WORK_DIR / "evaluate-candidates.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
