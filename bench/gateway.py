@@ -3,9 +3,7 @@ front of one benchmark API process, so a benchmark can measure through it as cli
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +12,7 @@ from tempfile import TemporaryDirectory
 from ecosort_common.testing import free_port
 from ecosort_devstack.ingress import load_routes
 from ecosort_devstack.nginx_conf import prepare_work_dir, render_nginx_conf
+from ecosort_devstack.readiness import tcp_open, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,21 +41,8 @@ def gateway_for(service: str, upstream_port: int) -> Iterator[str]:
         )
         process = subprocess.Popen([str(nginx_binary()), "-p", str(work), "-c", str(conf)])
         try:
-            _wait_listening(port, process)
+            wait_until(tcp_open(port), what=f"nginx on port {port}", timeout=15, process=process)
             yield f"http://127.0.0.1:{port}"
         finally:
             process.terminate()
             process.wait(timeout=10)
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nginx did not listen on port {port}")
