@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable
+from functools import partial
 
+import structlog
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from ecosort_common.app import create_service_app
 from ecosort_waste import models
@@ -15,15 +17,11 @@ from ecosort_waste.api.deps import Enqueue
 from ecosort_waste.api.view_cache import AnalysisViewCache
 from ecosort_waste.config import Settings, get_settings
 from ecosort_waste.consumers import UserDeletedHandler
+from ecosort_waste.queue import configure_celery, connect, send_analysis
 from ecosort_waste.sse import ProgressHub
 from ecosort_waste.storage import storage_from_settings
 
-
-def enqueue_with_celery(analysis_id: uuid.UUID) -> None:
-    # Imported on first use: the API process needs the Celery client only when it enqueues.
-    from ecosort_waste.worker import enqueue_analysis
-
-    enqueue_analysis(analysis_id)
+log = structlog.get_logger(__name__)
 
 
 def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> FastAPI:
@@ -35,6 +33,17 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         app.state.read_sessionmaker = async_sessionmaker(autocommit, expire_on_commit=False)
         app.state.analysis_views = AnalysisViewCache()
         return None
+
+    async def start_queue(app: FastAPI) -> None:
+        celery = configure_celery(settings)
+        app.state.enqueue_analysis = enqueue or partial(send_analysis, celery)
+        if enqueue is None:
+            # The broker connection and Celery's transport now, not in the first upload. An
+            # unreachable broker does not stop the API: uploads stay queued for the reaper.
+            try:
+                await run_in_threadpool(connect, celery)
+            except Exception as exc:
+                log.warning("queue.unreachable_at_start", error=f"{type(exc).__name__}: {exc}")
 
     async def start_progress_hub(app: FastAPI) -> Awaitable[None]:
         # On the process's one subscription; every SSE client and status poll shares it.
@@ -51,10 +60,9 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         outbox=models.outbox,
         consumers={"user.deleted": UserDeletedHandler(storage)},
         processed_events=models.processed_events,
-        on_startup=[start_read_sessions, start_progress_hub],
+        on_startup=[start_read_sessions, start_queue, start_progress_hub],
     )
     app.state.storage = storage
-    app.state.enqueue_analysis = enqueue or enqueue_with_celery
     return app
 
 

@@ -2,12 +2,7 @@
 
 Run: `celery -A ecosort_waste.worker worker -Q analyses`.
 
-Delivery guarantees, and why each setting:
-- `task_acks_late` + `task_reject_on_worker_lost`: a task is acknowledged only after it ran;
-  if its process dies (kill -9, OOM), the message goes back to the queue for another process.
-- `worker_prefetch_multiplier = 1`: a busy process does not sit on messages others could run.
-- the Redis `visibility_timeout` (redelivery of messages whose whole worker vanished) is longer
-  than the longest task; the reaper re-queues sooner (ANALYSIS_DEADLINE_SECONDS).
+Delivery guarantees: the Celery settings, and why, are in queue.py; here
 - provider errors are retried with exponential backoff (the pipeline counts attempts in the
   database, so a retry, a redelivery and a reaper re-queue all share one budget).
 - the task is idempotent by analysis id (see pipeline.py).
@@ -39,12 +34,11 @@ from ecosort_waste import pipeline, reaper
 from ecosort_waste.classifier.registry import registry_from_settings
 from ecosort_waste.config import Settings, get_settings
 from ecosort_waste.guidance import create_guidance_client
+from ecosort_waste.queue import TASK_NAME, configure_celery, send_analysis
 from ecosort_waste.storage import storage_from_settings
 
 log = structlog.get_logger(__name__)
 
-QUEUE = "analyses"
-TASK_NAME = "ecosort_waste.analyse"
 # Retries of transient errors (the database, Redis or every classifier unreachable).
 MAX_TASK_RETRIES = 8
 MAX_BACKOFF_SECONDS = 60.0
@@ -54,37 +48,8 @@ T = TypeVar("T")
 
 
 def create_celery_app(settings: Settings) -> Celery:
-    if settings.celery_visibility_timeout_seconds <= settings.analysis_deadline_seconds:
-        raise ValueError(
-            "CELERY_VISIBILITY_TIMEOUT_SECONDS must exceed ANALYSIS_DEADLINE_SECONDS, or "
-            "running tasks would be delivered twice"
-        )
-    # No result backend: results live in PostgreSQL. With one, every task's return value was
-    # stored, a GET and a SET in Redis per photo that nobody reads; task_ignore_result did not
-    # prevent it, as send_task marks each message "do not ignore the result".
-    celery = Celery("ecosort_waste", broker=settings.redis_url)
-    transport = {
-        "visibility_timeout": settings.celery_visibility_timeout_seconds,
-        "global_keyprefix": settings.celery_key_prefix,
-    }
-    celery.conf.update(
-        task_default_queue=QUEUE,
-        task_routes={TASK_NAME: {"queue": QUEUE}},
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_serializer="json",
-        accept_content=["json"],
-        broker_transport_options=transport,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        # A new pool process loads the model before it reports up; on a busy node that takes
-        # longer than Celery's 4 s default, and a process killed for it never runs a task.
-        worker_proc_alive_timeout=60,
-        # A task hung past twice the deadline has its process killed (the reaper has re-queued
-        # the analysis by then). No soft limit: its exception could land inside the event loop.
-        task_time_limit=settings.analysis_deadline_seconds * 2,
-    )
+    """The queue's Celery app (queue.py) with the worker's own consumer step."""
+    celery = configure_celery(settings)
     celery.steps["consumer"].add(HeartbeatFile)
     return celery
 
@@ -118,8 +83,8 @@ app = create_celery_app(get_settings())
 
 
 def enqueue_analysis(analysis_id: uuid.UUID) -> None:
-    """Queue an analysis for the pipeline; called by the API after its commit."""
-    app.send_task(TASK_NAME, args=[str(analysis_id)], queue=QUEUE)
+    """Queue an analysis with this process's app (the reaper's re-queue)."""
+    send_analysis(app, analysis_id)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from ecosort_waste.config import Settings
 from ecosort_waste.sse import ProgressHub
 from ecosort_waste.storage import Storage
 
-# Hands an analysis id to the pipeline (``ecosort_waste.worker.enqueue_analysis``); synchronous.
+# Hands an analysis id to the pipeline (``ecosort_waste.queue.send_analysis``); synchronous.
 Enqueue = Callable[[uuid.UUID], None]
 
 

@@ -1,0 +1,70 @@
+"""The Celery app's configuration and the API's side of the queue: sending an analysis.
+
+Apart from worker.py (the task, its pipeline and the model runtime) so that the API process
+imports only Celery's client to enqueue: before, its first upload imported the pipeline and
+onnxruntime, a pause of about half a second and memory the API never uses.
+
+Delivery guarantees, and why each setting:
+- `task_acks_late` + `task_reject_on_worker_lost`: a task is acknowledged only after it ran;
+  if its process dies (kill -9, OOM), the message goes back to the queue for another process.
+- `worker_prefetch_multiplier = 1`: a busy process does not sit on messages others could run.
+- the Redis `visibility_timeout` (redelivery of messages whose whole worker vanished) is longer
+  than the longest task; the reaper re-queues sooner (ANALYSIS_DEADLINE_SECONDS).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import Celery
+
+from ecosort_waste.config import Settings
+
+QUEUE = "analyses"
+TASK_NAME = "ecosort_waste.analyse"
+
+
+def configure_celery(settings: Settings) -> Celery:
+    if settings.celery_visibility_timeout_seconds <= settings.analysis_deadline_seconds:
+        raise ValueError(
+            "CELERY_VISIBILITY_TIMEOUT_SECONDS must exceed ANALYSIS_DEADLINE_SECONDS, or "
+            "running tasks would be delivered twice"
+        )
+    # No result backend: results live in PostgreSQL. With one, every task's return value was
+    # stored, a GET and a SET in Redis per photo that nobody reads; task_ignore_result did not
+    # prevent it, as send_task marks each message "do not ignore the result".
+    celery = Celery("ecosort_waste", broker=settings.redis_url)
+    transport = {
+        "visibility_timeout": settings.celery_visibility_timeout_seconds,
+        "global_keyprefix": settings.celery_key_prefix,
+    }
+    celery.conf.update(
+        task_default_queue=QUEUE,
+        task_routes={TASK_NAME: {"queue": QUEUE}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        # A new pool process loads the model before it reports up; on a busy node that takes
+        # longer than Celery's 4 s default, and a process killed for it never runs a task.
+        worker_proc_alive_timeout=60,
+        # A task hung past twice the deadline has its process killed (the reaper has re-queued
+        # the analysis by then). No soft limit: its exception could land inside the event loop.
+        task_time_limit=settings.analysis_deadline_seconds * 2,
+    )
+    return celery
+
+
+def send_analysis(celery: Celery, analysis_id: uuid.UUID) -> None:
+    """Queue an analysis for the pipeline; synchronous (the API calls it in a thread)."""
+    celery.send_task(TASK_NAME, args=[str(analysis_id)], queue=QUEUE)
+
+
+def connect(celery: Celery) -> None:
+    """Open the broker connection and load the transport now, not on the first upload."""
+    with celery.producer_or_acquire() as producer:
+        producer.connection.ensure_connection(max_retries=1)
