@@ -24,7 +24,6 @@ import onnxruntime as ort
 import torch
 from buildlib import (
     INPUT_SIZES,
-    MODELS_DIR,
     PHOTOS_DIR,
     WORK_DIR,
     load_backbone,
@@ -69,7 +68,7 @@ def main() -> None:
     parser.add_argument(
         "--arch", default="lite0", help="with --no-finetune (else the checkpoint's)"
     )
-    parser.add_argument("--out", type=Path, default=MODELS_DIR / ONNX_NAME)
+    parser.add_argument("--out", type=Path, default=WORK_DIR / ONNX_NAME)
     args = parser.parse_args()
     set_threads()
     checkpoint = None

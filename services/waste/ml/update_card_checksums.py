@@ -17,7 +17,7 @@ BLOCK = re.compile(r"(<!-- sha256:begin -->\n).*?(<!-- sha256:end -->)", re.DOTA
 
 
 def main() -> None:
-    files = [MODELS_DIR / "efficientnet-lite0-ft.onnx", MODELS_DIR / "split.json"]
+    files = [MODELS_DIR / "efficientnet-lite0-ft-int8.onnx", MODELS_DIR / "split.json"]
     files += sorted((MODELS_DIR / "heads").glob("head-v*.npz"))
     lines = [
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(MODELS_DIR).as_posix()}"

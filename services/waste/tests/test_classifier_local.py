@@ -16,7 +16,7 @@ from ecosort_waste.classifier.categories import CATEGORY_CODES, TRASHNET_TO_CATE
 from ecosort_waste.classifier.decision import decide
 from ecosort_waste.classifier.head import HeadError, current_head_path, load_head, save_head
 from ecosort_waste.classifier.imagenet_map import IMAGENET_TO_CATEGORY
-from ecosort_waste.classifier.local import MODELS_DIR, ONNX_FILE, LocalClassifier
+from ecosort_waste.classifier.local import MODEL_NAME, MODELS_DIR, ONNX_FILE, LocalClassifier
 from ecosort_waste.classifier.preprocess import to_rgb
 from ecosort_waste.classifier.training import load_split, photos_dir, train_head
 from ecosort_waste.config import Settings
@@ -97,7 +97,7 @@ def test_answer_shape_and_versions(classifier: LocalClassifier) -> None:
     assert all(0.0 <= c <= 1.0 for c in confidences)
     assert result.confidence == confidences[0]
     sha = hashlib.sha256((MODELS_DIR / ONNX_FILE).read_bytes()).hexdigest()
-    assert result.model_version == f"efficientnet-lite0-ft@{sha[:8]}"
+    assert result.model_version == f"{MODEL_NAME}@{sha[:8]}"
     assert re.fullmatch(r"head-v\d+", result.head_version or "")
     assert result.mapping_note
 

@@ -33,6 +33,6 @@ def test_every_byte_value_of_every_channel_is_normalised_exactly() -> None:
 
 
 def test_a_photo_gives_the_same_model_input_as_the_arithmetic() -> None:
-    square = preprocess.center_square(Image.open(io.BytesIO(photo_bytes())))
+    square = preprocess.center_square(Image.open(io.BytesIO(photo_bytes())), 224)
 
     assert np.array_equal(preprocess.normalize(square), arithmetic(square))

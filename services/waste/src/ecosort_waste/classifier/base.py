@@ -20,7 +20,7 @@ class Classification:
     confidence: float  # calibrated probability of the top candidate, 0..1
     candidates: list[Candidate]  # best first, at most 3
     not_sure: bool
-    model_version: str  # e.g. "efficientnet-lite0-ft@1a2b3c4d"
+    model_version: str  # e.g. "efficientnet-lite0-ft-int8@1a2b3c4d"
     head_version: str | None  # e.g. "head-v2"; None for providers without a head
     mapping_note: str  # how sure the material → disposal-stream step is
     details: dict[str, Any] = field(default_factory=dict)  # provider-specific, for logs

@@ -18,8 +18,9 @@ from .decision import decide, is_sure
 from .head import Head, HeadError, current_head_path, load_head
 
 MODELS_DIR = Path(__file__).resolve().parent / "artifacts"
-ONNX_FILE = "efficientnet-lite0-ft.onnx"
-MODEL_NAME = "efficientnet-lite0-ft"
+# int8 (ml/quantize_onnx.py): half the CPU time of the fp32 export, same calibration accuracy.
+ONNX_FILE = "efficientnet-lite0-ft-int8.onnx"
+MODEL_NAME = "efficientnet-lite0-ft-int8"
 TOP_CANDIDATES = 3
 # A photo with (almost) no contrast shows nothing to classify; the network would still guess.
 BLANK_STD = 0.02
@@ -44,6 +45,8 @@ class OnnxBackbone:
         self.path = path
         self.sha256 = file_sha256(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # The side of the square the network reads, as the file says (quantize_onnx.py sets it).
+        self.input_size = int(self.session.get_inputs()[0].shape[2])
 
     @property
     def version(self) -> str:
@@ -91,9 +94,9 @@ class LocalClassifier:
         head = self.head
         tta = self.test_time_augmentation
         if tta if tta is not None else head.test_time_augmentation:
-            batch = preprocess.tta_batch(image)
+            batch = preprocess.tta_batch(image, self.backbone.input_size)
         else:
-            batch = preprocess.model_input(image)[None]
+            batch = preprocess.model_input(image, self.backbone.input_size)[None]
         features, imagenet_logits = self.backbone.run(batch)
         decision = decide(head, features, imagenet_logits)
         blank = _is_blank(batch[0])

@@ -9,7 +9,6 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
-INPUT_SIZE = 224
 # ImageNet statistics: the pretrained Lite0 weights were checked with these (see MODEL_CARD.md).
 MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -29,7 +28,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def center_square(image: Image.Image, size: int = INPUT_SIZE) -> Image.Image:
+def center_square(image: Image.Image, size: int) -> Image.Image:
     """Resize the short side to `size`, then crop the centre square."""
     rgb = to_rgb(image)
     return ImageOps.fit(rgb, (size, size), method=Image.Resampling.BILINEAR)
@@ -44,17 +43,17 @@ def normalize(image: Image.Image) -> NDArray[np.float32]:
     return normalized
 
 
-def model_input(image: Image.Image, *, flip: bool = False) -> NDArray[np.float32]:
-    """One CHW array for the ONNX model; `flip` gives the mirrored view used for test-time
-    augmentation."""
-    square = center_square(image)
+def model_input(image: Image.Image, size: int, *, flip: bool = False) -> NDArray[np.float32]:
+    """One CHW array for the ONNX model (`size`: its input side, OnnxBackbone.input_size);
+    `flip` gives the mirrored view used for test-time augmentation."""
+    square = center_square(image, size)
     if flip:
         square = square.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return normalize(square)
 
 
-def tta_batch(image: Image.Image) -> NDArray[np.float32]:
+def tta_batch(image: Image.Image, size: int) -> NDArray[np.float32]:
     """The two views the classifier averages: the centre crop and its mirror image."""
-    square = center_square(image)
+    square = center_square(image, size)
     mirrored = square.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.stack([normalize(square), normalize(mirrored)])
