@@ -29,7 +29,8 @@ class StoredImage:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    analysis: Analysis
+    analysis_id: uuid.UUID
+    status: str
     created: bool
 
 
@@ -81,7 +82,7 @@ async def create_or_replay(
     # Cheap check first, so a retried request does not sanitise and store its image again.
     existing = await replay(session, owner_id, key, hashed)
     if existing is not None:
-        return Outcome(existing, created=False)
+        return Outcome(existing.id, existing.status, created=False)
     image = await store_image()
     new_id = await crud.insert_analysis(
         session,
@@ -96,7 +97,5 @@ async def create_or_replay(
         # A concurrent request with the same key won the insert; answer with its analysis.
         winner = await replay(session, owner_id, key, hashed)
         assert winner is not None, "a conflicting insert implies a committed row"
-        return Outcome(winner, created=False)
-    created = await crud.get_owned(session, new_id, owner_id)
-    assert created is not None
-    return Outcome(created, created=True)
+        return Outcome(winner.id, winner.status, created=False)
+    return Outcome(new_id, "queued", created=True)  # as inserted: no need to read it back

@@ -140,16 +140,15 @@ async def _create_analysis(
     outcome = await create_or_replay(
         session, owner_id=user.user_id, key=key, hashed=hashed, store_image=store_image
     )
-    analysis = outcome.analysis
     if outcome.created:
-        await _enqueue(enqueue, analysis.id)
+        await _enqueue(enqueue, outcome.analysis_id)
         if upload_key is not None:
             # The original may carry GPS and other metadata: keep only the sanitised copy.
             await run_in_threadpool(storage.delete, upload_key)
-    links = analysis_links(analysis.id)
+    links = analysis_links(outcome.analysis_id)
     response.headers["Location"] = links["self"]
     return AnalysisAccepted.model_validate(
-        {"id": analysis.id, "status": analysis.status, "links": links}
+        {"id": outcome.analysis_id, "status": outcome.status, "links": links}
     )
 
 
