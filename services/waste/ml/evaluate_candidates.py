@@ -2,9 +2,9 @@
 the service's own numpy head, calibration and not-sure rule. Runs in the service environment:
 
     uv run --frozen python services/waste/ml/evaluate_candidates.py \
-        --candidate lite0=artifacts/efficientnet-lite0-ft.onnx \
+        --candidate lite0=/work/ml-work/efficientnet-lite0-ft.onnx \
         --candidate lite2=/work/ml-work/lite2-ft.onnx \
-        --candidate lite0+lite2=artifacts/efficientnet-lite0-ft.onnx,/work/ml-work/lite2-ft.onnx
+        --candidate lite0+lite2=/work/ml-work/efficientnet-lite0-ft.onnx,/work/ml-work/lite2-ft.onnx
 
 - Everything is chosen on the calibration split: the head's L2 (top-1, then log-loss),
   temperature, typicality and not-sure thresholds (training.calibrate, the service's rules).

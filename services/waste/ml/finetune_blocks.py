@@ -157,6 +157,18 @@ def main() -> None:
         "--init", default="", help="checkpoint to continue from (round 3: round 2's best)"
     )
     parser.add_argument("--crop-min", type=float, default=0.45, help="smallest crop area share")
+    parser.add_argument(
+        "--early-lr-factor",
+        type=float,
+        default=1.0,
+        help="lr multiplier for tuned blocks before --early-until (1.0: one lr for all)",
+    )
+    parser.add_argument(
+        "--early-until", type=int, default=8, help="first block index NOT scaled by the factor"
+    )
+    parser.add_argument(
+        "--progress", type=int, default=0, help="print timing every N batches (0: off)"
+    )
     args = parser.parse_args()
     set_threads()
     torch.manual_seed(0)
@@ -182,11 +194,21 @@ def main() -> None:
     for p in model.parameters():
         p.requires_grad_(True)
     new_layer = list(model.fc.parameters())
-    pretrained = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
-    optimizer = torch.optim.AdamW(
-        [{"params": pretrained, "lr": args.lr}, {"params": new_layer, "lr": args.lr * 10}],
-        weight_decay=args.weight_decay,
-    )
+
+    def is_early(name: str) -> bool:
+        # model.blocks[i] is backbone block first_block + i
+        if args.early_lr_factor == 1.0 or not name.startswith("blocks."):
+            return False
+        return args.first_block + int(name.split(".")[1]) < args.early_until
+
+    pretrained = [
+        p for n, p in model.named_parameters() if not n.startswith("fc.") and not is_early(n)
+    ]
+    early = [p for n, p in model.named_parameters() if is_early(n)]
+    groups = [{"params": pretrained, "lr": args.lr}, {"params": new_layer, "lr": args.lr * 10}]
+    if early:
+        groups.append({"params": early, "lr": args.lr * args.early_lr_factor})
+    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_photos) / args.batch)
     total_steps = args.epochs * steps_per_epoch
     warmup = steps_per_epoch // 2
@@ -232,6 +254,19 @@ def main() -> None:
             scheduler.step()
             totals["ce"] += ce.item() * len(idx)
             totals["distill"] += distill.item() * len(idx)
+            batch_no = start // args.batch + 1
+            if args.progress and batch_no % args.progress == 0:
+                print(
+                    json.dumps(
+                        {
+                            "epoch": epoch + 1,
+                            "batch": batch_no,
+                            "of": steps_per_epoch,
+                            "seconds": round(time.monotonic() - started, 1),
+                        }
+                    ),
+                    flush=True,
+                )
         row = {
             "epoch": epoch + 1,
             "train_ce": totals["ce"] / len(order),

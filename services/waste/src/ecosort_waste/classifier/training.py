@@ -37,7 +37,7 @@ CODE_TO_TRASHNET = {
     "general": "trash",
 }
 MIN_NEW_CLASS_EXAMPLES = 5
-L2 = 1e-3  # chosen on the calibration split (see MODEL_CARD.md)
+L2 = 3e-2  # chosen on the calibration split (see MODEL_CARD.md)
 STEPS = 400
 TARGET_SURE_ACCURACY = 0.96  # accepted calibration answers at least this accurate (see card)
 BATCH_IMAGES = 16
