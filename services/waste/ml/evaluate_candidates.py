@@ -26,19 +26,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ecosort_waste.classifier import preprocess
 from ecosort_waste.classifier.categories import TRASHNET_CLASSES
 from ecosort_waste.classifier.decision import class_code, decide
 from ecosort_waste.classifier.head import Head, softmax
 from ecosort_waste.classifier.local import MODELS_DIR, OnnxBackbone
 from ecosort_waste.classifier.training import (
     Examples,
+    cached_extract,
     calibrate,
     centre_view_only,
     choose_threshold,
     evaluate,
+    feature_cache_file,
     fit_softmax_regression,
     fit_temperature,
     load_split,
@@ -49,36 +49,10 @@ WORK_DIR = Path("/work/ml-work")
 L2_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
-def input_size(backbone: OnnxBackbone) -> int:
-    return int(backbone.session.get_inputs()[0].shape[2])
-
-
 def features(backbone: OnnxBackbone, part: str, files: list[str]) -> Examples:
-    size = input_size(backbone)
-    cache = WORK_DIR / f"features-{backbone.sha256[:8]}-{part}-all.npz"
-    if cache.exists():
-        with np.load(cache) as data:
-            return Examples(data["features"], data["imagenet_logits"], data["labels"])
-    labels = np.array([TRASHNET_CLASSES.index(f.split("/")[0]) for f in files])
-    feats, logits = [], []
-    for start in range(0, len(files), 16):
-        views = []
-        for relpath in files[start : start + 16]:
-            with Image.open(photos_dir() / relpath) as image:
-                square = preprocess.center_square(image, size)
-            mirrored = square.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            views += [preprocess.normalize(square), preprocess.normalize(mirrored)]
-        f, lg = backbone.run(np.stack(views))
-        feats.append(f.reshape(-1, 2, f.shape[-1]))
-        logits.append(lg.reshape(-1, 2, lg.shape[-1]))
-    examples = Examples(np.concatenate(feats), np.concatenate(logits), labels)
-    np.savez(
-        cache,
-        features=examples.features,
-        imagenet_logits=examples.imagenet_logits,
-        labels=examples.labels,
-    )
-    return examples
+    labels = [TRASHNET_CLASSES.index(f.split("/")[0]) for f in files]
+    cache = feature_cache_file(WORK_DIR, backbone, part)
+    return cached_extract(backbone, [photos_dir() / f for f in files], labels, cache)
 
 
 def joined(parts: list[Examples]) -> Examples:
@@ -254,7 +228,7 @@ def cost_ms(paths: list[Path], repeats: int) -> dict:
     sessions = [OnnxBackbone(p, intra_op_threads=1) for p in paths]
     inputs = [
         np.random.default_rng(0).standard_normal((1, 3, s, s), np.float32)
-        for s in map(input_size, sessions)
+        for s in (session.input_size for session in sessions)
     ]
     for session, x in zip(sessions, inputs, strict=True):
         for _ in range(5):

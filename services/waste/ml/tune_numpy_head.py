@@ -17,7 +17,8 @@ from ecosort_waste.classifier.categories import TRASHNET_CLASSES
 from ecosort_waste.classifier.local import MODELS_DIR, ONNX_FILE, OnnxBackbone
 from ecosort_waste.classifier.training import (
     Examples,
-    extract,
+    cached_extract,
+    feature_cache_file,
     fit_softmax_regression,
     load_split,
     photos_dir,
@@ -28,19 +29,9 @@ WORK_DIR = Path("/work/ml-work")
 
 def features(backbone: OnnxBackbone, name: str, files: list[str]) -> Examples:
     # The same cache file train_head(feature_cache=WORK_DIR) reads and writes.
-    cache = WORK_DIR / f"features-{backbone.sha256[:8]}-{name}-all.npz"
-    if cache.exists():
-        with np.load(cache) as data:
-            return Examples(data["features"], data["imagenet_logits"], data["labels"])
     labels = [TRASHNET_CLASSES.index(f.split("/")[0]) for f in files]
-    examples = extract(backbone, [photos_dir() / f for f in files], labels)
-    np.savez(
-        cache,
-        features=examples.features,
-        imagenet_logits=examples.imagenet_logits,
-        labels=examples.labels,
-    )
-    return examples
+    cache = feature_cache_file(WORK_DIR, backbone, name)
+    return cached_extract(backbone, [photos_dir() / f for f in files], labels, cache)
 
 
 def main() -> None:

@@ -35,15 +35,17 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         return None
 
     async def start_queue(app: FastAPI) -> None:
+        if enqueue is not None:
+            app.state.enqueue_analysis = enqueue
+            return
         celery = configure_celery(settings)
-        app.state.enqueue_analysis = enqueue or partial(send_analysis, celery)
-        if enqueue is None:
-            # The broker connection and Celery's transport now, not in the first upload. An
-            # unreachable broker does not stop the API: uploads stay queued for the reaper.
-            try:
-                await run_in_threadpool(connect, celery)
-            except Exception as exc:
-                log.warning("queue.unreachable_at_start", error=f"{type(exc).__name__}: {exc}")
+        app.state.enqueue_analysis = partial(send_analysis, celery)
+        # The broker connection and Celery's transport now, not in the first upload. An
+        # unreachable broker does not stop the API: uploads stay queued for the reaper.
+        try:
+            await run_in_threadpool(connect, celery)
+        except Exception as exc:
+            log.warning("queue.unreachable_at_start", error=f"{type(exc).__name__}: {exc}")
 
     async def start_progress_hub(app: FastAPI) -> Awaitable[None]:
         # On the process's one subscription; every SSE client and status poll shares it.

@@ -89,6 +89,30 @@ def extract(backbone: OnnxBackbone, paths: Sequence[Path], labels: Sequence[int]
     )
 
 
+def cached_extract(
+    backbone: OnnxBackbone, paths: Sequence[Path], labels: Sequence[int], cache: Path | None
+) -> Examples:
+    """`extract`, kept in the `cache` file when one is given: train_head and the build scripts
+    (services/waste/ml/) share one file per backbone and split (see `feature_cache_file`)."""
+    if cache is not None and cache.exists():
+        with np.load(cache) as data:
+            return Examples(data["features"], data["imagenet_logits"], data["labels"])
+    examples = extract(backbone, paths, labels)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            cache,
+            features=examples.features,
+            imagenet_logits=examples.imagenet_logits,
+            labels=examples.labels,
+        )
+    return examples
+
+
+def feature_cache_file(folder: Path, backbone: OnnxBackbone, part: str, limit: str = "all") -> Path:
+    return folder / f"features-{backbone.sha256[:8]}-{part}-{limit}.npz"
+
+
 def centre_view_only(examples: Examples) -> Examples:
     return Examples(examples.features[:, :1], examples.imagenet_logits[:, :1], examples.labels)
 
@@ -217,25 +241,12 @@ def train_head(
 
     def shared(name: str) -> Examples:
         files = split[name]
-        cached = None
+        cache = None
         if feature_cache is not None:
-            limit = limit_per_class or "all"
-            cached = feature_cache / f"features-{backbone.sha256[:8]}-{name}-{limit}.npz"
-            if cached.exists():
-                with np.load(cached) as data:
-                    return Examples(data["features"], data["imagenet_logits"], data["labels"])
-        examples = extract(
-            backbone, [photos / f for f in files], [classes.index(f.split("/")[0]) for f in files]
-        )
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(
-                cached,
-                features=examples.features,
-                imagenet_logits=examples.imagenet_logits,
-                labels=examples.labels,
-            )
-        return examples
+            limit = str(limit_per_class or "all")
+            cache = feature_cache_file(feature_cache, backbone, name, limit)
+        labels = [classes.index(f.split("/")[0]) for f in files]
+        return cached_extract(backbone, [photos / f for f in files], labels, cache)
 
     train, calibration, validation = shared("train"), shared("calibration"), shared("validation")
     corrections = extract(backbone, extra_paths, extra_labels)
