@@ -91,14 +91,19 @@ def test_exif_orientation_is_applied() -> None:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_no_location_or_other_metadata_survives(fmt: str) -> None:
-    raw = encode(photo(), fmt, exif=exif_with_gps(orientation=1))
+    extra: dict[str, object] = {"comment": b"SecretComment"} if fmt == "JPEG" else {}
+    if fmt != "PNG":
+        extra["xmp"] = b"<x:xmpmeta>SecretXmp</x:xmpmeta>"
+    raw = encode(photo(), fmt, exif=exif_with_gps(orientation=1), **extra)
     assert Image.open(io.BytesIO(raw)).getexif().get_ifd(ExifTags.IFD.GPSInfo)  # the input has GPS
+    assert all(value in raw for value in extra.values())  # and the other metadata
     stored = sanitise(raw).data
     out = Image.open(io.BytesIO(stored))
     assert not out.getexif()
     assert out.getexif().get_ifd(ExifTags.IFD.GPSInfo) == {}
     assert not {"exif", "icc_profile", "xmp", "comment"} & set(out.info)
     assert b"Exif" not in stored and b"SecretPhoneMaker" not in stored
+    assert b"SecretComment" not in stored and b"SecretXmp" not in stored
 
 
 def test_heic_gps_is_stripped() -> None:

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.pagination import Page, page_of, paginate
-from ecosort_waste.models import Analysis, Correction
+from ecosort_waste.models import Analysis, Correction, analyses
 
 
 async def get_owned(
@@ -44,8 +44,9 @@ async def insert_analysis(
     ON CONFLICT DO NOTHING makes the database the arbiter: of any number of concurrent inserts
     with one key exactly one succeeds, the others wait for it to commit and then do nothing.
     """
+    # On the table, not the entity: the ORM's bulk-insert path was a tenth of an upload's CPU.
     stmt = (
-        insert(Analysis)
+        insert(analyses)
         .values(
             id=uuid.uuid4(),
             owner_id=owner_id,
@@ -56,8 +57,8 @@ async def insert_analysis(
             idempotency_key=idempotency_key,
             request_hash=request_hash,
         )
-        .on_conflict_do_nothing(index_elements=[Analysis.owner_id, Analysis.idempotency_key])
-        .returning(Analysis.id)
+        .on_conflict_do_nothing(index_elements=[analyses.c.owner_id, analyses.c.idempotency_key])
+        .returning(analyses.c.id)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
 

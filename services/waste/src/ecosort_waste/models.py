@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -72,6 +73,11 @@ class Analysis(TimestampMixin, Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# The table itself, for the hot paths that write it with Core statements (the upload's insert,
+# the pipeline's claim and save): they need none of the ORM's bookkeeping.
+analyses: Table = Analysis.__table__  # type: ignore[assignment]
 
 
 class Correction(Base):

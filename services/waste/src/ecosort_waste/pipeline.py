@@ -23,7 +23,7 @@ from typing import Any, Literal
 import structlog
 from PIL import Image, UnidentifiedImageError
 from redis.asyncio import Redis
-from sqlalchemy import Table, Update, select, update
+from sqlalchemy import Update, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.outbox import add_event
@@ -31,12 +31,11 @@ from ecosort_waste import progress
 from ecosort_waste.classifier.registry import LOCAL, ClassifierRegistry, ProviderAnswer
 from ecosort_waste.classifier.remote import ProviderError
 from ecosort_waste.guidance import GuidanceClient
-from ecosort_waste.models import FINAL_STATUSES, Analysis, outbox
+from ecosort_waste.models import FINAL_STATUSES, analyses, outbox
 from ecosort_waste.storage import ObjectNotFound, Storage
 
 log = structlog.get_logger(__name__)
 
-analyses: Table = Analysis.__table__  # type: ignore[assignment]
 UNFINISHED = ("queued", "processing")
 # Progress (0-100) reported when a stage starts; 100 is reserved for "completed".
 STAGE_PROGRESS = {"load": 5, "classify": 20, "guide": 70, "save": 90}

@@ -198,11 +198,15 @@ async def _read_upload(storage: Storage, key: str) -> bytes:
 
 
 async def _sanitise_and_store(storage: Storage, owner_id: uuid.UUID, data: bytes) -> StoredImage:
-    # Decoding and re-encoding is CPU work: keep it off the event loop.
-    clean = await run_in_threadpool(images.sanitise, data)
+    # Decoding, re-encoding and the storage write block: one trip to a thread for all three.
+    return await run_in_threadpool(_sanitise_and_store_sync, storage, owner_id, data)
+
+
+def _sanitise_and_store_sync(storage: Storage, owner_id: uuid.UUID, data: bytes) -> StoredImage:
+    clean = images.sanitise(data)
     # Content-addressed: duplicate requests write the same object instead of leaving orphans.
     key = f"images/{owner_id}/{clean.sha256}.jpg"
-    await run_in_threadpool(storage.put, key, clean.data, clean.content_type)
+    storage.put(key, clean.data, clean.content_type)
     return StoredImage(key=key, sha256=clean.sha256)
 
 
