@@ -21,6 +21,18 @@ async def get_owned(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def owned_status(
+    session: AsyncSession, analysis_id: uuid.UUID, owner_id: uuid.UUID
+) -> str | None:
+    """The analysis's status if ``owner_id`` owns it (None otherwise), without loading the row:
+    every event stream starts with this check."""
+    stmt = select(analyses.c.status).where(
+        analyses.c.id == analysis_id, analyses.c.owner_id == owner_id
+    )
+    status: str | None = (await session.execute(stmt)).scalar_one_or_none()
+    return status
+
+
 async def find_by_idempotency_key(
     session: AsyncSession, owner_id: uuid.UUID, idempotency_key: str
 ) -> Analysis | None:

@@ -42,8 +42,8 @@ async def analysis_events(
     # A session of our own rather than the ReadSession dependency: FastAPI keeps a yield
     # dependency (its session, context manager and cleanup scope) for the whole stream.
     async with sessionmaker() as session:
-        analysis = await crud.get_owned(session, analysis_id, owner)
-    if analysis is None:
+        status = await crud.owned_status(session, analysis_id, owner)
+    if status is None:
         raise Problem(404, f"No analysis {analysis_id}.", title="Analysis not found")
 
     async def final_state(last_seq: int) -> ProgressEvent | None:
@@ -69,7 +69,7 @@ async def analysis_events(
             str(analysis_id),
             after_seq=after_seq,
             final_state=final_state,
-            known_final=analysis.status in FINAL_STATUSES,
+            known_final=status in FINAL_STATUSES,
             heartbeat_seconds=settings.sse_heartbeat_seconds,
             resync_seconds=settings.sse_resync_seconds,
         ),
