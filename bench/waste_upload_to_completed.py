@@ -30,6 +30,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from waste_api_stack import API, WasteApi, waste_api
 from waste_worker_stack import (
+    Worker,
     celery_worker,
     percentile,
     recycling_stand_in,
@@ -103,6 +104,17 @@ async def run_clients(api: WasteApi, clients: int, uploads: int, warm_up: int) -
     return latencies
 
 
+def cpu_split(api: WasteApi, worker: Worker) -> dict[str, float]:
+    """CPU seconds so far: on two shared cores this, not the wall clock, says where time goes."""
+    times = os.times()
+    return {
+        "API": api.cpu_seconds(),
+        "worker pool": worker.cpu_seconds() - worker.cpu_seconds(main_only=True),
+        "worker consumer": worker.cpu_seconds(main_only=True),
+        "client and recycling stand-in": times.user + times.system,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=10)
@@ -142,19 +154,28 @@ def main() -> None:
             }
             log_dir = Path(data_dir) / "worker-logs"
             log_dir.mkdir()
-            with celery_worker(worker_env, concurrency=args.worker_processes, log_dir=log_dir):
+            with celery_worker(
+                worker_env, concurrency=args.worker_processes, log_dir=log_dir
+            ) as worker:
+                before = cpu_split(api, worker)
                 started = time.perf_counter()
                 latencies = asyncio.run(run_clients(api, args.clients, args.uploads, args.warm_up))
                 elapsed = time.perf_counter() - started
+                used = {k: v - before[k] for k, v in cpu_split(api, worker).items()}
 
     ms = [value * 1000 for value in latencies]
+    analyses = args.clients * (args.uploads + args.warm_up)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     print(
         f"clients: {args.clients}, uploads: {len(ms)}, worker processes: "
         f"{args.worker_processes}, test-time augmentation: "
         f"{'on' if args.tta else 'as the head says'}"
     )
-    print(f"throughput: {args.clients * (args.uploads + args.warm_up) / elapsed:.1f} analyses/s")
+    print(f"throughput: {analyses / elapsed:.1f} analyses/s")
+    print(
+        "CPU per analysis (warm-up included; PostgreSQL and Redis not counted): "
+        + ", ".join(f"{name} {1000 * seconds / analyses:.1f} ms" for name, seconds in used.items())
+    )
     print(
         f"upload -> completed: p50 {percentile(ms, 0.5):.0f} ms, p95 {percentile(ms, 0.95):.0f} ms,"
         f" p99 {percentile(ms, 0.99):.0f} ms, max {max(ms):.0f} ms"
