@@ -3,9 +3,9 @@ thread): the figure a Celery worker process gets (one process per core).
 
     uv run --frozen python bench/classifier_throughput.py [--seconds 10] [--threads 1]
 
-Prints images/s for: the whole `classify()` (preprocessing from a decoded photo, both
-test-time-augmentation views, head, decision), the same without test-time augmentation, and the
-bare ONNX model at batch 1 and 8.
+Prints images/s for: the whole `classify()` (preprocessing from a decoded photo for both
+networks, both test-time-augmentation views, head, decision), the same without test-time
+augmentation, and each bare ONNX network at batch 1 and 8.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from ecosort_waste.classifier.local import LocalClassifier
+from ecosort_waste.classifier.local import LocalClassifier, OnnxBackbone
 from ecosort_waste.classifier.training import load_split, photos_dir
 
 
@@ -55,8 +55,7 @@ def main() -> None:
             images.append(image.convert("RGB"))
     with_tta = LocalClassifier(intra_op_threads=args.threads, test_time_augmentation=True)
     without_tta = LocalClassifier(intra_op_threads=args.threads, test_time_augmentation=False)
-    session = with_tta.backbone
-    batch8 = np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32)
+    networks = with_tta.backbones.members
 
     def classify_tta(i: int) -> int:
         with_tta.classify(images[i % len(images)])
@@ -66,9 +65,12 @@ def main() -> None:
         without_tta.classify(images[i % len(images)])
         return 1
 
-    def onnx_batch(size: int) -> Callable[[int], int]:
+    def onnx_batch(network: OnnxBackbone, size: int) -> Callable[[int], int]:
+        side = network.input_size
+        batch = np.random.default_rng(0).standard_normal((size, 3, side, side)).astype(np.float32)
+
         def run(_: int) -> int:
-            session.run(batch8[:size])
+            network.run(batch)
             return size
 
         return run
@@ -76,9 +78,11 @@ def main() -> None:
     results = {
         "classify_tta_images_per_s": rate(classify_tta, args.seconds),
         "classify_no_tta_images_per_s": rate(classify_single, args.seconds),
-        "onnx_batch1_views_per_s": rate(onnx_batch(1), args.seconds),
-        "onnx_batch8_views_per_s": rate(onnx_batch(8), args.seconds),
     }
+    for network in networks:  # the first one's batch-1 figure is bench/README's speed index
+        for size in (1, 8):
+            name = f"{network.path.stem}_batch{size}_views_per_s"
+            results[name] = rate(onnx_batch(network, size), args.seconds)
     per_core = {
         name: {unit: round(value / args.threads, 1) for unit, value in figures.items()}
         for name, figures in results.items()

@@ -28,25 +28,26 @@ from pathlib import Path
 import numpy as np
 
 from ecosort_waste.classifier.categories import TRASHNET_CLASSES
-from ecosort_waste.classifier.decision import class_code, decide
-from ecosort_waste.classifier.head import Head, softmax
+from ecosort_waste.classifier.decision import class_code
+from ecosort_waste.classifier.head import Head
 from ecosort_waste.classifier.local import MODELS_DIR, OnnxBackbone
 from ecosort_waste.classifier.training import (
+    L2_GRID,
     Examples,
     cached_extract,
     calibrate,
     centre_view_only,
-    choose_threshold,
     evaluate,
     feature_cache_file,
-    fit_softmax_regression,
-    fit_temperature,
+    fit_head,
+    fit_pooled_head,
+    joined,
     load_split,
+    log_loss,
     photos_dir,
 )
 
 WORK_DIR = Path("/work/ml-work")
-L2_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 def features(backbone: OnnxBackbone, part: str, files: list[str]) -> Examples:
@@ -55,41 +56,12 @@ def features(backbone: OnnxBackbone, part: str, files: list[str]) -> Examples:
     return cached_extract(backbone, [photos_dir() / f for f in files], labels, cache)
 
 
-def joined(parts: list[Examples]) -> Examples:
-    return Examples(
-        np.concatenate([p.features for p in parts], axis=-1),
-        parts[0].imagenet_logits,
-        parts[0].labels,
-    )
-
-
-def log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
-    p = softmax(logits)
-    return float(-np.log(p[np.arange(len(labels)), labels] + 1e-12).mean())
-
-
-def fit_head(train: Examples, l2: float, sha: str) -> Head:
-    x = train.features.reshape(-1, train.features.shape[-1])
-    y = np.repeat(train.labels, 2)
-    weights, bias = fit_softmax_regression(x, y, len(TRASHNET_CLASSES), l2=l2)
-    return Head(
-        version="candidate",
-        weights=weights,
-        bias=bias,
-        temperature=1.0,
-        threshold=0.0,
-        classes=tuple(TRASHNET_CLASSES),
-        centroids=np.stack([x[y == k].mean(axis=0) for k in range(len(TRASHNET_CLASSES))]),
-        backbone_sha256=sha,
-    )
-
-
 def choose_head(train: Examples, calibration: Examples, sha: str) -> tuple[Head, list[dict]]:
     """The L2 with the best calibration top-1 (log-loss breaks ties), then calibrated."""
     rows, best = [], None
     cal_x = calibration.features[:, 0]  # the centre view, what the service computes
     for l2 in L2_GRID:
-        head = fit_head(train, l2, sha)
+        head = fit_head(train, TRASHNET_CLASSES, l2, sha)
         logits = head.logits(cal_x)
         row = {
             "l2": l2,
@@ -105,95 +77,6 @@ def choose_head(train: Examples, calibration: Examples, sha: str) -> tuple[Head,
     assert best is not None
     head = replace(best[0], metrics={"l2": best[1]["l2"]})
     return calibrate(head, centre_view_only(calibration), class_codes()), rows
-
-
-def subset(examples: Examples, index: np.ndarray) -> Examples:
-    return Examples(
-        examples.features[index], examples.imagenet_logits[index], examples.labels[index]
-    )
-
-
-def pooled_head(train: Examples, cal: Examples, sha: str, folds: int = 5) -> tuple[Head, dict]:
-    """A head on train + calibration. L2, temperature and thresholds come from out-of-fold
-    predictions on the calibration photos only (stratified folds, fixed order; every fold's
-    head also sees all the train photos). Not over the train photos: the backbone was
-    fine-tuned on them, their features are over-confident (5-fold CV over train +
-    calibration gives Lite0 0.974 top-1 and a not-sure threshold of 0.30). Then one head is
-    fitted on everything."""
-    pool = Examples(
-        *(
-            np.concatenate([getattr(train, a), getattr(cal, a)])
-            for a in ("features", "imagenet_logits", "labels")
-        )
-    )
-    fold_of = np.full(len(cal.labels), -1, np.int64)
-    for k in range(len(TRASHNET_CLASSES)):
-        members = np.flatnonzero(cal.labels == k)
-        fold_of[members] = np.arange(len(members)) % folds
-    centre = centre_view_only(cal)
-    rows, best = [], None
-    for l2 in L2_GRID:
-        oof = np.zeros((len(cal.labels), len(TRASHNET_CLASSES)), np.float32)
-        heads = []
-        for f in range(folds):
-            keep = np.concatenate(
-                [np.arange(len(train.labels)), len(train.labels) + np.flatnonzero(fold_of != f)]
-            )
-            head = fit_head(subset(pool, keep), l2, sha)
-            held = np.flatnonzero(fold_of == f)
-            oof[held] = head.logits(centre.features[held, 0])
-            heads.append(head)
-        row = {
-            "l2": l2,
-            "top1": round(float((oof.argmax(1) == cal.labels).mean()), 4),
-            "log_loss": round(log_loss(oof, cal.labels), 4),
-        }
-        rows.append(row)
-        if best is None or (row["top1"], -row["log_loss"]) > (
-            best[0]["top1"],
-            -best[0]["log_loss"],
-        ):
-            best = (row, oof, heads)
-    assert best is not None
-    row, oof, heads = best
-    temperature = fit_temperature(oof, cal.labels)
-    decisions = []
-    for i in range(len(cal.labels)):
-        head = replace(heads[fold_of[i]], temperature=temperature)
-        decisions.append(decide(head, centre.features[i], centre.imagenet_logits[i]))
-    typicality = float(np.percentile([d.typicality for d in decisions], 1))
-    codes = class_codes()
-    confidences = np.array([d.top[1] for d in decisions])
-    correct = np.array([d.top[0] == codes[k] for d, k in zip(decisions, cal.labels, strict=True)])
-    threshold = choose_threshold(confidences, correct)
-    # Out-of-fold figures of the service's decision with these thresholds.
-    sure = np.array(
-        [
-            not (d.top_from_head and d.typicality < typicality) and d.top[1] >= threshold
-            for d in decisions
-        ]
-    )
-    final = replace(
-        fit_head(pool, row["l2"], sha),
-        temperature=temperature,
-        threshold=threshold,
-        typicality_threshold=typicality,
-        metrics={"l2": row["l2"], "pooled": True},
-    )
-    summary = {
-        "l2_out_of_fold_on_calibration": rows,
-        "chosen_l2": row["l2"],
-        "temperature": round(temperature, 3),
-        "threshold": threshold,
-        "out_of_fold_calibration": {
-            "images": len(cal.labels),
-            "class_accuracy": row["top1"],
-            "not_sure_fraction": round(float(1 - sure.mean()), 4),
-            "accuracy_when_sure": round(float(correct[sure].mean()), 4),
-            "per_class_recall": per_class_recall(oof.argmax(1), cal.labels),
-        },
-    }
-    return final, summary
 
 
 def class_codes() -> list[str]:
@@ -297,8 +180,13 @@ def main() -> None:
         if args.validation == name:
             result["validation"] = report(head, data["validation"])
         if args.pooled:
-            pooled, summary = pooled_head(data["train"], data["calibration"], sha)
-            result["pooled"] = summary
+            pooled, summary = fit_pooled_head(
+                data["train"], data["calibration"], TRASHNET_CLASSES, sha
+            )
+            result["pooled"] = summary | {
+                "temperature": round(pooled.temperature, 3),
+                "threshold": pooled.threshold,
+            }
             if args.validation == name:
                 result["pooled"]["validation"] = report(pooled, data["validation"])
         if args.cost:

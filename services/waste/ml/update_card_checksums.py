@@ -1,5 +1,6 @@
 """Rewrite the checksum block of classifier/artifacts/MODEL_CARD.md from the files on disk:
-the ONNX model, every head file and split.json (`sha256  path` lines, as `sha256sum -c` reads them).
+the ONNX networks, every head file and split.json (`sha256  path` lines, as `sha256sum -c`
+reads them).
 
     python services/waste/ml/update_card_checksums.py
 """
@@ -17,7 +18,7 @@ BLOCK = re.compile(r"(<!-- sha256:begin -->\n).*?(<!-- sha256:end -->)", re.DOTA
 
 
 def main() -> None:
-    files = [MODELS_DIR / "efficientnet-lite0-ft-int8.onnx", MODELS_DIR / "split.json"]
+    files = [*sorted(MODELS_DIR.glob("*.onnx")), MODELS_DIR / "split.json"]
     files += sorted((MODELS_DIR / "heads").glob("head-v*.npz"))
     lines = [
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(MODELS_DIR).as_posix()}"

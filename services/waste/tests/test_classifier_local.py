@@ -16,7 +16,7 @@ from ecosort_waste.classifier.categories import CATEGORY_CODES, TRASHNET_TO_CATE
 from ecosort_waste.classifier.decision import decide
 from ecosort_waste.classifier.head import HeadError, current_head_path, load_head, save_head
 from ecosort_waste.classifier.imagenet_map import IMAGENET_TO_CATEGORY
-from ecosort_waste.classifier.local import MODEL_NAME, MODELS_DIR, ONNX_FILE, LocalClassifier
+from ecosort_waste.classifier.local import MODELS_DIR, ONNX_FILES, LocalClassifier
 from ecosort_waste.classifier.preprocess import to_rgb
 from ecosort_waste.classifier.training import load_split, photos_dir, train_head
 from ecosort_waste.config import Settings
@@ -96,8 +96,9 @@ def test_answer_shape_and_versions(classifier: LocalClassifier) -> None:
     assert confidences == sorted(confidences, reverse=True)
     assert all(0.0 <= c <= 1.0 for c in confidences)
     assert result.confidence == confidences[0]
-    sha = hashlib.sha256((MODELS_DIR / ONNX_FILE).read_bytes()).hexdigest()
-    assert result.model_version == f"{MODEL_NAME}@{sha[:8]}"
+    assert result.model_version == "+".join(
+        f"{Path(name).stem}@{file_sha256(name)[:8]}" for name in ONNX_FILES
+    )
     assert re.fullmatch(r"head-v\d+", result.head_version or "")
     assert result.mapping_note
 
@@ -108,18 +109,18 @@ def test_views_per_photo_follow_the_head_unless_overridden(
 ) -> None:
     """The not-sure threshold was calibrated on one view or on two; by default the service
     computes what the head was calibrated on."""
-    batches: list[int] = []
-    run = classifier.backbone.run
+    views: list[list[int]] = []
+    run = classifier.backbones.run
 
-    def counting_run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batches.append(len(batch))
-        return run(batch)
+    def counting_run(batches: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        views.append([len(batch) for batch in batches])
+        return run(batches)
 
-    monkeypatch.setattr(classifier.backbone, "run", counting_run)
+    monkeypatch.setattr(classifier.backbones, "run", counting_run)
     monkeypatch.setattr(classifier, "test_time_augmentation", override)
     classifier.classify(Image.new("RGB", (64, 48), "white"))
     tta = classifier.head.test_time_augmentation if override is None else override
-    assert batches == [2 if tta else 1]
+    assert views == [[2 if tta else 1] * len(ONNX_FILES)]
 
 
 def test_service_setting_defaults_to_the_heads_choice() -> None:
@@ -132,7 +133,7 @@ def test_service_setting_defaults_to_the_heads_choice() -> None:
 def test_shipped_head_records_how_it_was_calibrated() -> None:
     head = load_head(current_head_path(MODELS_DIR / "heads"))
     assert head.metrics["test_time_augmentation"] == head.test_time_augmentation
-    assert head.backbone_sha256 == hashlib.sha256((MODELS_DIR / ONNX_FILE).read_bytes()).hexdigest()
+    assert head.backbone_sha256 == "+".join(file_sha256(name) for name in ONNX_FILES)
 
 
 def test_model_card_checksums_match_the_files() -> None:
@@ -142,10 +143,14 @@ def test_model_card_checksums_match_the_files() -> None:
         (name, digest)
         for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", card, re.MULTILINE)
     )
-    assert ONNX_FILE in listed
+    assert set(ONNX_FILES) <= set(listed)
     assert current_head_path(MODELS_DIR / "heads").relative_to(MODELS_DIR).as_posix() in listed
     for name, digest in listed.items():
         assert hashlib.sha256((MODELS_DIR / name).read_bytes()).hexdigest() == digest, name
+
+
+def file_sha256(name: str) -> str:
+    return hashlib.sha256((MODELS_DIR / name).read_bytes()).hexdigest()
 
 
 def test_imagenet_mapping_is_valid() -> None:

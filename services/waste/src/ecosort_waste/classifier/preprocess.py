@@ -25,7 +25,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    # Callers only read the result: an RGB image needs no copy (a photo's worth per network).
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def center_square(image: Image.Image, size: int) -> Image.Image:
