@@ -40,8 +40,9 @@ UNFINISHED = ("queued", "processing")
 # Progress (0-100) reported when a stage starts; 100 is reserved for "completed".
 STAGE_PROGRESS = {"load": 5, "classify": 20, "guide": 70, "save": 90}
 COMPLETED_EVENT = "analysis.completed"
-# The classifier looks at 224 px; JPEGs are decoded at a reduced DCT scale that still covers it.
-DECODE_AT_LEAST = (224, 224)
+# The local networks look at 224 and 260 px squares; JPEGs are decoded at a reduced DCT scale
+# that still covers the larger one.
+DECODE_AT_LEAST = (260, 260)
 
 Outcome = Literal["completed", "failed", "retry", "skipped", "superseded"]
 
