@@ -34,6 +34,7 @@ from ecosort_waste.classifier.local import MODELS_DIR, OnnxBackbone
 from ecosort_waste.classifier.training import (
     L2_GRID,
     Examples,
+    better,
     cached_extract,
     calibrate,
     centre_view_only,
@@ -42,8 +43,8 @@ from ecosort_waste.classifier.training import (
     fit_head,
     fit_pooled_head,
     joined,
+    l2_row,
     load_split,
-    log_loss,
     photos_dir,
 )
 
@@ -62,17 +63,9 @@ def choose_head(train: Examples, calibration: Examples, sha: str) -> tuple[Head,
     cal_x = calibration.features[:, 0]  # the centre view, what the service computes
     for l2 in L2_GRID:
         head = fit_head(train, TRASHNET_CLASSES, l2, sha)
-        logits = head.logits(cal_x)
-        row = {
-            "l2": l2,
-            "top1": round(float((logits.argmax(1) == calibration.labels).mean()), 4),
-            "log_loss": round(log_loss(logits, calibration.labels), 4),
-        }
+        row = l2_row(l2, head.logits(cal_x), calibration.labels)
         rows.append(row)
-        if best is None or (row["top1"], -row["log_loss"]) > (
-            best[1]["top1"],
-            -best[1]["log_loss"],
-        ):
+        if best is None or better(row, best[1]):
             best = (head, row)
     assert best is not None
     head = replace(best[0], metrics={"l2": best[1]["l2"]})

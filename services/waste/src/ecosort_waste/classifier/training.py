@@ -200,6 +200,19 @@ def log_loss(logits: NDArray[np.float32], labels: NDArray[np.int64]) -> float:
     return float(-np.log(p[np.arange(len(labels)), labels] + 1e-12).mean())
 
 
+def l2_row(l2: float, logits: NDArray[np.float32], labels: NDArray[np.int64]) -> dict[str, float]:
+    return {
+        "l2": l2,
+        "top1": round(float((logits.argmax(1) == labels).mean()), 4),
+        "log_loss": round(log_loss(logits, labels), 4),
+    }
+
+
+def better(row: dict[str, float], than: dict[str, float]) -> bool:
+    """A higher top-1; at equal top-1, a lower log-loss."""
+    return (row["top1"], -row["log_loss"]) > (than["top1"], -than["log_loss"])
+
+
 def fit_pooled_head(
     train: Examples,
     calibration: Examples,
@@ -230,17 +243,9 @@ def fit_pooled_head(
             held = np.flatnonzero(fold_of == fold)
             out_of_fold[held] = head.logits(served.features[held].mean(axis=1))
             heads.append(head)
-        row = {
-            "l2": l2,
-            "top1": round(float((out_of_fold.argmax(1) == calibration.labels).mean()), 4),
-            "log_loss": round(log_loss(out_of_fold, calibration.labels), 4),
-        }
+        row = l2_row(l2, out_of_fold, calibration.labels)
         rows.append(row)
-        # Top-1 first; the log-loss breaks ties.
-        if best is None or (row["top1"], -row["log_loss"]) > (
-            best[0]["top1"],
-            -best[0]["log_loss"],
-        ):
+        if best is None or better(row, best[0]):
             best = (row, out_of_fold, heads)
     assert best is not None
     row, out_of_fold, heads = best
