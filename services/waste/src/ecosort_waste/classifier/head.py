@@ -37,7 +37,7 @@ class Head:
     # unlike anything the head was trained on (a blank or synthetic image, say).
     centroids: NDArray[np.float32] | None = None
     typicality_threshold: float = -1.0
-    backbone_sha256: str = ""  # the ONNX file whose features the head was trained on
+    backbone_sha256: str = ""  # the ONNX files whose features it reads ("+"-joined sha256s)
     # Whether the service averages the mirrored view too; the thresholds were calibrated so.
     test_time_augmentation: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
