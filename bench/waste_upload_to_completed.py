@@ -31,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from waste_api_stack import API, WasteApi, waste_api
 from waste_worker_stack import (
     Worker,
+    add_classifier_options,
     celery_worker,
+    classifier_description,
+    classifier_env,
     percentile,
     recycling_stand_in,
     shared_photos,
@@ -127,11 +130,7 @@ def main() -> None:
         "statements: the first ~50 uploads of a fresh stack are ~20 ms slower)",
     )
     parser.add_argument("--worker-processes", type=int, default=os.cpu_count() or 1)
-    parser.add_argument(
-        "--tta",
-        action="store_true",
-        help="force test-time augmentation on (default: as the head says)",
-    )
+    add_classifier_options(parser)
     args = parser.parse_args()
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
@@ -149,8 +148,7 @@ def main() -> None:
             worker_env = shared_env | {
                 "DATABASE_URL": api.database_url,
                 "REDIS_URL": api.redis_url,
-                "CLASSIFIER_PROVIDER": "local",
-                **({"CLASSIFIER_TEST_TIME_AUGMENTATION": "true"} if args.tta else {}),
+                **classifier_env(args),
             }
             log_dir = Path(data_dir) / "worker-logs"
             log_dir.mkdir()
@@ -168,8 +166,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     print(
         f"clients: {args.clients}, uploads: {len(ms)}, worker processes: "
-        f"{args.worker_processes}, test-time augmentation: "
-        f"{'on' if args.tta else 'as the head says'}"
+        f"{args.worker_processes}, {classifier_description(args)}"
     )
     print(f"throughput: {analyses / elapsed:.1f} analyses/s")
     print(

@@ -4,6 +4,7 @@ the shared photos, and CPU accounting of a process tree from /proc."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -33,6 +34,35 @@ def shared_photos(count: int) -> list[bytes]:
     classes = sorted(p for p in PHOTOS.iterdir() if p.is_dir())
     files = [sorted(c.glob("*.jpg")) for c in classes]
     return [files[i % len(files)][i // len(files)].read_bytes() for i in range(count)]
+
+
+def add_classifier_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="force test-time augmentation on (default: as the head says)",
+    )
+    parser.add_argument(
+        "--cascade",
+        action="store_true",
+        help="CLASSIFIER_CASCADE: Lite2 only where Lite0 is not sure (default: both networks)",
+    )
+
+
+def classifier_env(args: argparse.Namespace) -> dict[str, str]:
+    """The worker's classifier settings from `add_classifier_options`' flags."""
+    return {
+        "CLASSIFIER_PROVIDER": "local",
+        **({"CLASSIFIER_TEST_TIME_AUGMENTATION": "true"} if args.tta else {}),
+        **({"CLASSIFIER_CASCADE": "true"} if args.cascade else {}),
+    }
+
+
+def classifier_description(args: argparse.Namespace) -> str:
+    return (
+        f"test-time augmentation: {'on' if args.tta else 'as the head says'}, "
+        f"networks: {'cascade (Lite2 where Lite0 is not sure)' if args.cascade else 'both'}"
+    )
 
 
 @contextmanager

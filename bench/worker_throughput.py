@@ -27,7 +27,14 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
-from waste_worker_stack import celery_worker, recycling_stand_in, shared_photos
+from waste_worker_stack import (
+    add_classifier_options,
+    celery_worker,
+    classifier_description,
+    classifier_env,
+    recycling_stand_in,
+    shared_photos,
+)
 
 from ecosort_common.migrations import upgrade
 from ecosort_common.testing import temporary_database, temporary_redis_db
@@ -68,11 +75,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=1, help="pool processes (cores)")
     parser.add_argument("--pool", choices=("prefork", "solo"), default="prefork")
-    parser.add_argument(
-        "--tta",
-        action="store_true",
-        help="force test-time augmentation on (default: as the head says)",
-    )
+    add_classifier_options(parser)
     args = parser.parse_args()
 
     with (
@@ -95,8 +98,7 @@ def main() -> None:
             "DATA_DIR": data_dir,
             "RECYCLING_URL": recycling_url,
             "CELERY_KEY_PREFIX": settings.celery_key_prefix,
-            "CLASSIFIER_PROVIDER": "local",
-            **({"CLASSIFIER_TEST_TIME_AUGMENTATION": "true"} if args.tta else {}),
+            **classifier_env(args),
             "LOG_LEVEL": "warning",
         }
         ids = insert_analyses(database_url, settings, shared_photos(args.images))
@@ -122,8 +124,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {load[0]:.1f}")
     print(f"images: {len(ids)} ({completed} completed, {failed} failed)")
     print(
-        f"worker pool: {args.pool}, processes: {args.concurrency},"
-        f" test-time augmentation: {'on' if args.tta else 'as the head says'}"
+        f"worker pool: {args.pool}, processes: {args.concurrency}, {classifier_description(args)}"
     )
     print(f"wall-clock: {wall:.2f} s -> {len(ids) / wall:.1f} images/s")
     print(f"worker CPU: {cpu:.2f} s -> {len(ids) / cpu:.1f} images per CPU-second (per core)")

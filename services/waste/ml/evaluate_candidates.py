@@ -173,7 +173,7 @@ def main() -> None:
         if args.validation == name:
             result["validation"] = report(head, data["validation"])
         if args.pooled:
-            pooled, summary = fit_pooled_head(
+            pooled, summary, _ = fit_pooled_head(
                 data["train"], data["calibration"], TRASHNET_CLASSES, sha
             )
             result["pooled"] = summary | {

@@ -7,6 +7,7 @@ import inspect
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,24 +104,54 @@ def test_answer_shape_and_versions(classifier: LocalClassifier) -> None:
     assert result.mapping_note
 
 
+def count_views(classifier: LocalClassifier, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Views each network is given, in the order they run."""
+    views: list[int] = []
+    for network in classifier.backbones.members:
+
+        def counting_run(batch: np.ndarray, run: Any = network.run) -> Any:
+            views.append(len(batch))
+            return run(batch)
+
+        monkeypatch.setattr(network, "run", counting_run)
+    return views
+
+
 @pytest.mark.parametrize("override", [None, True, False])
 def test_views_per_photo_follow_the_head_unless_overridden(
     classifier: LocalClassifier, override: bool | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The not-sure threshold was calibrated on one view or on two; by default the service
-    computes what the head was calibrated on."""
-    views: list[list[int]] = []
-    run = classifier.backbones.run
-
-    def counting_run(batches: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        views.append([len(batch) for batch in batches])
-        return run(batches)
-
-    monkeypatch.setattr(classifier.backbones, "run", counting_run)
+    computes what the head was calibrated on, and (no cascade) with every network."""
+    views = count_views(classifier, monkeypatch)
     monkeypatch.setattr(classifier, "test_time_augmentation", override)
     classifier.classify(Image.new("RGB", (64, 48), "white"))
     tta = classifier.head.test_time_augmentation if override is None else override
-    assert views == [[2 if tta else 1] * len(ONNX_FILES)]
+    assert views == [2 if tta else 1] * len(ONNX_FILES)
+
+
+@needs_photos
+def test_cascade_lets_the_first_network_answer_alone_when_it_is_sure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CLASSIFIER_CASCADE: Lite0's sure answers stand and Lite2 does not run for them; the
+    others, and every photo without the cascade, get both networks."""
+    cascade = LocalClassifier(cascade=True)
+    whole = LocalClassifier()
+    first_only = f"{cascade.backbones.members[0].version}"
+    alone = both = 0
+    images = [Image.open(path) for path, _ in heldout_photos(per_class=6)]
+    for image in [*images, Image.new("RGB", (640, 480), "white")]:  # white: never sure
+        fast, full = cascade.classify(image), whole.classify(image)
+        assert full.model_version == whole.backbones.version
+        if fast.model_version == first_only:
+            alone += 1
+            assert not fast.not_sure
+            assert fast.confidence >= cascade.head.first_stage_accept
+        else:
+            both += 1
+            assert fast == full  # the whole head decided, as without the cascade
+    assert alone >= 24 and both >= 2, (alone, both)  # measured: 33 and 4
 
 
 def test_service_setting_defaults_to_the_heads_choice() -> None:
@@ -134,6 +165,9 @@ def test_shipped_head_records_how_it_was_calibrated() -> None:
     head = load_head(current_head_path(MODELS_DIR / "heads"))
     assert head.metrics["test_time_augmentation"] == head.test_time_augmentation
     assert head.backbone_sha256 == "+".join(file_sha256(name) for name in ONNX_FILES)
+    assert head.first_stage is not None
+    assert head.first_stage.backbone_sha256 == file_sha256(ONNX_FILES[0])
+    assert head.first_stage.classes == head.classes
 
 
 def test_model_card_checksums_match_the_files() -> None:

@@ -6,6 +6,7 @@ The same functions run in the service (local.py) and when a head is trained and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,26 @@ def decide(
         typicality=typicality,
         atypical=typicality < head.typicality_threshold,
     )
+
+
+def answer(
+    head: Head,
+    first_features: NDArray[np.float32],
+    imagenet_logits: NDArray[np.float32],
+    other_features: Callable[[], NDArray[np.float32]],
+    *,
+    cascade: bool,
+) -> tuple[Decision, Head]:
+    """The decision and the head that made it. In a cascade, the head's first stage (head.py)
+    answers alone when it is sure and confident enough; otherwise `other_features()` (the other
+    networks' features of the same views) is computed and the whole head decides."""
+    first = head.first_stage
+    if cascade and first is not None:
+        decision = decide(first, first_features, imagenet_logits)
+        if decision.top[1] >= head.first_stage_accept and is_sure(decision, first):
+            return decision, first
+    features = np.concatenate([first_features, other_features()], axis=-1)
+    return decide(head, features, imagenet_logits), head
 
 
 def class_code(head_class: str) -> str:

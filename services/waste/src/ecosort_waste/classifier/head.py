@@ -8,7 +8,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,11 @@ class Head:
     # Whether the service averages the mirrored view too; the thresholds were calibrated so.
     test_time_augmentation: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
+    # A cascade (decision.answer): a head over the first network's features alone, whose answer
+    # stands when its calibrated confidence reaches `first_stage_accept`; only the other photos
+    # pay for the other networks.
+    first_stage: Head | None = None
+    first_stage_accept: float = 1.0
 
     def logits(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
         return np.asarray(features @ self.weights + self.bias, dtype=np.float32)
@@ -57,46 +62,68 @@ def softmax(logits: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
 
 
 def save_head(head: Head, path: Path) -> None:
-    np.savez(
-        path,
-        weights=head.weights.astype(np.float32),
-        bias=head.bias.astype(np.float32),
-        temperature=np.float32(head.temperature),
-        threshold=np.float32(head.threshold),
-        classes=np.array(head.classes),
-        centroids=(
+    arrays = _arrays(head)
+    if head.first_stage is not None:
+        arrays |= {f"first_{k}": v for k, v in _arrays(head.first_stage).items()}
+        arrays["first_stage_accept"] = np.float32(head.first_stage_accept)
+    np.savez(path, **arrays)
+
+
+def _arrays(head: Head) -> dict[str, Any]:
+    return {
+        "weights": head.weights.astype(np.float32),
+        "bias": head.bias.astype(np.float32),
+        "temperature": np.float32(head.temperature),
+        "threshold": np.float32(head.threshold),
+        "classes": np.array(head.classes),
+        "centroids": (
             head.centroids.astype(np.float32)
             if head.centroids is not None
             else np.zeros((0, head.weights.shape[0]), np.float32)
         ),
-        typicality_threshold=np.float32(head.typicality_threshold),
-        backbone_sha256=np.array(head.backbone_sha256),
-        test_time_augmentation=np.array(head.test_time_augmentation),
-        metrics=np.array(json.dumps(head.metrics, sort_keys=True)),
-    )
+        "typicality_threshold": np.float32(head.typicality_threshold),
+        "backbone_sha256": np.array(head.backbone_sha256),
+        "test_time_augmentation": np.array(head.test_time_augmentation),
+        "metrics": np.array(json.dumps(head.metrics, sort_keys=True)),
+    }
 
 
 def load_head(path: Path) -> Head:
     try:
         with np.load(path, allow_pickle=False) as data:
-            classes = tuple(str(c) for c in data["classes"])
-            centroids = data["centroids"].astype(np.float32)
-            head = Head(
-                version=path.stem,
-                weights=data["weights"].astype(np.float32),
-                bias=data["bias"].astype(np.float32),
-                temperature=float(data["temperature"]),
-                threshold=float(data["threshold"]),
-                classes=classes,
-                centroids=centroids if len(centroids) else None,
-                typicality_threshold=float(data["typicality_threshold"]),
-                backbone_sha256=str(data["backbone_sha256"]),
-                test_time_augmentation=bool(data["test_time_augmentation"]),
-                metrics=json.loads(str(data["metrics"])),
-            )
+            head = _head(data, path.stem)
+            if "first_weights" in data:
+                first = _check(_head(data, path.stem, prefix="first_"), path)
+                head = replace(
+                    head,
+                    first_stage=first,
+                    first_stage_accept=float(data["first_stage_accept"]),
+                )
     except (OSError, KeyError, ValueError) as exc:
         raise HeadError(f"cannot read head file {path}: {exc}") from exc
+    return _check(head, path)
+
+
+def _head(data: Any, version: str, prefix: str = "") -> Head:
+    centroids = data[prefix + "centroids"].astype(np.float32)
+    return Head(
+        version=version,
+        weights=data[prefix + "weights"].astype(np.float32),
+        bias=data[prefix + "bias"].astype(np.float32),
+        temperature=float(data[prefix + "temperature"]),
+        threshold=float(data[prefix + "threshold"]),
+        classes=tuple(str(c) for c in data[prefix + "classes"]),
+        centroids=centroids if len(centroids) else None,
+        typicality_threshold=float(data[prefix + "typicality_threshold"]),
+        backbone_sha256=str(data[prefix + "backbone_sha256"]),
+        test_time_augmentation=bool(data[prefix + "test_time_augmentation"]),
+        metrics=json.loads(str(data[prefix + "metrics"])),
+    )
+
+
+def _check(head: Head, path: Path) -> Head:
     # The TrashNet classes first; classes added from corrections are category codes.
+    classes = head.classes
     extra = classes[len(TRASHNET_CLASSES) :]
     if classes[: len(TRASHNET_CLASSES)] != TRASHNET_CLASSES or not set(extra) <= set(
         CATEGORY_CODES

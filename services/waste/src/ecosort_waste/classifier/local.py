@@ -15,7 +15,7 @@ from PIL import Image
 from . import preprocess
 from .base import Candidate, Classification
 from .categories import mapping_note
-from .decision import decide, is_sure
+from .decision import answer, is_sure
 from .head import Head, HeadError, current_head_path, load_head
 
 MODELS_DIR = Path(__file__).resolve().parent / "artifacts"
@@ -55,32 +55,25 @@ class OnnxBackbone:
     def version(self) -> str:
         return f"{self.path.stem}@{self.sha256[:8]}"
 
+    def views(self, image: Image.Image, tta: bool) -> NDArray[np.float32]:
+        """The batch this network reads: the centre crop, and its mirror image with `tta`."""
+        if tta:
+            return preprocess.tta_batch(image, self.input_size)
+        return preprocess.model_input(image, self.input_size)[None]
+
     def run(self, batch: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         features, imagenet_logits = self.session.run(None, {"image": batch})
         return np.asarray(features, np.float32), np.asarray(imagenet_logits, np.float32)
 
 
 class Backbones:
-    """The networks of ONNX_FILES, each at its own input size; `run` joins their features."""
+    """The networks of ONNX_FILES, in order: a head reads their features side by side."""
 
     def __init__(self, models_dir: Path, intra_op_threads: int = 1) -> None:
         self.members = tuple(OnnxBackbone(models_dir / f, intra_op_threads) for f in ONNX_FILES)
         # What a head records and checks: it is only valid on exactly these files.
         self.sha256 = "+".join(member.sha256 for member in self.members)
         self.version = "+".join(member.version for member in self.members)
-
-    def views(self, image: Image.Image, tta: bool) -> list[NDArray[np.float32]]:
-        """One batch per network: the centre crop, and its mirror image with `tta`."""
-        if tta:
-            return [preprocess.tta_batch(image, m.input_size) for m in self.members]
-        return [preprocess.model_input(image, m.input_size)[None] for m in self.members]
-
-    def run(
-        self, batches: list[NDArray[np.float32]]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """(views, features of every network side by side), (views, the first's ImageNet logits)."""
-        outputs = [m.run(batch) for m, batch in zip(self.members, batches, strict=True)]
-        return np.concatenate([f for f, _ in outputs], axis=-1), outputs[0][1]
 
 
 class LocalClassifier:
@@ -92,6 +85,7 @@ class LocalClassifier:
         heads_dir: Path | None = None,
         intra_op_threads: int = 1,
         test_time_augmentation: bool | None = None,
+        cascade: bool = False,
     ) -> None:
         self.models_dir = models_dir or MODELS_DIR
         # Retrained heads may live outside the (read-only, baked-in) models folder.
@@ -99,6 +93,8 @@ class LocalClassifier:
         self.backbones = Backbones(self.models_dir, intra_op_threads)
         # None: as the head was calibrated (its file says); True/False overrides, e.g. to bench.
         self.test_time_augmentation = test_time_augmentation
+        # Whether the head's first stage may answer alone (CLASSIFIER_CASCADE).
+        self.cascade = cascade
         self._lock = threading.Lock()
         self._head_path: Path | None = None
         self._head: Head | None = None
@@ -111,7 +107,10 @@ class LocalClassifier:
         with self._lock:
             if path != self._head_path or self._head is None:
                 head = load_head(path)
-                if head.backbone_sha256 and head.backbone_sha256 != self.backbones.sha256:
+                first = head.first_stage
+                if (head.backbone_sha256 and head.backbone_sha256 != self.backbones.sha256) or (
+                    first is not None and first.backbone_sha256 != self.backbones.members[0].sha256
+                ):
                     raise HeadError(f"{path.name} was trained on other backbone files")
                 self._head, self._head_path = head, path
             return self._head
@@ -119,20 +118,29 @@ class LocalClassifier:
     def classify(self, image: Image.Image) -> Classification:
         head = self.head
         tta = self.test_time_augmentation
-        batches = self.backbones.views(
-            image, tta if tta is not None else head.test_time_augmentation
+        if tta is None:
+            tta = head.test_time_augmentation
+        first, *others = self.backbones.members
+        first_views = first.views(image, tta)
+        first_features, imagenet_logits = first.run(first_views)
+        ran = [first]
+
+        def other_features() -> NDArray[np.float32]:
+            ran.extend(others)
+            return np.concatenate([m.run(m.views(image, tta))[0] for m in others], axis=-1)
+
+        decision, decider = answer(
+            head, first_features, imagenet_logits, other_features, cascade=self.cascade
         )
-        features, imagenet_logits = self.backbones.run(batches)
-        decision = decide(head, features, imagenet_logits)
-        blank = _is_blank(batches[0][0])
-        sure = is_sure(decision, head) and not blank
+        blank = _is_blank(first_views[0])
+        sure = is_sure(decision, decider) and not blank
         category, confidence = decision.top
         return Classification(
             category=category if sure else None,
             confidence=round(confidence, 4),
             candidates=[Candidate(c, round(p, 4)) for c, p in decision.ranked[:TOP_CANDIDATES]],
             not_sure=not sure,
-            model_version=self.backbones.version,
+            model_version="+".join(network.version for network in ran),
             head_version=head.version,
             mapping_note=mapping_note(category if sure else None),
             details={

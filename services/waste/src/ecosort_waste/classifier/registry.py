@@ -114,6 +114,7 @@ def registry_from_settings(
             LOCAL,
             intra_op_threads=settings.classifier_threads,
             test_time_augmentation=settings.classifier_test_time_augmentation,
+            cascade=settings.classifier_cascade,
             heads_dir=Path(settings.classifier_heads_dir)
             if settings.classifier_heads_dir
             else None,

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from PIL import Image
 
 from . import preprocess
 from .categories import CATEGORY_CODES, TRASHNET_CLASSES
-from .decision import class_code, decide, is_sure
+from .decision import answer, class_code, decide, is_sure
 from .head import Head, publish_head, save_head, softmax
 from .local import MODELS_DIR, Backbones, OnnxBackbone
 
@@ -213,6 +214,31 @@ def better(row: dict[str, float], than: dict[str, float]) -> bool:
     return (row["top1"], -row["log_loss"]) > (than["top1"], -than["log_loss"])
 
 
+@dataclass
+class OutOfFold:
+    """The service's decision on each calibration photo, by a head that never saw the photo."""
+
+    confidence: NDArray[np.float64]
+    correct: NDArray[np.bool_]
+    sure: NDArray[np.bool_]
+
+
+# Confidences at which a first stage's (sure) answer may stand, lowest first.
+ACCEPT_GRID = tuple(float(t) for t in np.round(np.arange(0.50, 1.0, 0.01), 2))
+NEVER = 1.01
+
+
+def first_stage_accept(first: OutOfFold, whole: OutOfFold) -> float:
+    """The lowest confidence at which the first stage's sure answers may stand without making
+    the cascade less accurate, out of fold on calibration, than the whole head alone."""
+    target = whole.correct.mean()
+    for threshold in ACCEPT_GRID:
+        stands = first.sure & (first.confidence >= threshold)
+        if np.where(stands, first.correct, whole.correct).mean() >= target:
+            return threshold
+    return NEVER
+
+
 def fit_pooled_head(
     train: Examples,
     calibration: Examples,
@@ -220,7 +246,7 @@ def fit_pooled_head(
     backbone_sha256: str,
     *,
     test_time_augmentation: bool = False,
-) -> tuple[Head, dict[str, Any]]:
+) -> tuple[Head, dict[str, Any], OutOfFold]:
     """One head on train + calibration photos. Its L2, temperature and thresholds come from
     out-of-fold predictions on the calibration photos only (stratified folds in a fixed order;
     every fold's head also sees all the train photos). Not over the train photos: the networks
@@ -284,7 +310,7 @@ def fit_pooled_head(
             "accuracy_when_sure": round(float(correct[sure].mean()), 4) if sure.any() else None,
         },
     }
-    return head, summary
+    return head, summary, OutOfFold(confidences, correct, sure)
 
 
 def fit_temperature(logits: NDArray[np.float32], labels: NDArray[np.int64]) -> float:
@@ -326,27 +352,45 @@ def calibrate(head: Head, calibration: Examples, class_codes: list[str]) -> Head
     return replace(head, threshold=choose_threshold(confidences, correct))
 
 
-def evaluate(head: Head, examples: Examples, class_codes: list[str]) -> dict[str, Any]:
-    """Class-level accuracy of the head, then the service's whole decision (category codes,
-    ImageNet mixture, not-sure rule)."""
+def evaluate(
+    head: Head, examples: Examples, class_codes: list[str], *, cascade: bool = False
+) -> dict[str, Any]:
+    """Class-level accuracy, then the service's whole decision (category codes, ImageNet
+    mixture, not-sure rule; with `cascade`, the head's first stage answering where it may)."""
     if len(examples.labels) == 0:
         return {"images": 0}
-    head_logits = np.stack([head.logits(f.mean(axis=0)) for f in examples.features])
-    decisions = [
-        decide(head, f, lg)
+    split = (head.first_stage or head).weights.shape[0]
+    decided = [
+        answer(head, f[:, :split], lg, partial(_columns_from, f, split), cascade=cascade)
         for f, lg in zip(examples.features, examples.imagenet_logits, strict=True)
     ]
-    sure = np.array([is_sure(d, head) for d in decisions])
+    decisions = [decision for decision, _ in decided]
+    sure = np.array([is_sure(decision, by) for decision, by in decided])
+    predicted = np.array(
+        [
+            head.classes.index(max(d.head_probabilities, key=d.head_probabilities.__getitem__))
+            for d in decisions
+        ]
+    )
     expected = [class_codes[i] for i in examples.labels]
     category_right = np.array([d.top[0] == e for d, e in zip(decisions, expected, strict=True)])
-    return {
+    figures = {
         "images": len(examples.labels),
-        "class_accuracy": round(float((head_logits.argmax(1) == examples.labels).mean()), 4),
+        "class_accuracy": round(float((predicted == examples.labels).mean()), 4),
         "category_accuracy": round(float(category_right.mean()), 4),
         "not_sure_fraction": round(float(1 - sure.mean()), 4),
         "accuracy_when_sure": round(float(category_right[sure].mean()), 4) if sure.any() else None,
         "imagenet_category_answers": int(sum(d.top[0] not in class_codes for d in decisions)),
     }
+    if cascade:
+        figures["all_networks_fraction"] = round(
+            float(np.mean([by is head for _, by in decided])), 4
+        )
+    return figures
+
+
+def _columns_from(features: NDArray[np.float32], start: int) -> NDArray[np.float32]:
+    return features[:, start:]
 
 
 def train_head(
@@ -373,7 +417,8 @@ def train_head(
     classes = list(TRASHNET_CLASSES)
     extra_paths, extra_labels = _corrections_as_classes(extra_examples, classes, log)
 
-    def shared(name: str) -> Examples:
+    def shared(name: str) -> list[Examples]:
+        """The split's features, one Examples per network."""
         files = split[name]
         labels = [classes.index(f.split("/")[0]) for f in files]
         parts = []
@@ -383,21 +428,33 @@ def train_head(
                 limit = str(limit_per_class or "all")
                 cache = feature_cache_file(feature_cache, member, name, limit)
             parts.append(cached_extract(member, [photos / f for f in files], labels, cache))
-        return joined(parts)
+        return parts
 
-    train, calibration, validation = shared("train"), shared("calibration"), shared("validation")
-    corrections = joined([extract(m, extra_paths, extra_labels) for m in backbones.members])
+    train, calibration = shared("train"), shared("calibration")
+    validation = joined(shared("validation"))
+    corrections = [extract(m, extra_paths, extra_labels) for m in backbones.members]
     log(
-        f"features: {len(train.labels)} train, {len(corrections.labels)} corrections, "
-        f"{len(calibration.labels)} calibration, {len(validation.labels)} validation photos"
+        f"features: {len(train[0].labels)} train, {len(corrections[0].labels)} corrections, "
+        f"{len(calibration[0].labels)} calibration, {len(validation.labels)} validation photos"
     )
-    head, fitting = fit_pooled_head(
-        merged(train, corrections),
-        calibration,
+    # The whole head reads every network; the first stage only the first network, and its
+    # sure answers stand where calibration says they cost no accuracy (the cascade, head.py).
+    head, fitting, whole = fit_pooled_head(
+        merged(joined(train), joined(corrections)),
+        joined(calibration),
         classes,
         backbones.sha256,
         test_time_augmentation=test_time_augmentation,
     )
+    first, first_fitting, alone = fit_pooled_head(
+        merged(train[0], corrections[0]),
+        calibration[0],
+        classes,
+        backbones.members[0].sha256,
+        test_time_augmentation=test_time_augmentation,
+    )
+    accept = first_stage_accept(alone, whole)
+    head = replace(head, first_stage=first, first_stage_accept=accept)
     # Scored on exactly the views the service will compute.
     if not test_time_augmentation:
         validation = centre_view_only(validation)
@@ -409,14 +466,23 @@ def train_head(
         "temperature": round(head.temperature, 4),
         "threshold": head.threshold,
         "typicality_threshold": round(head.typicality_threshold, 4),
-        "train_images": len(train.labels),
-        "corrections": len(corrections.labels),
+        "train_images": len(train[0].labels),
+        "corrections": len(corrections[0].labels),
         **fitting,
+        "first_stage": {
+            **first_fitting,
+            "temperature": round(first.temperature, 4),
+            "threshold": first.threshold,
+            "accept": accept,
+        },
         "validation": evaluate(head, validation, class_codes),
+        "validation_cascade": evaluate(head, validation, class_codes, cascade=True),
     }
     head = replace(head, metrics=metrics)
     log(f"L2 {fitting['l2']}, temperature {head.temperature:.3f}, not-sure {head.threshold:.2f}")
+    log(f"first stage: L2 {first_fitting['l2']}, its sure answers stand from {accept:.2f}")
     log(f"validation: {json.dumps(metrics['validation'])}")
+    log(f"validation, cascade: {json.dumps(metrics['validation_cascade'])}")
     if out_path is not None:
         save_head(head, out_path)
         return out_path
