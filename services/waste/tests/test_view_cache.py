@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -33,45 +34,48 @@ def view(progress: int) -> AnalysisView:
     )
 
 
+@dataclass
+class CountingLoad:
+    """A loader that takes a moment, like a database read, and counts its calls."""
+
+    outcome: AnalysisView | Problem
+    calls: int = 0
+
+    async def __call__(self) -> AnalysisView:
+        self.calls += 1
+        await asyncio.sleep(0.02)
+        if isinstance(self.outcome, Problem):
+            raise self.outcome
+        return self.outcome
+
+
 async def test_concurrent_misses_share_one_load_and_then_hit() -> None:
     cache = AnalysisViewCache()
-    loads = 0
-
-    async def load() -> AnalysisView:
-        nonlocal loads
-        loads += 1
-        await asyncio.sleep(0.05)
-        return view(40)
+    load = CountingLoad(view(40))
 
     views = await asyncio.gather(*(cache.get(OWNER, ANALYSIS, "7", load) for _ in range(50)))
-    assert loads == 1
+    assert load.calls == 1
     assert {v.progress for v in views} == {40}
     await cache.get(OWNER, ANALYSIS, "7", load)
-    assert loads == 1
+    assert load.calls == 1
     await cache.get(OWNER, ANALYSIS, "8", load)  # a new event: read again
-    assert loads == 2
+    assert load.calls == 2
     await cache.get(uuid.uuid4(), ANALYSIS, "8", load)  # someone else: never the owner's entry
-    assert loads == 3
+    assert load.calls == 3
 
 
 async def test_a_failed_load_reaches_every_waiter_and_is_not_kept() -> None:
     cache = AnalysisViewCache()
-    calls = 0
-
-    async def missing() -> AnalysisView:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.01)
-        raise Problem(404, "No analysis.")
+    missing = CountingLoad(Problem(404, "No analysis."))
 
     results = await asyncio.gather(
         *(cache.get(OWNER, ANALYSIS, "1", missing) for _ in range(10)), return_exceptions=True
     )
-    assert calls == 1
+    assert missing.calls == 1
     assert all(isinstance(r, Problem) and r.status == 404 for r in results)
     with pytest.raises(Problem):
         await cache.get(OWNER, ANALYSIS, "1", missing)
-    assert calls == 2
+    assert missing.calls == 2
 
 
 async def test_a_waiter_that_goes_away_does_not_cancel_the_others() -> None:
