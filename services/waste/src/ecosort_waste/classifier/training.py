@@ -20,7 +20,6 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from . import preprocess
 from .categories import CATEGORY_CODES, TRASHNET_CLASSES
 from .decision import answer, class_code, decide, is_sure
 from .head import Head, publish_head, save_head, softmax
@@ -81,7 +80,7 @@ def extract(backbone: OnnxBackbone, paths: Sequence[Path], labels: Sequence[int]
         views = []
         for path in paths[start : start + BATCH_IMAGES]:
             with Image.open(path) as image:
-                views.append(preprocess.tta_batch(image, backbone.input_size))
+                views.append(backbone.views(image, tta=True))
         f, lg = backbone.run(np.concatenate(views))
         features.append(f.reshape(len(views), 2, -1))
         logits.append(lg.reshape(len(views), 2, -1))
