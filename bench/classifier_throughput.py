@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 
+import machine
 import numpy as np
 from PIL import Image
 
@@ -91,9 +90,7 @@ def main() -> None:
         json.dumps(
             {
                 "intra_op_threads": args.threads,
-                "cpu": platform.processor() or platform.machine(),
-                "cpus_visible": os.cpu_count(),
-                "load_average_1m": round(os.getloadavg()[0], 2),
+                "machine": machine.describe(),
                 "per_core": per_core,
             },
             indent=1,

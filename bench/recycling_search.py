@@ -13,13 +13,12 @@ time (this thread only) is the cost of our code. `--url` also times GET
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
 
 import httpx
+import machine
 
 from ecosort_recycling.evaluation import DEFAULT_QUERIES, read_queries
 from ecosort_recycling.hangul import JUNGSEONG, SYLLABLE_FIRST, choseong, normalize
@@ -81,8 +80,7 @@ def main() -> None:
     index = SearchIndex(knowledge.items)
     queries = query_mix(knowledge.items)
     print(
-        f"{platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+        f"{machine.describe()}; "
         f"{len(index)} items, {len(index.keys)} search keys, {len(queries)} queries "
         f"x {args.rounds} rounds"
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
 import statistics
 import sys
@@ -27,6 +26,7 @@ import h11
 from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).parent))
+import machine
 from waste_api_stack import API, WasteApi, waste_api
 
 from ecosort_waste.progress import publish_event
@@ -170,7 +170,7 @@ async def run(api: WasteApi, streams: int, analyses: int) -> None:
         f"  fan-out of one event per analysis: {len(delays)}/{streams} delivered, "
         f"p50 {cuts[49]:.0f} ms, p99 {cuts[98]:.0f} ms, max {max(delays, default=0):.0f} ms\n"
         f"  streams ended after the final event: {ended}/{streams}\n"
-        f"  1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        f"  machine: {machine.describe()}"
     )
 
 

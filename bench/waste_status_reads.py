@@ -42,6 +42,7 @@ import psycopg
 import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
+import machine
 from gateway import gateway_for
 from waste_api_stack import API, WasteApi, waste_api
 
@@ -171,7 +172,7 @@ def main() -> None:
             figures = asyncio.run(run_python(url, headers, args.connections, args.seconds))
         cpu_used = api.cpu_seconds() - cpu_before
         rss = api.rss_mb()
-        load = os.getloadavg()[0]
+        during_run = machine.describe()
     # CPU per request does not depend on what else the machine runs; req/s and latency do.
     cpu_ms = cpu_used * 1000 / max(1.0, figures["rps"] * args.seconds)
     print(
@@ -183,7 +184,8 @@ def main() -> None:
         f"  non-2xx {figures['non_2xx']:.0f}, dropped arrivals {figures.get('dropped', 0):.0f}, "
         f"API RSS {rss:.0f} MB\n"
         f"  API CPU {cpu_ms:.2f} ms per request (=> about {1000 / cpu_ms:.0f} req/s on one "
-        f"free core); 1-min load average during the run {load:.1f} on {os.cpu_count()} cores"
+        f"free core)\n"
+        f"  machine (load during the run): {during_run}"
     )
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
+import machine
 from waste_api_stack import API, WasteApi, waste_api
 from waste_worker_stack import (
     Worker,
@@ -163,7 +163,7 @@ def main() -> None:
 
     ms = [value * 1000 for value in latencies]
     analyses = args.clients * (args.uploads + args.warm_up)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    print(f"machine: {machine.describe()}")
     print(
         f"clients: {args.clients}, uploads: {len(ms)}, worker processes: "
         f"{args.worker_processes}, {classifier_description(args)}"

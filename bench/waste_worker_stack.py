@@ -30,10 +30,11 @@ PHOTOS = Path(
 
 def shared_photos(count: int) -> list[bytes]:
     """`count` photos, the six classes in turn (TrashNet JPEGs, 512×384, as a phone would send
-    after the app's own downscaling)."""
+    after the app's own downscaling); a class with too few photos starts over."""
     classes = sorted(p for p in PHOTOS.iterdir() if p.is_dir())
     files = [sorted(c.glob("*.jpg")) for c in classes]
-    return [files[i % len(files)][i // len(files)].read_bytes() for i in range(count)]
+    picks = ((files[i % len(files)], i // len(files)) for i in range(count))
+    return [photos[n % len(photos)].read_bytes() for photos, n in picks]
 
 
 def add_classifier_options(parser: argparse.ArgumentParser) -> None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
+import machine
 from waste_worker_stack import (
     add_classifier_options,
     celery_worker,
@@ -120,8 +119,7 @@ def main() -> None:
             main_cpu = worker.cpu_seconds(main_only=True) - main_before
         completed, failed = count_completed(database_url)
 
-    load = os.getloadavg()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {load[0]:.1f}")
+    print(f"machine: {machine.describe()}")
     print(f"images: {len(ids)} ({completed} completed, {failed} failed)")
     print(
         f"worker pool: {args.pool}, processes: {args.concurrency}, {classifier_description(args)}"

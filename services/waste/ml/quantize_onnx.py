@@ -1,10 +1,10 @@
 """Quantize the exported ONNX network to int8: what the service runs.
 
 Static quantization (QDQ, weights int8 per channel, activations uint8; the stem stays fp32)
-calibrated on train photos only, so the calibration and validation splits stay unseen. The CPU
-here has AVX-512 VNNI, where onnxruntime's int8 convolutions run the network in about half the
-time of fp32 (MODEL_CARD.md); the head is retrained on the int8 features afterwards
-(`make train-head`), so it learns the features the service really computes.
+calibrated on train photos only, so the calibration and validation splits stay unseen. On CPUs
+with AVX-512 VNNI, onnxruntime's int8 convolutions take about half the time of fp32; on an
+AVX2-only CPU, about three quarters of it (MODEL_CARD.md). The head is retrained on the int8
+features afterwards (`make train-head`), so it learns the features the service really computes.
 
 `--input-size` sets the side of the square the service feeds the network (the file's input
 shape, which the service reads; default 224, the fine-tuning size). The network is convolutions
