@@ -324,14 +324,16 @@ async def test_feedback_stores_a_correction_with_a_valid_code(
 async def test_status_read_checks_the_id_and_the_token_and_is_documented(
     app: FastAPI, client: AsyncClient, user: User
 ) -> None:
-    """The polling read is served without FastAPI's dependency resolution: it still refuses
-    what the other routes refuse, and the API description still lists it."""
+    """The polling read is served without FastAPI's routing and dependency resolution: it still
+    refuses what the other routes refuse, and the API description still lists it."""
     malformed = assert_problem(
         await client.get(f"{API}/analyses/not-a-uuid", headers=user.headers), 422
     )
     assert "analysis_id" in str(malformed)
     assert_problem(await client.get(f"{API}/analyses/{uuid.uuid4()}"), 401)
     assert_problem(await client.get(f"{API}/analyses/{uuid.uuid4()}", headers=user.headers), 404)
+    path = f"{API}/analyses/{uuid.uuid4()}"
+    assert_problem(await client.delete(path, headers=user.headers), 405)
     operation = (await client.get(f"{API}/openapi.json")).json()["paths"][
         f"{API}/analyses/{{analysis_id}}"
     ]["get"]
