@@ -22,12 +22,13 @@ INT8_INSTRUCTIONS = (
 
 
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, str]:
-    """(model name, int8 instruction set) of the first CPU; platform names where /proc is absent."""
+    """(model name, int8 instruction set); platform names where /proc is absent."""
     try:
         lines = cpuinfo.read_text().splitlines()
     except OSError:
         return platform.processor() or platform.machine(), "unknown"
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)  # later CPUs repeat these
+    # Every CPU of the VM repeats the same fields; the last one's stand.
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
     fields = {key.strip(): value.strip() for key, value in fields.items()}
     flags = set(fields.get("flags", "").split())
     int8 = next((name for flag, name in INT8_INSTRUCTIONS if flag in flags), "none of AVX2/AVX-512")
