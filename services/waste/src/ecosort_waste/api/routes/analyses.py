@@ -277,7 +277,7 @@ router.add_api_route(
 
 def polling_route(prefix: str) -> Route:
     """`poll_analysis` as a plain Starlette route, for the app to match before FastAPI's router:
-    finding a route through FastAPI's nested included routers cost a sixth of a poll's CPU
+    finding a route through FastAPI's nested included routers cost a fifth of a poll's CPU
     (bench/README.md). The route above documents the path, and serves it where this one is not
     installed."""
     return Route(f"{prefix}/analyses/{{analysis_id}}", poll_analysis, methods=["GET"])
