@@ -13,8 +13,10 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from PIL import ExifTags, Image
 from sqlalchemy import func, select, update
+from starlette.routing import Match
 
 from ecosort_common.testing import TokenIssuer
+from ecosort_waste.api.routes.analyses import poll_analysis
 from ecosort_waste.models import Analysis, Correction
 from ecosort_waste.progress import publish_event
 
@@ -334,6 +336,9 @@ async def test_status_read_checks_the_id_and_the_token_and_is_documented(
     assert_problem(await client.get(f"{API}/analyses/{uuid.uuid4()}", headers=user.headers), 404)
     path = f"{API}/analyses/{uuid.uuid4()}"
     assert_problem(await client.delete(path, headers=user.headers), 405)
+    poll = {"type": "http", "method": "GET", "path": path, "root_path": ""}
+    served_by = next(r for r in app.router.routes if r.matches(poll)[0] == Match.FULL)
+    assert getattr(served_by, "endpoint", None) is poll_analysis  # the plain route, found first
     operation = (await client.get(f"{API}/openapi.json")).json()["paths"][
         f"{API}/analyses/{{analysis_id}}"
     ]["get"]
