@@ -124,3 +124,26 @@ def test_quota_fits_the_scaling_maxima(
             need["pods"] += count
     for key, value in need.items():
         assert value <= quantity(quota["spec"]["hard"][key]), f"{service}: {key} needs {value}"
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_waste_worker_prefers_nodes_with_int8_dot_products(env: str, rendered: Rendered) -> None:
+    """A preference, never a requirement: without Node Feature Discovery's labels it matches no
+    node, and the worker still schedules anywhere."""
+    (scaled,) = of_kind(rendered[("waste", env)], "ScaledObject")
+    (worker,) = [
+        d
+        for d in of_kind(rendered[("waste", env)], "Deployment")
+        if d["metadata"]["name"] == scaled["spec"]["scaleTargetRef"]["name"]
+    ]
+    node_affinity = worker["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    assert set(node_affinity) == {"preferredDuringSchedulingIgnoredDuringExecution"}
+    preferred = {
+        expression["key"]: term["weight"]
+        for term in node_affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+        for expression in term["preference"]["matchExpressions"]
+    }
+    assert preferred == {
+        "feature.node.kubernetes.io/cpu-cpuid.AVX512VNNI": 100,
+        "feature.node.kubernetes.io/cpu-cpuid.AVXVNNI": 50,
+    }

@@ -176,6 +176,10 @@ spec:
       automountServiceAccountToken: false
       # Celery's warm shutdown finishes the running task before exiting.
       terminationGracePeriodSeconds: {{ $spec.terminationGracePeriodSeconds }}
+      {{- with (get $spec "affinity") }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       {{- $probes := include "ecosort-lib.workerProbes" $spec.heartbeat }}
       {{- $env := list (dict "name" "WORKER_HEARTBEAT_FILE" "value" $spec.heartbeat.file) }}
       {{- $ctx := dict "root" $root "component" $worker "command" $spec.command "probes" $probes "resources" $spec.resources "ports" false "envFromConfigMap" true "extraEnv" $env }}
