@@ -89,7 +89,9 @@ def local_stack() -> Iterator[LocalStack]:
     # Not under tmp_path: pytest keeps that 0700, and nginx's workers run as `nobody` there.
     home = Path(tempfile.mkdtemp(prefix="ecosort-e2e-stack-"))
     home.chmod(0o755)
-    offset = free_port_offset()
+    # Below 17000: tools/devstack's start-up tests take the offsets above, perhaps at the same
+    # time on another xdist worker.
+    offset = free_port_offset(10000, 17000)
     prefix = f"e2e_{run}_"
     server_url = os.environ["ECOSORT_TEST_POSTGRES_URL"]
     with temporary_redis_db() as redis_url:

@@ -15,7 +15,9 @@ from ecosort_devstack.env import service_env
 from ecosort_devstack.processes import StateFile, launcher_record
 from ecosort_devstack.readiness import free_port_offset, port_is_listening
 
-OFFSET = free_port_offset()  # away from a stack someone runs on 8080
+# Away from a stack someone runs on 8080, and above the offsets of the live stack that the
+# end-to-end tests (tests/conftest.py) may be starting at the same time on another xdist worker.
+OFFSET = free_port_offset(17000, 24000)
 
 
 @pytest.fixture
