@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from ecosort_k8scheck.charts import Rendered, load_values, of_kind
+from ecosort_k8scheck.charts import Manifest, Rendered, load_values, of_kind
 from ecosort_k8scheck.paths import ENVIRONMENTS, SERVICES
 
 AUTOSCALED = {"waste", "recycling"}
@@ -37,15 +39,19 @@ def test_hpa_on_cpu_and_memory_targets_the_api(service: str, env: str, rendered:
     assert resources == {"cpu": "Utilization", "memory": "Utilization"}
 
 
+def scaled_deployment(manifests: list[Manifest], scaled: dict[str, Any]) -> dict[str, Any]:
+    """The Deployment a KEDA ScaledObject scales (exactly one)."""
+    target = scaled["spec"]["scaleTargetRef"]["name"]
+    (deployment,) = [d for d in of_kind(manifests, "Deployment") if d["metadata"]["name"] == target]
+    return deployment
+
+
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_scaled_object_watches_the_queue_the_worker_consumes(env: str, rendered: Rendered) -> None:
     manifests = rendered[("waste", env)]
     (scaled,) = of_kind(manifests, "ScaledObject")
     (auth,) = of_kind(manifests, "TriggerAuthentication")
-    target = scaled["spec"]["scaleTargetRef"]
-    (worker,) = [
-        d for d in of_kind(manifests, "Deployment") if d["metadata"]["name"] == target["name"]
-    ]
+    worker = scaled_deployment(manifests, scaled)
     assert "replicas" not in worker["spec"]  # KEDA owns it
     command = worker["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[:4] == ["celery", "-A", "ecosort_waste.worker", "worker"]
@@ -130,12 +136,9 @@ def test_quota_fits_the_scaling_maxima(
 def test_waste_worker_prefers_nodes_with_int8_dot_products(env: str, rendered: Rendered) -> None:
     """A preference, never a requirement: without Node Feature Discovery's labels it matches no
     node, and the worker still schedules anywhere."""
-    (scaled,) = of_kind(rendered[("waste", env)], "ScaledObject")
-    (worker,) = [
-        d
-        for d in of_kind(rendered[("waste", env)], "Deployment")
-        if d["metadata"]["name"] == scaled["spec"]["scaleTargetRef"]["name"]
-    ]
+    manifests = rendered[("waste", env)]
+    (scaled,) = of_kind(manifests, "ScaledObject")
+    worker = scaled_deployment(manifests, scaled)
     node_affinity = worker["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
     assert set(node_affinity) == {"preferredDuringSchedulingIgnoredDuringExecution"}
     preferred = {
