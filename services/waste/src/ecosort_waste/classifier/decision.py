@@ -96,10 +96,15 @@ def class_code(head_class: str) -> str:
 
 
 def is_sure(decision: Decision, head: Head) -> bool:
+    return sure_under(decision, head.threshold, head.typicality_threshold)
+
+
+def sure_under(decision: Decision, threshold: float, typicality_threshold: float) -> bool:
+    """The not-sure rule at given thresholds (training chooses them with this same rule)."""
     # An answer from the head about a photo unlike its training photos is a guess.
-    if decision.top_from_head and decision.atypical:
+    if decision.top_from_head and decision.typicality < typicality_threshold:
         return False
-    return decision.top[1] >= head.threshold
+    return decision.top[1] >= threshold
 
 
 def _typicality(head: Head, features: NDArray[np.float32], predicted: int) -> float:

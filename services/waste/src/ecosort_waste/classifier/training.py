@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from .categories import CATEGORY_CODES, TRASHNET_CLASSES
-from .decision import answer, class_code, decide, is_sure
+from .decision import answer, class_code, decide, is_sure, sure_under
 from .head import Head, publish_head, save_head, softmax
 from .local import MODELS_DIR, Backbones, OnnxBackbone
 
@@ -286,12 +286,7 @@ def fit_pooled_head(
         [d.top[0] == codes[k] for d, k in zip(decisions, calibration.labels, strict=True)]
     )
     threshold = choose_threshold(confidences, correct)
-    sure = np.array(
-        [
-            not (d.top_from_head and d.typicality < typicality) and d.top[1] >= threshold
-            for d in decisions
-        ]
-    )
+    sure = np.array([sure_under(d, threshold, typicality) for d in decisions])
     head = replace(
         fit_head(pool, classes, row["l2"], backbone_sha256),
         temperature=temperature,
