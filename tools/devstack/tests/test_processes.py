@@ -7,7 +7,12 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
+import pytest
+
+from ecosort_devstack import stack as stack_module
+from ecosort_devstack.cli import run_up
 from ecosort_devstack.config import StackConfig
 from ecosort_devstack.processes import (
     ProcessGroup,
@@ -105,3 +110,44 @@ def test_an_exited_but_unreaped_process_is_not_alive(tmp_path: Path) -> None:
     assert not is_alive(record)
     assert popen.returncode is None  # still unreaped: a zombie
     group.stop_all()
+
+
+def test_a_second_interrupt_does_not_cut_the_teardown_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = ProcessGroup(StateFile(tmp_path / "stack.json"), tmp_path)
+    server = spawn(group, "server", FAMILY)
+    stopped: list[bool] = []
+
+    class InterruptedStack:
+        """Ctrl-C while starting, then Ctrl-C again and SIGTERM (what `timeout` sends to the
+        whole process group) while the servers are being stopped."""
+
+        def __init__(self, config: StackConfig, say: object) -> None:
+            pass
+
+        def up(self) -> None:
+            raise KeyboardInterrupt
+
+        def stop(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            stop_records(group.records)
+            stopped.append(True)
+
+    monkeypatch.setattr(stack_module, "Stack", InterruptedStack)
+    term_before = signal.getsignal(signal.SIGTERM)
+    int_before = signal.getsignal(signal.SIGINT)
+
+    try:
+        assert run_up(cast(StackConfig, None)) == 0
+    except KeyboardInterrupt:
+        pytest.fail("the second interrupt escaped the teardown")
+    finally:
+        stop_records(group.records)  # whatever a failed teardown left behind
+        term_after = signal.signal(signal.SIGTERM, term_before)
+        int_after = signal.signal(signal.SIGINT, int_before)
+
+    assert stopped == [True]
+    assert not group_members(server.pid), "the teardown must end every server"
+    assert term_after is term_before and int_after is int_before, "handlers restored"

@@ -6,7 +6,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
-from signal import SIGHUP, SIGTERM
+from signal import SIGHUP, SIGINT, SIGTERM
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,11 @@ def _summary(info: StackInfo, config: StackConfig) -> str:
     return "\n".join(lines)
 
 
+def _still_stopping(signum: int, frame: FrameType | None) -> None:
+    """A second Ctrl-C (or `timeout` signalling the whole process group) during the teardown:
+    raising again would abandon it halfway and leave the servers running."""
+
+
 def run_up(config: StackConfig) -> int:
     from ecosort_devstack.stack import Stack  # imported here: `down` must start fast
 
@@ -56,7 +61,13 @@ def run_up(config: StackConfig) -> int:
     except KeyboardInterrupt:
         _say("stopping the stack...")
     finally:
+        # A handler, not SIG_IGN: programs the teardown starts must not inherit ignored signals.
+        # stop() ends in bounded time (each tier gets SIGKILL after its timeout).
+        interrupt = signal.signal(SIGINT, _still_stopping)
+        for signum in previous:
+            signal.signal(signum, _still_stopping)
         stack.stop()
+        signal.signal(SIGINT, interrupt)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     _say("stopped")
