@@ -4,7 +4,7 @@
 
 Three figures:
 - a token seen for the first time: the ES256 signature and the claims (no revocation check);
-- a token seen before (remembered) with the revocation check in Redis, one EXISTS per request:
+- a token seen before (remembered) with the revocation check in Redis, one ZSCORE per request:
   what a process does while its revocation subscription is down;
 - a token seen before with the revocation watcher subscribed: the normal path.
 The JWKS is fetched once before timing starts; the tokens are signed the way auth signs them.

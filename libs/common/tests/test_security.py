@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 import uuid
 from contextlib import suppress
 from datetime import timedelta
@@ -18,7 +19,7 @@ from httpx import AsyncClient
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey
 
-from ecosort_common.revocation import REVOKED_SESSION_KEY, RevocationWatcher, revoke_sessions
+from ecosort_common.revocation import REVOKED_SESSIONS, RevocationWatcher, revoke_sessions
 from ecosort_common.subscription import Subscription
 from ecosort_common.testing import TokenIssuer
 
@@ -152,24 +153,41 @@ async def test_revocations_made_before_start_and_without_a_subscription_count(
     app: FastAPI,
 ) -> None:
     redis = app.state.redis
-    await redis.set(REVOKED_SESSION_KEY.format(sid="old-session"), "1", ex=60)
+    await redis.delete(REVOKED_SESSIONS)
+    await revoke_sessions(redis, ["old-session"], ttl_seconds=60)
+    # A revocation that has ended counts nowhere.
+    await redis.zadd(REVOKED_SESSIONS, {"ended-session": time.time() - 1})
     subscription = Subscription(redis)
     watcher = RevocationWatcher(redis, subscription)
     # Not subscribed yet: the answer comes from Redis itself.
     assert not subscription.live
     assert await watcher.is_revoked("old-session")
     assert not await watcher.is_revoked("fine-session")
+    assert not await watcher.is_revoked("ended-session")
     following = asyncio.create_task(subscription.run())
     try:
         await _until_live(subscription)
-        await redis.delete(REVOKED_SESSION_KEY.format(sid="old-session"))
+        await redis.delete(REVOKED_SESSIONS)
         # Live: answered from the set loaded at subscription, not from Redis.
         assert await watcher.is_revoked("old-session")
         assert not await watcher.is_revoked("fine-session")
+        assert not await watcher.is_revoked("ended-session")
     finally:
         following.cancel()
         with suppress(asyncio.CancelledError):
             await following
+
+
+async def test_a_revocation_keeps_the_later_end_and_drops_those_that_ended(app: FastAPI) -> None:
+    redis = app.state.redis
+    await redis.delete(REVOKED_SESSIONS)
+    await redis.zadd(REVOKED_SESSIONS, {"ended-session": time.time() - 1})
+    await revoke_sessions(redis, ["long", "short"], ttl_seconds=600)
+    await revoke_sessions(redis, ["long"], ttl_seconds=60)  # e.g. logout after a reuse
+    await revoke_sessions(redis, [], ttl_seconds=60)
+    ends = dict(await redis.zrange(REVOKED_SESSIONS, 0, -1, withscores=True))
+    assert set(ends) == {"long", "short"}, "the ended revocation was dropped"
+    assert ends["long"] == ends["short"] > time.time() + 500
 
 
 async def test_garbage_is_refused(client: AsyncClient) -> None:

@@ -1,13 +1,18 @@
 """Revoked sessions: marked by auth, known to every process without a Redis call per request.
 
-Auth marks a session revoked with a key `auth:revoked-sid:<sid>` whose TTL is the access-token
-lifetime, and announces it on the channel `auth:revoked-sids` in the same transaction. Each process
-subscribes once, loads the keys that already exist, and keeps its own set current from the
-announcements, so checking a token's session is a dictionary lookup.
+Auth adds a revoked session to the sorted set `auth:revoked-sessions`, scored with the Unix time
+its revocation ends (when the last access token it issued expires), and announces it on the
+channel `auth:revoked-sids` in the same transaction. Each process subscribes once, reads the
+revocations still in force, and keeps its own set current from the announcements, so checking a
+token's session is a dictionary lookup.
+
+One sorted set rather than a key per session: reading what is in force after a (re)subscription
+is one ZRANGEBYSCORE, not a SCAN of the whole shared keyspace by every process at once (after a
+Redis failover, all of them resubscribe together). Each revocation drops the ended ones.
 
 The local set is trusted only while the process's subscription (ecosort_common.subscription)
-is known to be alive. Otherwise the verifier asks Redis for the key, one EXISTS per request: a
-lost or half-open subscription can slow requests down, never let a revoked token through.
+is known to be alive. Otherwise the verifier asks Redis, one ZSCORE per request: a lost or
+half-open subscription can slow requests down, never let a revoked token through.
 """
 
 from __future__ import annotations
@@ -23,10 +28,8 @@ from redis.asyncio import Redis
 
 from ecosort_common.subscription import Subscription
 
-REVOKED_SESSION_KEY = "auth:revoked-sid:{sid}"
+REVOKED_SESSIONS = "auth:revoked-sessions"  # session id -> Unix time its revocation ends
 REVOCATION_CHANNEL = "auth:revoked-sids"
-# A key without a TTL (set by hand) is remembered this long.
-_NO_TTL_SECONDS = 3600
 log = structlog.get_logger("ecosort.revocation")
 
 
@@ -34,10 +37,16 @@ async def revoke_sessions(
     redis: Redis, session_ids: Iterable[uuid.UUID | str], *, ttl_seconds: int
 ) -> None:
     """Mark sessions revoked for `ttl_seconds` (the longest life of a token they issued)."""
+    sids = [str(sid) for sid in session_ids]
+    if not sids:
+        return
+    now = time.time()
     async with redis.pipeline(transaction=True) as pipe:
-        for sid in session_ids:
-            pipe.set(REVOKED_SESSION_KEY.format(sid=sid), "1", ex=ttl_seconds)
-            pipe.publish(REVOCATION_CHANNEL, json.dumps({"sid": str(sid), "ttl": ttl_seconds}))
+        # GT: a session revoked twice stays revoked until the later end (Redis >= 6.2).
+        pipe.zadd(REVOKED_SESSIONS, dict.fromkeys(sids, now + ttl_seconds), gt=True)
+        pipe.zremrangebyscore(REVOKED_SESSIONS, "-inf", now)
+        for sid in sids:
+            pipe.publish(REVOCATION_CHANNEL, json.dumps({"sid": sid, "ttl": ttl_seconds}))
         await pipe.execute()
 
 
@@ -51,26 +60,19 @@ class RevocationWatcher:
 
     async def is_revoked(self, sid: str) -> bool:
         if not self._subscription.live:
-            key = REVOKED_SESSION_KEY.format(sid=sid)
-            return bool(await cast(Awaitable[int], self._redis.exists(key)))
+            ends_at = await cast(Awaitable[float | None], self._redis.zscore(REVOKED_SESSIONS, sid))
+            return ends_at is not None and ends_at > time.time()
         expires_at = self._expires_at.get(sid)
         return expires_at is not None and expires_at > time.monotonic()
 
     async def _load_existing(self) -> None:
-        pattern = REVOKED_SESSION_KEY.format(sid="*")
-        keys = [key async for key in self._redis.scan_iter(match=pattern, count=1000)]
-        if not keys:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.pttl(key)
-            ttls = await pipe.execute()
-        prefix = pattern.removesuffix("*")
-        for key, ttl_ms in zip(keys, ttls, strict=True):
-            if ttl_ms == -1:
-                self._remember(key.removeprefix(prefix), _NO_TTL_SECONDS)
-            elif ttl_ms > 0:
-                self._remember(key.removeprefix(prefix), ttl_ms / 1000)
+        now = time.time()
+        in_force = await cast(
+            Awaitable[list[tuple[str, float]]],
+            self._redis.zrangebyscore(REVOKED_SESSIONS, f"({now}", "+inf", withscores=True),
+        )
+        for sid, ends_at in in_force:
+            self._remember(sid, ends_at - now)
 
     def _announced(self, data: str) -> None:
         try:
