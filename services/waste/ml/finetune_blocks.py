@@ -114,6 +114,8 @@ def load_photos(files: list[str]) -> list[Image.Image]:
     photos = []
     for relpath in files:
         with Image.open(PHOTOS_DIR / relpath) as raw:
+            # Decoded now: to_rgb returns an RGB photo itself, still lazy, and the file closes.
+            raw.load()
             photos.append(preprocess.to_rgb(raw))
     return photos
 
