@@ -61,6 +61,8 @@ def session(path: Path) -> ort.InferenceSession:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # As the service runs the int8 file (classifier/local.py): the same numbers on every CPU.
+    options.add_session_config_entry("session.x64quantprecision", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
