@@ -58,13 +58,17 @@ def test_heldout_photos_are_mostly_right(classifier: LocalClassifier) -> None:
 
 
 @needs_photos
-def test_this_cpu_reproduces_the_heads_validation_figures(classifier: LocalClassifier) -> None:
+@pytest.mark.parametrize(
+    ("cascade", "record"), [(False, "validation"), (True, "validation_cascade")]
+)
+def test_this_cpu_reproduces_the_heads_validation_figures(cascade: bool, record: str) -> None:
     """The production path over the whole validation split gives, to the photo, the figures the
     trainer recorded in the head. They were computed on another machine's CPU: any CPU-dependent
     arithmetic (onnxruntime's saturating int8 kernels on x86 without VNNI, say) shows here."""
-    recorded = classifier.head.metrics["validation"]
+    classifier = LocalClassifier(cascade=cascade)
+    recorded = classifier.head.metrics[record]
     files = load_split()["validation"]
-    class_right = category_right = not_sure = 0
+    class_right = category_right = not_sure = all_networks = 0
     for relpath in files:
         with Image.open(PHOTOS / relpath) as image:
             result = classifier.classify(image)
@@ -73,12 +77,15 @@ def test_this_cpu_reproduces_the_heads_validation_figures(classifier: LocalClass
         class_right += max(head_probabilities, key=head_probabilities.__getitem__) == trashnet_class
         category_right += result.candidates[0].category == TRASHNET_TO_CATEGORY[trashnet_class]
         not_sure += result.not_sure
+        all_networks += result.model_version.count("+") == len(ONNX_FILES) - 1
     measured = {
         "images": len(files),
         "class_accuracy": round(class_right / len(files), 4),
         "category_accuracy": round(category_right / len(files), 4),
         "not_sure_fraction": round(not_sure / len(files), 4),
     }
+    if cascade:
+        measured["all_networks_fraction"] = round(all_networks / len(files), 4)
     assert measured == {key: recorded[key] for key in measured}
 
 
