@@ -2,8 +2,10 @@
 
 Static quantization (QDQ, weights int8 per channel, activations uint8; the stem stays fp32)
 calibrated on train photos only, so the calibration and validation splits stay unseen. On CPUs
-with AVX-512 VNNI, onnxruntime's int8 convolutions take about half the time of fp32; on an
-AVX2-only CPU, about three quarters of it (MODEL_CARD.md). The head is retrained on the int8
+with AVX-512 VNNI, onnxruntime's int8 convolutions take about half the time of fp32. On an
+AVX2-only CPU they took about three quarters of it with onnxruntime's default kernels, which
+saturate there and change the answers; with the non-saturating ones the service uses, about as
+long as fp32 (MODEL_CARD.md; ml/README.md, round 9). The head is retrained on the int8
 features afterwards (`make train-head`), so it learns the features the service really computes.
 
 `--input-size` sets the side of the square the service feeds the network (the file's input
