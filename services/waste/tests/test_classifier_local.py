@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from ecosort_waste.classifier import local
 from ecosort_waste.classifier.categories import CATEGORY_CODES, TRASHNET_TO_CATEGORY
 from ecosort_waste.classifier.decision import decide
 from ecosort_waste.classifier.head import HeadError, current_head_path, load_head, save_head
@@ -87,6 +89,49 @@ def test_this_cpu_reproduces_the_heads_validation_figures(cascade: bool, record:
     if cascade:
         measured["all_networks_fraction"] = round(all_networks / len(files), 4)
     assert measured == {key: recorded[key] for key in measured}
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "saturate"),
+    [
+        ("x86_64", "fpu sse2 avx2 fma", True),
+        ("x86_64", "avx2 avx512f avx512bw", True),
+        ("x86_64", "avx2 avx512f avx512bw avx512_vnni", False),
+        ("x86_64", "avx2 avx_vnni", False),
+        ("aarch64", "fp asimd asimddp", False),
+    ],
+)
+def test_exact_int8_kernels_only_where_the_fast_ones_saturate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, machine: str, flags: str, saturate: bool
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    )
+    monkeypatch.setattr(local.platform, "machine", lambda: machine)
+    assert local.int8_sums_saturate(cpuinfo) is saturate
+
+
+@needs_photos
+def test_where_the_fast_int8_kernels_are_kept_they_are_exact() -> None:
+    """Where `int8_sums_saturate` says no, the networks must give the exact kernels' numbers
+    bit for bit, or the head's validated answers would not hold on this CPU."""
+    if local.int8_sums_saturate():
+        pytest.skip("this CPU runs the exact kernels; the validation figures test covers it")
+    exact = ort.SessionOptions()
+    exact.add_session_config_entry("session.x64quantprecision", "1")
+    files = load_split(limit_per_class=4)["validation"]
+    for name in ONNX_FILES:
+        fast = local.OnnxBackbone(MODELS_DIR / name)
+        reference = ort.InferenceSession(
+            str(MODELS_DIR / name), exact, providers=["CPUExecutionProvider"]
+        )
+        for relpath in files:
+            with Image.open(PHOTOS / relpath) as image:
+                batch = fast.views(to_rgb(image), tta=False)
+            features, logits = fast.run(batch)
+            assert np.array_equal(features, reference.run(["features"], {"image": batch})[0])
+            assert np.array_equal(logits, reference.run(["imagenet_logits"], {"image": batch})[0])
 
 
 @needs_photos
