@@ -19,18 +19,19 @@ from PIL import Image, ImageEnhance, ImageOps
 SERVICE_DIR = Path(__file__).resolve().parents[1]
 
 
-def _load_runtime_preprocess() -> ModuleType:
-    """The service's preprocessing module, loaded by path: the package's __init__ pulls in
-    service dependencies (structlog…) that the build venv does not have."""
-    path = SERVICE_DIR / "src" / "ecosort_waste" / "classifier" / "preprocess.py"
-    spec = importlib.util.spec_from_file_location("ecosort_waste_preprocess", path)
+def _load_runtime_module(name: str) -> ModuleType:
+    """One of the service's classifier modules, loaded by path: the package's __init__ pulls
+    in service dependencies (structlog…) that the build venv does not have."""
+    path = SERVICE_DIR / "src" / "ecosort_waste" / "classifier" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"ecosort_waste_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-preprocess = _load_runtime_preprocess()
+preprocess = _load_runtime_module("preprocess")
+onnx_options = _load_runtime_module("onnx_options")
 
 MODELS_DIR = SERVICE_DIR / "src" / "ecosort_waste" / "classifier" / "artifacts"
 PHOTOS_DIR = Path("/work/shared/data/waste-images")

@@ -4,8 +4,8 @@ Static quantization (QDQ, weights int8 per channel, activations uint8; the stem 
 calibrated on train photos only, so the calibration and validation splits stay unseen. On CPUs
 with AVX-512 VNNI, onnxruntime's int8 convolutions take about half the time of fp32. On an
 AVX2-only CPU they took about three quarters of it with onnxruntime's default kernels, which
-saturate there and change the answers; with the non-saturating ones the service uses, about as
-long as fp32 (MODEL_CARD.md; ml/README.md, round 9). The head is retrained on the int8
+saturate there and change the answers; with the non-saturating ones the service uses there, about
+as long as fp32 (MODEL_CARD.md; ml/README.md, round 9). The head is retrained on the int8
 features afterwards (`make train-head`), so it learns the features the service really computes.
 
 `--input-size` sets the side of the square the service feeds the network (the file's input
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from buildlib import MODELS_DIR, PHOTOS_DIR, WORK_DIR, load_split, preprocess
+from buildlib import MODELS_DIR, PHOTOS_DIR, WORK_DIR, load_split, onnx_options, preprocess
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -59,12 +59,8 @@ class TrainPhotos(CalibrationDataReader):
 
 
 def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # As the service runs the int8 file (classifier/local.py): the same numbers on every CPU.
-    options.add_session_config_entry("session.x64quantprecision", "1")
+    # As the service runs it: the same numbers, and the cost it pays, on this CPU.
+    options = onnx_options.session_options(intra_op_threads=1)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

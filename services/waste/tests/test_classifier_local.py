@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from ecosort_waste.classifier import local
+from ecosort_waste.classifier import onnx_options
 from ecosort_waste.classifier.categories import CATEGORY_CODES, TRASHNET_TO_CATEGORY
 from ecosort_waste.classifier.decision import decide
 from ecosort_waste.classifier.head import HeadError, current_head_path, load_head, save_head
 from ecosort_waste.classifier.imagenet_map import IMAGENET_TO_CATEGORY
-from ecosort_waste.classifier.local import MODELS_DIR, ONNX_FILES, LocalClassifier
+from ecosort_waste.classifier.local import MODELS_DIR, ONNX_FILES, LocalClassifier, OnnxBackbone
 from ecosort_waste.classifier.preprocess import to_rgb
 from ecosort_waste.classifier.training import load_split, photos_dir, train_head
 from ecosort_waste.config import Settings
@@ -108,21 +108,34 @@ def test_exact_int8_kernels_only_where_the_fast_ones_saturate(
     cpuinfo.write_text(
         f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
     )
-    monkeypatch.setattr(local.platform, "machine", lambda: machine)
-    assert local.int8_sums_saturate(cpuinfo) is saturate
+    monkeypatch.setattr(onnx_options.platform, "machine", lambda: machine)
+    assert onnx_options.int8_sums_saturate(cpuinfo) is saturate
+
+
+@pytest.mark.parametrize("saturate", [True, False])
+def test_sessions_ask_for_exact_kernels_exactly_where_sums_saturate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saturate: bool
+) -> None:
+    monkeypatch.setattr(onnx_options, "int8_sums_saturate", lambda: saturate)
+    options = onnx_options.session_options()
+    try:
+        exact = options.get_session_config_entry("session.x64quantprecision") == "1"
+    except RuntimeError:  # onnxruntime's answer for an entry never set
+        exact = False
+    assert exact is saturate
 
 
 @needs_photos
 def test_where_the_fast_int8_kernels_are_kept_they_are_exact() -> None:
     """Where `int8_sums_saturate` says no, the networks must give the exact kernels' numbers
     bit for bit, or the head's validated answers would not hold on this CPU."""
-    if local.int8_sums_saturate():
+    if onnx_options.int8_sums_saturate():
         pytest.skip("this CPU runs the exact kernels; the validation figures test covers it")
     exact = ort.SessionOptions()
     exact.add_session_config_entry("session.x64quantprecision", "1")
     files = load_split(limit_per_class=4)["validation"]
     for name in ONNX_FILES:
-        fast = local.OnnxBackbone(MODELS_DIR / name)
+        fast = OnnxBackbone(MODELS_DIR / name)
         reference = ort.InferenceSession(
             str(MODELS_DIR / name), exact, providers=["CPUExecutionProvider"]
         )

@@ -4,7 +4,6 @@ by the trained numpy head."""
 from __future__ import annotations
 
 import hashlib
-import platform
 import threading
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from .base import Candidate, Classification
 from .categories import mapping_note
 from .decision import answer, is_sure
 from .head import Head, HeadError, current_head_path, load_head
+from .onnx_options import session_options
 
 MODELS_DIR = Path(__file__).resolve().parent / "artifacts"
 # The head reads the pooled features of both networks side by side (MODEL_CARD.md, round 6:
@@ -38,43 +38,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def int8_sums_saturate(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether onnxruntime's fast int8 kernels add products in 16-bit sums that saturate.
-
-    On x86-64 without VNNI (AVX2, AVX-512BW) its uint8 x int8 products go through
-    vpmaddubsw, which adds pairs of them into 16 bits; VNNI's dot products add in 32 bits, and
-    onnxruntime leaves other architectures' kernels alone.
-    """
-    if platform.machine().lower() not in {"x86_64", "amd64"}:
-        return False
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return True  # unknown x86 CPU: the exact kernels, whatever they cost
-    flags = {
-        flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()
-    }
-    return not flags & {"avx512_vnni", "avx_vnni"}
-
-
 class OnnxBackbone:
     """One onnxruntime session, made once; `run` returns (features, imagenet_logits)."""
 
     def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if int8_sums_saturate():
-            # There, the fast uint8 x int8 kernels change the answers (validation: 3 points
-            # more "not sure", a category answer lost). This computes those layers in
-            # uint8 x uint8, so every CPU gives the answers the head was validated on, at
-            # ~1.5x the cost. Not set elsewhere: on a VNNI Xeon it gave the same numbers at
-            # 2.7x the cost (MODEL_CARD.md).
-            options.add_session_config_entry("session.x64quantprecision", "1")
         self.path = path
         self.sha256 = file_sha256(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(path), session_options(intra_op_threads), providers=["CPUExecutionProvider"]
+        )
         # The side of the square the network reads, as the file says (quantize_onnx.py sets it).
         self.input_size = int(self.session.get_inputs()[0].shape[2])
 
