@@ -69,8 +69,21 @@ class Superseded(Exception):
     """Another run took the analysis over; this one must stop without writing."""
 
 
+# What `analyses.error` says: the app shows it to the user, so it names what went wrong in
+# their terms and never carries an exception's text (storage keys, file paths, provider
+# replies that can quote credentials). The details go to the log with the analysis id.
+CLASSIFIER_UNAVAILABLE = "the classifier is unavailable"
+CLASSIFIER_RETRYING = "the classifier is unavailable; retrying"
+IMAGE_MISSING = "the stored photo is missing"
+IMAGE_UNREADABLE = "the stored photo cannot be read"
+
+
 class PermanentFailure(Exception):
     """Retrying cannot help (the stored image is gone or unreadable)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 async def run_analysis(deps: PipelineDeps, analysis_id: uuid.UUID) -> Outcome:
@@ -90,13 +103,16 @@ async def run_analysis(deps: PipelineDeps, analysis_id: uuid.UUID) -> Outcome:
         log.info("pipeline.superseded", analysis_id=str(analysis_id), attempt=claim.attempt)
         return "superseded"
     except PermanentFailure as exc:
-        await fail(deps, analysis_id, str(exc), attempt=claim.attempt)
+        await fail(deps, analysis_id, exc.reason, attempt=claim.attempt, detail=str(exc))
         return "failed"
     except ProviderError as exc:
         if claim.attempt >= deps.max_attempts:
-            await fail(deps, analysis_id, f"classification failed: {exc}", attempt=claim.attempt)
+            await fail(
+                deps, analysis_id, CLASSIFIER_UNAVAILABLE, attempt=claim.attempt, detail=str(exc)
+            )
             return "failed"
-        await _requeue(deps, claim, f"classification failed, will retry: {exc}")
+        log.warning("pipeline.retrying", analysis_id=str(analysis_id), detail=str(exc))
+        await _requeue(deps, claim, CLASSIFIER_RETRYING)
         return "retry"
     await progress.publish_event(
         deps.redis,
@@ -148,13 +164,13 @@ async def _load_image(storage: Storage, key: str) -> Image.Image:
     try:
         data = await asyncio.to_thread(storage.get, key)
     except ObjectNotFound as exc:
-        raise PermanentFailure(f"the stored image {key!r} is missing") from exc
+        raise PermanentFailure(IMAGE_MISSING, f"no object {key!r}") from exc
     try:
         image = Image.open(io.BytesIO(data))
         image.draft("RGB", DECODE_AT_LEAST)  # a no-op for formats other than JPEG
         image.load()
     except (UnidentifiedImageError, OSError) as exc:
-        raise PermanentFailure(f"the stored image {key!r} cannot be decoded: {exc}") from exc
+        raise PermanentFailure(IMAGE_UNREADABLE, f"{key!r} cannot be decoded: {exc}") from exc
     return image
 
 
@@ -233,10 +249,16 @@ def _own_run(claim: Claim) -> Update:
 
 
 async def fail(
-    deps: PipelineDeps, analysis_id: uuid.UUID, reason: str, *, attempt: int | None = None
+    deps: PipelineDeps,
+    analysis_id: uuid.UUID,
+    reason: str,
+    *,
+    attempt: int | None = None,
+    detail: str | None = None,
 ) -> bool:
-    """Mark an unfinished analysis failed with its reason and tell the watchers.
-    With `attempt`, only while that run still owns it."""
+    """Mark an unfinished analysis failed with its reason (user-safe, stored and published)
+    and tell the watchers; `detail` is only logged. With `attempt`, only while that run still
+    owns it."""
     condition = [analyses.c.id == analysis_id, analyses.c.status.in_(UNFINISHED)]
     if attempt is not None:
         condition.append(analyses.c.attempts == attempt)
@@ -258,7 +280,7 @@ async def fail(
         ).first()
     if row is None:
         return False
-    log.warning("pipeline.failed", analysis_id=str(analysis_id), reason=reason)
+    log.warning("pipeline.failed", analysis_id=str(analysis_id), reason=reason, detail=detail)
     await progress.publish_event(
         deps.redis,
         analysis_id,
