@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.db import create_engine, create_sessionmaker
+from ecosort_waste.classifier.head import load_head
 from ecosort_waste.classifier.local import MODELS_DIR, LocalClassifier
 from ecosort_waste.config import Settings
 from ecosort_waste.models import Analysis, Correction
@@ -125,7 +127,11 @@ async def test_train_head_publishes_a_new_version_the_classifier_picks_up(
 
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "stored corrections with their photos: 1" in finished.stdout
-    assert "validation" in finished.stdout and "accuracy" in finished.stdout
     after = (heads / "current").read_text().strip()
     assert after != before and (heads / after).exists() and (heads / before).exists()
+    # It prints the validation figures it measured and recorded in the new head.
+    (printed,) = [line for line in finished.stdout.splitlines() if line.startswith("validation: ")]
+    figures = json.loads(printed.removeprefix("validation: "))
+    assert figures == load_head(heads / after).metrics["validation"]
+    assert figures["images"] > 0 and 0 <= figures["class_accuracy"] <= 1
     assert classifier.classify(photo).head_version == Path(after).stem
