@@ -81,18 +81,47 @@ async def test_upload_then_create_from_upload_id(
 
 
 async def test_upload_id_is_idempotent_with_a_key(
-    client: AsyncClient, headers: dict[str, str], enqueued: list[uuid.UUID]
+    app: FastAPI, client: AsyncClient, headers: dict[str, str], enqueued: list[uuid.UUID]
 ) -> None:
     issued = await ticket(client, headers)
     await post_form(client, issued, gps_png())
     keyed = {**headers, "Idempotency-Key": "direct-1"}
     body = {"upload_id": issued["upload_id"]}
     first = await client.post(f"{API}/analyses", headers=keyed, json=body)
+    assert first.status_code == 202
+    with pytest.raises(ObjectNotFound):
+        app.state.storage.get(issued["fields"]["key"])
     # Replayed after the upload object was consumed: still the same analysis.
     second = await client.post(f"{API}/analyses", headers=keyed, json=body)
-    assert first.status_code == second.status_code == 202
+    assert second.status_code == 202
     assert first.json()["id"] == second.json()["id"]
     assert len(enqueued) == 1
+    # Without the key it is a new request, and the upload is gone.
+    again = await client.post(f"{API}/analyses", headers=headers, json=body)
+    assert again.status_code == 422 and again.json()["title"] == "Unknown upload"
+
+
+async def test_a_reused_key_leaves_the_unread_upload_alone(
+    app: FastAPI, client: AsyncClient, headers: dict[str, str], enqueued: list[uuid.UUID]
+) -> None:
+    keyed = {**headers, "Idempotency-Key": "direct-2"}
+    first, second = await ticket(client, headers), await ticket(client, headers)
+    for issued in (first, second):
+        await post_form(client, issued, gps_png())
+    created = await client.post(
+        f"{API}/analyses", headers=keyed, json={"upload_id": first["upload_id"]}
+    )
+    assert created.status_code == 202
+    reused = await client.post(
+        f"{API}/analyses", headers=keyed, json={"upload_id": second["upload_id"]}
+    )
+    assert reused.status_code == 422
+    # Refused before it was read: the client can still use it, with a fresh key.
+    assert app.state.storage.get(second["fields"]["key"]) == gps_png()
+    fresh = await client.post(
+        f"{API}/analyses", headers=headers, json={"upload_id": second["upload_id"]}
+    )
+    assert fresh.status_code == 202
 
 
 async def test_unknown_or_foreign_upload_ids_are_refused(
@@ -112,17 +141,30 @@ async def test_unknown_or_foreign_upload_ids_are_refused(
     assert stolen.status_code == 422
 
 
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [(b"<html>not an image</html>", 415), (b"\xff\xd8\xff" + b"\0" * 1000, 422)],
+    ids=["not-an-image", "truncated-jpeg"],
+)
 async def test_uploaded_bytes_are_judged_like_any_upload(
-    client: AsyncClient, headers: dict[str, str], enqueued: list[uuid.UUID]
+    app: FastAPI,
+    client: AsyncClient,
+    headers: dict[str, str],
+    enqueued: list[uuid.UUID],
+    data: bytes,
+    status: int,
 ) -> None:
     issued = await ticket(client, headers)
-    await post_form(client, issued, b"<html>not an image</html>")
+    await post_form(client, issued, data)
     created = await client.post(
         f"{API}/analyses", headers=headers, json={"upload_id": issued["upload_id"]}
     )
-    assert created.status_code == 415
+    assert created.status_code == status
     assert created.headers["content-type"] == "application/problem+json"
     assert enqueued == []
+    # Refused, the original is not kept either: no analysis would ever delete it.
+    with pytest.raises(ObjectNotFound):
+        app.state.storage.get(issued["fields"]["key"])
 
 
 async def test_direct_upload_form_is_enforced(client: AsyncClient, headers: dict[str, str]) -> None:

@@ -15,6 +15,17 @@ from ecosort_common.testing import TokenIssuer
 from ecosort_waste.config import Settings
 
 from .test_api_analyses import API, User, jpeg, row, upload
+from .test_api_uploads import gps_png, post_form, ticket
+
+
+def user_deleted(user_id: uuid.UUID) -> dict[str, str]:
+    return {
+        "id": str(uuid.uuid4()),
+        "type": "user.deleted",
+        "source": "users",
+        "occurred_at": "2026-11-27T00:00:00+00:00",
+        "payload": json.dumps({"user_id": str(user_id)}),
+    }
 
 
 async def test_user_deleted_removes_their_analyses_and_photos_only(
@@ -30,14 +41,7 @@ async def test_user_deleted_removes_their_analyses_and_photos_only(
         f"{API}/analyses/{mine[0]}/feedback", headers=leaving.headers, json={"category": "can"}
     )
 
-    event = {
-        "id": str(uuid.uuid4()),
-        "type": "user.deleted",
-        "source": "users",
-        "occurred_at": "2026-11-27T00:00:00+00:00",
-        "payload": json.dumps({"user_id": str(leaving.id)}),
-    }
-    await app.state.redis.xadd(stream_name("user.deleted"), event)
+    await app.state.redis.xadd(stream_name("user.deleted"), user_deleted(leaving.id))
 
     for _ in range(100):  # the app's own consumer picks it up
         listed = await client.get(f"{API}/analyses", headers=leaving.headers)
@@ -48,3 +52,26 @@ async def test_user_deleted_removes_their_analyses_and_photos_only(
     assert not any(photo.exists() for photo in photos)
     kept = await client.get(f"{API}/analyses/{theirs}", headers=staying.headers)
     assert kept.status_code == 200
+
+
+async def test_user_deleted_removes_their_unread_direct_uploads(
+    app: FastAPI, client: AsyncClient, token_issuer: TokenIssuer, settings: Settings
+) -> None:
+    # Uploaded but never turned into an analysis: originals, GPS and all.
+    leaving, staying = User(token_issuer), User(token_issuer)
+    uploads = Path(settings.data_dir) / "uploads"
+    originals: dict[uuid.UUID, list[Path]] = {}
+    for who in (leaving, leaving, staying):
+        issued = await ticket(client, who.headers)
+        assert (await post_form(client, issued, gps_png())).status_code == 204
+        originals.setdefault(who.id, []).append(uploads / issued["fields"]["key"])
+    assert all(path.exists() for paths in originals.values() for path in paths)
+
+    await app.state.redis.xadd(stream_name("user.deleted"), user_deleted(leaving.id))
+
+    for _ in range(100):  # the app's own consumer picks it up
+        if not any(path.exists() for path in originals[leaving.id]):
+            break
+        await asyncio.sleep(0.1)
+    assert not (uploads / "incoming" / str(leaving.id)).exists()
+    assert all(path.exists() for path in originals[staying.id])

@@ -56,6 +56,34 @@ def test_round_trip_size_and_delete(storage: Storage) -> None:
     storage.delete("images/a/b.jpg")  # deleting twice is fine
 
 
+def test_delete_prefix_takes_the_folder_and_nothing_beside_it(storage: Storage) -> None:
+    for key in ("incoming/u1/a", "incoming/u1/b", "incoming/u1/deeper/c"):
+        storage.put(key, b"original", "image/jpeg")
+    for key in ("incoming/u10/a", "incoming/u1x", "images/u1/a.jpg"):
+        storage.put(key, b"keep", "image/jpeg")
+    assert storage.delete_prefix("incoming/u1/") == 3
+    for key in ("incoming/u1/a", "incoming/u1/b", "incoming/u1/deeper/c"):
+        with pytest.raises(ObjectNotFound):
+            storage.get(key)
+    for key in ("incoming/u10/a", "incoming/u1x", "images/u1/a.jpg"):
+        assert storage.get(key) == b"keep"
+    assert storage.delete_prefix("incoming/u1/") == 0  # again, or never used: not an error
+
+
+def test_delete_prefix_pages_through_s3(s3: S3Storage) -> None:
+    # Over one ListObjectsV2 page (and one DeleteObjects call) of 1000 keys.
+    for number in range(1005):
+        s3.put(f"incoming/u/{number}", b"x", "image/jpeg")
+    assert s3.delete_prefix("incoming/u/") == 1005
+    assert s3._client.list_objects_v2(Bucket=BUCKET, Prefix="waste/")["KeyCount"] == 0
+
+
+@pytest.mark.parametrize("prefix", ["incoming/u1", "../", "/", "", "incoming//"])
+def test_delete_prefix_names_a_folder(storage: Storage, prefix: str) -> None:
+    with pytest.raises(InvalidKey):
+        storage.delete_prefix(prefix)
+
+
 @pytest.mark.parametrize("key", ["../etc/passwd", "/abs", "a//b", "a/./b", "", "a\\b"])
 def test_keys_cannot_escape(storage: Storage, key: str) -> None:
     with pytest.raises(InvalidKey):

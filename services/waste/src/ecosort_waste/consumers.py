@@ -11,13 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.events import Event
 from ecosort_waste.models import Analysis
-from ecosort_waste.storage import Storage
+from ecosort_waste.storage import Storage, incoming_prefix
 
 log = structlog.get_logger(__name__)
 
 
 class UserDeletedHandler:
-    """`user.deleted` (from users): the person's analyses, corrections and photos go.
+    """`user.deleted` (from users): the person's analyses, corrections and photos go, and so do
+    their direct uploads that no analysis has read (originals, with their metadata).
 
     Photos are removed inside the event's transaction: if the commit fails, the event is
     redelivered and the (idempotent) deletes run again."""
@@ -33,4 +34,10 @@ class UserDeletedHandler:
         image_keys = set(deleted.scalars())
         for key in image_keys:
             await asyncio.to_thread(self.storage.delete, key)
-        log.info("user_data_deleted", user_id=str(user_id), analyses_images=len(image_keys))
+        uploads = await asyncio.to_thread(self.storage.delete_prefix, incoming_prefix(user_id))
+        log.info(
+            "user_data_deleted",
+            user_id=str(user_id),
+            analyses_images=len(image_keys),
+            unread_uploads=uploads,
+        )

@@ -6,7 +6,14 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from ecosort_waste.storage.base import InvalidKey, ObjectNotFound, Storage, check_key
+from ecosort_waste.storage.base import (
+    InvalidKey,
+    ObjectNotFound,
+    Storage,
+    check_key,
+    incoming_key,
+    incoming_prefix,
+)
 from ecosort_waste.storage.local import LocalStorage, UploadFormRejected
 from ecosort_waste.storage.s3 import S3Storage
 
@@ -18,6 +25,8 @@ __all__ = [
     "Storage",
     "UploadFormRejected",
     "check_key",
+    "incoming_key",
+    "incoming_prefix",
     "storage_from_settings",
 ]
 

@@ -6,6 +6,7 @@ calls them in a worker thread (``starlette.concurrency.run_in_threadpool``).
 
 from __future__ import annotations
 
+import uuid
 from typing import Protocol, runtime_checkable
 
 
@@ -31,10 +32,22 @@ class Storage(Protocol):
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under ``prefix``, a folder (``a/b/``); returns how many went."""
+
     def presign_upload(
         self, key: str, content_type: str, max_bytes: int
     ) -> tuple[str, dict[str, str]]:
         """A URL and form fields a client POSTs (multipart, file field last) to upload ``key``."""
+
+
+def check_prefix(prefix: str) -> str:
+    """A prefix names a whole folder: a key plus a trailing slash, so `incoming/u1/` can never
+    also take `incoming/u10/...`."""
+    if not prefix.endswith("/"):
+        raise InvalidKey(f"a prefix ends with '/': {prefix!r}")
+    check_key(prefix[:-1])
+    return prefix
 
 
 def check_key(key: str) -> str:
@@ -43,3 +56,14 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key:
         raise InvalidKey(f"invalid storage key: {key!r}")
     return key
+
+
+def incoming_prefix(owner_id: uuid.UUID) -> str:
+    """The folder of someone's direct uploads: originals, GPS and all, until they are read."""
+    return f"incoming/{owner_id}/"
+
+
+def incoming_key(owner_id: uuid.UUID, upload_id: uuid.UUID) -> str:
+    """Where a direct upload lands. The owner is part of the key, so an upload id is useless
+    to anyone but the person it was issued to."""
+    return f"{incoming_prefix(owner_id)}{upload_id}"

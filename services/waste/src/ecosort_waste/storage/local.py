@@ -12,9 +12,10 @@ import hmac
 import os
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 
-from ecosort_waste.storage.base import InvalidKey, ObjectNotFound, check_key
+from ecosort_waste.storage.base import InvalidKey, ObjectNotFound, check_key, check_prefix
 
 UPLOAD_FORM_FIELDS = ("key", "Content-Type", "max_bytes", "expires")
 
@@ -65,6 +66,22 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = self._path(check_prefix(prefix)[:-1])
+        deleted = 0
+        # Deepest first, so each folder is empty by the time it is removed. A folder something
+        # was just written into stays (rmdir refuses): only the files are the point.
+        for path in sorted(folder.rglob("*"), reverse=True):
+            if path.is_dir():
+                with suppress(OSError):
+                    path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+                deleted += 1
+        with suppress(OSError):
+            folder.rmdir()
+        return deleted
 
     def presign_upload(
         self, key: str, content_type: str, max_bytes: int

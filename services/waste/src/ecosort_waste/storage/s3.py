@@ -6,7 +6,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ecosort_waste.storage.base import ObjectNotFound, check_key
+from ecosort_waste.storage.base import ObjectNotFound, check_key, check_prefix
 
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -43,6 +43,29 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        deleted = 0
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._prefix + check_prefix(prefix)
+        )
+        for page in pages:
+            # A page holds at most 1000 keys, which is also what one DeleteObjects takes.
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if not keys:
+                continue
+            response = self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+            )
+            if response.get("Errors"):
+                # DeleteObjects answers 200 even when some keys failed: the caller must retry.
+                error = response["Errors"][0]
+                raise RuntimeError(
+                    f"S3 kept {len(response['Errors'])} object(s) under {prefix!r}: "
+                    f"{error.get('Code')} {error.get('Message')}"
+                )
+            deleted += len(keys)
+        return deleted
 
     def presign_upload(
         self, key: str, content_type: str, max_bytes: int

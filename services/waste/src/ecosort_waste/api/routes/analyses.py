@@ -22,6 +22,7 @@ from ecosort_common.errors import Problem
 from ecosort_common.pagination import MAX_PAGE_SIZE, Page
 from ecosort_common.security import Principal, current_principal
 from ecosort_waste import crud, images, progress
+from ecosort_waste.api.body_limit import capped_body
 from ecosort_waste.api.deps import (
     CurrentUser,
     DbSession,
@@ -31,7 +32,6 @@ from ecosort_waste.api.deps import (
     StorageDep,
     analysis_links,
 )
-from ecosort_waste.api.routes.uploads import incoming_key
 from ecosort_waste.api.schemas import (
     AnalysisAccepted,
     AnalysisSummary,
@@ -44,14 +44,13 @@ from ecosort_waste.api.view_cache import AnalysisViewCache
 from ecosort_waste.idempotency import StoredImage, create_or_replay, request_hash, validate_key
 from ecosort_waste.models import FINAL_STATUSES, Analysis
 from ecosort_waste.sse import ProgressHub
-from ecosort_waste.storage import ObjectNotFound, Storage
+from ecosort_waste.storage import ObjectNotFound, Storage, incoming_key
 
 router = APIRouter(tags=["analyses"])
 log = structlog.get_logger(__name__)
 
-# Multipart framing around a 10 MB image is a few hundred bytes; anything far above is refused
-# from the Content-Length alone, before a byte of it is parsed.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# {"upload_id": "<uuid>"} is some fifty bytes; whitespace and all, this is plenty.
+UPLOAD_REFERENCE_MAX_BYTES = 4 * 1024
 
 CREATE_BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -123,7 +122,10 @@ async def _create_analysis(
         raw = await _read_multipart_image(request)
         hashed = request_hash("image", raw)
     elif content_type.startswith("application/json"):
-        upload_id = _parse_upload_reference(await request.body())
+        reference = capped_body(
+            request, "The JSON body is only an upload id.", max_bytes=UPLOAD_REFERENCE_MAX_BYTES
+        )
+        upload_id = _parse_upload_reference(await reference.body())
         upload_key = incoming_key(user.user_id, upload_id)
         hashed = request_hash("upload", upload_id.bytes)
         raw = b""  # read from storage only if this is not a replay
@@ -134,18 +136,29 @@ async def _create_analysis(
             title="Unsupported request body",
         )
 
-    async def store_image() -> StoredImage:
-        data = raw if upload_key is None else await _read_upload(storage, upload_key)
-        return await _sanitise_and_store(storage, user.user_id, data)
+    read_key: str | None = None
 
-    outcome = await create_or_replay(
-        session, owner_id=user.user_id, key=key, hashed=hashed, store_image=store_image
-    )
+    async def store_image() -> StoredImage:
+        nonlocal read_key
+        if upload_key is None:
+            return await _sanitise_and_store(storage, user.user_id, raw)
+        read_key = upload_key
+        return await _sanitise_and_store(
+            storage, user.user_id, await _read_upload(storage, upload_key)
+        )
+
+    try:
+        outcome = await create_or_replay(
+            session, owner_id=user.user_id, key=key, hashed=hashed, store_image=store_image
+        )
+    finally:
+        if read_key is not None:
+            # The original may carry GPS and other metadata: once read it goes, whatever came
+            # of it. Refused, it would have no analysis to ever delete it with. A replay
+            # (same Idempotency-Key) is answered from the database without it.
+            await _discard_original(storage, read_key)
     if outcome.created:
         await _enqueue(enqueue, outcome.analysis_id)
-        if upload_key is not None:
-            # The original may carry GPS and other metadata: keep only the sanitised copy.
-            await run_in_threadpool(storage.delete, upload_key)
     links = analysis_links(outcome.analysis_id)
     response.headers["Location"] = links["self"]
     return AnalysisAccepted.model_validate(
@@ -154,10 +167,12 @@ async def _create_analysis(
 
 
 async def _read_multipart_image(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit():
-        images.check_size(max(0, int(declared) - MULTIPART_OVERHEAD_BYTES))
-    async with request.form(max_files=1, max_fields=8) as form:
+    limited = capped_body(
+        request,
+        f"The image is over the limit of {images.MAX_UPLOAD_BYTES} bytes.",
+        title=images.ImageTooLarge.title,
+    )
+    async with limited.form(max_files=1, max_fields=8) as form:
         image = form.get("image")
         if not isinstance(image, UploadFile):
             raise Problem(
@@ -191,11 +206,19 @@ async def _read_upload(storage: Storage, key: str) -> bytes:
     except ObjectNotFound as exc:
         raise Problem(
             422,
-            "No uploaded object for this upload_id: upload it first, with the form from "
-            "POST /api/v1/waste/uploads.",
+            "No uploaded object for this upload_id (an upload is read once): upload it "
+            "first, with the form from POST /api/v1/waste/uploads.",
             title="Unknown upload",
         ) from exc
     return data
+
+
+async def _discard_original(storage: Storage, key: str) -> None:
+    try:
+        await run_in_threadpool(storage.delete, key)
+    except Exception:
+        # The answer stands without it; in S3 the bucket's lifecycle rule expires incoming/.
+        log.exception("upload_original_not_deleted", key=key)
 
 
 async def _sanitise_and_store(storage: Storage, owner_id: uuid.UUID, data: bytes) -> StoredImage:

@@ -16,17 +16,12 @@ from starlette.datastructures import UploadFile
 
 from ecosort_common.errors import Problem
 from ecosort_waste import images
+from ecosort_waste.api.body_limit import capped_body
 from ecosort_waste.api.deps import CurrentUser, SettingsDep, StorageDep
 from ecosort_waste.api.schemas import UploadRequest, UploadTicket
-from ecosort_waste.storage import LocalStorage, UploadFormRejected
+from ecosort_waste.storage import LocalStorage, UploadFormRejected, incoming_key
 
 router = APIRouter(tags=["uploads"])
-
-
-def incoming_key(owner_id: uuid.UUID, upload_id: uuid.UUID) -> str:
-    """Where a direct upload lands. The owner is part of the key, so an upload id is useless
-    to anyone but the person it was issued to."""
-    return f"incoming/{owner_id}/{upload_id}"
 
 
 @router.post("/uploads", status_code=201, response_model=UploadTicket)
@@ -58,10 +53,10 @@ async def receive_direct_upload(request: Request, storage: StorageDep) -> Respon
     """The local stand-in for S3's presigned POST: the signed fields are the authorisation."""
     if not isinstance(storage, LocalStorage):
         raise Problem(404, "Direct uploads go to the object store, not to this API.")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > images.MAX_UPLOAD_BYTES + 64 * 1024:
-        raise Problem(413, "The upload is over the limit of its form.")
-    async with request.form(max_files=1, max_fields=10) as form:
+    # Starlette parses the whole form before the signature can be checked: with no login
+    # needed, the cap is what bounds the bytes anyone can make this read.
+    limited = capped_body(request, "The upload is over the limit of its form.")
+    async with limited.form(max_files=1, max_fields=10) as form:
         fields = {name: value for name, value in form.items() if isinstance(value, str)}
         upload = form.get("file")
         try:
