@@ -128,9 +128,23 @@ def test_oversize_body_is_413() -> None:
     assert err.value.status == 413
 
 
+def avif_sequence() -> bytes:
+    # Two frames make Pillow write an image sequence: major brand 'avis', not 'avif'.
+    return encode(photo(64, 48), "AVIF", save_all=True, append_images=[photo(64, 48)])
+
+
 @pytest.mark.parametrize(
     "data",
-    [b"", b"hello, this is text", encode(photo(), "GIF"), encode(photo(), "BMP"), b"%PDF-1.7\n"],
+    [
+        b"",
+        b"hello, this is text",
+        encode(photo(), "GIF"),
+        encode(photo(), "BMP"),
+        b"%PDF-1.7\n",
+        # AVIF lists the HEIF brand 'mif1' (or 'msf1') among its compatible brands.
+        pytest.param(encode(photo(64, 48), "AVIF"), id="avif"),
+        pytest.param(avif_sequence(), id="avif-sequence"),
+    ],
 )
 def test_unsupported_or_non_image_is_415(data: bytes) -> None:
     with pytest.raises(UnsupportedImage) as err:

@@ -24,10 +24,15 @@ JPEG_QUALITY: Final = 85
 
 # Pillow plugin names for the formats we accept; anything else is refused by the sniffer first.
 _PILLOW_FORMATS: Final = ("JPEG", "PNG", "WEBP", "HEIF")
-# ISO-BMFF brands of HEIC/HEIF still images (AVIF's 'avif'/'avis' are deliberately not here).
+# ISO-BMFF brands of HEIC/HEIF still images.
 _HEIF_BRANDS: Final = frozenset(
     {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
 )
+# AVIF is HEIF with AV1 inside: its files list the generic 'mif1'/'msf1' too (Pillow writes
+# `avif` + `avif mif1 miaf MA1B`, sequences `avis` + `avif avis msf1 iso8 mif1 miaf MA1B`).
+# We do not accept it, so these brands outrank the generic ones: without that, an AVIF upload
+# passed as HEIF and pillow_heif (no AV1) answered 422 "header could not be read", not 415.
+_AVIF_BRANDS: Final = frozenset({b"avif", b"avis"})
 _SRGB_PROFILE: Final = ImageCms.createProfile("sRGB")
 
 
@@ -84,7 +89,8 @@ def sniff_format(data: bytes) -> str | None:
     if len(data) >= 16 and data[4:8] == b"ftyp":
         box_size = int.from_bytes(data[:4], "big")
         brands = data[8:12] + data[16 : max(16, min(box_size, 64))]
-        if any(brands[i : i + 4] in _HEIF_BRANDS for i in range(0, len(brands) - 3, 4)):
+        listed = {brands[i : i + 4] for i in range(0, len(brands) - 3, 4)}
+        if listed & _HEIF_BRANDS and not listed & _AVIF_BRANDS:
             return "HEIF"
     return None
 

@@ -25,10 +25,13 @@ TASK_NAME = "ecosort_waste.analyse"
 
 
 def configure_celery(settings: Settings) -> Celery:
-    if settings.celery_visibility_timeout_seconds <= settings.analysis_deadline_seconds:
+    # A task hung past twice the deadline has its process killed (the reaper has re-queued
+    # the analysis by then). No soft limit: its exception could land inside the event loop.
+    task_time_limit = settings.analysis_deadline_seconds * 2
+    if settings.celery_visibility_timeout_seconds <= task_time_limit:
         raise ValueError(
-            "CELERY_VISIBILITY_TIMEOUT_SECONDS must exceed ANALYSIS_DEADLINE_SECONDS, or "
-            "running tasks would be delivered twice"
+            "CELERY_VISIBILITY_TIMEOUT_SECONDS must exceed twice ANALYSIS_DEADLINE_SECONDS (the "
+            "task's time limit), or tasks still running would be delivered twice"
         )
     # No result backend: results live in PostgreSQL. With one, every task's return value was
     # stored, a GET and a SET in Redis per photo that nobody reads; task_ignore_result did not
@@ -52,9 +55,7 @@ def configure_celery(settings: Settings) -> Celery:
         # A new pool process loads the model before it reports up; on a busy node that takes
         # longer than Celery's 4 s default, and a process killed for it never runs a task.
         worker_proc_alive_timeout=60,
-        # A task hung past twice the deadline has its process killed (the reaper has re-queued
-        # the analysis by then). No soft limit: its exception could land inside the event loop.
-        task_time_limit=settings.analysis_deadline_seconds * 2,
+        task_time_limit=task_time_limit,
     )
     return celery
 

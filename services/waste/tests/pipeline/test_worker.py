@@ -15,7 +15,8 @@ import pytest
 from redis.asyncio import Redis
 
 from ecosort_waste import progress, worker
-from ecosort_waste.config import Settings
+from ecosort_waste.config import Settings, get_settings
+from ecosort_waste.queue import TASK_NAME
 from ecosort_waste.storage import storage_from_settings
 
 from .conftest import FakeThirdParties, photo_bytes, running_third_parties
@@ -206,10 +207,25 @@ async def test_the_workers_reaper_fails_or_requeues_stuck_analyses(
     assert (await progress.read_events(redis, exhausted))[-1].event == "failed"
 
 
-def test_the_visibility_timeout_must_exceed_the_deadline(tmp_path: Path) -> None:
+def test_the_celery_app_is_set_for_redelivery() -> None:
+    """The app `celery -A ecosort_waste.worker` runs, as the worker's requests read it: a task
+    is acknowledged only once it ran, and put back when its process dies; a process reserves
+    no message beyond the one it runs; and Redis redelivers an unacknowledged message only
+    after a task has certainly ended (its hard time limit), not while it may still run.
+    test_worker_crash.py shows what each buys with real workers."""
+    task = worker.app.tasks[TASK_NAME]
+    assert task.acks_late is True
+    assert task.reject_on_worker_lost is True
+    conf = worker.app.conf
+    assert conf.worker_prefetch_multiplier == 1
+    visibility = conf.broker_transport_options["visibility_timeout"]
+    assert visibility > conf.task_time_limit > get_settings().analysis_deadline_seconds
+
+
+def test_the_visibility_timeout_must_exceed_the_tasks_time_limit(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="VISIBILITY"):
         worker.create_celery_app(
-            Settings(analysis_deadline_seconds=600, celery_visibility_timeout_seconds=300)
+            Settings(analysis_deadline_seconds=300, celery_visibility_timeout_seconds=600)
         )
 
 

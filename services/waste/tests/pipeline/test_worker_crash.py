@@ -1,7 +1,13 @@
 """kill -9 in the middle of a task, with real Celery workers, Redis and PostgreSQL.
 
 The task is held mid-stage by the OpenAI stand-in, which keeps the first classification
-request waiting: the worker is then in `classify`, exactly where a crash hurts."""
+request waiting: the worker is then in `classify`, exactly where a crash hurts.
+
+The kill -9 test proves Celery's own redelivery (queue.py: acks_late, reject_on_worker_lost,
+prefetch 1), so the reaper must not be able to help: the deadline is far longer than any wait
+here. (When a whole worker dies, the reaper does come first in production: the deadline is
+shorter than the visibility timeout. It has its own tests: test_worker.py,
+test_pipeline_reaper.py.)"""
 
 from __future__ import annotations
 
@@ -14,17 +20,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kombu import Connection
 from redis.asyncio import Redis
 
-from ecosort_waste import progress, worker
+from ecosort_waste import pipeline, progress, worker
 from ecosort_waste.config import Settings
+from ecosort_waste.queue import QUEUE
 from ecosort_waste.storage import storage_from_settings
 
 from .conftest import FakeThirdParties, photo_bytes, running_third_parties
 from .test_worker import environment
-from .workers import insert_analysis, outbox_events, start_worker, wait_for
+from .workers import WorkerProcess, insert_analysis, outbox_events, start_worker, wait_for
 
-DEADLINE_SECONDS = 3
+DEADLINE_SECONDS = 120
+# A redelivery takes seconds (a new pool process loads the model first); failing here means
+# Celery did not redeliver, as the reaper waits for DEADLINE_SECONDS.
+REDELIVERY_WAIT_SECONDS = 30
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +72,19 @@ def settings(
     return settings
 
 
-def queue_held_analysis(settings: Settings, fake: FakeThirdParties) -> uuid.UUID:
+def queue_analysis(settings: Settings) -> uuid.UUID:
     data = photo_bytes()
     key = f"analyses/{uuid.uuid4()}.jpg"
     storage_from_settings(settings).put(key, data, "image/jpeg")
     analysis_id = insert_analysis(settings.database_url, key, data)
-    fake.hang_openai.set()
-    fake.release.clear()
     worker.enqueue_analysis(analysis_id)
     return analysis_id
+
+
+def queue_held_analysis(settings: Settings, fake: FakeThirdParties) -> uuid.UUID:
+    fake.hang_openai.set()
+    fake.release.clear()
+    return queue_analysis(settings)
 
 
 def wait_until_classifying(
@@ -88,7 +103,40 @@ def let_provider_answer(fake: FakeThirdParties) -> None:
     fake.release.set()  # and the held one is let go (its client is dead)
 
 
-async def test_kill_9_mid_task_never_loses_the_analysis(
+async def broker_messages(redis: Redis, settings: Settings) -> dict[str, list[str]]:
+    """The raw messages of the queue: waiting in its list, and taken by a worker but not yet
+    acknowledged (kombu's `unacked` hash). A message names its analysis in its headers."""
+    prefix = settings.celery_key_prefix
+    waiting = await redis.lrange(f"{prefix}{QUEUE}", 0, -1)
+    unacked = await redis.hvals(f"{prefix}unacked")
+    return {"waiting": [_text(m) for m in waiting], "unacked": [_text(m) for m in unacked]}
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def restore_unacknowledged(settings: Settings) -> None:
+    """What any worker's consumer does when it starts and then every ~100 s: put back the
+    messages left unacknowledged past the visibility timeout (kombu's Redis transport). Here
+    with a timeout of 0 instead of waiting CELERY_VISIBILITY_TIMEOUT_SECONDS (an hour): no
+    worker is alive, so the only unacknowledged message is the dead worker's."""
+    options = {"visibility_timeout": 0, "global_keyprefix": settings.celery_key_prefix}
+    with Connection(settings.redis_url, transport_options=options) as connection:
+        connection.default_channel.qos.restore_visible(num=100)
+
+
+async def published_statuses(redis: Redis, analysis_id: uuid.UUID) -> list[str | None]:
+    return [e.data.get("status") for e in await progress.read_events(redis, analysis_id)]
+
+
+def assert_not_reaped(process: WorkerProcess, published: list[str | None]) -> None:
+    # The reaper would have published `queued` and logged `reaper.reaped`.
+    assert "queued" not in published, published
+    assert "reaper.reaped" not in process.log()
+
+
+async def test_kill_9_mid_task_is_redelivered_by_celery(
     settings: Settings, fake: FakeThirdParties, redis: Redis, tmp_path_factory: Any
 ) -> None:
     """Two crashes, one test (a worker start costs seconds): first a pool process of the
@@ -97,7 +145,9 @@ async def test_kill_9_mid_task_never_loses_the_analysis(
     first = start_worker(environment(settings), "crash-1", logs)
     try:
         # 1. The pool process dies: the worker's main process sees WorkerLostError and, with
-        # task_reject_on_worker_lost + acks_late, puts the message back for a new pool process.
+        # acks_late + reject_on_worker_lost, puts the message straight back in the queue for
+        # the pool process it forks next. Without either setting the message is acknowledged
+        # (when taken, or as failed) and the analysis stays `processing` until the deadline.
         sent = len(fake.chat_requests())
         analysis_id = queue_held_analysis(settings, fake)
         row = await asyncio.to_thread(wait_until_classifying, settings, fake, analysis_id, sent)
@@ -109,36 +159,62 @@ async def test_kill_9_mid_task_never_loses_the_analysis(
         os.kill(child, signal.SIGKILL)
 
         row = await asyncio.to_thread(
-            wait_for, settings.database_url, analysis_id, timeout=60, status="completed"
+            wait_for,
+            settings.database_url,
+            analysis_id,
+            timeout=REDELIVERY_WAIT_SECONDS,
+            status="completed",
         )
-        # 2: the killed run and the rerun (3 if the reaper also fired on a very busy machine).
-        assert row["attempts"] >= 2 and row["result"]["provider"] == "openai"
-        assert child not in first.pool_children()
+        children = first.pool_children()
+        assert children and child not in children  # rerun by the pool process forked anew
+        # The killed run and the rerun, nothing else.
+        assert row["attempts"] == 2 and row["result"]["provider"] == "openai"
         assert len(outbox_events(settings.database_url, analysis_id)) == 1
         assert "WorkerLostError" in first.log()
+        published = await published_statuses(redis, analysis_id)
+        assert published[0] == "processing" and published[-1] == "completed"
+        assert_not_reaped(first, published)
 
-        # 2. The whole worker dies (main process, pool and its reaper, kill -9 on its group).
+        # 2. The whole worker dies (main process and pool, kill -9 on its group): nobody is
+        # left to reject the message. With acks_late it stays in Redis, unacknowledged, until
+        # the visibility timeout makes the transport redeliver it; without, it was
+        # acknowledged when taken and is gone. With prefetch 1 the busy worker has not taken
+        # the next message either: that one is still in the queue for the other workers.
         sent = len(fake.chat_requests())
-        analysis_id = queue_held_analysis(settings, fake)
-        await asyncio.to_thread(wait_until_classifying, settings, fake, analysis_id, sent)
+        held = queue_held_analysis(settings, fake)
+        await asyncio.to_thread(wait_until_classifying, settings, fake, held, sent)
+        behind = queue_analysis(settings)
+        await asyncio.sleep(0.5)  # time enough for a worker that prefetches to take it
+        messages = await broker_messages(redis, settings)
     finally:
         first.kill_all()
     let_provider_answer(fake)
+    assert [str(held) in m for m in messages["unacked"]] == [True], messages
+    assert [str(behind) in m for m in messages["waiting"]] == [True], messages
+
+    restore_unacknowledged(settings)
+    assert len((await broker_messages(redis, settings))["waiting"]) == 2
     second = start_worker(environment(settings), "crash-2", logs)
     try:
-        # Its message is stranded in the dead worker's unacknowledged set (redelivered only
-        # after the visibility timeout, an hour); the second worker's reaper re-queues it after
-        # the deadline, and the second worker runs it.
-        row = await asyncio.to_thread(
-            wait_for, settings.database_url, analysis_id, timeout=60, status="completed"
-        )
+        rows = [
+            await asyncio.to_thread(
+                wait_for,
+                settings.database_url,
+                analysis_id,
+                timeout=REDELIVERY_WAIT_SECONDS,
+                status="completed",
+            )
+            for analysis_id in (held, behind)
+        ]
     finally:
         second.stop()
-    assert row["attempts"] >= 2 and row["result"]["category"] == "can"
-    assert len(outbox_events(settings.database_url, analysis_id)) == 1
-    statuses = [e.data.get("status") for e in await progress.read_events(redis, analysis_id)]
-    # processing (first worker) → queued (the reaper) → processing → completed (second worker)
-    assert statuses[0] == "processing" and "queued" in statuses and statuses[-1] == "completed"
+    assert [row["attempts"] for row in rows] == [2, 1]
+    assert rows[0]["result"]["category"] == "can"
+    assert len(outbox_events(settings.database_url, held)) == 1
+    published = await published_statuses(redis, held)
+    # processing (first worker, killed) → processing → completed (second worker)
+    assert published[0] == "processing" and published[-1] == "completed"
+    assert_not_reaped(second, published)
 
 
 async def test_provider_errors_are_retried_with_backoff_then_fail_with_the_reason(
@@ -165,9 +241,10 @@ async def test_provider_errors_are_retried_with_backoff_then_fail_with_the_reaso
         failing.stop()
         fake.openai_responses = []
     assert row["attempts"] == 2
-    assert row["error"].startswith("classification failed")
-    assert "Retry in" in failing.log()  # Celery's own record of the delayed retry
-    assert "openai" in row["error"] and "fallback local" in row["error"]
+    assert row["error"] == pipeline.CLASSIFIER_UNAVAILABLE  # user-safe; the detail is logged
+    log = failing.log()
+    assert "Retry in" in log  # Celery's own record of the delayed retry
+    assert "openai" in log and "fallback local" in log
     statuses = [e.data.get("status") for e in await progress.read_events(redis, analysis_id)]
     assert statuses.count("processing") >= 2 and "queued" in statuses
     assert statuses[-1] == "failed"
