@@ -8,8 +8,11 @@ taken with `FOR UPDATE SKIP LOCKED` and every change is conditional on the row's
 
 A stuck analysis (its worker died, hung, or lost the message) is re-queued while attempts
 remain, else marked `failed` with the reason. An analysis `queued` for longer than the deadline
-(the API died between commit and enqueue, or a retry message was lost) is enqueued again; the
-task is idempotent, so a duplicate costs one cheap no-op.
+(the API died between commit and enqueue, or a retry message was lost) is enqueued again, but
+only as many of them, oldest first, as the broker's queue is short of messages for the queued
+analyses: behind a backlog longer than the deadline, every waiting analysis would otherwise get
+a duplicate per deadline, and the duplicates would lengthen the queue that KEDA scales on. A
+duplicate still costs only a cheap no-op: the task is idempotent.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import structlog
 from redis.asyncio import Redis
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_waste import progress
@@ -46,9 +50,11 @@ async def reap_once(
     redis: Redis,
     enqueue: Callable[[uuid.UUID], None],
     *,
+    queue_key: str,
     deadline_seconds: float,
     max_attempts: int,
 ) -> ReapReport:
+    """`queue_key`: the broker's Redis list of waiting task messages."""
     report = ReapReport()
     now = datetime.now(UTC)
     cutoff = now - timedelta(seconds=deadline_seconds)
@@ -90,10 +96,18 @@ async def reap_once(
             await session.execute(
                 select(Analysis.id)
                 .where(Analysis.status == "queued", Analysis.updated_at < cutoff)
+                .order_by(Analysis.updated_at)
                 .limit(BATCH_SIZE)
                 .with_for_update(skip_locked=True)
             )
         ).all()
+        if forgotten:
+            queued = await session.scalar(
+                select(func.count()).select_from(Analysis).where(Analysis.status == "queued")
+            )
+            waiting = await cast(Awaitable[int], redis.llen(queue_key))
+            missing = (queued or 0) - waiting
+            forgotten = forgotten[: max(0, missing)]
         report.reenqueued = [row.id for row in forgotten]
         if report.reenqueued:
             # Touch them so the next enqueue is at most once per deadline period.
@@ -126,6 +140,7 @@ async def run_reaper(
     redis: Redis,
     enqueue: Callable[[uuid.UUID], None],
     *,
+    queue_key: str,
     deadline_seconds: float,
     max_attempts: int,
     interval_seconds: float,
@@ -138,6 +153,7 @@ async def run_reaper(
                 sessionmaker,
                 redis,
                 enqueue,
+                queue_key=queue_key,
                 deadline_seconds=deadline_seconds,
                 max_attempts=max_attempts,
             )

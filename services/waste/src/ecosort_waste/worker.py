@@ -34,7 +34,7 @@ from ecosort_waste import pipeline, reaper
 from ecosort_waste.classifier.registry import registry_from_settings
 from ecosort_waste.config import Settings, get_settings
 from ecosort_waste.guidance import create_guidance_client
-from ecosort_waste.queue import TASK_NAME, configure_celery, send_analysis
+from ecosort_waste.queue import QUEUE, TASK_NAME, configure_celery, send_analysis
 from ecosort_waste.storage import storage_from_settings
 
 log = structlog.get_logger(__name__)
@@ -205,6 +205,7 @@ def _reaper_thread() -> None:
                 create_sessionmaker(engine),
                 redis,
                 enqueue_analysis,
+                queue_key=settings.celery_key_prefix + QUEUE,
                 deadline_seconds=settings.analysis_deadline_seconds,
                 max_attempts=settings.analysis_max_attempts,
                 interval_seconds=settings.reaper_interval_seconds,

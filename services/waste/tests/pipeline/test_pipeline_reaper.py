@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.db import create_engine, create_sessionmaker
@@ -55,14 +56,30 @@ async def status_of(
         return row
 
 
+@pytest.fixture(autouse=True)
+async def no_other_analyses(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """The reaper counts every queued analysis: each test starts with none of the others'."""
+    async with sessionmaker() as session, session.begin():
+        await session.execute(delete(Analysis))
+
+
+@pytest.fixture
+async def queue_key(redis: Redis) -> AsyncIterator[str]:
+    """The broker's list of waiting messages, this test's own."""
+    key = f"test-{uuid.uuid4().hex[:8]}:analyses"
+    yield key
+    await redis.delete(key)
+
+
 async def reap(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, queue_key: str
 ) -> tuple[Any, list[uuid.UUID]]:
     enqueued: list[uuid.UUID] = []
     report = await reap_once(
         sessionmaker,
         redis,
         enqueued.append,
+        queue_key=queue_key,
         deadline_seconds=DEADLINE,
         max_attempts=MAX_ATTEMPTS,
     )
@@ -70,7 +87,7 @@ async def reap(
 
 
 async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, queue_key: str
 ) -> None:
     long_ago = datetime.now(UTC) - timedelta(seconds=DEADLINE * 2)
     retryable = await add(
@@ -99,7 +116,7 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
     )
     finished = await add(sessionmaker, age_seconds=DEADLINE * 2, status="completed", attempts=1)
 
-    report, enqueued = await reap(sessionmaker, redis)
+    report, enqueued = await reap(sessionmaker, redis, queue_key)
 
     assert retryable in report.requeued and exhausted in report.failed
     assert retryable in enqueued and exhausted not in enqueued
@@ -120,20 +137,39 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
     assert requeued_event.data["status"] == "queued"
 
     # A second pass finds nothing new to do with them.
-    report, enqueued = await reap(sessionmaker, redis)
+    report, enqueued = await reap(sessionmaker, redis, queue_key)
     assert {retryable, exhausted}.isdisjoint(report.requeued + report.failed + enqueued)
 
 
 async def test_forgotten_queued_analyses_are_enqueued_again_once_per_deadline(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, queue_key: str
 ) -> None:
     forgotten = await add(sessionmaker, age_seconds=DEADLINE * 2, status="queued")
     recent = await add(sessionmaker, age_seconds=1, status="queued")
 
-    report, enqueued = await reap(sessionmaker, redis)
+    report, enqueued = await reap(sessionmaker, redis, queue_key)
 
     assert forgotten in report.reenqueued and forgotten in enqueued
     assert recent not in enqueued
     assert (await status_of(sessionmaker, forgotten)).status == "queued"
-    _, enqueued_again = await reap(sessionmaker, redis)
+    _, enqueued_again = await reap(sessionmaker, redis, queue_key)
     assert forgotten not in enqueued_again
+
+
+async def test_behind_a_backlog_only_analyses_short_of_a_message_are_enqueued_again(
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, queue_key: str
+) -> None:
+    # Two analyses waited past the deadline, and the queue holds two messages: a backlog,
+    # not lost messages. Duplicates would only lengthen it.
+    oldest = await add(sessionmaker, age_seconds=DEADLINE * 3, status="queued")
+    older = await add(sessionmaker, age_seconds=DEADLINE * 2, status="queued")
+    await redis.lpush(queue_key, "message", "message")
+
+    report, enqueued = await reap(sessionmaker, redis, queue_key)
+    assert (report.reenqueued, enqueued) == ([], [])
+
+    # One message is gone: one analysis, the longest waiting, is enqueued again.
+    await redis.rpop(queue_key)
+    report, enqueued = await reap(sessionmaker, redis, queue_key)
+    assert report.reenqueued == enqueued == [oldest]
+    assert older not in enqueued
