@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -68,6 +69,18 @@ def test_delete_prefix_takes_the_folder_and_nothing_beside_it(storage: Storage) 
     for key in ("incoming/u10/a", "incoming/u1x", "images/u1/a.jpg"):
         assert storage.get(key) == b"keep"
     assert storage.delete_prefix("incoming/u1/") == 0  # again, or never used: not an error
+
+
+def test_delete_prefix_older_than_takes_only_what_was_written_before(storage: Storage) -> None:
+    storage.put("incoming/u1/a", b"original", "image/jpeg")
+    storage.put("images/u1/a.jpg", b"keep", "image/jpeg")
+    now = datetime.now(UTC)
+    assert storage.delete_prefix("incoming/", older_than=now - timedelta(hours=1)) == 0
+    assert storage.get("incoming/u1/a") == b"original"
+    assert storage.delete_prefix("incoming/", older_than=now + timedelta(hours=1)) == 1
+    with pytest.raises(ObjectNotFound):
+        storage.get("incoming/u1/a")
+    assert storage.get("images/u1/a.jpg") == b"keep"
 
 
 def test_delete_prefix_pages_through_s3(s3: S3Storage) -> None:

@@ -13,12 +13,17 @@ only as many of them, oldest first, as the broker's queue is short of messages f
 analyses: behind a backlog longer than the deadline, every waiting analysis would otherwise get
 a duplicate per deadline, and the duplicates would lengthen the queue that KEDA scales on. A
 duplicate still costs only a cheap no-op: the task is idempotent.
+
+The same loop deletes direct uploads that no analysis read (the API deletes those it reads),
+an hour after their form expired: they are originals, GPS and all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,10 +37,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_waste import progress
 from ecosort_waste.models import Analysis
+from ecosort_waste.storage import INCOMING, Storage
 
 log = structlog.get_logger(__name__)
 
 BATCH_SIZE = 100
+# A listing of `incoming/` (one LIST request per worker with S3) is not worth every tick.
+UPLOAD_SWEEP_SECONDS = 300.0
 
 
 @dataclass
@@ -135,6 +143,16 @@ async def reap_once(
     return report
 
 
+async def sweep_unread_uploads(storage: Storage, max_age_seconds: float) -> int:
+    """Direct uploads no analysis ever read: the API deletes the ones it reads, so what is left
+    under `incoming/` past the age is an original (GPS and all) nobody will ask for."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=max_age_seconds)
+    deleted = await asyncio.to_thread(storage.delete_prefix, INCOMING, cutoff)
+    if deleted:
+        log.info("reaper.unread_uploads_deleted", deleted=deleted)
+    return deleted
+
+
 async def run_reaper(
     sessionmaker: async_sessionmaker[AsyncSession],
     redis: Redis,
@@ -145,8 +163,12 @@ async def run_reaper(
     max_attempts: int,
     interval_seconds: float,
     stop: asyncio.Event,
+    storage: Storage,
+    unread_upload_max_age_seconds: float,
 ) -> None:
-    """Reap every `interval_seconds` until `stop` is set; a failing tick is logged, not fatal."""
+    """Reap every `interval_seconds`, and sweep unread uploads every UPLOAD_SWEEP_SECONDS,
+    until `stop` is set; a failing tick is logged, not fatal."""
+    last_sweep = -math.inf
     while not stop.is_set():
         try:
             await reap_once(
@@ -157,7 +179,10 @@ async def run_reaper(
                 deadline_seconds=deadline_seconds,
                 max_attempts=max_attempts,
             )
-        except Exception as exc:  # the database or Redis is down: try again next tick
+            if time.monotonic() - last_sweep >= UPLOAD_SWEEP_SECONDS:
+                last_sweep = time.monotonic()
+                await sweep_unread_uploads(storage, unread_upload_max_age_seconds)
+        except Exception as exc:  # the database, Redis or storage is down: try again next tick
             log.warning("reaper.tick_failed", error=f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_seconds)

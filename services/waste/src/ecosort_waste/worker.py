@@ -210,6 +210,9 @@ def _reaper_thread() -> None:
                 max_attempts=settings.analysis_max_attempts,
                 interval_seconds=settings.reaper_interval_seconds,
                 stop=stop,
+                storage=storage_from_settings(settings),
+                # An hour after its form expired, an upload is not coming to an analysis.
+                unread_upload_max_age_seconds=settings.upload_expires_seconds + 3600,
             )
         finally:
             await redis.aclose()

@@ -3,9 +3,12 @@ attempts remain, else failed with a reason; forgotten queued ones are enqueued a
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_waste import progress
 from ecosort_waste.models import Analysis
-from ecosort_waste.reaper import reap_once
+from ecosort_waste.reaper import reap_once, sweep_unread_uploads
+from ecosort_waste.storage import LocalStorage, ObjectNotFound
 
 DEADLINE = 60.0
 MAX_ATTEMPTS = 3
@@ -173,3 +177,19 @@ async def test_behind_a_backlog_only_analyses_short_of_a_message_are_enqueued_ag
     report, enqueued = await reap(sessionmaker, redis, queue_key)
     assert report.reenqueued == enqueued == [oldest]
     assert older not in enqueued
+
+
+async def test_unread_uploads_go_once_past_their_age(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path, upload_url="http://api/upload", signing_key=b"k" * 32)
+    for key in ("incoming/u1/abandoned", "incoming/u2/in-flight", "images/u1/kept.jpg"):
+        storage.put(key, b"photo", "image/jpeg")
+    two_hours_ago = time.time() - 7200
+    for key in ("incoming/u1/abandoned", "images/u1/kept.jpg"):
+        os.utime(tmp_path / key, (two_hours_ago, two_hours_ago))
+
+    assert await sweep_unread_uploads(storage, max_age_seconds=3600) == 1
+
+    with pytest.raises(ObjectNotFound):
+        storage.get("incoming/u1/abandoned")
+    assert storage.get("incoming/u2/in-flight") == b"photo"
+    assert storage.get("images/u1/kept.jpg") == b"photo"  # analyses' photos are not uploads

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ecosort_waste.storage.base import (
+    INCOMING,
     InvalidKey,
     ObjectNotFound,
     Storage,
@@ -18,6 +19,7 @@ from ecosort_waste.storage.local import LocalStorage, UploadFormRejected
 from ecosort_waste.storage.s3 import S3Storage
 
 __all__ = [
+    "INCOMING",
     "InvalidKey",
     "LocalStorage",
     "ObjectNotFound",

@@ -7,6 +7,7 @@ calls them in a worker thread (``starlette.concurrency.run_in_threadpool``).
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 
@@ -32,8 +33,9 @@ class Storage(Protocol):
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
 
-    def delete_prefix(self, prefix: str) -> int:
-        """Remove every object under ``prefix``, a folder (``a/b/``); returns how many went."""
+    def delete_prefix(self, prefix: str, older_than: datetime | None = None) -> int:
+        """Remove every object under ``prefix``, a folder (``a/b/``), or only those last
+        written before ``older_than``; returns how many went."""
 
     def presign_upload(
         self, key: str, content_type: str, max_bytes: int
@@ -58,9 +60,13 @@ def check_key(key: str) -> str:
     return key
 
 
+# Direct uploads land here: originals, GPS and all, until an analysis reads them.
+INCOMING = "incoming/"
+
+
 def incoming_prefix(owner_id: uuid.UUID) -> str:
-    """The folder of someone's direct uploads: originals, GPS and all, until they are read."""
-    return f"incoming/{owner_id}/"
+    """The folder of someone's direct uploads."""
+    return f"{INCOMING}{owner_id}/"
 
 
 def incoming_key(owner_id: uuid.UUID, upload_id: uuid.UUID) -> str:

@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 
 from ecosort_waste.storage.base import InvalidKey, ObjectNotFound, check_key, check_prefix
@@ -67,16 +68,17 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def delete_prefix(self, prefix: str) -> int:
+    def delete_prefix(self, prefix: str, older_than: datetime | None = None) -> int:
         folder = self._path(check_prefix(prefix)[:-1])
+        cutoff = older_than.timestamp() if older_than is not None else None
         deleted = 0
         # Deepest first, so each folder is empty by the time it is removed. A folder something
-        # was just written into stays (rmdir refuses): only the files are the point.
+        # was just written into, or still holds a newer file, stays (rmdir refuses).
         for path in sorted(folder.rglob("*"), reverse=True):
             if path.is_dir():
                 with suppress(OSError):
                     path.rmdir()
-            else:
+            elif cutoff is None or path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
                 deleted += 1
         with suppress(OSError):

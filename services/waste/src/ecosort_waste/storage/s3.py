@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -44,14 +45,18 @@ class S3Storage:
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
-    def delete_prefix(self, prefix: str) -> int:
+    def delete_prefix(self, prefix: str, older_than: datetime | None = None) -> int:
         deleted = 0
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self._prefix + check_prefix(prefix)
         )
         for page in pages:
             # A page holds at most 1000 keys, which is also what one DeleteObjects takes.
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            keys = [
+                {"Key": item["Key"]}
+                for item in page.get("Contents", [])
+                if older_than is None or item["LastModified"] < older_than
+            ]
             if not keys:
                 continue
             response = self._client.delete_objects(
