@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -32,10 +33,9 @@ def _waste_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
             os.environ[name] = value
 
 
-@pytest.fixture(scope="session")
-async def live_url(app: Any) -> AsyncIterator[str]:
-    """The same app served over real HTTP by uvicorn: for streamed responses (SSE), which
-    httpx's ASGI transport buffers, and for real concurrent connections."""
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """`app` served over real HTTP by a uvicorn on a free port; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
     server = uvicorn.Server(config)
@@ -44,6 +44,16 @@ async def live_url(app: Any) -> AsyncIterator[str]:
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture(scope="session")
+async def live_url(app: Any) -> AsyncIterator[str]:
+    """The same app served over real HTTP by uvicorn: for streamed responses (SSE), which
+    httpx's ASGI transport buffers, and for real concurrent connections."""
+    async with serving(app) as url:
+        yield url

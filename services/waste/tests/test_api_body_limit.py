@@ -3,7 +3,6 @@ Content-Length, and on the direct-upload route, which needs no login."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -11,12 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from httpx import AsyncClient
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ecosort_common.testing import TokenIssuer, free_port
+from ecosort_common.testing import TokenIssuer
 from ecosort_waste.api.body_limit import MAX_BODY_BYTES
+
+from .conftest import serving
 
 API = "/api/v1/waste"
 CHUNK = 64 * 1024
@@ -54,19 +54,8 @@ class CountingApp:
 async def counted(app: Any) -> AsyncIterator[tuple[CountingApp, str]]:
     """The session's app behind a uvicorn of its own, so the bytes it reads can be counted."""
     counting = CountingApp(app)
-    port = free_port()
-    config = uvicorn.Config(
-        counting, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    yield counting, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with serving(counting) as url:
+        yield counting, url
 
 
 class ChunkedForm:
