@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, datetime
 
@@ -16,7 +17,24 @@ def test_cursor_round_trip() -> None:
     assert decode_cursor(encode_cursor(created, row_id)) == (created, row_id)
 
 
-@pytest.mark.parametrize("cursor", ["", "!!!", "bm90IGpzb24", "WzEsMl0"])
+def b64(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "",
+        "!!!",
+        "bm90IGpzb24",
+        "WzEsMl0",
+        b64('["2024-01-01T00:00:00+00:00", 5]'),  # not a UUID: once a 500
+        b64('["2024-01-01T00:00:00+00:00", [1]]'),
+        b64(f'["2024-01-01T00:00:00", "{uuid.uuid4()}"]'),  # no time zone
+        b64(f'["2024-01-01T00:00:00+00:00", "{uuid.uuid4()}", 3]'),
+        b64('{"a": 1}'),
+    ],
+)
 def test_foreign_cursor_is_a_400_problem(cursor: str) -> None:
     with pytest.raises(Problem) as raised:
         decode_cursor(cursor)

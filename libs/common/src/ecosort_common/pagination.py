@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, TypeAdapter
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -28,12 +28,16 @@ def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# A cursor comes back from the client: whatever it holds is checked, not trusted (a naive time
+# could not even be compared with the column).
+_CURSOR = TypeAdapter(tuple[AwareDatetime, uuid.UUID])
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        created, row_id = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created), uuid.UUID(row_id)
-    except (ValueError, TypeError) as exc:
+        return _CURSOR.validate_json(base64.urlsafe_b64decode(padded))
+    except ValueError as exc:  # bad base64 (binascii.Error) or contents (ValidationError)
         raise Problem(
             400, "The cursor is not one this API handed out.", title="Invalid cursor"
         ) from exc
