@@ -43,6 +43,9 @@ async def test_unknown_route_and_wrong_method(client: AsyncClient) -> None:
     assert (missing.status_code, missing.headers["content-type"]) == (404, PROBLEM)
     wrong = await client.delete("/api/v1/demo/echo")
     assert (wrong.status_code, wrong.headers["content-type"]) == (405, PROBLEM)
+    # Not a redirect to an absolute URL made from the request's Host header.
+    slash = await client.get("/api/v1/demo/teapot/", headers={"Host": "evil.example"})
+    assert (slash.status_code, slash.headers["content-type"]) == (404, PROBLEM)
 
 
 async def test_unexpected_error_hides_internals(client: AsyncClient) -> None:

@@ -85,6 +85,17 @@ async def row(app: FastAPI, analysis_id: str) -> Analysis:
     return found
 
 
+async def complete(app: FastAPI, analysis_id: str, result: dict[str, Any]) -> None:
+    """What the pipeline's save does to the row (no worker runs in these tests)."""
+    async with app.state.sessionmaker() as session:
+        await session.execute(
+            update(Analysis)
+            .where(Analysis.id == uuid.UUID(analysis_id))
+            .values(status="completed", stage="save", progress=100, result=result)
+        )
+        await session.commit()
+
+
 async def count_owned(app: FastAPI, owner: uuid.UUID) -> int:
     async with app.state.sessionmaker() as session:
         stmt = select(func.count()).select_from(Analysis).where(Analysis.owner_id == owner)
@@ -280,13 +291,7 @@ async def test_status_shows_live_progress_then_the_result(
     assert_problem(await client.get(f"{API}/analyses/{analysis_id}", headers=other.headers), 404)
 
     result = {"category": "can", "confidence": 0.97, "candidates": [], "guidance": None}
-    async with app.state.sessionmaker() as session:
-        await session.execute(
-            update(Analysis)
-            .where(Analysis.id == uuid.UUID(analysis_id))
-            .values(status="completed", stage="save", progress=100, result=result)
-        )
-        await session.commit()
+    await complete(app, analysis_id, result)
     # As the pipeline does: the event after the commit is what tells readers to look again. It
     # reaches this process over pub/sub, so the change shows within moments, not at once.
     await publish_event(app.state.redis, analysis_id, "completed", {"status": "completed"})
@@ -305,6 +310,9 @@ async def test_feedback_stores_a_correction_with_a_valid_code(
 ) -> None:
     analysis_id = (await upload(client, user, jpeg(9))).json()["id"]
     path = f"{API}/analyses/{analysis_id}/feedback"
+    # Still queued: no answer to correct yet, and nothing stored.
+    assert_problem(await client.post(path, headers=user.headers, json={"category": "can"}), 409)
+    await complete(app, analysis_id, {"category": "plastic", "confidence": 0.7, "candidates": []})
     response = await client.post(path, headers=user.headers, json={"category": "pet_clear"})
     assert response.status_code == 201, response.text
     assert response.json()["category"] == "pet_clear"

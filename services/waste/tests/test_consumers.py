@@ -14,7 +14,7 @@ from ecosort_common.outbox import stream_name
 from ecosort_common.testing import TokenIssuer
 from ecosort_waste.config import Settings
 
-from .test_api_analyses import API, User, jpeg, row, upload
+from .test_api_analyses import API, User, complete, jpeg, row, upload
 from .test_api_uploads import gps_png, post_form, ticket
 
 
@@ -37,9 +37,11 @@ async def test_user_deleted_removes_their_analyses_and_photos_only(
     theirs = (await upload(client, staying, jpeg(3))).json()["id"]
     photos = [Path(settings.data_dir) / "uploads" / (await row(app, i)).image_key for i in mine]
     assert all(photo.exists() for photo in photos)
-    await client.post(
+    await complete(app, mine[0], {"category": "plastic", "confidence": 0.7, "candidates": []})
+    corrected = await client.post(
         f"{API}/analyses/{mine[0]}/feedback", headers=leaving.headers, json={"category": "can"}
     )
+    assert corrected.status_code == 201, corrected.text
 
     await app.state.redis.xadd(stream_name("user.deleted"), user_deleted(leaving.id))
 

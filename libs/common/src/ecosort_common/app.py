@@ -116,6 +116,9 @@ def create_service_app(
         openapi_url=f"{prefix}/openapi.json",
         docs_url=f"{prefix}/docs",
         redoc_url=None,
+        # `/analyses/` is not `/analyses`: a 404 problem, not a redirect to an absolute URL
+        # built from whatever Host the request named.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     install_error_handlers(app)

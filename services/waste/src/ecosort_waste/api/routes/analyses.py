@@ -351,6 +351,13 @@ async def add_feedback(
     analysis_id: uuid.UUID, body: FeedbackRequest, user: CurrentUser, session: DbSession
 ) -> CorrectionView:
     analysis = await _owned_or_404(session, analysis_id, user.user_id)
+    if analysis.status not in FINAL_STATUSES:
+        # Nothing to correct yet; a failed analysis may still be told what its photo shows.
+        raise Problem(
+            409,
+            f"The analysis is {analysis.status}: send feedback once it has finished.",
+            title="Analysis not finished",
+        )
     correction = await crud.add_correction(session, analysis, body.category)
     await session.commit()
     return CorrectionView.model_validate(correction, from_attributes=True)
