@@ -73,7 +73,6 @@ class Superseded(Exception):
 # their terms and never carries an exception's text (storage keys, file paths, provider
 # replies that can quote credentials). The details go to the log with the analysis id.
 CLASSIFIER_UNAVAILABLE = "the classifier is unavailable"
-CLASSIFIER_RETRYING = "the classifier is unavailable; retrying"
 IMAGE_MISSING = "the stored photo is missing"
 IMAGE_UNREADABLE = "the stored photo cannot be read"
 
@@ -112,7 +111,7 @@ async def run_analysis(deps: PipelineDeps, analysis_id: uuid.UUID) -> Outcome:
             )
             return "failed"
         log.warning("pipeline.retrying", analysis_id=str(analysis_id), detail=str(exc))
-        await _requeue(deps, claim, CLASSIFIER_RETRYING)
+        await _requeue(deps, claim)
         return "retry"
     await progress.publish_event(
         deps.redis,
@@ -295,12 +294,13 @@ async def fail(
     return True
 
 
-async def _requeue(deps: PipelineDeps, claim: Claim, reason: str) -> None:
-    """Back to `queued` until the retry runs, so the reaper does not count it as stuck."""
+async def _requeue(deps: PipelineDeps, claim: Claim) -> None:
+    """Back to `queued` until the retry runs, so the reaper does not count it as stuck. No
+    `error`: the app reads one as the analysis having failed."""
     async with deps.sessionmaker() as session, session.begin():
         updated = await session.execute(
             _own_run(claim).values(
-                status="queued", stage=None, progress=0, error=reason, updated_at=datetime.now(UTC)
+                status="queued", stage=None, progress=0, error=None, updated_at=datetime.now(UTC)
             )
         )
     if updated.rowcount:  # type: ignore[attr-defined]
@@ -308,7 +308,7 @@ async def _requeue(deps: PipelineDeps, claim: Claim, reason: str) -> None:
             deps.redis,
             claim.analysis_id,
             "progress",
-            {"status": "queued", "progress": 0, "stage": None, "error": reason},
+            {"status": "queued", "progress": 0, "stage": None},
         )
 
 

@@ -42,6 +42,8 @@ from ecosort_waste.storage import INCOMING, Storage
 log = structlog.get_logger(__name__)
 
 BATCH_SIZE = 100
+# `analyses.error` reaches the user (pipeline.py); the details go to the log.
+DID_NOT_FINISH = "the analysis did not finish in time"
 # A listing of `incoming/` (one LIST request per worker with S3) is not worth every tick.
 UPLOAD_SWEEP_SECONDS = 300.0
 
@@ -80,25 +82,26 @@ async def reap_once(
             # The database has the stage of the claim; Redis has the last stage reported.
             stage = (await progress.read_state(redis, row.id)).get("stage") or row.stage
             where = f"stage {stage}" if stage else "its first stage"
+            values: dict[str, object]
             if row.attempts < max_attempts:
-                reason = (
-                    f"re-queued: attempt {row.attempts} made no progress past {where} "
-                    f"within {deadline_seconds:g} s (worker lost?)"
-                )
-                values = {"status": "queued", "stage": None, "progress": 0}
+                # No `error` while it waits again: the app reads one as a failure.
+                values = {"status": "queued", "stage": None, "progress": 0, "error": None}
                 report.requeued.append(row.id)
             else:
-                reason = (
-                    f"deadline exceeded: still processing in {where} after {deadline_seconds:g} s "
-                    f"on attempt {row.attempts} of {max_attempts}"
-                )
-                values = {"status": "failed", "stage": stage}
-                failures[row.id] = (stage, reason)
+                values = {"status": "failed", "stage": stage, "error": DID_NOT_FINISH}
+                failures[row.id] = (stage, DID_NOT_FINISH)
                 report.failed.append(row.id)
+            log.warning(
+                "reaper.stuck",
+                analysis_id=str(row.id),
+                outcome=values["status"],
+                detail=f"attempt {row.attempts} of {max_attempts} still in {where} "
+                f"after {deadline_seconds:g} s (worker lost or hung?)",
+            )
             await session.execute(
                 update(Analysis)
                 .where(Analysis.id == row.id, Analysis.status == "processing")
-                .values(error=reason, updated_at=now, **values)
+                .values(updated_at=now, **values)
             )
         forgotten = (
             await session.execute(

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_waste import progress
 from ecosort_waste.models import Analysis
-from ecosort_waste.reaper import reap_once, sweep_unread_uploads
+from ecosort_waste.reaper import DID_NOT_FINISH, reap_once, sweep_unread_uploads
 from ecosort_waste.storage import LocalStorage, ObjectNotFound
 
 DEADLINE = 60.0
@@ -127,16 +127,13 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
     assert {running, finished}.isdisjoint(report.requeued + report.failed + enqueued)
     requeued_row = await status_of(sessionmaker, retryable)
     assert (requeued_row.status, requeued_row.stage, requeued_row.progress) == ("queued", None, 0)
-    assert requeued_row.error is not None and "stage classify" in requeued_row.error
+    assert requeued_row.error is None  # waiting again is not a failure
     failed_row = await status_of(sessionmaker, exhausted)
-    assert failed_row.status == "failed"
-    assert failed_row.error == (
-        f"deadline exceeded: still processing in stage guide after {DEADLINE:g} s "
-        f"on attempt {MAX_ATTEMPTS} of {MAX_ATTEMPTS}"
-    )
+    assert (failed_row.status, failed_row.stage) == ("failed", "guide")
+    assert failed_row.error == DID_NOT_FINISH
     assert (await status_of(sessionmaker, running)).status == "processing"
     (failed_event,) = await progress.read_events(redis, exhausted)
-    assert failed_event.event == "failed" and "deadline exceeded" in failed_event.data["error"]
+    assert failed_event.event == "failed" and failed_event.data["error"] == DID_NOT_FINISH
     (requeued_event,) = await progress.read_events(redis, retryable)
     assert requeued_event.data["status"] == "queued"
 

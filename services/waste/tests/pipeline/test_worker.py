@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from ecosort_waste import progress, worker
+from ecosort_waste import progress, reaper, worker
 from ecosort_waste.config import Settings, get_settings
 from ecosort_waste.queue import TASK_NAME
 from ecosort_waste.storage import storage_from_settings
@@ -202,7 +202,7 @@ async def test_the_workers_reaper_fails_or_requeues_stuck_analyses(
         wait_for, worker_settings.database_url, retryable, timeout=15, status="completed"
     )
 
-    assert "deadline exceeded" in failed["error"] and "stage classify" in failed["error"]
+    assert (failed["error"], failed["stage"]) == (reaper.DID_NOT_FINISH, "classify")
     assert completed["attempts"] == 2 and completed["result"]["provider"] == "local"
     assert (await progress.read_events(redis, exhausted))[-1].event == "failed"
 
