@@ -20,7 +20,13 @@ from sqlalchemy import update
 
 from ecosort_common.testing import TokenIssuer
 from ecosort_waste.models import Analysis
-from ecosort_waste.progress import events_key, publish_event, read_state, state_key
+from ecosort_waste.progress import (
+    events_key,
+    publish_event,
+    publish_final,
+    read_state,
+    state_key,
+)
 
 API = "/api/v1/waste"
 
@@ -175,7 +181,39 @@ async def test_finished_analysis_without_a_log_answers_from_the_database(
     async with open_stream(live_url, analysis_id, user[1]) as stream:
         events = await stream.rest()
     assert len(events) == 1 and events[0]["event"] == "completed"
-    assert json.loads(events[0]["data"])["result"] == result
+    assert json.loads(events[0]["data"]) == {
+        "status": "completed",
+        "stage": "save",
+        "progress": 100,
+        "result": result,
+        "error": None,
+    }
+
+
+async def test_a_client_that_saw_the_final_event_is_told_to_stop(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    redis: Redis = app.state.redis
+    async with app.state.sessionmaker() as session:
+        await session.execute(
+            update(Analysis)
+            .where(Analysis.id == uuid.UUID(analysis_id))
+            .values(status="failed", progress=10, stage="load", error="the stored photo is missing")
+        )
+        await session.commit()
+    await publish_event(redis, analysis_id, "progress", progress("load", 10))
+    await publish_final(
+        redis, analysis_id, status="failed", stage="load", progress=10, error="gone"
+    )
+    async with AsyncClient(base_url=live_url) as http:
+        for seen in ("2", "99"):  # the final event's id, or past it
+            again = await http.get(
+                f"{API}/analyses/{analysis_id}/events", headers={**user[1], "Last-Event-ID": seen}
+            )
+            assert again.status_code == 204, again.text  # EventSource: stop reconnecting
+    # One event short of the end still gets the end.
+    async with open_stream(live_url, analysis_id, {**user[1], "Last-Event-ID": "1"}) as stream:
+        assert [(e["id"], e["event"]) for e in await stream.rest()] == [("2", "failed")]
 
 
 async def test_heartbeats_keep_an_idle_stream_alive(

@@ -113,11 +113,8 @@ async def run_analysis(deps: PipelineDeps, analysis_id: uuid.UUID) -> Outcome:
         log.warning("pipeline.retrying", analysis_id=str(analysis_id), detail=str(exc))
         await _requeue(deps, claim)
         return "retry"
-    await progress.publish_event(
-        deps.redis,
-        analysis_id,
-        "completed",
-        {"status": "completed", "stage": "save", "progress": 100, "result": result},
+    await progress.publish_final(
+        deps.redis, analysis_id, status="completed", stage="save", progress=100, result=result
     )
     return "completed"
 
@@ -280,16 +277,13 @@ async def fail(
     if row is None:
         return False
     log.warning("pipeline.failed", analysis_id=str(analysis_id), reason=reason, detail=detail)
-    await progress.publish_event(
+    await progress.publish_final(
         deps.redis,
         analysis_id,
-        "failed",
-        {
-            "status": "failed",
-            "stage": row.stage,
-            "progress": int(state.get("progress", row.progress)),
-            "error": reason,
-        },
+        status="failed",
+        stage=row.stage,
+        progress=int(state.get("progress", row.progress)),
+        error=reason,
     )
     return True
 
@@ -319,7 +313,11 @@ async def _republish_final_state(deps: PipelineDeps, analysis_id: uuid.UUID) -> 
         row = (
             await session.execute(
                 select(
-                    analyses.c.status, analyses.c.stage, analyses.c.result, analyses.c.error
+                    analyses.c.status,
+                    analyses.c.stage,
+                    analyses.c.progress,
+                    analyses.c.result,
+                    analyses.c.error,
                 ).where(analyses.c.id == analysis_id)
             )
         ).first()
@@ -328,9 +326,12 @@ async def _republish_final_state(deps: PipelineDeps, analysis_id: uuid.UUID) -> 
     state = await progress.read_state(deps.redis, analysis_id)
     if state.get("status") == row.status:
         return
-    data: dict[str, Any] = {"status": row.status, "stage": row.stage}
-    if row.status == "completed":
-        data |= {"progress": 100, "result": row.result}
-        await progress.publish_event(deps.redis, analysis_id, "completed", data)
-    else:
-        await progress.publish_event(deps.redis, analysis_id, "failed", data | {"error": row.error})
+    await progress.publish_final(
+        deps.redis,
+        analysis_id,
+        status=row.status,
+        stage=row.stage,
+        progress=row.progress,
+        result=row.result,
+        error=row.error,
+    )

@@ -96,6 +96,39 @@ async def publish_event(
     return int(seq)
 
 
+async def publish_final(
+    redis: Redis,
+    analysis_id: uuid.UUID | str,
+    *,
+    status: Literal["completed", "failed"],
+    stage: str | None,
+    progress: int,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> int:
+    """The terminal event. Whoever sends it (the pipeline, the reaper, a repair after a crash),
+    its data has the same keys as the status read: the app reads one shape."""
+    data = final_data(status=status, stage=stage, progress=progress, result=result, error=error)
+    return await publish_event(redis, analysis_id, status, data)
+
+
+def final_data(
+    *,
+    status: str,
+    stage: str | None,
+    progress: int,
+    result: dict[str, Any] | None,
+    error: str | None,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "stage": stage,
+        "progress": progress,
+        "result": result,
+        "error": error,
+    }
+
+
 def state_fields(data: dict[str, Any]) -> dict[str, str]:
     """What an event's data sets in the state hash."""
     return {field: str(data[field]) for field in _STATE_FIELDS if data.get(field) is not None}

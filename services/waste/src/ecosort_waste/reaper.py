@@ -68,11 +68,11 @@ async def reap_once(
     report = ReapReport()
     now = datetime.now(UTC)
     cutoff = now - timedelta(seconds=deadline_seconds)
-    failures: dict[uuid.UUID, tuple[str | None, str]] = {}
+    failures: dict[uuid.UUID, tuple[str | None, int]] = {}
     async with sessionmaker() as session, session.begin():
         stuck = (
             await session.execute(
-                select(Analysis.id, Analysis.attempts, Analysis.stage)
+                select(Analysis.id, Analysis.attempts, Analysis.stage, Analysis.progress)
                 .where(Analysis.status == "processing", Analysis.started_at < cutoff)
                 .limit(BATCH_SIZE)
                 .with_for_update(skip_locked=True)
@@ -89,7 +89,7 @@ async def reap_once(
                 report.requeued.append(row.id)
             else:
                 values = {"status": "failed", "stage": stage, "error": DID_NOT_FINISH}
-                failures[row.id] = (stage, DID_NOT_FINISH)
+                failures[row.id] = (stage, row.progress)
                 report.failed.append(row.id)
             log.warning(
                 "reaper.stuck",
@@ -132,9 +132,9 @@ async def reap_once(
         await progress.publish_event(
             redis, analysis_id, "progress", {"status": "queued", "progress": 0, "stage": None}
         )
-    for analysis_id, (stage, reason) in failures.items():
-        await progress.publish_event(
-            redis, analysis_id, "failed", {"status": "failed", "stage": stage, "error": reason}
+    for analysis_id, (stage, reached) in failures.items():
+        await progress.publish_final(
+            redis, analysis_id, status="failed", stage=stage, progress=reached, error=DID_NOT_FINISH
         )
     if stuck or forgotten:
         log.warning(

@@ -156,7 +156,13 @@ async def test_completes_through_the_stages_with_the_outbox_event(
         ("completed", "save"),
     ]
     assert [e.data["progress"] for e in events] == sorted(e.data["progress"] for e in events)
-    assert events[-1].data["result"] == result
+    assert events[-1].data == {
+        "status": "completed",
+        "stage": "save",
+        "progress": 100,
+        "result": result,
+        "error": None,
+    }
     state = await progress.read_state(deps.redis, analysis.id)
     assert state["status"] == "completed" and state["progress"] == "100"
 
@@ -271,6 +277,7 @@ async def test_a_missing_image_fails_with_the_reason(deps: pipeline.PipelineDeps
     last = (await progress.read_events(deps.redis, analysis.id))[-1]
     assert last.event == "failed"
     assert_user_safe(last.data["error"], pipeline.IMAGE_MISSING)
+    assert set(last.data) == {"status", "stage", "progress", "result", "error"}
 
 
 async def test_an_unreadable_image_fails_with_the_reason(deps: pipeline.PipelineDeps) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Response
+from redis.asyncio import Redis
 
 from ecosort_common.errors import Problem
 from ecosort_waste import crud
@@ -17,7 +18,7 @@ from ecosort_waste.api.deps import (
     SettingsDep,
 )
 from ecosort_waste.models import FINAL_STATUSES
-from ecosort_waste.progress import ProgressEvent
+from ecosort_waste.progress import ProgressEvent, final_data, read_state
 from ecosort_waste.sse import ProgressResponse, follow
 
 router = APIRouter(tags=["analyses"])
@@ -26,7 +27,10 @@ router = APIRouter(tags=["analyses"])
 @router.get(
     "/analyses/{analysis_id}/events",
     response_class=ProgressResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        204: {"description": "Last-Event-ID is the final event: nothing more will come"},
+    },
 )
 async def analysis_events(
     analysis_id: uuid.UUID,
@@ -36,7 +40,7 @@ async def analysis_events(
     sessionmaker: ReadSessionmakerDep,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> ProgressResponse:
+) -> Response:
     after_seq = _parse_last_event_id(last_event_id)
     owner = user.user_id
     # A session of our own rather than the ReadSession dependency: FastAPI keeps a yield
@@ -45,22 +49,28 @@ async def analysis_events(
         status = await crud.owned_status(session, analysis_id, owner)
     if status is None:
         raise Problem(404, f"No analysis {analysis_id}.", title="Analysis not found")
+    if (
+        status in FINAL_STATUSES
+        and after_seq > 0
+        and await _saw_the_end(redis, analysis_id, after_seq)
+    ):
+        # An EventSource reconnects after every close; 204 is the SSE way to say "stop". Without
+        # it, each reconnection would be answered with the final event again, for ever.
+        return Response(status_code=204)
 
     async def final_state(last_seq: int) -> ProgressEvent | None:
         async with sessionmaker() as fresh:
             analysis = await crud.get_owned(fresh, analysis_id, owner)
         if analysis is None or analysis.status not in FINAL_STATUSES:
             return None
-        data: dict[str, Any] = {
-            "analysis_id": str(analysis.id),
-            "status": analysis.status,
-            "stage": analysis.stage,
-            "progress": analysis.progress,
-            "result": analysis.result,
-            "error": analysis.error,
-        }
-        event = "completed" if analysis.status == "completed" else "failed"
-        return ProgressEvent(seq=last_seq + 1, event=event, data=data)
+        data = final_data(
+            status=analysis.status,
+            stage=analysis.stage,
+            progress=analysis.progress,
+            result=analysis.result,
+            error=analysis.error,
+        )
+        return ProgressEvent(seq=last_seq + 1, event=analysis.status, data=data)
 
     return ProgressResponse(
         follow(
@@ -74,6 +84,15 @@ async def analysis_events(
             resync_seconds=settings.sse_resync_seconds,
         ),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _saw_the_end(redis: Redis, analysis_id: uuid.UUID, after_seq: int) -> bool:
+    """Whether the client's Last-Event-ID is at or past the final event published. Unknown
+    (the log expired, or the final event was never published): no, it gets the final event."""
+    state = await read_state(redis, analysis_id)
+    return (
+        state.get("status") in FINAL_STATUSES and int(state.get("seq", after_seq + 1)) <= after_seq
     )
 
 
