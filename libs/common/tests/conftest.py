@@ -55,6 +55,10 @@ def demo_router() -> APIRouter:
     async def boom() -> None:
         raise RuntimeError("secret internal detail postgresql://10.0.0.5")
 
+    @router.get("/notes/{note_id}")
+    async def note(note_id: int, full: bool = False) -> dict[str, int]:
+        raise Problem(404, f"No note {note_id}.")
+
     @router.get("/me")
     async def me(principal: Principal = Depends(current_principal)) -> dict[str, str]:
         return {"user_id": str(principal.user_id), "sid": principal.session_id}

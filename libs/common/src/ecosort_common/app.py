@@ -16,6 +16,7 @@ from ecosort_common.events import EventConsumer, Handler
 from ecosort_common.health import DEFAULT_CHECKS, ReadinessCheck, health_router
 from ecosort_common.logging import configure_logging
 from ecosort_common.observability import ObservabilityMiddleware
+from ecosort_common.openapi import ROUTER_RESPONSES, install_openapi
 from ecosort_common.outbox import OutboxRelay
 from ecosort_common.redis import create_redis
 from ecosort_common.revocation import RevocationWatcher
@@ -122,13 +123,14 @@ def create_service_app(
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(ObservabilityMiddleware, service=settings.service_name)
     checks = readiness_checks if readiness_checks is not None else DEFAULT_CHECKS
     health = health_router(checks, settings.readiness_timeout_seconds)
-    app.include_router(health)
+    app.include_router(health, responses=ROUTER_RESPONSES)
     app.include_router(health, prefix=prefix, include_in_schema=False)
     for router in routers:
-        app.include_router(router, prefix=prefix)
+        app.include_router(router, prefix=prefix, responses=ROUTER_RESPONSES)
     return app
 
 

@@ -10,6 +10,8 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -36,6 +38,49 @@ class Problem(Exception):
         self.type = type_
         self.headers = headers or {}
         self.extensions = extensions
+
+
+def _left_out(schema: dict[str, Any]) -> None:
+    """An optional member is absent, never null: no `default: null` in its schema."""
+    schema.pop("default", None)
+
+
+class ProblemBody(BaseModel):
+    """What `problem_response` writes, for the OpenAPI document (ecosort_common.openapi)."""
+
+    # Extensions ride along (`errors`, or a handler's own such as `hint`).
+    model_config = ConfigDict(title="Problem", extra="allow")
+
+    type: str = Field(description='A URI naming the kind of problem; "about:blank" if none.')
+    title: str
+    status: int
+    # Left out, rather than null, when there is nothing to add to the title.
+    detail: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_left_out)
+    instance: str = Field(description="The path of the request.")
+    request_id: str | SkipJsonSchema[None] = Field(
+        default=None,
+        description="The X-Request-ID of the request, to quote in a bug report.",
+        json_schema_extra=_left_out,
+    )
+
+
+class FieldError(BaseModel):
+    """One refused input of a request validation problem (`_jsonable_error`)."""
+
+    loc: list[str] = Field(description='Where, e.g. ["body", "category"] or ["query", "limit"].')
+    msg: str
+    type: str
+
+
+class ValidationProblemBody(ProblemBody):
+    """A 422: `errors` when the request did not match what the endpoint accepts."""
+
+    model_config = ConfigDict(title="ValidationProblem")
+
+    # Optional: a handler's own 422 (a reused Idempotency-Key, say) comes without it.
+    errors: list[FieldError] | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_left_out
+    )
 
 
 def _phrase(status: int) -> str:

@@ -15,12 +15,13 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import structlog
 from cachetools import TTLCache
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -35,6 +36,15 @@ MIN_REFRESH_INTERVAL_SECONDS = 10.0
 VERIFIED_TOKEN_CACHE_SIZE = 4096
 VERIFIED_TOKEN_CACHE_SECONDS = 60.0
 log = structlog.get_logger("ecosort.security")
+
+# Only declares the scheme in OpenAPI, so generated clients send the token: `bearer_token`
+# reads it, with our own 401 problem and WWW-Authenticate challenge.
+bearer_scheme = HTTPBearer(
+    scheme_name="bearerAuth",
+    bearerFormat="JWT",
+    description="An access token from the auth service.",
+    auto_error=False,
+)
 
 
 @dataclass(frozen=True)
@@ -168,8 +178,11 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def current_principal(request: Request) -> Principal:
-    """FastAPI dependency for authenticated routes."""
+async def current_principal(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
+) -> Principal:
+    """FastAPI dependency for authenticated routes (and callable as it is, with the request)."""
     verifier: TokenVerifier = request.app.state.token_verifier
     principal = await verifier.verify(bearer_token(request))
     structlog.contextvars.bind_contextvars(user_id=str(principal.user_id))

@@ -215,7 +215,25 @@ async def check_service_defaults(client: Any, service: str) -> None:
     assert "http_request_duration_seconds" in (await client.get("/metrics")).text
     document = (await client.get(f"{prefix}/openapi.json")).json()
     assert document["info"]["title"] == f"EcoSort {service}"
+    check_documented_errors(document)
     missing = await client.get(f"{prefix}/no-such-thing")
     assert missing.status_code == 404
     assert missing.headers["content-type"] == "application/problem+json"
     assert missing.json()["status"] == 404
+
+
+def check_documented_errors(document: dict[str, Any]) -> None:
+    """The OpenAPI document describes errors as they are sent (ecosort_common.openapi): only
+    problem+json, never FastAPI's HTTPValidationError, and a 401 wherever a token is needed."""
+    assert "HTTPValidationError" not in json.dumps(document)
+    schemes = document.get("components", {}).get("securitySchemes", {})
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            for status, response in operation["responses"].items():
+                if status[0] in "45" or status == "default":
+                    assert list(response["content"]) == ["application/problem+json"], where
+            if operation.get("security"):
+                assert "401" in operation["responses"], where
+                for requirement in operation["security"]:
+                    assert all(schemes[name]["scheme"] == "bearer" for name in requirement)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_waste import pipeline, progress
+from ecosort_waste.api.schemas import AnalysisResult
 from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.openai_provider import create_openai_classifier
 from ecosort_waste.classifier.registry import ClassifierRegistry, registry_from_settings
@@ -28,18 +29,8 @@ from ecosort_waste.storage import storage_from_settings
 
 from .conftest import FakeThirdParties, photo_bytes
 
-RESULT_KEYS = {
-    "category",
-    "confidence",
-    "candidates",
-    "not_sure",
-    "mapping_note",
-    "guidance",
-    "guidance_available",
-    "model_version",
-    "head_version",
-    "provider",
-}
+# The contract the API documents (test_openapi.py holds its field list).
+RESULT_KEYS = set(AnalysisResult.model_fields)
 
 
 @pytest.fixture

@@ -1,0 +1,90 @@
+"""The OpenAPI document says what the API really answers: problem+json errors of the Problem
+schema (never FastAPI's HTTPValidationError) and the bearer token, for generated clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from httpx import AsyncClient
+
+from ecosort_common.errors import ProblemBody, ValidationProblemBody
+from ecosort_common.testing import check_documented_errors
+
+API = "/api/v1/demo"
+PROBLEM_JSON = "application/problem+json"
+
+
+async def _document(client: AsyncClient) -> dict[str, Any]:
+    response = await client.get(f"{API}/openapi.json")
+    assert response.status_code == 200
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def _schema_of(response: dict[str, Any]) -> str:
+    assert list(response["content"]) == [PROBLEM_JSON]
+    ref: str = response["content"][PROBLEM_JSON]["schema"]["$ref"]
+    return ref.removeprefix("#/components/schemas/")
+
+
+async def test_errors_are_documented_as_problem_json(client: AsyncClient) -> None:
+    document = await _document(client)
+    check_documented_errors(document)
+    schemas = document["components"]["schemas"]
+    assert {"HTTPValidationError", "ValidationError"}.isdisjoint(schemas)
+    echo = document["paths"][f"{API}/echo"]["post"]["responses"]
+    assert _schema_of(echo["422"]) == "ValidationProblem"
+    assert _schema_of(echo["default"]) == "Problem"
+    assert "401" not in echo  # no token needed there
+    problem = schemas["Problem"]
+    assert set(problem["required"]) == {"type", "title", "status", "instance"}
+    assert problem["properties"]["detail"] == {"title": "Detail", "type": "string"}
+    field_error = schemas["ValidationProblem"]["properties"]["errors"]["items"]
+    assert field_error == {"$ref": "#/components/schemas/FieldError"}
+    assert set(schemas["FieldError"]["required"]) == {"loc", "msg", "type"}
+
+
+async def test_path_and_query_parameters_document_404_400_and_422(client: AsyncClient) -> None:
+    note = (await _document(client))["paths"][f"{API}/notes/{{note_id}}"]["get"]["responses"]
+    assert {_schema_of(note[s]) for s in ("400", "404", "default")} == {"Problem"}
+    assert _schema_of(note["422"]) == "ValidationProblem"
+    teapot = (await _document(client))["paths"][f"{API}/teapot"]["get"]["responses"]
+    assert sorted(teapot) == ["200", "default"]  # it takes nothing that could be refused
+
+
+async def test_authenticated_routes_declare_the_bearer_scheme_and_401(
+    client: AsyncClient,
+) -> None:
+    document = await _document(client)
+    assert document["components"]["securitySchemes"] == {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "An access token from the auth service.",
+        }
+    }
+    me = document["paths"][f"{API}/me"]["get"]
+    assert me["security"] == [{"bearerAuth": []}]
+    assert _schema_of(me["responses"]["401"]) == "Problem"
+    assert "WWW-Authenticate" in me["responses"]["401"]["headers"]
+    # Declaring the scheme changed nothing of the answer itself.
+    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}):
+        refused = await client.get(f"{API}/me", headers=headers)
+        assert (refused.status_code, refused.headers["www-authenticate"]) == (401, "Bearer")
+        assert refused.headers["content-type"] == PROBLEM_JSON
+
+
+async def test_the_schemas_match_the_bodies_sent(client: AsyncClient) -> None:
+    invalid = (await client.post(f"{API}/echo", json={"count": "many"})).json()
+    assert set(invalid) <= set(ValidationProblemBody.model_fields)
+    assert ValidationProblemBody.model_validate(invalid).errors
+    for path, headers in (
+        ("/teapot", {}),
+        ("/notes/7", {}),
+        ("/me", {"Authorization": "Bearer not-a-jwt"}),
+        ("/boom", {}),
+    ):
+        body = (await client.get(f"{API}{path}", headers=headers)).json()
+        ProblemBody.model_validate(body)
+        assert set(ProblemBody.model_fields) - {"detail"} <= set(body), path
