@@ -17,6 +17,10 @@ def test_cursor_round_trip() -> None:
     assert decode_cursor(encode_cursor(created, row_id)) == (created, row_id)
 
 
+# Fixed, not random: test ids must be the same in every pytest-xdist worker.
+A_ROW = uuid.UUID("5f0c8d52-0d3a-4a53-9a55-0e6f3c1b7a10")
+
+
 def b64(raw: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
@@ -30,8 +34,8 @@ def b64(raw: str) -> str:
         "WzEsMl0",
         b64('["2024-01-01T00:00:00+00:00", 5]'),  # not a UUID: once a 500
         b64('["2024-01-01T00:00:00+00:00", [1]]'),
-        b64(f'["2024-01-01T00:00:00", "{uuid.uuid4()}"]'),  # no time zone
-        b64(f'["2024-01-01T00:00:00+00:00", "{uuid.uuid4()}", 3]'),
+        b64(f'["2024-01-01T00:00:00", "{A_ROW}"]'),  # no time zone
+        b64(f'["2024-01-01T00:00:00+00:00", "{A_ROW}", 3]'),
         b64('{"a": 1}'),
     ],
 )
