@@ -39,6 +39,9 @@ async def serving(app: Any) -> AsyncIterator[str]:
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
     server = uvicorn.Server(config)
+    # No signal handlers: sse-starlette finds "the" uvicorn server through them, and would take
+    # any test server's stop for the process's, ending the session app's streams for good.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
