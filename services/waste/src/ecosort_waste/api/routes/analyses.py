@@ -140,12 +140,11 @@ async def _create_analysis(
 
     async def store_image() -> StoredImage:
         nonlocal read_key
-        if upload_key is None:
-            return await _sanitise_and_store(storage, user.user_id, raw)
-        read_key = upload_key
-        return await _sanitise_and_store(
-            storage, user.user_id, await _read_upload(storage, upload_key)
-        )
+        data = raw
+        if upload_key is not None:
+            read_key = upload_key  # from here on the original goes, whatever comes of it
+            data = await _read_upload(storage, upload_key)
+        return await _sanitise_and_store(storage, user.user_id, data)
 
     try:
         outcome = await create_or_replay(
@@ -217,7 +216,7 @@ async def _discard_original(storage: Storage, key: str) -> None:
     try:
         await run_in_threadpool(storage.delete, key)
     except Exception:
-        # The answer stands without it; in S3 the bucket's lifecycle rule expires incoming/.
+        # The answer stands without it: the reaper's sweep of unread uploads removes it later.
         log.exception("upload_original_not_deleted", key=key)
 
 
