@@ -7,11 +7,10 @@ from typing import Any
 
 from httpx import AsyncClient
 
-from ecosort_common.errors import ProblemBody, ValidationProblemBody
-from ecosort_common.testing import check_documented_errors
+from ecosort_common.errors import PROBLEM_JSON, ProblemBody, ValidationProblemBody
+from ecosort_common.testing import check_documented_errors, problem_schema_name
 
 API = "/api/v1/demo"
-PROBLEM_JSON = "application/problem+json"
 
 
 async def _document(client: AsyncClient) -> dict[str, Any]:
@@ -21,20 +20,14 @@ async def _document(client: AsyncClient) -> dict[str, Any]:
     return document
 
 
-def _schema_of(response: dict[str, Any]) -> str:
-    assert list(response["content"]) == [PROBLEM_JSON]
-    ref: str = response["content"][PROBLEM_JSON]["schema"]["$ref"]
-    return ref.removeprefix("#/components/schemas/")
-
-
 async def test_errors_are_documented_as_problem_json(client: AsyncClient) -> None:
     document = await _document(client)
     check_documented_errors(document)
     schemas = document["components"]["schemas"]
     assert {"HTTPValidationError", "ValidationError"}.isdisjoint(schemas)
     echo = document["paths"][f"{API}/echo"]["post"]["responses"]
-    assert _schema_of(echo["422"]) == "ValidationProblem"
-    assert _schema_of(echo["default"]) == "Problem"
+    assert problem_schema_name(echo["422"]) == "ValidationProblem"
+    assert problem_schema_name(echo["default"]) == "Problem"
     assert "401" not in echo  # no token needed there
     problem = schemas["Problem"]
     assert set(problem["required"]) == {"type", "title", "status", "instance"}
@@ -46,8 +39,8 @@ async def test_errors_are_documented_as_problem_json(client: AsyncClient) -> Non
 
 async def test_path_and_query_parameters_document_404_400_and_422(client: AsyncClient) -> None:
     note = (await _document(client))["paths"][f"{API}/notes/{{note_id}}"]["get"]["responses"]
-    assert {_schema_of(note[s]) for s in ("400", "404", "default")} == {"Problem"}
-    assert _schema_of(note["422"]) == "ValidationProblem"
+    assert {problem_schema_name(note[s]) for s in ("400", "404", "default")} == {"Problem"}
+    assert problem_schema_name(note["422"]) == "ValidationProblem"
     teapot = (await _document(client))["paths"][f"{API}/teapot"]["get"]["responses"]
     assert sorted(teapot) == ["200", "default"]  # it takes nothing that could be refused
 
@@ -66,7 +59,7 @@ async def test_authenticated_routes_declare_the_bearer_scheme_and_401(
     }
     me = document["paths"][f"{API}/me"]["get"]
     assert me["security"] == [{"bearerAuth": []}]
-    assert _schema_of(me["responses"]["401"]) == "Problem"
+    assert problem_schema_name(me["responses"]["401"]) == "Problem"
     assert "WWW-Authenticate" in me["responses"]["401"]["headers"]
     # Declaring the scheme changed nothing of the answer itself.
     for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}):

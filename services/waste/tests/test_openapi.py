@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 from httpx import AsyncClient
 
+from ecosort_common.testing import problem_schema_name
 from ecosort_waste.api.schemas import AnalysisResult
 from ecosort_waste.classifier.base import Candidate, Classification
 from ecosort_waste.classifier.registry import ProviderAnswer
 from ecosort_waste.pipeline import result_document
 
 API = "/api/v1/waste"
-PROBLEM_JSON = "application/problem+json"
 RESULT_FIELDS = {
     "category",
     "confidence",
@@ -35,26 +35,20 @@ async def document(client: AsyncClient) -> dict[str, Any]:
     return served
 
 
-def _problem_schema(response: dict[str, Any]) -> str:
-    assert list(response["content"]) == [PROBLEM_JSON]
-    ref: str = response["content"][PROBLEM_JSON]["schema"]["$ref"]
-    return ref.removeprefix("#/components/schemas/")
-
-
 async def test_the_create_route_documents_its_errors_as_problems(document: dict[str, Any]) -> None:
     create = document["paths"][f"{API}/analyses"]["post"]
     assert create["security"] == [{"bearerAuth": []}]
     responses = create["responses"]
     for status in ("400", "401", "413", "415", "422"):
-        assert _problem_schema(responses[status]) == "Problem", status
+        assert problem_schema_name(responses[status]) == "Problem", status
     assert "10 MB" in responses["413"]["description"]
 
 
 async def test_the_polling_route_documents_its_errors(document: dict[str, Any]) -> None:
     responses = document["paths"][f"{API}/analyses/{{analysis_id}}"]["get"]["responses"]
-    assert _problem_schema(responses["401"]) == "Problem"
-    assert _problem_schema(responses["404"]) == "Problem"
-    assert _problem_schema(responses["422"]) == "ValidationProblem"
+    assert problem_schema_name(responses["401"]) == "Problem"
+    assert problem_schema_name(responses["404"]) == "Problem"
+    assert problem_schema_name(responses["422"]) == "ValidationProblem"
     assert "HTTPValidationError" not in str(document)
 
 

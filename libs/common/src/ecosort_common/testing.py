@@ -20,6 +20,7 @@ import redis as redis_sync
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
+from ecosort_common.errors import PROBLEM_JSON
 from ecosort_common.settings import async_database_url
 
 POSTGRES_ENV = "ECOSORT_TEST_POSTGRES_URL"
@@ -232,8 +233,15 @@ def check_documented_errors(document: dict[str, Any]) -> None:
             where = f"{method.upper()} {path}"
             for status, response in operation["responses"].items():
                 if status[0] in "45" or status == "default":
-                    assert list(response["content"]) == ["application/problem+json"], where
+                    assert list(response["content"]) == [PROBLEM_JSON], where
             if operation.get("security"):
                 assert "401" in operation["responses"], where
                 for requirement in operation["security"]:
                     assert all(schemes[name]["scheme"] == "bearer" for name in requirement)
+
+
+def problem_schema_name(response: dict[str, Any]) -> str:
+    """The schema an OpenAPI error response names: its only content must be problem+json."""
+    assert list(response["content"]) == [PROBLEM_JSON]
+    ref: str = response["content"][PROBLEM_JSON]["schema"]["$ref"]
+    return ref.removeprefix("#/components/schemas/")
