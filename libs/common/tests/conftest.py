@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import StreamingResponse
 from httpx import ASGITransport, AsyncClient
 from pydantic import BaseModel
 from sqlalchemy import Column, Integer, String, Table, create_engine
@@ -58,6 +60,15 @@ def demo_router() -> APIRouter:
     @router.get("/notes/{note_id}")
     async def note(note_id: int, full: bool = False) -> dict[str, int]:
         raise Problem(404, f"No note {note_id}.")
+
+    @router.get("/forever")
+    async def forever() -> StreamingResponse:
+        async def ticks() -> AsyncIterator[bytes]:
+            while True:
+                yield b"tick\n"
+                await asyncio.sleep(0.05)
+
+        return StreamingResponse(ticks(), media_type="text/plain")
 
     @router.get("/me")
     async def me(principal: Principal = Depends(current_principal)) -> dict[str, str]:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from http import HTTPStatus
+
+import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import Request
 from httpx import ASGITransport, AsyncClient
 
+from ecosort_common.errors import Problem, problem_response
 from ecosort_common.settings import ServiceSettings
 
 from .conftest import build_app
@@ -95,6 +101,7 @@ async def test_unreachable_database_starts_alive_but_not_ready(settings: Service
             body = ready.json()
             assert body["dependencies"] == {"database": False, "redis": True}
             assert "database" in body["detail"]
+            assert body["type"] == "urn:ecosort:problem:not-ready"
             assert "127.0.0.1:9" not in ready.text
 
 
@@ -112,3 +119,74 @@ async def test_unreachable_redis_is_named(settings: ServiceSettings) -> None:
 def test_plain_postgres_urls_use_psycopg() -> None:
     settings = ServiceSettings(database_url="postgresql://u@h:5432/d")
     assert settings.database_url == "postgresql+psycopg://u@h:5432/d"
+
+
+def _request(path: str = "/somewhere") -> Request:
+    return Request({"type": "http", "method": "GET", "path": path, "headers": []})
+
+
+@pytest.mark.parametrize(
+    ("status", "title", "type_"),
+    [
+        (404, "Analysis not found", "urn:ecosort:problem:analysis-not-found"),
+        (401, "Sign-in refused", "urn:ecosort:problem:sign-in-refused"),
+        (400, "Bad redirect_uri", "urn:ecosort:problem:bad-redirect-uri"),
+        (422, "Idempotency-Key reused", "urn:ecosort:problem:idempotency-key-reused"),
+    ],
+)
+def test_a_title_of_its_own_never_sits_under_about_blank(
+    status: int, title: str, type_: str
+) -> None:
+    raised = Problem(status, "Some detail.", title=title)
+    assert (raised.type, raised.title) == (type_, title)
+    assert Problem(status, title=title, type_="about:blank").type == type_
+    body = json.loads(problem_response(_request(), status, title=title).body)
+    assert (body["type"], body["title"]) == (type_, title)
+
+
+@pytest.mark.parametrize(
+    ("status", "title", "sent_title"),
+    [
+        (404, None, "Not Found"),
+        (429, "Too many requests", "Too many requests"),
+        # No letter to name a type by: the plain status, not a bare "urn:ecosort:problem:".
+        (404, "분석 없음", "Not Found"),
+    ],
+)
+def test_no_title_of_its_own_is_about_blank_and_the_status_phrase(
+    status: int, title: str | None, sent_title: str
+) -> None:
+    raised = Problem(status, "Some detail.", title=title)
+    assert (raised.type, raised.title) == ("about:blank", sent_title)
+    body = json.loads(problem_response(_request(), status, title=title).body)
+    assert (body["type"], body["title"]) == ("about:blank", sent_title)
+
+
+def test_an_explicit_type_is_kept() -> None:
+    reused = "urn:ecosort:auth:refresh-reused"
+    raised = Problem(401, title="Refresh token refused", type_=reused)
+    assert (raised.type, raised.title) == (reused, "Refresh token refused")
+    body = json.loads(problem_response(_request(), 400, type_="urn:example:odd").body)
+    assert (body["type"], body["title"]) == ("urn:example:odd", "Bad Request")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "type_"),
+    [
+        ("GET", "/api/v1/demo/me", "urn:ecosort:problem:authentication-required"),  # Problem
+        ("GET", "/api/v1/demo/teapot", "about:blank"),  # "I'm a teapot" is 418's phrase
+        ("POST", "/api/v1/demo/echo", "urn:ecosort:problem:request-validation-failed"),
+        ("GET", "/api/v1/demo/notes/7", "about:blank"),  # Problem without a title
+        ("GET", "/api/v1/demo/nothing-here", "about:blank"),  # Starlette's 404
+        ("DELETE", "/api/v1/demo/echo", "about:blank"),  # Starlette's 405
+        ("GET", "/api/v1/demo/boom", "about:blank"),  # the unexpected
+    ],
+)
+async def test_every_error_path_follows_the_about_blank_rule(
+    client: AsyncClient, method: str, path: str, type_: str
+) -> None:
+    response = await client.request(method, path, json={"count": "many"})
+    body = response.json()
+    assert body["type"] == type_
+    if type_ == "about:blank":
+        assert body["title"].casefold() == HTTPStatus(response.status_code).phrase.casefold()

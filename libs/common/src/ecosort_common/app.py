@@ -13,6 +13,7 @@ from sqlalchemy import Table
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.errors import install_error_handlers
 from ecosort_common.events import EventConsumer, Handler
+from ecosort_common.head import HeadMiddleware
 from ecosort_common.health import DEFAULT_CHECKS, ReadinessCheck, health_router
 from ecosort_common.logging import configure_logging
 from ecosort_common.observability import ObservabilityMiddleware
@@ -42,8 +43,9 @@ def create_service_app(
     on_startup: Sequence[StartupHook] = (),
     on_shutdown: Sequence[Callable[[FastAPI], Awaitable[None]]] = (),
 ) -> FastAPI:
-    """Build a FastAPI app with health, metrics, problem+json errors, request ids, JSON logs, the
-    database and Redis clients, token verification, the outbox relay and event consumers."""
+    """Build a FastAPI app with health, metrics, problem+json errors, HEAD wherever GET is, request
+    ids, JSON logs, the database and Redis clients, token verification, the outbox relay and event
+    consumers."""
     configure_logging(settings.log_level, json=settings.log_json)
     prefix = settings.api_prefix
 
@@ -124,6 +126,8 @@ def create_service_app(
     app.state.settings = settings
     install_error_handlers(app)
     install_openapi(app)
+    # Inside the observability middleware: the access log and metrics say HEAD, not GET.
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(ObservabilityMiddleware, service=settings.service_name)
     checks = readiness_checks if readiness_checks is not None else DEFAULT_CHECKS
     health = health_router(checks, settings.readiness_timeout_seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -15,7 +16,25 @@ from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
+ABOUT_BLANK = "about:blank"
+PROBLEM_TYPE_PREFIX = "urn:ecosort:problem:"
 log = structlog.get_logger("ecosort.errors")
+
+
+def problem_type_and_title(status: int, title: str | None, type_: str | None) -> tuple[str, str]:
+    """The `type` and `title` of a problem. Under "about:blank" the title is the status phrase
+    (RFC 9457 §4.2.1), so a title of its own names a type of its own, derived from the title:
+    `urn:ecosort:problem:analysis-not-found`. A title that only restates the phrase in other
+    letter case ("Too many requests") stays under "about:blank"."""
+    phrase = _phrase(status)
+    if type_ is not None and type_ != ABOUT_BLANK:
+        return type_, title or phrase
+    if title is None or title.casefold() == phrase.casefold():
+        return ABOUT_BLANK, title or phrase
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    if not slug:  # no letter a type could be named by: the plain status, then
+        return ABOUT_BLANK, phrase
+    return PROBLEM_TYPE_PREFIX + slug, title
 
 
 class Problem(Exception):
@@ -27,15 +46,14 @@ class Problem(Exception):
         detail: str | None = None,
         *,
         title: str | None = None,
-        type_: str = "about:blank",
+        type_: str | None = None,
         headers: dict[str, str] | None = None,
         **extensions: Any,
     ) -> None:
         super().__init__(detail or title or str(status))
         self.status = status
-        self.title = title or _phrase(status)
+        self.type, self.title = problem_type_and_title(status, title, type_)
         self.detail = detail
-        self.type = type_
         self.headers = headers or {}
         self.extensions = extensions
 
@@ -51,7 +69,10 @@ class ProblemBody(BaseModel):
     # Extensions ride along (`errors`, or a handler's own such as `hint`).
     model_config = ConfigDict(title="Problem", extra="allow")
 
-    type: str = Field(description='A URI naming the kind of problem; "about:blank" if none.')
+    type: str = Field(
+        description='A URI naming the kind of problem: "about:blank" when `title` is the HTTP '
+        "status phrase, else a URN such as `urn:ecosort:problem:analysis-not-found`."
+    )
     title: str
     status: int
     # Left out, rather than null, when there is nothing to add to the title.
@@ -96,11 +117,12 @@ def problem_response(
     *,
     title: str | None = None,
     detail: str | None = None,
-    type_: str = "about:blank",
+    type_: str | None = None,
     headers: Mapping[str, str] | None = None,
     **extensions: Any,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": type_, "title": title or _phrase(status), "status": status}
+    type_, title = problem_type_and_title(status, title, type_)
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status}
     if detail:
         body["detail"] = detail
     body["instance"] = request.url.path
@@ -131,7 +153,12 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else None
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"No resource at {request.url.path}."
-    return problem_response(request, exc.status_code, detail=detail, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    allow = headers.get("Allow", "").split(", ")
+    if "GET" in allow and "HEAD" not in allow:
+        # HEAD is answered wherever GET is (ecosort_common.head), though no route says so.
+        headers["Allow"] = ", ".join([*allow, "HEAD"])
+    return problem_response(request, exc.status_code, detail=detail, headers=headers)
 
 
 def _jsonable_error(error: Any) -> dict[str, Any]:
