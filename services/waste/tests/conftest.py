@@ -1,11 +1,13 @@
 import asyncio
 import contextlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from ecosort_common.testing import free_port, service_fixtures
 from ecosort_waste.config import Settings
@@ -16,12 +18,14 @@ token_issuer, settings, app, client = service_fixtures("ecosort_waste", Settings
 
 @pytest.fixture(scope="session", autouse=True)
 def _waste_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Stored images go to a throw-away directory; SSE heartbeats come fast enough to test.
+    """Stored images go to a throw-away directory; SSE heartbeats come fast enough to test, and
+    the SSE reconnection delay is not its default, so a test can tell it follows the setting.
     Autouse and session-scoped, so it runs before the `settings` fixture reads the environment."""
     overrides = {
         "DATA_DIR": str(tmp_path_factory.mktemp("waste-data")),
         "SSE_HEARTBEAT_SECONDS": "1",
         "SSE_RESYNC_SECONDS": "2",
+        "SSE_RETRY_MILLISECONDS": "1500",
     }
     saved = {name: os.environ.get(name) for name in overrides}
     os.environ.update(overrides)
@@ -60,3 +64,13 @@ async def live_url(app: Any) -> AsyncIterator[str]:
     httpx's ASGI transport buffers, and for real concurrent connections."""
     async with serving(app) as url:
         yield url
+
+
+@pytest.fixture
+def enqueued(app: FastAPI) -> Iterator[list[uuid.UUID]]:
+    """What the API handed to the pipeline (the Celery worker is the pipeline tests' business)."""
+    calls: list[uuid.UUID] = []
+    previous = app.state.enqueue_analysis
+    app.state.enqueue_analysis = calls.append
+    yield calls
+    app.state.enqueue_analysis = previous

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -57,16 +56,6 @@ def other(token_issuer: TokenIssuer) -> User:
     return User(token_issuer)
 
 
-@pytest.fixture
-def enqueued(app: FastAPI) -> Iterator[list[uuid.UUID]]:
-    """What the API handed to the pipeline (the Celery worker is the pipeline tests' business)."""
-    calls: list[uuid.UUID] = []
-    previous = app.state.enqueue_analysis
-    app.state.enqueue_analysis = calls.append
-    yield calls
-    app.state.enqueue_analysis = previous
-
-
 async def upload(
     client: AsyncClient, who: User, data: bytes, key: str | None = None, name: str = "x.jpg"
 ) -> Any:
@@ -100,6 +89,12 @@ async def count_owned(app: FastAPI, owner: uuid.UUID) -> int:
     async with app.state.sessionmaker() as session:
         stmt = select(func.count()).select_from(Analysis).where(Analysis.owner_id == owner)
         return int((await session.execute(stmt)).scalar_one())
+
+
+async def corrections_of(app: FastAPI, analysis_id: str) -> list[Correction]:
+    async with app.state.sessionmaker() as session:
+        stmt = select(Correction).where(Correction.analysis_id == uuid.UUID(analysis_id))
+        return list((await session.execute(stmt)).scalars())
 
 
 def assert_problem(response: Any, status: int) -> dict[str, Any]:
@@ -318,17 +313,46 @@ async def test_feedback_stores_a_correction_with_a_valid_code(
     assert response.json()["category"] == "pet_clear"
     for bad in ({"category": "pizza"}, {"category": ""}, {}, {"category": "can", "x": 1}):
         assert_problem(await client.post(path, headers=user.headers, json=bad), 422)
-    async with app.state.sessionmaker() as session:
-        stored = (
-            (
-                await session.execute(
-                    select(Correction).where(Correction.analysis_id == uuid.UUID(analysis_id))
-                )
-            )
-            .scalars()
-            .all()
-        )
+    stored = await corrections_of(app, analysis_id)
     assert [(c.category, c.owner_id) for c in stored] == [("pet_clear", user.id)]
+
+
+async def test_a_second_correction_replaces_the_first(
+    app: FastAPI, client: AsyncClient, user: User, enqueued: list[uuid.UUID]
+) -> None:
+    analysis_id = (await upload(client, user, jpeg(10))).json()["id"]
+    await complete(app, analysis_id, {"category": "plastic", "confidence": 0.6, "candidates": []})
+    path = f"{API}/analyses/{analysis_id}/feedback"
+    first = await client.post(path, headers=user.headers, json={"category": "general"})
+    assert first.status_code == 201, first.text
+
+    second = await client.post(path, headers=user.headers, json={"category": "pet_clear"})
+
+    assert second.status_code == 200, second.text  # replaced, not created
+    assert (second.json()["id"], second.json()["category"]) == (first.json()["id"], "pet_clear")
+    assert second.json()["created_at"] >= first.json()["created_at"]
+    stored = await corrections_of(app, analysis_id)
+    assert [(c.category, c.owner_id) for c in stored] == [("pet_clear", user.id)]
+
+
+async def test_concurrent_corrections_leave_one_and_never_fail(
+    app: FastAPI, client: AsyncClient, live_url: str, user: User, enqueued: list[uuid.UUID]
+) -> None:
+    analysis_id = (await upload(client, user, jpeg(11))).json()["id"]
+    await complete(app, analysis_id, {"category": "can", "confidence": 0.5, "candidates": []})
+    path = f"{API}/analyses/{analysis_id}/feedback"
+    sent = ["scrap_metal", "can", "general", "plastic"] * 5
+    # Real HTTP connections to uvicorn, all in flight at once.
+    async with AsyncClient(base_url=live_url, timeout=60) as http:
+        responses = await asyncio.gather(
+            *(http.post(path, headers=user.headers, json={"category": c}) for c in sent)
+        )
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 19 + [201], {r.text for r in responses if r.status_code >= 300}
+    (stored,) = await corrections_of(app, analysis_id)
+    assert stored.category in sent
+    assert {r.json()["id"] for r in responses} == {str(stored.id)}
 
 
 async def test_status_read_checks_the_id_and_the_token_and_is_documented(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,15 +31,6 @@ def gps_png() -> bytes:
 @pytest.fixture
 def headers(token_issuer: TokenIssuer) -> dict[str, str]:
     return {"Authorization": f"Bearer {token_issuer.token(uuid.uuid4())}"}
-
-
-@pytest.fixture
-def enqueued(app: FastAPI) -> Iterator[list[uuid.UUID]]:
-    calls: list[uuid.UUID] = []
-    previous = app.state.enqueue_analysis
-    app.state.enqueue_analysis = calls.append
-    yield calls
-    app.state.enqueue_analysis = previous
 
 
 async def ticket(client: AsyncClient, headers: dict[str, str], **body: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 
@@ -28,10 +29,10 @@ def user_deleted(user_id: uuid.UUID) -> dict[str, str]:
     }
 
 
+@pytest.mark.usefixtures("enqueued")
 async def test_user_deleted_removes_their_analyses_and_photos_only(
     app: FastAPI, client: AsyncClient, token_issuer: TokenIssuer, settings: Settings
 ) -> None:
-    app.state.enqueue_analysis = lambda analysis_id: None
     leaving, staying = User(token_issuer), User(token_issuer)
     mine = [(await upload(client, leaving, jpeg(seed))).json()["id"] for seed in (1, 2)]
     theirs = (await upload(client, staying, jpeg(3))).json()["id"]

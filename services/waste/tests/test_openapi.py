@@ -52,6 +52,18 @@ async def test_the_polling_route_documents_its_errors(document: dict[str, Any]) 
     assert "HTTPValidationError" not in str(document)
 
 
+async def test_the_feedback_route_documents_created_and_replaced(
+    document: dict[str, Any],
+) -> None:
+    responses = document["paths"][f"{API}/analyses/{{analysis_id}}/feedback"]["post"]["responses"]
+    correction = {"$ref": "#/components/schemas/CorrectionView"}
+    for status in ("200", "201"):  # the first correction, and one replacing it
+        assert responses[status]["content"]["application/json"]["schema"] == correction
+    for status in ("401", "404", "409"):
+        assert problem_schema_name(responses[status]) == "Problem", status
+    assert problem_schema_name(responses["422"]) == "ValidationProblem"
+
+
 async def test_the_result_is_typed(document: dict[str, Any]) -> None:
     schemas = document["components"]["schemas"]
     result = schemas["AnalysisView"]["properties"]["result"]

@@ -7,7 +7,7 @@ import asyncio
 import io
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from sqlalchemy import update
 
 from ecosort_common.testing import TokenIssuer
+from ecosort_waste.config import Settings
 from ecosort_waste.models import Analysis
 from ecosort_waste.progress import (
     events_key,
@@ -32,11 +33,14 @@ API = "/api/v1/waste"
 
 
 class Stream:
-    """An open SSE response, parsed into events (and heartbeat comments) as they arrive."""
+    """An open SSE response, parsed into events (and heartbeat comments) as they arrive, as an
+    EventSource does: `retry:` sets the reconnection delay, and a block without data is no
+    event."""
 
     def __init__(self, lines: AsyncIterator[str]) -> None:
         self._lines = lines
         self.comments = 0
+        self.retry: int | None = None
 
     async def next_event(self, wait_seconds: float = 5.0) -> dict[str, Any] | None:
         return await asyncio.wait_for(self._next(), wait_seconds)
@@ -45,14 +49,18 @@ class Stream:
         fields: dict[str, Any] = {}
         async for line in self._lines:
             if line == "":
-                if fields:
+                if "data" in fields:
                     return fields
+                fields = {}
                 continue
             if line.startswith(":"):
                 self.comments += 1
                 continue
             name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
+            if name == "retry":
+                self.retry = int(value)
+            else:
+                fields[name] = value.removeprefix(" ")
         return None  # the server ended the stream
 
     async def rest(self, wait_seconds: float = 5.0) -> list[dict[str, Any]]:
@@ -69,16 +77,8 @@ def user(token_issuer: TokenIssuer) -> tuple[uuid.UUID, dict[str, str]]:
 
 
 @pytest.fixture
-def quiet_enqueue(app: FastAPI) -> Iterator[None]:
-    previous = app.state.enqueue_analysis
-    app.state.enqueue_analysis = lambda _analysis_id: None
-    yield
-    app.state.enqueue_analysis = previous
-
-
-@pytest.fixture
 async def analysis_id(
-    live_url: str, user: tuple[uuid.UUID, dict[str, str]], quiet_enqueue: None
+    live_url: str, user: tuple[uuid.UUID, dict[str, str]], enqueued: list[uuid.UUID]
 ) -> str:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="JPEG")
@@ -137,6 +137,29 @@ async def test_live_events_then_the_stream_ends(
     await wait_for_watchers(app, 0)  # the finished client is no longer fanned out to
 
 
+async def test_the_first_frame_sets_the_reconnection_delay(
+    live_url: str,
+    analysis_id: str,
+    user: tuple[uuid.UUID, dict[str, str]],
+    settings: Settings,
+) -> None:
+    """`retry:` comes first and at once: an EventSource dropped before any event still waits
+    SSE_RETRY_MILLISECONDS, not the browser's default (~3 s), before it reconnects."""
+    raw = b""
+    async with (
+        AsyncClient(base_url=live_url, timeout=10) as http,
+        http.stream("GET", f"{API}/analyses/{analysis_id}/events", headers=user[1]) as response,
+    ):
+        assert response.status_code == 200
+        async for chunk in response.aiter_raw():
+            raw += chunk
+            if b"\r\n\r\n" in raw:
+                break
+    first_frame = raw.partition(b"\r\n\r\n")[0]
+    assert first_frame == f"retry: {settings.sse_retry_milliseconds}".encode()
+    assert settings.sse_retry_milliseconds == 1500  # the tests' setting, not the default
+
+
 async def test_resumes_after_last_event_id(
     app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
 ) -> None:
@@ -168,7 +191,11 @@ async def test_a_lost_message_is_recovered_from_the_log(
 
 
 async def test_finished_analysis_without_a_log_answers_from_the_database(
-    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+    app: FastAPI,
+    live_url: str,
+    analysis_id: str,
+    user: tuple[uuid.UUID, dict[str, str]],
+    settings: Settings,
 ) -> None:
     result = {"category": "glass_bottle", "confidence": 0.9}
     async with app.state.sessionmaker() as session:
@@ -180,6 +207,7 @@ async def test_finished_analysis_without_a_log_answers_from_the_database(
         await session.commit()
     async with open_stream(live_url, analysis_id, user[1]) as stream:
         events = await stream.rest()
+    assert stream.retry == settings.sse_retry_milliseconds  # even a one-event stream has it
     assert len(events) == 1 and events[0]["event"] == "completed"
     assert json.loads(events[0]["data"]) == {
         "status": "completed",

@@ -30,9 +30,11 @@ class Settings(ServiceSettings):
 
     # Server-Sent Events: a comment line this often keeps proxies from closing idle streams;
     # and a stream with no news re-checks the event log and database this often, in case a
-    # pub/sub message was lost (pub/sub is at-most-once).
+    # pub/sub message was lost (pub/sub is at-most-once). Each stream's first frame carries
+    # `retry:`, how long an EventSource waits before reconnecting (browsers default to ~3 s).
     sse_heartbeat_seconds: int = Field(default=15, gt=0)
     sse_resync_seconds: float = Field(default=30.0, gt=0)
+    sse_retry_milliseconds: int = Field(default=2000, gt=0)
 
     # The pipeline's side (worker, guidance, classifier providers).
     recycling_url: str = "http://127.0.0.1:8104"
@@ -41,6 +43,9 @@ class Settings(ServiceSettings):
     # How often one analysis may be started (crashed workers, provider retries) before it fails.
     analysis_max_attempts: int = Field(default=3, gt=0)
     reaper_interval_seconds: float = Field(default=15.0, gt=0)
+    # A queued analysis for which the broker holds no message this long is sent again: the API
+    # died between its commit and the enqueue, or Redis refused the enqueue.
+    requeue_unsent_after_seconds: float = Field(default=30.0, gt=0)
     # Celery on REDIS_URL, queue "analyses"; a key prefix keeps test runs and stacks apart. The
     # visibility timeout (redelivery of unacknowledged tasks) must exceed the longest task.
     celery_key_prefix: str = ""

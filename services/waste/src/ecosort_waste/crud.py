@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Boolean, Row, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -89,9 +90,33 @@ async def list_owned(
     return page_of(rows, limit, item)
 
 
-async def add_correction(session: AsyncSession, analysis: Analysis, category: str) -> Correction:
-    correction = Correction(analysis_id=analysis.id, owner_id=analysis.owner_id, category=category)
-    session.add(correction)
-    await session.flush()
-    await session.refresh(correction)
-    return correction
+# id, analysis_id, category, created_at, and whether the row was inserted.
+CorrectionRow = Row[uuid.UUID, uuid.UUID, str, datetime, bool]
+
+
+async def set_correction(
+    session: AsyncSession, analysis: Analysis, category: str
+) -> tuple[CorrectionRow, bool]:
+    """Store the owner's correction of the analysis, replacing any earlier one; returns the
+    correction and whether it is the analysis's first.
+
+    One INSERT ... ON CONFLICT DO UPDATE: of concurrent corrections of one analysis exactly one
+    inserts, the others wait for it and update, and none fails on the unique constraint.
+    """
+    proposed = insert(Correction).values(
+        id=uuid.uuid4(), analysis_id=analysis.id, owner_id=analysis.owner_id, category=category
+    )
+    stmt = proposed.on_conflict_do_update(
+        index_elements=[Correction.analysis_id],
+        set_={"category": proposed.excluded.category, "created_at": proposed.excluded.created_at},
+    ).returning(
+        Correction.id,
+        Correction.analysis_id,
+        Correction.category,
+        Correction.created_at,
+        # PostgreSQL's way to tell the two apart: a freshly inserted row has no xmax, while the
+        # conflict's row lock leaves one on an updated row.
+        literal_column("xmax = 0", Boolean).label("inserted"),
+    )
+    row = (await session.execute(stmt)).one()
+    return row, bool(row.inserted)

@@ -27,6 +27,7 @@ from ecosort_common.outbox import outbox_table
 ANALYSIS_STATUSES = ("queued", "processing", "completed", "failed")
 ANALYSIS_STAGES = ("load", "classify", "guide", "save")
 FINAL_STATUSES = frozenset({"completed", "failed"})
+UNFINISHED_STATUSES = ("queued", "processing")
 
 
 class Base(DeclarativeBase):
@@ -81,10 +82,13 @@ analyses: Table = Analysis.__table__  # type: ignore[assignment]
 
 
 class Correction(Base):
-    """A person's correction of an analysis's category: training data for the next head."""
+    """A person's correction of an analysis's category: training data for the next head. One
+    per analysis: the owner's latest replaces the earlier one (``created_at`` is when the one
+    in force was made)."""
 
     __tablename__ = "corrections"
-    __table_args__ = (Index("ix_corrections_analysis", "analysis_id"),)
+    # Only the owner can correct an analysis, so one per analysis is one per person too.
+    __table_args__ = (UniqueConstraint("analysis_id"),)
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     analysis_id: Mapped[uuid.UUID] = mapped_column(

@@ -31,12 +31,11 @@ from ecosort_waste import progress
 from ecosort_waste.classifier.registry import LOCAL, ClassifierRegistry, ProviderAnswer
 from ecosort_waste.classifier.remote import ProviderError
 from ecosort_waste.guidance import GuidanceClient
-from ecosort_waste.models import FINAL_STATUSES, analyses, outbox
+from ecosort_waste.models import FINAL_STATUSES, UNFINISHED_STATUSES, analyses, outbox
 from ecosort_waste.storage import ObjectNotFound, Storage
 
 log = structlog.get_logger(__name__)
 
-UNFINISHED = ("queued", "processing")
 # Progress (0-100) reported when a stage starts; 100 is reserved for "completed".
 STAGE_PROGRESS = {"load": 5, "classify": 20, "guide": 70, "save": 90}
 COMPLETED_EVENT = "analysis.completed"
@@ -177,7 +176,7 @@ async def _claim(deps: PipelineDeps, analysis_id: uuid.UUID) -> Claim | None:
         row = (
             await session.execute(
                 update(analyses)
-                .where(analyses.c.id == analysis_id, analyses.c.status.in_(UNFINISHED))
+                .where(analyses.c.id == analysis_id, analyses.c.status.in_(UNFINISHED_STATUSES))
                 .values(
                     status="processing",
                     stage="load",
@@ -255,11 +254,12 @@ async def fail(
     """Mark an unfinished analysis failed with its reason (user-safe, stored and published)
     and tell the watchers; `detail` is only logged. With `attempt`, only while that run still
     owns it."""
-    condition = [analyses.c.id == analysis_id, analyses.c.status.in_(UNFINISHED)]
+    condition = [analyses.c.id == analysis_id, analyses.c.status.in_(UNFINISHED_STATUSES)]
     if attempt is not None:
         condition.append(analyses.c.attempts == attempt)
     # The database knows the stage of the claim; Redis knows the last stage reached.
     state = await progress.read_state(deps.redis, analysis_id)
+    failed_at = datetime.now(UTC)
     async with deps.sessionmaker() as session, session.begin():
         row = (
             await session.execute(
@@ -269,7 +269,9 @@ async def fail(
                     status="failed",
                     stage=state.get("stage") or analyses.c.stage,
                     error=reason,
-                    updated_at=datetime.now(UTC),
+                    # When it reached its final state, whichever: the app times both alike.
+                    completed_at=failed_at,
+                    updated_at=failed_at,
                 )
                 .returning(analyses.c.stage, analyses.c.progress)
             )

@@ -22,6 +22,9 @@ from ecosort_waste.config import Settings
 
 QUEUE = "analyses"
 TASK_NAME = "ecosort_waste.analyse"
+# The Redis hash of messages workers hold (running, or waiting for a retry's countdown). Named
+# here, not left to kombu's default, because the reaper counts it.
+UNACKED_KEY = "unacked"
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -40,6 +43,7 @@ def configure_celery(settings: Settings) -> Celery:
     transport = {
         "visibility_timeout": settings.celery_visibility_timeout_seconds,
         "global_keyprefix": settings.celery_key_prefix,
+        "unacked_key": UNACKED_KEY,
     }
     celery.conf.update(
         task_default_queue=QUEUE,

@@ -7,12 +7,17 @@ survives any single worker's death (the others keep reaping). Several reapers ar
 taken with `FOR UPDATE SKIP LOCKED` and every change is conditional on the row's state.
 
 A stuck analysis (its worker died, hung, or lost the message) is re-queued while attempts
-remain, else marked `failed` with the reason. An analysis `queued` for longer than the deadline
-(the API died between commit and enqueue, or a retry message was lost) is enqueued again, but
-only as many of them, oldest first, as the broker's queue is short of messages for the queued
-analyses: behind a backlog longer than the deadline, every waiting analysis would otherwise get
-a duplicate per deadline, and the duplicates would lengthen the queue that KEDA scales on. A
-duplicate still costs only a cheap no-op: the task is idempotent.
+remain, else marked `failed` with the reason.
+
+An analysis `queued` for longer than REQUEUE_UNSENT_AFTER_SECONDS may have no message at all
+(the API died between its commit and the enqueue, Redis refused the enqueue, a retry message
+was lost). The broker's messages are not indexed by analysis, but they can be counted: every
+unfinished analysis should have one, either waiting in the queue's list or held by a worker
+(running, or waiting out a retry's countdown) in the unacknowledged hash. The reaper enqueues
+again only as many of the waiting analyses, oldest first, as that count falls short. Behind a
+backlog, a rule by age alone would give every waiting analysis a duplicate per period, and the
+duplicates would lengthen the queue that KEDA scales on. An extra message still costs only a
+cheap no-op: the task is idempotent.
 
 The same loop deletes direct uploads that no analysis read (the API deletes those it reads),
 an hour after their form expired: they are originals, GPS and all.
@@ -25,10 +30,9 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import cast
 
 import structlog
 from redis.asyncio import Redis
@@ -36,7 +40,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_waste import progress
-from ecosort_waste.models import Analysis
+from ecosort_waste.models import UNFINISHED_STATUSES, Analysis
 from ecosort_waste.storage import INCOMING, Storage
 
 log = structlog.get_logger(__name__)
@@ -46,6 +50,15 @@ BATCH_SIZE = 100
 DID_NOT_FINISH = "the analysis did not finish in time"
 # A listing of `incoming/` (one LIST request per worker with S3) is not worth every tick.
 UPLOAD_SWEEP_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class BrokerKeys:
+    """The broker's Redis keys: the queue's list of waiting messages, and the hash of the
+    messages workers hold."""
+
+    queue: str
+    unacked: str
 
 
 @dataclass
@@ -60,11 +73,11 @@ async def reap_once(
     redis: Redis,
     enqueue: Callable[[uuid.UUID], None],
     *,
-    queue_key: str,
+    broker_keys: BrokerKeys,
     deadline_seconds: float,
+    requeue_unsent_after_seconds: float,
     max_attempts: int,
 ) -> ReapReport:
-    """`queue_key`: the broker's Redis list of waiting task messages."""
     report = ReapReport()
     now = datetime.now(UTC)
     cutoff = now - timedelta(seconds=deadline_seconds)
@@ -88,7 +101,12 @@ async def reap_once(
                 values = {"status": "queued", "stage": None, "progress": 0, "error": None}
                 report.requeued.append(row.id)
             else:
-                values = {"status": "failed", "stage": stage, "error": DID_NOT_FINISH}
+                values = {
+                    "status": "failed",
+                    "stage": stage,
+                    "error": DID_NOT_FINISH,
+                    "completed_at": now,
+                }
                 failures[row.id] = (stage, row.progress)
                 report.failed.append(row.id)
             log.warning(
@@ -103,25 +121,22 @@ async def reap_once(
                 .where(Analysis.id == row.id, Analysis.status == "processing")
                 .values(updated_at=now, **values)
             )
+        unsent_cutoff = now - timedelta(seconds=requeue_unsent_after_seconds)
         forgotten = (
             await session.execute(
                 select(Analysis.id)
-                .where(Analysis.status == "queued", Analysis.updated_at < cutoff)
+                .where(Analysis.status == "queued", Analysis.updated_at < unsent_cutoff)
                 .order_by(Analysis.updated_at)
                 .limit(BATCH_SIZE)
                 .with_for_update(skip_locked=True)
             )
         ).all()
         if forgotten:
-            queued = await session.scalar(
-                select(func.count()).select_from(Analysis).where(Analysis.status == "queued")
-            )
-            waiting = await cast(Awaitable[int], redis.llen(queue_key))
-            missing = (queued or 0) - waiting
+            missing = await _messages_missing(session, redis, broker_keys)
             forgotten = forgotten[: max(0, missing)]
         report.reenqueued = [row.id for row in forgotten]
         if report.reenqueued:
-            # Touch them so the next enqueue is at most once per deadline period.
+            # Touch them so the next enqueue is at most once per period.
             await session.execute(
                 update(Analysis).where(Analysis.id.in_(report.reenqueued)).values(updated_at=now)
             )
@@ -146,6 +161,19 @@ async def reap_once(
     return report
 
 
+async def _messages_missing(session: AsyncSession, redis: Redis, keys: BrokerKeys) -> int:
+    """Unfinished analyses minus the broker's messages. Errs low: a dead worker's message
+    stays in the hash until the visibility timeout, beside the one the reaper sent."""
+    unfinished = await session.scalar(
+        select(func.count()).select_from(Analysis).where(Analysis.status.in_(UNFINISHED_STATUSES))
+    )
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.llen(keys.queue)
+        pipe.hlen(keys.unacked)
+        waiting, held = await pipe.execute()
+    return (unfinished or 0) - int(waiting) - int(held)
+
+
 async def sweep_unread_uploads(storage: Storage, max_age_seconds: float) -> int:
     """Direct uploads no analysis ever read: the API deletes the ones it reads, so what is left
     under `incoming/` past the age is an original (GPS and all) nobody will ask for."""
@@ -161,8 +189,9 @@ async def run_reaper(
     redis: Redis,
     enqueue: Callable[[uuid.UUID], None],
     *,
-    queue_key: str,
+    broker_keys: BrokerKeys,
     deadline_seconds: float,
+    requeue_unsent_after_seconds: float,
     max_attempts: int,
     interval_seconds: float,
     stop: asyncio.Event,
@@ -178,8 +207,9 @@ async def run_reaper(
                 sessionmaker,
                 redis,
                 enqueue,
-                queue_key=queue_key,
+                broker_keys=broker_keys,
                 deadline_seconds=deadline_seconds,
+                requeue_unsent_after_seconds=requeue_unsent_after_seconds,
                 max_attempts=max_attempts,
             )
             if time.monotonic() - last_sweep >= UPLOAD_SWEEP_SECONDS:

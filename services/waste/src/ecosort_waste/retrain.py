@@ -15,7 +15,6 @@ from pathlib import Path
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,13 +29,10 @@ log = structlog.get_logger(__name__)
 async def export_corrections(
     sessionmaker: async_sessionmaker[AsyncSession], storage: Storage, folder: Path
 ) -> list[tuple[Path, str]]:
-    """(photo file, corrected category) for every corrected analysis; when an analysis was
-    corrected more than once, its latest correction counts."""
-    query = (
-        select(Correction.analysis_id, Correction.category, Analysis.image_key)
-        .join(Analysis, Analysis.id == Correction.analysis_id)
-        .order_by(Correction.analysis_id, Correction.created_at.desc(), Correction.id)
-        .ext(distinct_on(Correction.analysis_id))
+    """(photo file, corrected category) for every corrected analysis: it has one correction,
+    the latest (`corrections.analysis_id` is unique)."""
+    query = select(Correction.analysis_id, Correction.category, Analysis.image_key).join(
+        Analysis, Analysis.id == Correction.analysis_id
     )
     async with sessionmaker() as session:
         rows = (await session.execute(query)).all()

@@ -216,6 +216,7 @@ async def follow(
     known_final: bool,
     heartbeat_seconds: float,
     resync_seconds: float,
+    retry_milliseconds: int,
 ) -> AsyncIterator[dict[str, Any]]:
     """The SSE fields of one analysis's events with seq > after_seq, ending after the terminal
     one, with a heartbeat comment whenever ``heartbeat_seconds`` pass without an event.
@@ -227,7 +228,10 @@ async def follow(
     ``known_final`` says the caller already saw the analysis finished; if it did not, the
     database is not asked again up front (a finish after that point is in the log).
     ``resync_seconds`` bounds how long a lost pub/sub message can go unnoticed.
+    ``retry_milliseconds`` is the stream's first frame, on its own: an EventSource learns its
+    reconnection delay at once, even when it is dropped before any event.
     """
+    yield {"retry": retry_milliseconds}  # sse-starlette's ServerSentEvent encodes `retry:`
     last = after_seq
     # Join first, then read the log: an event published in between arrives on both paths and
     # the seq check below drops the duplicate.

@@ -34,7 +34,7 @@ from ecosort_waste import pipeline, reaper
 from ecosort_waste.classifier.registry import registry_from_settings
 from ecosort_waste.config import Settings, get_settings
 from ecosort_waste.guidance import create_guidance_client
-from ecosort_waste.queue import QUEUE, TASK_NAME, configure_celery, send_analysis
+from ecosort_waste.queue import QUEUE, TASK_NAME, UNACKED_KEY, configure_celery, send_analysis
 from ecosort_waste.storage import storage_from_settings
 
 log = structlog.get_logger(__name__)
@@ -205,8 +205,12 @@ def _reaper_thread() -> None:
                 create_sessionmaker(engine),
                 redis,
                 enqueue_analysis,
-                queue_key=settings.celery_key_prefix + QUEUE,
+                broker_keys=reaper.BrokerKeys(
+                    queue=settings.celery_key_prefix + QUEUE,
+                    unacked=settings.celery_key_prefix + UNACKED_KEY,
+                ),
                 deadline_seconds=settings.analysis_deadline_seconds,
+                requeue_unsent_after_seconds=settings.requeue_unsent_after_seconds,
                 max_attempts=settings.analysis_max_attempts,
                 interval_seconds=settings.reaper_interval_seconds,
                 stop=stop,

@@ -292,6 +292,21 @@ async def test_too_many_attempts_fail_instead_of_looping(deps: pipeline.Pipeline
     assert row.status == "failed" and row.error is not None and "gave up" in row.error
 
 
+async def test_a_failed_analysis_records_when_it_reached_its_final_state(
+    deps: pipeline.PipelineDeps,
+) -> None:
+    """`completed_at` is when the analysis finished, whether it completed or failed: the app
+    times both alike."""
+    missing_photo = await new_analysis(deps, store=False)
+    gave_up = await new_analysis(deps, attempts=deps.max_attempts, status="processing")
+    for analysis in (missing_photo, gave_up):
+        assert await pipeline.run_analysis(deps, analysis.id) == "failed"
+        row = await load(deps, analysis.id)
+        assert row.status == "failed"
+        assert row.completed_at is not None and row.completed_at >= row.created_at
+        assert row.completed_at == row.updated_at
+
+
 class Usurper:
     """While this run classifies, the analysis is re-queued and claimed by another run."""
 

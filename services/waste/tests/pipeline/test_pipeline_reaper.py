@@ -1,5 +1,6 @@
 """reaper.reap_once against real PostgreSQL and Redis: stuck analyses are re-queued while
-attempts remain, else failed with a reason; forgotten queued ones are enqueued again."""
+attempts remain, else failed with a reason; queued ones the broker holds no message for are
+enqueued again."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_waste import progress
 from ecosort_waste.models import Analysis
-from ecosort_waste.reaper import DID_NOT_FINISH, reap_once, sweep_unread_uploads
+from ecosort_waste.reaper import DID_NOT_FINISH, BrokerKeys, reap_once, sweep_unread_uploads
 from ecosort_waste.storage import LocalStorage, ObjectNotFound
 
 DEADLINE = 60.0
+UNSENT_AFTER = 10.0
 MAX_ATTEMPTS = 3
 
 
@@ -68,30 +70,32 @@ async def no_other_analyses(sessionmaker: async_sessionmaker[AsyncSession]) -> N
 
 
 @pytest.fixture
-async def queue_key(redis: Redis) -> AsyncIterator[str]:
-    """The broker's list of waiting messages, this test's own."""
-    key = f"test-{uuid.uuid4().hex[:8]}:analyses"
-    yield key
-    await redis.delete(key)
+async def broker(redis: Redis) -> AsyncIterator[BrokerKeys]:
+    """The broker's list of waiting messages and hash of held ones, this test's own."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    keys = BrokerKeys(queue=f"{prefix}analyses", unacked=f"{prefix}unacked")
+    yield keys
+    await redis.delete(keys.queue, keys.unacked)
 
 
 async def reap(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, queue_key: str
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, broker: BrokerKeys
 ) -> tuple[Any, list[uuid.UUID]]:
     enqueued: list[uuid.UUID] = []
     report = await reap_once(
         sessionmaker,
         redis,
         enqueued.append,
-        queue_key=queue_key,
+        broker_keys=broker,
         deadline_seconds=DEADLINE,
+        requeue_unsent_after_seconds=UNSENT_AFTER,
         max_attempts=MAX_ATTEMPTS,
     )
     return report, enqueued
 
 
 async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, queue_key: str
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, broker: BrokerKeys
 ) -> None:
     long_ago = datetime.now(UTC) - timedelta(seconds=DEADLINE * 2)
     retryable = await add(
@@ -120,7 +124,7 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
     )
     finished = await add(sessionmaker, age_seconds=DEADLINE * 2, status="completed", attempts=1)
 
-    report, enqueued = await reap(sessionmaker, redis, queue_key)
+    report, enqueued = await reap(sessionmaker, redis, broker)
 
     assert retryable in report.requeued and exhausted in report.failed
     assert retryable in enqueued and exhausted not in enqueued
@@ -128,9 +132,13 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
     requeued_row = await status_of(sessionmaker, retryable)
     assert (requeued_row.status, requeued_row.stage, requeued_row.progress) == ("queued", None, 0)
     assert requeued_row.error is None  # waiting again is not a failure
+    assert requeued_row.completed_at is None
     failed_row = await status_of(sessionmaker, exhausted)
     assert (failed_row.status, failed_row.stage) == ("failed", "guide")
     assert failed_row.error == DID_NOT_FINISH
+    # Failed is a final state: it has a time like a completion's.
+    assert failed_row.completed_at is not None
+    assert failed_row.completed_at >= failed_row.created_at
     assert (await status_of(sessionmaker, running)).status == "processing"
     (failed_event,) = await progress.read_events(redis, exhausted)
     assert failed_event.event == "failed" and failed_event.data["error"] == DID_NOT_FINISH
@@ -138,42 +146,69 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
     assert requeued_event.data["status"] == "queued"
 
     # A second pass finds nothing new to do with them.
-    report, enqueued = await reap(sessionmaker, redis, queue_key)
+    report, enqueued = await reap(sessionmaker, redis, broker)
     assert {retryable, exhausted}.isdisjoint(report.requeued + report.failed + enqueued)
 
 
-async def test_forgotten_queued_analyses_are_enqueued_again_once_per_deadline(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, queue_key: str
+async def test_queued_analyses_without_a_message_are_enqueued_again_well_before_the_deadline(
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, broker: BrokerKeys
 ) -> None:
-    forgotten = await add(sessionmaker, age_seconds=DEADLINE * 2, status="queued")
+    # Committed, never sent (the API died before its enqueue), and waiting far less than the
+    # deadline: the app should not wait five minutes for it.
+    unsent = await add(sessionmaker, age_seconds=UNSENT_AFTER * 2, status="queued")
     recent = await add(sessionmaker, age_seconds=1, status="queued")
+    assert UNSENT_AFTER * 2 < DEADLINE
 
-    report, enqueued = await reap(sessionmaker, redis, queue_key)
+    report, enqueued = await reap(sessionmaker, redis, broker)
 
-    assert forgotten in report.reenqueued and forgotten in enqueued
+    assert report.reenqueued == enqueued == [unsent]
     assert recent not in enqueued
-    assert (await status_of(sessionmaker, forgotten)).status == "queued"
-    _, enqueued_again = await reap(sessionmaker, redis, queue_key)
-    assert forgotten not in enqueued_again
+    assert (await status_of(sessionmaker, unsent)).status == "queued"
+    _, enqueued_again = await reap(sessionmaker, redis, broker)
+    assert unsent not in enqueued_again
 
 
 async def test_behind_a_backlog_only_analyses_short_of_a_message_are_enqueued_again(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, queue_key: str
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, broker: BrokerKeys
 ) -> None:
-    # Two analyses waited past the deadline, and the queue holds two messages: a backlog,
-    # not lost messages. Duplicates would only lengthen it.
-    oldest = await add(sessionmaker, age_seconds=DEADLINE * 3, status="queued")
-    older = await add(sessionmaker, age_seconds=DEADLINE * 2, status="queued")
-    await redis.lpush(queue_key, "message", "message")
+    # Two analyses waited past the period, and the queue holds two messages: a backlog, not
+    # lost messages. Duplicates would only lengthen it.
+    oldest = await add(sessionmaker, age_seconds=UNSENT_AFTER * 3, status="queued")
+    older = await add(sessionmaker, age_seconds=UNSENT_AFTER * 2, status="queued")
+    await redis.lpush(broker.queue, "message", "message")
 
-    report, enqueued = await reap(sessionmaker, redis, queue_key)
+    report, enqueued = await reap(sessionmaker, redis, broker)
     assert (report.reenqueued, enqueued) == ([], [])
 
     # One message is gone: one analysis, the longest waiting, is enqueued again.
-    await redis.rpop(queue_key)
-    report, enqueued = await reap(sessionmaker, redis, queue_key)
+    await redis.rpop(broker.queue)
+    report, enqueued = await reap(sessionmaker, redis, broker)
     assert report.reenqueued == enqueued == [oldest]
     assert older not in enqueued
+
+
+async def test_messages_workers_hold_count_as_sent(
+    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, broker: BrokerKeys
+) -> None:
+    # One analysis runs (its message held until acknowledged); one waits out a retry's
+    # countdown, queued again, its message held by the worker, not in the list.
+    await add(
+        sessionmaker,
+        age_seconds=UNSENT_AFTER * 3,
+        status="processing",
+        attempts=1,
+        started_at=datetime.now(UTC),
+    )
+    retrying = await add(sessionmaker, age_seconds=UNSENT_AFTER * 2, status="queued", attempts=1)
+    await redis.hset(broker.unacked, mapping={"tag-1": "running", "tag-2": "countdown"})
+
+    report, enqueued = await reap(sessionmaker, redis, broker)
+    assert (report.reenqueued, enqueued) == ([], [])
+
+    # The retry's message is lost with its worker: now it is short of one.
+    await redis.hdel(broker.unacked, "tag-2")
+    report, enqueued = await reap(sessionmaker, redis, broker)
+    assert report.reenqueued == enqueued == [retrying]
 
 
 async def test_unread_uploads_go_once_past_their_age(tmp_path: Path) -> None:

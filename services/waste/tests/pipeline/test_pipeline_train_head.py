@@ -12,7 +12,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -41,7 +40,7 @@ async def corrected_analysis(
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     photo: str,
-    categories: list[str],
+    category: str,
     *,
     store: bool = True,
 ) -> uuid.UUID:
@@ -50,7 +49,6 @@ async def corrected_analysis(
     data = photo_bytes(photo)
     if store:
         storage_from_settings(settings).put(key, data, "image/jpeg")
-    started = datetime.now(UTC)
     async with sessionmaker() as session, session.begin():
         session.add(
             Analysis(
@@ -63,28 +61,18 @@ async def corrected_analysis(
             )
         )
         await session.flush()
-        for n, category in enumerate(categories):
-            session.add(
-                Correction(
-                    analysis_id=analysis_id,
-                    owner_id=owner_id,
-                    category=category,
-                    created_at=started + timedelta(seconds=n),
-                )
-            )
+        session.add(Correction(analysis_id=analysis_id, owner_id=owner_id, category=category))
     return analysis_id
 
 
-async def test_export_takes_the_latest_correction_with_its_stored_photo(
+async def test_export_takes_each_correction_with_its_stored_photo(
     sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
     settings = Settings(data_dir=str(tmp_path / "data"))
-    twice = await corrected_analysis(
-        sessionmaker, settings, "plastic/plastic10.jpg", ["general", "pet_clear"]
-    )
-    once = await corrected_analysis(sessionmaker, settings, "glass/glass2.jpg", ["glass_bottle"])
+    plastic = await corrected_analysis(sessionmaker, settings, "plastic/plastic10.jpg", "pet_clear")
+    glass = await corrected_analysis(sessionmaker, settings, "glass/glass2.jpg", "glass_bottle")
     lost = await corrected_analysis(
-        sessionmaker, settings, "trash/trash100.jpg", ["general"], store=False
+        sessionmaker, settings, "trash/trash100.jpg", "general", store=False
     )
     folder = tmp_path / "export"
     folder.mkdir()
@@ -92,7 +80,7 @@ async def test_export_takes_the_latest_correction_with_its_stored_photo(
     examples = await export_corrections(sessionmaker, storage_from_settings(settings), folder)
 
     by_name = {path.stem: code for path, code in examples}
-    assert by_name[str(twice)] == "pet_clear" and by_name[str(once)] == "glass_bottle"
+    assert by_name[str(plastic)] == "pet_clear" and by_name[str(glass)] == "glass_bottle"
     assert str(lost) not in by_name
     for path, _ in examples:
         Image.open(io.BytesIO(path.read_bytes())).verify()
@@ -102,7 +90,7 @@ async def test_train_head_publishes_a_new_version_the_classifier_picks_up(
     sessionmaker: async_sessionmaker[AsyncSession], database_url: str, tmp_path: Path
 ) -> None:
     settings = Settings(data_dir=str(tmp_path / "data"))
-    await corrected_analysis(sessionmaker, settings, "metal/metal2.jpg", ["can"])
+    await corrected_analysis(sessionmaker, settings, "metal/metal2.jpg", "can")
     heads = tmp_path / "heads"
     shutil.copytree(MODELS_DIR / "heads", heads)
     before = (heads / "current").read_text().strip()

@@ -30,6 +30,7 @@ from .workers import (
 )
 
 DEADLINE_SECONDS = 10
+UNSENT_AFTER_SECONDS = 1.0
 MAX_ATTEMPTS = 3
 
 
@@ -56,6 +57,7 @@ def worker_settings(
         analysis_deadline_seconds=DEADLINE_SECONDS,
         analysis_max_attempts=MAX_ATTEMPTS,
         reaper_interval_seconds=0.3,
+        requeue_unsent_after_seconds=UNSENT_AFTER_SECONDS,
         guidance_cache_seconds=0,
         guidance_down_cooldown_seconds=0,
         log_json=False,
@@ -74,6 +76,7 @@ def environment(settings: Settings) -> dict[str, str]:
         "analysis_deadline_seconds",
         "analysis_max_attempts",
         "reaper_interval_seconds",
+        "requeue_unsent_after_seconds",
         "guidance_cache_seconds",
         "guidance_down_cooldown_seconds",
         "openai_api_key",
@@ -205,6 +208,26 @@ async def test_the_workers_reaper_fails_or_requeues_stuck_analyses(
     assert (failed["error"], failed["stage"]) == (reaper.DID_NOT_FINISH, "classify")
     assert completed["attempts"] == 2 and completed["result"]["provider"] == "local"
     assert (await progress.read_events(redis, exhausted))[-1].event == "failed"
+
+
+@pytest.mark.usefixtures("running_worker", "enqueue")
+async def test_an_analysis_committed_but_never_sent_is_sent_by_the_reaper(
+    worker_settings: Settings,
+) -> None:
+    # The API died between its commit and its enqueue. The worker's reaper sends it once the
+    # broker has held no message for it for UNSENT_AFTER_SECONDS, long before the deadline.
+    settings = worker_settings
+    key, data = stored_photo(settings)
+    analysis_id = insert_analysis(settings.database_url, key, data)
+
+    row = await asyncio.to_thread(
+        wait_for,
+        settings.database_url,
+        analysis_id,
+        timeout=DEADLINE_SECONDS / 2,
+        status="completed",
+    )
+    assert row["attempts"] == 1 and row["error"] is None
 
 
 def test_the_celery_app_is_set_for_redelivery() -> None:

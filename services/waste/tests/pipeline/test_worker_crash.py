@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from ecosort_waste import pipeline, progress, worker
 from ecosort_waste.config import Settings
-from ecosort_waste.queue import QUEUE
+from ecosort_waste.queue import QUEUE, UNACKED_KEY
 from ecosort_waste.storage import storage_from_settings
 
 from .conftest import FakeThirdParties, photo_bytes, running_third_parties
@@ -63,6 +63,7 @@ def settings(
         openai_base_url=f"{fake.url}/v1",
         openai_max_retries=0,
         analysis_deadline_seconds=DEADLINE_SECONDS,
+        requeue_unsent_after_seconds=DEADLINE_SECONDS,
         analysis_max_attempts=3,
         reaper_interval_seconds=0.3,
         guidance_cache_seconds=0,
@@ -108,7 +109,7 @@ async def broker_messages(redis: Redis, settings: Settings) -> dict[str, list[st
     acknowledged (kombu's `unacked` hash). A message names its analysis in its headers."""
     prefix = settings.celery_key_prefix
     waiting = await redis.lrange(f"{prefix}{QUEUE}", 0, -1)
-    unacked = await redis.hvals(f"{prefix}unacked")
+    unacked = await redis.hvals(f"{prefix}{UNACKED_KEY}")
     return {"waiting": [_text(m) for m in waiting], "unacked": [_text(m) for m in unacked]}
 
 

@@ -14,6 +14,7 @@ from ecosort_common.categories import CategoryCode
 
 AnalysisStatus = Literal["queued", "processing", "completed", "failed"]
 UploadContentType = Literal["image/jpeg", "image/png", "image/webp", "image/heic", "image/heif"]
+FINISHED_AT = "When the analysis reached its final state, `completed` or `failed`; null until then."
 
 
 class Links(BaseModel):
@@ -77,7 +78,7 @@ class AnalysisView(BaseModel):
     error: str | None
     created_at: datetime
     updated_at: datetime
-    completed_at: datetime | None
+    completed_at: datetime | None = Field(description=FINISHED_AT)
     links: Links
 
 
@@ -89,7 +90,7 @@ class AnalysisSummary(BaseModel):
     category: str | None
     confidence: float | None
     created_at: datetime
-    completed_at: datetime | None
+    completed_at: datetime | None = Field(description=FINISHED_AT)
     links: Links
 
 

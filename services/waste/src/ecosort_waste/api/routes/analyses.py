@@ -345,9 +345,23 @@ async def list_analyses(
     return await crud.list_owned(session, user.user_id, cursor=cursor, limit=limit, item=_summary)
 
 
-@router.post("/analyses/{analysis_id}/feedback", status_code=201, response_model=CorrectionView)
+@router.post(
+    "/analyses/{analysis_id}/feedback",
+    status_code=201,
+    response_model=CorrectionView,
+    responses={
+        201: {"description": "The analysis's first correction."},
+        200: {"model": CorrectionView, "description": "It replaced the earlier correction."},
+        409: {"description": "The analysis has not finished yet."},
+    },
+    summary="Correct a finished analysis's category (a later correction replaces it)",
+)
 async def add_feedback(
-    analysis_id: uuid.UUID, body: FeedbackRequest, user: CurrentUser, session: DbSession
+    analysis_id: uuid.UUID,
+    body: FeedbackRequest,
+    user: CurrentUser,
+    session: DbSession,
+    response: Response,
 ) -> CorrectionView:
     analysis = await _owned_or_404(session, analysis_id, user.user_id)
     if analysis.status not in FINAL_STATUSES:
@@ -357,8 +371,10 @@ async def add_feedback(
             f"The analysis is {analysis.status}: send feedback once it has finished.",
             title="Analysis not finished",
         )
-    correction = await crud.add_correction(session, analysis, body.category)
+    correction, first = await crud.set_correction(session, analysis, body.category)
     await session.commit()
+    if not first:
+        response.status_code = 200
     return CorrectionView.model_validate(correction, from_attributes=True)
 
 

@@ -28,7 +28,13 @@ router = APIRouter(tags=["analyses"])
     "/analyses/{analysis_id}/events",
     response_class=ProgressResponse,
     responses={
-        200: {"content": {"text/event-stream": {}}},
+        200: {
+            "description": "`progress` events, then one `completed` or `failed` (data: status, "
+            "stage, progress, result, error), each with its seq as `id:` for Last-Event-ID. "
+            "The first frame is `retry:` (SSE_RETRY_MILLISECONDS, the reconnection delay); a "
+            "comment every SSE_HEARTBEAT_SECONDS keeps an idle stream open.",
+            "content": {"text/event-stream": {}},
+        },
         204: {"description": "Last-Event-ID is the final event: nothing more will come"},
     },
 )
@@ -82,6 +88,7 @@ async def analysis_events(
             known_final=status in FINAL_STATUSES,
             heartbeat_seconds=settings.sse_heartbeat_seconds,
             resync_seconds=settings.sse_resync_seconds,
+            retry_milliseconds=settings.sse_retry_milliseconds,
         ),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
