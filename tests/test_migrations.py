@@ -79,3 +79,28 @@ def test_waste_keeps_the_latest_correction_of_each_analysis() -> None:
                 )
         finally:
             engine.dispose()
+
+
+def test_waste_failed_analyses_get_when_they_finished() -> None:
+    """0004: a failed analysis records when it finished, as a completed one always did."""
+    failed, queued = uuid.uuid4(), uuid.uuid4()
+    failed_at = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    with temporary_database("migrations_waste_failed_at") as url:
+        upgrade("ecosort_waste", url, "0003")
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.begin() as conn:
+                for analysis, status in ((failed, "failed"), (queued, "queued")):
+                    conn.execute(
+                        sa.text(
+                            "INSERT INTO analyses (id, owner_id, status, progress, image_key, "
+                            "image_sha256, updated_at) VALUES (:id, :id, :status, 0, 'k', 's', :at)"
+                        ),
+                        {"id": analysis, "status": status, "at": failed_at},
+                    )
+            upgrade("ecosort_waste", url)
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT id, completed_at FROM analyses"))
+                assert dict(map(tuple, rows)) == {failed: failed_at, queued: None}
+        finally:
+            engine.dispose()

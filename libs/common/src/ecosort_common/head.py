@@ -39,6 +39,11 @@ class HeadMiddleware:
                 await send(message)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 answered.set()
+            elif message.get("more_body"):
+                # A body that goes on after the answer: under ASGI spec 2.4 a stream stops only
+                # when `send` fails, which a dropped body never does.
+                app_scope.cancel()
 
-        # A copy: the access log and metrics outside still see the HEAD.
-        await self.app({**scope, "method": "GET"}, receive_until_answered, send_headers_only)
+        with anyio.CancelScope() as app_scope:
+            # A copy: the access log and metrics outside still see the HEAD.
+            await self.app({**scope, "method": "GET"}, receive_until_answered, send_headers_only)

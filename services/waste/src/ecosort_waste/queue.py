@@ -22,9 +22,11 @@ from ecosort_waste.config import Settings
 
 QUEUE = "analyses"
 TASK_NAME = "ecosort_waste.analyse"
-# The Redis hash of messages workers hold (running, or waiting for a retry's countdown). Named
-# here, not left to kombu's default, because the reaper counts it.
+# The Redis hash of the messages workers hold (running, or waiting out a retry's countdown) and
+# its index, scored by when each was taken. Named here, not left to kombu's defaults, because the
+# reaper counts the index.
 UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -44,6 +46,7 @@ def configure_celery(settings: Settings) -> Celery:
         "visibility_timeout": settings.celery_visibility_timeout_seconds,
         "global_keyprefix": settings.celery_key_prefix,
         "unacked_key": UNACKED_KEY,
+        "unacked_index_key": UNACKED_INDEX_KEY,
     }
     celery.conf.update(
         task_default_queue=QUEUE,

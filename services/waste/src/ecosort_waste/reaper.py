@@ -11,13 +11,13 @@ remain, else marked `failed` with the reason.
 
 An analysis `queued` for longer than REQUEUE_UNSENT_AFTER_SECONDS may have no message at all
 (the API died between its commit and the enqueue, Redis refused the enqueue, a retry message
-was lost). The broker's messages are not indexed by analysis, but they can be counted: every
-unfinished analysis should have one, either waiting in the queue's list or held by a worker
-(running, or waiting out a retry's countdown) in the unacknowledged hash. The reaper enqueues
-again only as many of the waiting analyses, oldest first, as that count falls short. Behind a
-backlog, a rule by age alone would give every waiting analysis a duplicate per period, and the
-duplicates would lengthen the queue that KEDA scales on. An extra message still costs only a
-cheap no-op: the task is idempotent.
+was lost with its worker). The broker's messages are not indexed by analysis, but they can be
+counted: every unfinished analysis should have one, waiting in the queue or held by a live
+worker (BrokerQueue). One reaper at a time (an advisory lock) sends again only as many of the
+waiting analyses, oldest first, as that count falls short. Behind a backlog, a rule by age alone
+would give every waiting analysis a duplicate per period, and the duplicates would lengthen the
+queue that KEDA scales on. The count can still run high for a moment (an upload between its
+commit and its enqueue): the extra message then costs a cheap no-op, as the task is idempotent.
 
 The same loop deletes direct uploads that no analysis read (the API deletes those it reads),
 an hour after their form expired: they are originals, GPS and all.
@@ -53,12 +53,16 @@ UPLOAD_SWEEP_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
-class BrokerKeys:
-    """The broker's Redis keys: the queue's list of waiting messages, and the hash of the
-    messages workers hold."""
+class BrokerQueue:
+    """Where the broker keeps the analyses' messages: waiting in the queue's Redis list, or held
+    by a worker (running, or waiting out a retry's countdown) in kombu's unacknowledged set,
+    scored by when the worker took it. A dead worker's holds stay there until the visibility
+    timeout (an hour), so only holds younger than `live_hold_seconds`, the longest a live worker
+    keeps one, count."""
 
-    queue: str
-    unacked: str
+    waiting_key: str
+    held_index_key: str
+    live_hold_seconds: float
 
 
 @dataclass
@@ -68,17 +72,42 @@ class ReapReport:
     reenqueued: list[uuid.UUID] = field(default_factory=list)
 
 
+# The key of the advisory lock one reaper holds while it re-sends unsent analyses.
+UNSENT_LOCK = 0x7EC0_5047
+
+
 async def reap_once(
     sessionmaker: async_sessionmaker[AsyncSession],
     redis: Redis,
     enqueue: Callable[[uuid.UUID], None],
     *,
-    broker_keys: BrokerKeys,
+    broker: BrokerQueue,
     deadline_seconds: float,
     requeue_unsent_after_seconds: float,
     max_attempts: int,
 ) -> ReapReport:
     report = ReapReport()
+    await _reap_stuck(sessionmaker, redis, enqueue, report, deadline_seconds, max_attempts)
+    # Only now: the analyses re-queued above have their messages, so they are not counted short.
+    await _resend_unsent(sessionmaker, redis, enqueue, report, broker, requeue_unsent_after_seconds)
+    if report.requeued or report.failed or report.reenqueued:
+        log.warning(
+            "reaper.reaped",
+            requeued=len(report.requeued),
+            failed=len(report.failed),
+            reenqueued=len(report.reenqueued),
+        )
+    return report
+
+
+async def _reap_stuck(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    enqueue: Callable[[uuid.UUID], None],
+    report: ReapReport,
+    deadline_seconds: float,
+    max_attempts: int,
+) -> None:
     now = datetime.now(UTC)
     cutoff = now - timedelta(seconds=deadline_seconds)
     failures: dict[uuid.UUID, tuple[str | None, int]] = {}
@@ -121,29 +150,9 @@ async def reap_once(
                 .where(Analysis.id == row.id, Analysis.status == "processing")
                 .values(updated_at=now, **values)
             )
-        unsent_cutoff = now - timedelta(seconds=requeue_unsent_after_seconds)
-        forgotten = (
-            await session.execute(
-                select(Analysis.id)
-                .where(Analysis.status == "queued", Analysis.updated_at < unsent_cutoff)
-                .order_by(Analysis.updated_at)
-                .limit(BATCH_SIZE)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-        if forgotten:
-            missing = await _messages_missing(session, redis, broker_keys)
-            forgotten = forgotten[: max(0, missing)]
-        report.reenqueued = [row.id for row in forgotten]
-        if report.reenqueued:
-            # Touch them so the next enqueue is at most once per period.
-            await session.execute(
-                update(Analysis).where(Analysis.id.in_(report.reenqueued)).values(updated_at=now)
-            )
     # After the commit: a task must never see the old state.
-    for analysis_id in report.requeued + report.reenqueued:
-        enqueue(analysis_id)
     for analysis_id in report.requeued:
+        enqueue(analysis_id)
         await progress.publish_event(
             redis, analysis_id, "progress", {"status": "queued", "progress": 0, "stage": None}
         )
@@ -151,26 +160,59 @@ async def reap_once(
         await progress.publish_final(
             redis, analysis_id, status="failed", stage=stage, progress=reached, error=DID_NOT_FINISH
         )
-    if stuck or forgotten:
-        log.warning(
-            "reaper.reaped",
-            requeued=len(report.requeued),
-            failed=len(report.failed),
-            reenqueued=len(report.reenqueued),
+
+
+async def _resend_unsent(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    enqueue: Callable[[uuid.UUID], None],
+    report: ReapReport,
+    broker: BrokerQueue,
+    unsent_after_seconds: float,
+) -> None:
+    now = datetime.now(UTC)
+    async with sessionmaker() as session, session.begin():
+        # One reaper at a time: two would see the same shortfall and each send its share.
+        if not await session.scalar(select(func.pg_try_advisory_xact_lock(UNSENT_LOCK))):
+            return
+        waiting = (
+            await session.execute(
+                select(Analysis.id)
+                .where(
+                    Analysis.status == "queued",
+                    Analysis.updated_at < now - timedelta(seconds=unsent_after_seconds),
+                )
+                .order_by(Analysis.updated_at)
+                .limit(BATCH_SIZE)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not waiting:
+            return
+        missing = await _messages_missing(session, redis, broker)
+        report.reenqueued = [row.id for row in waiting[: max(0, missing)]]
+        if not report.reenqueued:
+            return
+        # Touched, so each is sent at most once per period.
+        await session.execute(
+            update(Analysis).where(Analysis.id.in_(report.reenqueued)).values(updated_at=now)
         )
-    return report
+        # Sent before the commit releases the lock, so the next reaper counts these messages.
+        # Their state does not change: a task that claims one now waits for the commit.
+        for analysis_id in report.reenqueued:
+            enqueue(analysis_id)
 
 
-async def _messages_missing(session: AsyncSession, redis: Redis, keys: BrokerKeys) -> int:
-    """Unfinished analyses minus the broker's messages. Errs low: a dead worker's message
-    stays in the hash until the visibility timeout, beside the one the reaper sent."""
+async def _messages_missing(session: AsyncSession, redis: Redis, broker: BrokerQueue) -> int:
+    """Unfinished analyses minus the broker's live messages. The broker is read first: a task
+    that finishes between the two reads then makes the figure low, not high."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.llen(broker.waiting_key)
+        pipe.zcount(broker.held_index_key, time.time() - broker.live_hold_seconds, "+inf")
+        waiting, held = await pipe.execute()
     unfinished = await session.scalar(
         select(func.count()).select_from(Analysis).where(Analysis.status.in_(UNFINISHED_STATUSES))
     )
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.llen(keys.queue)
-        pipe.hlen(keys.unacked)
-        waiting, held = await pipe.execute()
     return (unfinished or 0) - int(waiting) - int(held)
 
 
@@ -189,7 +231,7 @@ async def run_reaper(
     redis: Redis,
     enqueue: Callable[[uuid.UUID], None],
     *,
-    broker_keys: BrokerKeys,
+    broker: BrokerQueue,
     deadline_seconds: float,
     requeue_unsent_after_seconds: float,
     max_attempts: int,
@@ -207,7 +249,7 @@ async def run_reaper(
                 sessionmaker,
                 redis,
                 enqueue,
-                broker_keys=broker_keys,
+                broker=broker,
                 deadline_seconds=deadline_seconds,
                 requeue_unsent_after_seconds=requeue_unsent_after_seconds,
                 max_attempts=max_attempts,

@@ -34,7 +34,13 @@ from ecosort_waste import pipeline, reaper
 from ecosort_waste.classifier.registry import registry_from_settings
 from ecosort_waste.config import Settings, get_settings
 from ecosort_waste.guidance import create_guidance_client
-from ecosort_waste.queue import QUEUE, TASK_NAME, UNACKED_KEY, configure_celery, send_analysis
+from ecosort_waste.queue import (
+    QUEUE,
+    TASK_NAME,
+    UNACKED_INDEX_KEY,
+    configure_celery,
+    send_analysis,
+)
 from ecosort_waste.storage import storage_from_settings
 
 log = structlog.get_logger(__name__)
@@ -205,9 +211,12 @@ def _reaper_thread() -> None:
                 create_sessionmaker(engine),
                 redis,
                 enqueue_analysis,
-                broker_keys=reaper.BrokerKeys(
-                    queue=settings.celery_key_prefix + QUEUE,
-                    unacked=settings.celery_key_prefix + UNACKED_KEY,
+                broker=reaper.BrokerQueue(
+                    waiting_key=settings.celery_key_prefix + QUEUE,
+                    held_index_key=settings.celery_key_prefix + UNACKED_INDEX_KEY,
+                    # A live worker holds a message while its task runs (the reaper takes over
+                    # at the deadline) or until a retry's countdown ends.
+                    live_hold_seconds=settings.analysis_deadline_seconds + MAX_BACKOFF_SECONDS,
                 ),
                 deadline_seconds=settings.analysis_deadline_seconds,
                 requeue_unsent_after_seconds=settings.requeue_unsent_after_seconds,

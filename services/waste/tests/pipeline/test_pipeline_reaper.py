@@ -4,27 +4,30 @@ enqueued again."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.db import create_engine, create_sessionmaker
-from ecosort_waste import progress
+from ecosort_waste import progress, reaper
 from ecosort_waste.models import Analysis
-from ecosort_waste.reaper import DID_NOT_FINISH, BrokerKeys, reap_once, sweep_unread_uploads
+from ecosort_waste.reaper import DID_NOT_FINISH, BrokerQueue, reap_once, sweep_unread_uploads
 from ecosort_waste.storage import LocalStorage, ObjectNotFound
 
 DEADLINE = 60.0
 UNSENT_AFTER = 10.0
+LIVE_HOLD = DEADLINE + 60
 MAX_ATTEMPTS = 3
 
 
@@ -70,32 +73,57 @@ async def no_other_analyses(sessionmaker: async_sessionmaker[AsyncSession]) -> N
 
 
 @pytest.fixture
-async def broker(redis: Redis) -> AsyncIterator[BrokerKeys]:
-    """The broker's list of waiting messages and hash of held ones, this test's own."""
+async def broker(redis: Redis) -> AsyncIterator[BrokerQueue]:
+    """The broker's list of waiting messages and index of held ones, this test's own."""
     prefix = f"test-{uuid.uuid4().hex[:8]}:"
-    keys = BrokerKeys(queue=f"{prefix}analyses", unacked=f"{prefix}unacked")
-    yield keys
-    await redis.delete(keys.queue, keys.unacked)
+    queue = BrokerQueue(f"{prefix}analyses", f"{prefix}unacked_index", LIVE_HOLD)
+    yield queue
+    await redis.delete(queue.waiting_key, queue.held_index_key)
+
+
+@pytest.fixture
+def celery_list(redis_url: str) -> Iterator[SyncRedis]:
+    """A synchronous client, as Celery's `send_task` uses to push a message."""
+    client = SyncRedis.from_url(redis_url)
+    yield client
+    client.close()
 
 
 async def reap(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, broker: BrokerKeys
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
 ) -> tuple[Any, list[uuid.UUID]]:
-    enqueued: list[uuid.UUID] = []
+    """One pass; what it sends is recorded and pushed to the waiting list, as Celery would."""
+    sent: list[uuid.UUID] = []
+
+    def enqueue(analysis_id: uuid.UUID) -> None:
+        sent.append(analysis_id)
+        celery_list.lpush(broker.waiting_key, str(analysis_id))
+
     report = await reap_once(
         sessionmaker,
         redis,
-        enqueued.append,
-        broker_keys=broker,
+        enqueue,
+        broker=broker,
         deadline_seconds=DEADLINE,
         requeue_unsent_after_seconds=UNSENT_AFTER,
         max_attempts=MAX_ATTEMPTS,
     )
-    return report, enqueued
+    return report, sent
+
+
+async def hold(redis: Redis, broker: BrokerQueue, tag: str, age_seconds: float) -> None:
+    """A message a worker took `age_seconds` ago and has not acknowledged (kombu's index)."""
+    await redis.zadd(broker.held_index_key, {tag: time.time() - age_seconds})
 
 
 async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, broker: BrokerKeys
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
 ) -> None:
     long_ago = datetime.now(UTC) - timedelta(seconds=DEADLINE * 2)
     retryable = await add(
@@ -124,7 +152,7 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
     )
     finished = await add(sessionmaker, age_seconds=DEADLINE * 2, status="completed", attempts=1)
 
-    report, enqueued = await reap(sessionmaker, redis, broker)
+    report, enqueued = await reap(sessionmaker, redis, broker, celery_list)
 
     assert retryable in report.requeued and exhausted in report.failed
     assert retryable in enqueued and exhausted not in enqueued
@@ -146,12 +174,15 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
     assert requeued_event.data["status"] == "queued"
 
     # A second pass finds nothing new to do with them.
-    report, enqueued = await reap(sessionmaker, redis, broker)
+    report, enqueued = await reap(sessionmaker, redis, broker, celery_list)
     assert {retryable, exhausted}.isdisjoint(report.requeued + report.failed + enqueued)
 
 
 async def test_queued_analyses_without_a_message_are_enqueued_again_well_before_the_deadline(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, broker: BrokerKeys
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
 ) -> None:
     # Committed, never sent (the API died before its enqueue), and waiting far less than the
     # deadline: the app should not wait five minutes for it.
@@ -159,36 +190,42 @@ async def test_queued_analyses_without_a_message_are_enqueued_again_well_before_
     recent = await add(sessionmaker, age_seconds=1, status="queued")
     assert UNSENT_AFTER * 2 < DEADLINE
 
-    report, enqueued = await reap(sessionmaker, redis, broker)
+    report, enqueued = await reap(sessionmaker, redis, broker, celery_list)
 
     assert report.reenqueued == enqueued == [unsent]
     assert recent not in enqueued
     assert (await status_of(sessionmaker, unsent)).status == "queued"
-    _, enqueued_again = await reap(sessionmaker, redis, broker)
+    _, enqueued_again = await reap(sessionmaker, redis, broker, celery_list)
     assert unsent not in enqueued_again
 
 
 async def test_behind_a_backlog_only_analyses_short_of_a_message_are_enqueued_again(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, broker: BrokerKeys
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
 ) -> None:
     # Two analyses waited past the period, and the queue holds two messages: a backlog, not
     # lost messages. Duplicates would only lengthen it.
     oldest = await add(sessionmaker, age_seconds=UNSENT_AFTER * 3, status="queued")
     older = await add(sessionmaker, age_seconds=UNSENT_AFTER * 2, status="queued")
-    await redis.lpush(broker.queue, "message", "message")
+    await redis.lpush(broker.waiting_key, "message", "message")
 
-    report, enqueued = await reap(sessionmaker, redis, broker)
+    report, enqueued = await reap(sessionmaker, redis, broker, celery_list)
     assert (report.reenqueued, enqueued) == ([], [])
 
     # One message is gone: one analysis, the longest waiting, is enqueued again.
-    await redis.rpop(broker.queue)
-    report, enqueued = await reap(sessionmaker, redis, broker)
+    await redis.rpop(broker.waiting_key)
+    report, enqueued = await reap(sessionmaker, redis, broker, celery_list)
     assert report.reenqueued == enqueued == [oldest]
     assert older not in enqueued
 
 
-async def test_messages_workers_hold_count_as_sent(
-    sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, broker: BrokerKeys
+async def test_messages_live_workers_hold_count_as_sent_and_dead_ones_do_not(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
 ) -> None:
     # One analysis runs (its message held until acknowledged); one waits out a retry's
     # countdown, queued again, its message held by the worker, not in the list.
@@ -200,15 +237,60 @@ async def test_messages_workers_hold_count_as_sent(
         started_at=datetime.now(UTC),
     )
     retrying = await add(sessionmaker, age_seconds=UNSENT_AFTER * 2, status="queued", attempts=1)
-    await redis.hset(broker.unacked, mapping={"tag-1": "running", "tag-2": "countdown"})
+    await hold(redis, broker, "running", age_seconds=1)
+    await hold(redis, broker, "countdown", age_seconds=30)
 
-    report, enqueued = await reap(sessionmaker, redis, broker)
-    assert (report.reenqueued, enqueued) == ([], [])
+    report, sent = await reap(sessionmaker, redis, broker, celery_list)
+    assert (report.reenqueued, sent) == ([], [])
 
-    # The retry's message is lost with its worker: now it is short of one.
-    await redis.hdel(broker.unacked, "tag-2")
-    report, enqueued = await reap(sessionmaker, redis, broker)
-    assert report.reenqueued == enqueued == [retrying]
+    # The retry's worker died with it: kombu keeps the hold until the visibility timeout (an
+    # hour), but past the longest a live worker holds one it no longer counts.
+    await redis.zadd(broker.held_index_key, {"countdown": time.time() - LIVE_HOLD - 1})
+    report, sent = await reap(sessionmaker, redis, broker, celery_list)
+    assert report.reenqueued == sent == [retrying]
+
+
+async def test_analyses_requeued_in_the_same_pass_are_not_counted_short(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
+) -> None:
+    # A stuck analysis whose message is gone is re-queued and sent; an analysis waiting in a
+    # backlog has its message. Neither needs another one.
+    stuck = await add(
+        sessionmaker,
+        age_seconds=DEADLINE * 2,
+        status="processing",
+        attempts=1,
+        started_at=datetime.now(UTC) - timedelta(seconds=DEADLINE * 2),
+    )
+    waiting = await add(sessionmaker, age_seconds=UNSENT_AFTER * 2, status="queued")
+    await redis.lpush(broker.waiting_key, str(waiting))
+
+    report, sent = await reap(sessionmaker, redis, broker, celery_list)
+    assert (report.requeued, report.reenqueued, sent) == ([stuck], [], [stuck])
+
+
+async def test_two_reapers_at_once_send_a_missing_message_once(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three analyses waiting, two messages: one is short. Every worker runs a reaper. With more
+    # waiting analyses than one pass takes, each reaper locks rows of its own (SKIP LOCKED) and
+    # would send its own copy of the shortfall.
+    monkeypatch.setattr(reaper, "BATCH_SIZE", 1)
+    for age in (3, 4, 5):
+        await add(sessionmaker, age_seconds=UNSENT_AFTER * age, status="queued")
+    await redis.lpush(broker.waiting_key, "message", "message")
+
+    passes = await asyncio.gather(
+        *(reap(sessionmaker, redis, broker, celery_list) for _ in range(4))
+    )
+    assert sum(len(sent) for _, sent in passes) == 1
 
 
 async def test_unread_uploads_go_once_past_their_age(tmp_path: Path) -> None:
