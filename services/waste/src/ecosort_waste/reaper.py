@@ -17,7 +17,8 @@ worker (BrokerQueue). One reaper at a time (an advisory lock) sends again only a
 waiting analyses, oldest first, as that count falls short. Behind a backlog, a rule by age alone
 would give every waiting analysis a duplicate per period, and the duplicates would lengthen the
 queue that KEDA scales on. The count can still run high for a moment (an upload between its
-commit and its enqueue): the extra message then costs a cheap no-op, as the task is idempotent.
+commit and its enqueue). An extra message is harmless but not free: the task is idempotent (one
+result, one event), but one that arrives while the analysis runs starts it over.
 
 The same loop deletes direct uploads that no analysis read (the API deletes those it reads),
 an hour after their form expired: they are originals, GPS and all.
