@@ -161,11 +161,16 @@ async def _load_image(storage: Storage, key: str) -> Image.Image:
     except ObjectNotFound as exc:
         raise PermanentFailure(IMAGE_MISSING, f"no object {key!r}") from exc
     try:
-        image = Image.open(io.BytesIO(data))
-        image.draft("RGB", DECODE_AT_LEAST)  # a no-op for formats other than JPEG
-        image.load()
+        return decode_stored(data)
     except (UnidentifiedImageError, OSError) as exc:
         raise PermanentFailure(IMAGE_UNREADABLE, f"{key!r} cannot be decoded: {exc}") from exc
+
+
+def decode_stored(data: bytes) -> Image.Image:
+    """A stored photo (the API's sanitised JPEG) as the classifier gets it."""
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", DECODE_AT_LEAST)  # a no-op for formats other than JPEG
+    image.load()
     return image
 
 
