@@ -305,12 +305,7 @@ async def _requeue(deps: PipelineDeps, claim: Claim) -> None:
             )
         )
     if updated.rowcount:  # type: ignore[attr-defined]
-        await progress.publish_event(
-            deps.redis,
-            claim.analysis_id,
-            "progress",
-            {"status": "queued", "progress": 0, "stage": None},
-        )
+        await progress.publish_requeued(deps.redis, claim.analysis_id)
 
 
 async def _republish_final_state(deps: PipelineDeps, analysis_id: uuid.UUID) -> None:

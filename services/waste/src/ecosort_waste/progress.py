@@ -112,6 +112,14 @@ async def publish_final(
     return await publish_event(redis, analysis_id, status, data)
 
 
+async def publish_requeued(redis: Redis, analysis_id: uuid.UUID | str) -> int:
+    """The analysis waits in the queue again (a retry, or the reaper took it from a lost run):
+    no stage, no progress, and no `error`, which the app would read as a failure."""
+    return await publish_event(
+        redis, analysis_id, "progress", {"status": "queued", "progress": 0, "stage": None}
+    )
+
+
 def final_data(
     *,
     status: str,

@@ -154,9 +154,7 @@ async def _reap_stuck(
     # After the commit: a task must never see the old state.
     for analysis_id in report.requeued:
         enqueue(analysis_id)
-        await progress.publish_event(
-            redis, analysis_id, "progress", {"status": "queued", "progress": 0, "stage": None}
-        )
+        await progress.publish_requeued(redis, analysis_id)
     for analysis_id, (stage, reached) in failures.items():
         await progress.publish_final(
             redis, analysis_id, status="failed", stage=stage, progress=reached, error=DID_NOT_FINISH
