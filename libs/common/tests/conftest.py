@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from httpx import ASGITransport, AsyncClient
 from pydantic import BaseModel
@@ -18,6 +18,7 @@ from ecosort_common.app import create_service_app
 from ecosort_common.db import new_metadata
 from ecosort_common.errors import Problem
 from ecosort_common.events import processed_events_table
+from ecosort_common.head import refuse_head
 from ecosort_common.outbox import outbox_table
 from ecosort_common.security import Principal, current_principal
 from ecosort_common.settings import ServiceSettings
@@ -69,6 +70,12 @@ def demo_router() -> APIRouter:
                 await asyncio.sleep(0.05)
 
         return StreamingResponse(ticks(), media_type="text/plain")
+
+    @router.get("/act", dependencies=[Depends(refuse_head)])
+    async def act(request: Request) -> dict[str, int]:
+        # A GET that acts, as one spending a one-time sign-in state does.
+        request.app.state.acts = getattr(request.app.state, "acts", 0) + 1
+        return {"acts": request.app.state.acts}
 
     @router.get("/me")
     async def me(principal: Principal = Depends(current_principal)) -> dict[str, str]:

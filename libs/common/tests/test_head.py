@@ -83,6 +83,14 @@ async def test_head_where_get_is_not_allowed_is_a_405_problem(client: AsyncClien
     assert head.content == b""
 
 
+async def test_a_get_that_acts_refuses_head_without_acting(client: AsyncClient) -> None:
+    head = await client.head(f"{API}/act")
+    assert (head.status_code, head.headers["content-type"]) == (405, PROBLEM_JSON)
+    assert head.headers["allow"] == "GET"
+    assert head.content == b""
+    assert (await client.get(f"{API}/act")).json() == {"acts": 1}
+
+
 async def test_allow_names_head_beside_get(client: AsyncClient) -> None:
     refused = await client.post("/healthz")
     assert refused.status_code == 405

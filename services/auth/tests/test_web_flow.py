@@ -115,6 +115,17 @@ async def test_state_is_single_use(client: AsyncClient) -> None:
     assert_problem(replay, 400)
 
 
+async def test_head_neither_starts_a_sign_in_nor_spends_its_state(client: AsyncClient) -> None:
+    """A link checker's HEAD on the callback must leave the state for the user's browser."""
+    start = await client.head("/api/v1/auth/kakao/authorize")
+    assert (start.status_code, start.headers["allow"]) == (405, "GET")
+    assert "location" not in start.headers
+    back = urlsplit(await _provider_redirect(await _authorize(client, "kakao")))
+    head = await client.head(f"{back.path}?{back.query}")
+    assert (head.status_code, head.headers["allow"]) == (405, "GET")
+    assert (await client.get(f"{back.path}?{back.query}")).status_code == 200
+
+
 async def test_unknown_state_is_refused(client: AsyncClient) -> None:
     back = await _provider_redirect(await _authorize(client, "naver"))
     code = _query(back)["code"]

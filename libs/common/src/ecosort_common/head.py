@@ -4,12 +4,21 @@ Routing alone does not give that: Starlette's `Route` takes HEAD on a GET route 
 `APIRoute` answers it 405, and most responses send their body on HEAD anyway. So every HEAD runs
 as a GET here, in one place, whatever route serves it; where GET is refused, so is HEAD, with
 GET's 404 or 405 (Allow and all). A route declared for HEAD alone would never be reached.
+
+HEAD must be safe (RFC 9110 §9.2.1), and so must the GET it runs as. The few GET routes that
+act (they spend a one-time sign-in state, or make one) depend on `refuse_head` instead.
 """
 
 from __future__ import annotations
 
 import anyio
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ecosort_common.errors import Problem
+
+# Marks the GET a HEAD runs as, for `refuse_head`.
+RUN_FOR_HEAD = "ecosort.run_for_head"
 
 
 class HeadMiddleware:
@@ -46,4 +55,17 @@ class HeadMiddleware:
 
         with anyio.CancelScope() as app_scope:
             # A copy: the access log and metrics outside still see the HEAD.
-            await self.app({**scope, "method": "GET"}, receive_until_answered, send_headers_only)
+            await self.app(
+                {**scope, "method": "GET", RUN_FOR_HEAD: True},
+                receive_until_answered,
+                send_headers_only,
+            )
+
+
+def refuse_head(request: Request) -> None:
+    """A route dependency for a GET that acts: its HEAD gets a 405, as on a route without GET.
+    Otherwise a link checker's or a prefetcher's HEAD would spend what the user's GET needs."""
+    if request.scope.get(RUN_FOR_HEAD):
+        raise Problem(
+            405, "This address acts on GET, so HEAD is not answered.", headers={"Allow": "GET"}
+        )

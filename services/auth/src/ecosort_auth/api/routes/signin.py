@@ -29,6 +29,7 @@ from ecosort_auth.providers import (
 from ecosort_auth.ratelimit import RateLimiter
 from ecosort_auth.sessions import ProviderIdentity
 from ecosort_common.errors import Problem
+from ecosort_common.head import refuse_head
 
 router = APIRouter(tags=["sign-in"])
 SettingsDep = Annotated[Settings, Depends(settings_of)]
@@ -63,7 +64,7 @@ async def list_providers(settings: SettingsDep) -> ProvidersOut:
     "/{provider}/authorize",
     status_code=302,
     response_class=RedirectResponse,
-    dependencies=[Depends(_limit_ip)],
+    dependencies=[Depends(refuse_head), Depends(_limit_ip)],
 )
 async def authorize(
     provider: str,
@@ -99,7 +100,11 @@ async def authorize(
     return RedirectResponse(url, status_code=302)
 
 
-@router.get("/{provider}/callback", response_model=TokenAnswer, dependencies=[Depends(_limit_ip)])
+@router.get(
+    "/{provider}/callback",
+    response_model=TokenAnswer,
+    dependencies=[Depends(refuse_head), Depends(_limit_ip)],
+)
 async def callback(
     provider: str,
     request: Request,
