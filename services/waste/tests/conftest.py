@@ -1,8 +1,9 @@
 import asyncio
 import contextlib
 import os
+import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -74,3 +75,35 @@ def enqueued(app: FastAPI) -> Iterator[list[uuid.UUID]]:
     app.state.enqueue_analysis = calls.append
     yield calls
     app.state.enqueue_analysis = previous
+
+
+class Gate:
+    """Holds the first call of the functions it wraps until released, for a deterministic
+    interleaving of two requests: the first waits in its worker thread while another runs."""
+
+    def __init__(self) -> None:
+        self._entered = threading.Event()
+        self._released = threading.Event()
+        self._first = threading.Lock()
+
+    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            if self._first.acquire(blocking=False):
+                self._entered.set()
+                self._released.wait(timeout=10)
+            return function(*args, **kwargs)
+
+        return gated
+
+    async def entered(self) -> None:
+        assert await asyncio.to_thread(self._entered.wait, 10), "nothing reached the gate"
+
+    def release(self) -> None:
+        self._released.set()
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    held = Gate()
+    yield held
+    held.release()  # a failed test leaves no thread waiting

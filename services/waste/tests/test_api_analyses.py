@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from httpx import AsyncClient
+from httpx import ASGITransport, AsyncClient
 from PIL import ExifTags, Image
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from starlette.routing import Match
 
 from ecosort_common.testing import TokenIssuer
+from ecosort_waste import crud, images
 from ecosort_waste.api.routes.analyses import poll_analysis
 from ecosort_waste.models import Analysis, Correction
 from ecosort_waste.progress import publish_event
+
+from .conftest import Gate
 
 API = "/api/v1/waste"
 PROBLEM = "application/problem+json"
@@ -228,6 +232,92 @@ async def test_100_concurrent_duplicates_create_exactly_one(
     assert len({r.json()["id"] for r in responses}) == 1
     assert await count_owned(app, user.id) == 1
     assert len(enqueued) == 1
+
+
+def stored_images(app: FastAPI, owner: uuid.UUID) -> set[str]:
+    folder = Path(app.state.storage.root) / "images" / str(owner)
+    return {f"images/{owner}/{path.name}" for path in folder.glob("*.jpg")}
+
+
+async def test_unreadable_exif_is_no_reason_to_refuse_a_photo(
+    client: AsyncClient, user: User, enqueued: list[uuid.UUID]
+) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(buf, "PNG", exif=b"Exif\x00\x00XXXXXXjunk")
+    response = await upload(client, user, buf.getvalue(), name="x.png")
+    assert response.status_code == 202, response.text
+
+
+async def test_a_key_race_loser_stores_nothing(
+    app: FastAPI,
+    client: AsyncClient,
+    user: User,
+    enqueued: list[uuid.UUID],
+    gate: Gate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(images, "sanitise", gate.wrap(images.sanitise))
+    # The loser finds no analysis for the key, then sanitises while the winner completes.
+    loser = asyncio.create_task(upload(client, user, jpeg(21), key="race"))
+    await gate.entered()
+    winner = await upload(client, user, jpeg(22), key="race")
+    gate.release()
+    assert winner.status_code == 202, winner.text
+    assert assert_problem(await loser, 422)["type"].endswith("idempotency-key-reused")
+    assert stored_images(app, user.id) == {(await row(app, winner.json()["id"])).image_key}
+    assert len(enqueued) == 1
+
+
+async def test_requests_with_one_key_take_turns(
+    app: FastAPI,
+    client: AsyncClient,
+    user: User,
+    enqueued: list[uuid.UUID],
+    gate: Gate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    storage = app.state.storage
+    monkeypatch.setattr(storage, "put", gate.wrap(storage.put))
+    first = asyncio.create_task(upload(client, user, jpeg(25), key="turns"))
+    await gate.entered()  # the first holds the key, storing its image
+    second = asyncio.create_task(upload(client, user, jpeg(26), key="turns"))
+    await waiting_for_an_advisory_lock(app)
+    gate.release()
+    assert (await first).status_code == 202
+    # It waited, then found the key taken: it stored nothing.
+    assert assert_problem(await second, 422)["type"].endswith("idempotency-key-reused")
+    assert stored_images(app, user.id) == {(await row(app, (await first).json()["id"])).image_key}
+
+
+async def waiting_for_an_advisory_lock(app: FastAPI) -> None:
+    waiting = text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    for _ in range(500):
+        async with app.state.sessionmaker() as session:
+            if (await session.execute(waiting)).scalar_one():
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no request waited for the lock")
+
+
+async def test_a_failed_insert_deletes_its_image_unless_another_analysis_uses_it(
+    app: FastAPI, user: User, enqueued: list[uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = ASGITransport(app=app, raise_app_exceptions=False)
+    async with AsyncClient(transport=transport, base_url="http://test") as http:
+        kept = await upload(http, user, jpeg(23))
+        assert kept.status_code == 202
+
+        async def database_gone(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("the database went away")
+
+        monkeypatch.setattr(crud, "insert_analysis", database_gone)
+        # The same photo makes the same object as the analysis above; another photo, its own.
+        for data in (jpeg(23), jpeg(24)):
+            assert_problem(await upload(http, user, data), 500)
+    assert stored_images(app, user.id) == {(await row(app, kept.json()["id"])).image_key}
 
 
 async def test_only_the_owner_sees_or_touches_an_analysis(

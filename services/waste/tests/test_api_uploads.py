@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,10 +13,13 @@ import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 from PIL import ExifTags, Image
+from sqlalchemy import func, select
 
 from ecosort_common.testing import TokenIssuer
 from ecosort_waste.models import Analysis
 from ecosort_waste.storage import ObjectNotFound
+
+from .conftest import Gate
 
 API = "/api/v1/waste"
 
@@ -86,9 +91,9 @@ async def test_upload_id_is_idempotent_with_a_key(
     assert second.status_code == 202
     assert first.json()["id"] == second.json()["id"]
     assert len(enqueued) == 1
-    # Without the key it is a new request, and the upload is gone.
+    # Without the key it is a new request, and the upload is spent.
     again = await client.post(f"{API}/analyses", headers=headers, json=body)
-    assert again.status_code == 422 and again.json()["title"] == "Unknown upload"
+    assert again.status_code == 409 and again.json()["title"] == "Upload already used"
 
 
 async def test_a_reused_key_leaves_the_unread_upload_alone(
@@ -112,6 +117,142 @@ async def test_a_reused_key_leaves_the_unread_upload_alone(
         f"{API}/analyses", headers=headers, json={"upload_id": second["upload_id"]}
     )
     assert fresh.status_code == 202
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 100), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def row_of(app: FastAPI, created: Any) -> Analysis:
+    async with app.state.sessionmaker() as session:
+        found = await session.get(Analysis, uuid.UUID(created.json()["id"]))
+    assert found is not None
+    return found
+
+
+def stored_images(app: FastAPI, owner: uuid.UUID) -> set[str]:
+    folder = Path(app.state.storage.root) / "images" / str(owner)
+    return {f"images/{owner}/{path.name}" for path in folder.glob("*.jpg")}
+
+
+async def count_owned(app: FastAPI, owner: uuid.UUID) -> int:
+    async with app.state.sessionmaker() as session:
+        stmt = select(func.count()).select_from(Analysis).where(Analysis.owner_id == owner)
+        return int((await session.execute(stmt)).scalar_one())
+
+
+async def test_a_duplicate_reading_after_the_first_consumed_the_upload_replays(
+    app: FastAPI,
+    client: AsyncClient,
+    headers: dict[str, str],
+    enqueued: list[uuid.UUID],
+    gate: Gate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    issued = await ticket(client, headers)
+    await post_form(client, issued, png((1, 2, 3)))
+    storage = app.state.storage
+    monkeypatch.setattr(storage, "size", gate.wrap(storage.size))
+    keyed = {**headers, "Idempotency-Key": "retried"}
+    body = {"upload_id": issued["upload_id"]}
+    # The duplicate finds no analysis for the key, then reads storage only once the first
+    # request has committed its analysis and deleted the upload.
+    duplicate = asyncio.create_task(client.post(f"{API}/analyses", headers=keyed, json=body))
+    await gate.entered()
+    first = await client.post(f"{API}/analyses", headers=keyed, json=body)
+    gate.release()
+    second = await duplicate
+    assert first.status_code == second.status_code == 202, second.text
+    assert first.json()["id"] == second.json()["id"]
+    assert len(enqueued) == 1
+
+
+async def test_a_key_race_loser_keeps_its_upload_and_stores_nothing(
+    app: FastAPI,
+    client: AsyncClient,
+    headers: dict[str, str],
+    enqueued: list[uuid.UUID],
+    gate: Gate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = await ticket(client, headers), await ticket(client, headers)
+    await post_form(client, first, png((10, 20, 30)))
+    await post_form(client, second, png((200, 100, 0)))
+    storage = app.state.storage
+    monkeypatch.setattr(storage, "size", gate.wrap(storage.size))
+    keyed = {**headers, "Idempotency-Key": "one-key"}
+    # The loser finds no analysis for the key, then reads its upload after the winner is done.
+    loser = asyncio.create_task(
+        client.post(f"{API}/analyses", headers=keyed, json={"upload_id": second["upload_id"]})
+    )
+    await gate.entered()
+    winner = await client.post(
+        f"{API}/analyses", headers=keyed, json={"upload_id": first["upload_id"]}
+    )
+    gate.release()
+    assert winner.status_code == 202, winner.text
+    refused = await loser
+    assert refused.status_code == 422 and refused.json()["title"] == "Idempotency-Key reused"
+    # Refused, its upload is still the client's to use (with another key), and nothing of it
+    # was stored.
+    assert storage.get(second["fields"]["key"]) == png((200, 100, 0))
+    stored_row = await row_of(app, winner)
+    assert stored_images(app, stored_row.owner_id) == {stored_row.image_key}
+
+
+async def test_an_upload_makes_one_analysis(
+    app: FastAPI, client: AsyncClient, headers: dict[str, str], enqueued: list[uuid.UUID]
+) -> None:
+    issued = await ticket(client, headers)
+    await post_form(client, issued, png((5, 6, 7)))
+    body = {"upload_id": issued["upload_id"]}
+    keyed = {**headers, "Idempotency-Key": "made-once"}
+    created = await client.post(f"{API}/analyses", headers=keyed, json=body)
+    assert created.status_code == 202
+    # The form is still valid: posted again, it re-creates the object under the same id.
+    assert (await post_form(client, issued, png((5, 6, 7)))).status_code == 204
+    for other in (headers, {**headers, "Idempotency-Key": "another-key"}):
+        refused = await client.post(f"{API}/analyses", headers=other, json=body)
+        assert refused.status_code == 409, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["title"] == "Upload already used"
+    # Spent: nothing will ever read the object posted again.
+    with pytest.raises(ObjectNotFound):
+        app.state.storage.get(issued["fields"]["key"])
+    replayed = await client.post(f"{API}/analyses", headers=keyed, json=body)
+    assert replayed.status_code == 202 and replayed.json()["id"] == created.json()["id"]
+    assert await count_owned(app, (await row_of(app, created)).owner_id) == 1
+    assert len(enqueued) == 1
+
+
+async def test_concurrent_uses_of_one_upload_make_one_analysis(
+    app: FastAPI,
+    client: AsyncClient,
+    headers: dict[str, str],
+    enqueued: list[uuid.UUID],
+    gate: Gate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    issued = await ticket(client, headers)
+    await post_form(client, issued, png((9, 9, 9)))
+    storage = app.state.storage
+    monkeypatch.setattr(storage, "put", gate.wrap(storage.put))
+    body = {"upload_id": issued["upload_id"]}
+    # Without keys nothing serialises them: the loser stores its copy while the winner commits.
+    loser = asyncio.create_task(client.post(f"{API}/analyses", headers=headers, json=body))
+    await gate.entered()
+    winner = await client.post(f"{API}/analyses", headers=headers, json=body)
+    gate.release()
+    assert winner.status_code == 202, winner.text
+    assert (await loser).status_code == 409
+    # One photo, one object: the loser's cleanup left the winner's in place.
+    stored_row = await row_of(app, winner)
+    assert storage.get(stored_row.image_key)
+    assert stored_images(app, stored_row.owner_id) == {stored_row.image_key}
+    assert await count_owned(app, stored_row.owner_id) == 1
+    assert len(enqueued) == 1
 
 
 async def test_unknown_or_foreign_upload_ids_are_refused(

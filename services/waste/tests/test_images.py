@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Callable
 
 import pillow_heif
 import pytest
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageCms, PngImagePlugin
 
 from ecosort_waste import images
 from ecosort_waste.images import (
@@ -188,3 +189,92 @@ def test_huge_bomb_beyond_pillow_limit_is_422() -> None:
 def test_just_under_the_pixel_limit_is_not_a_bomb() -> None:
     with pytest.raises(CorruptImage):  # 39.9 MP passes the header check, then fails as truncated
         sanitise(png_header_only(7000, 5700))
+
+
+def raw_exif_profile(hex_text: str) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", f"\nexif\n{len(hex_text) // 2:8}\n{hex_text}\n")
+    return info
+
+
+@pytest.mark.parametrize(
+    ("fmt", "params"),
+    [
+        ("PNG", {"exif": b"Exif\x00\x00XXXXXXXXjunk"}),  # not TIFF: SyntaxError
+        ("WEBP", {"exif": b"junkjunk"}),
+        ("HEIF", {"exif": b"Exif\x00\x00XXXXXXXXjunk"}),
+        ("PNG", {"exif": b"Exif\x00\x00MM\x00*\xbc"}),  # a TIFF header cut short: struct.error
+        ("PNG", {"pnginfo": raw_exif_profile("not hex!")}),  # ValueError
+    ],
+    ids=["png-not-tiff", "webp-not-tiff", "heif-not-tiff", "png-short-header", "png-raw-not-hex"],
+)
+def test_unreadable_exif_counts_as_no_orientation(fmt: str, params: dict[str, object]) -> None:
+    result = sanitise(encode(photo(400, 200), fmt, **params))
+    assert (result.width, result.height) == (400, 200)
+    assert b"junk" not in result.data and b"Exif" not in result.data
+
+
+# Orientation → where the sensor image's top-left corner shows (left/right, top/bottom).
+UPRIGHT_TOP_LEFT = {
+    1: (0, 0),
+    2: (1, 0),
+    3: (1, 1),
+    4: (0, 1),
+    5: (0, 0),
+    6: (1, 0),
+    7: (1, 1),
+    8: (0, 1),
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_is_right_after_downscaling(orientation: int) -> None:
+    sensor = Image.new("RGB", (3000, 1500), (0, 0, 255))
+    sensor.paste((255, 0, 0), (0, 0, 300, 300))  # the top-left corner is red
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    result = sanitise(encode(sensor, "JPEG", exif=exif))
+    out = Image.open(io.BytesIO(result.data)).convert("RGB")
+    assert out.size == ((1024, 512) if orientation < 5 else (512, 1024))
+    right, bottom = UPRIGHT_TOP_LEFT[orientation]
+    corner = (right * (out.width - 1), bottom * (out.height - 1))
+    assert out.getpixel(corner)[0] > 200, orientation  # type: ignore[index]
+
+
+def test_flattening_and_colour_conversion_come_after_downscaling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At full size they cost several copies of the image: a 40 MP RGBA PNG of 166 kB took
+    # ~800 MB. What they are given shows where they ran.
+    sizes: list[tuple[int, int]] = []
+
+    def spy(real: Callable[..., Image.Image]) -> Callable[..., Image.Image]:
+        def call(image: Image.Image, *args: object, **kwargs: object) -> Image.Image:
+            sizes.append(image.size)
+            return real(image, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(Image, "alpha_composite", spy(Image.alpha_composite))
+    monkeypatch.setattr(ImageCms, "profileToProfile", spy(ImageCms.profileToProfile))
+    rgba = Image.new("RGBA", (3000, 2000), (200, 0, 0, 128))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    result = sanitise(encode(rgba, "PNG", icc_profile=srgb, compress_level=1))
+    assert (result.width, result.height) == (1024, 683)
+    assert sizes == [(1024, 683), (1024, 683)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "key", "other"),
+    [("L", 7, 0), ("RGB", (1, 2, 3), (0, 0, 0)), ("I;16", 60000, 0), ("I;16", 7, 0)],
+    ids=["grey", "rgb", "16-bit-grey", "16-bit-grey-low-key"],
+)
+def test_colour_key_transparency_is_flattened_on_white(
+    mode: str, key: int | tuple[int, int, int], other: int | tuple[int, int, int]
+) -> None:
+    # A tRNS colour key: every pixel of exactly that value is transparent.
+    image = Image.new(mode, (40, 20), key)
+    image.paste(other, (20, 0, 40, 20))  # the right half is opaque black
+    out = Image.open(io.BytesIO(sanitise(encode(image, "PNG", transparency=key)).data))
+    assert min(out.convert("RGB").getpixel((5, 10))) > 240  # type: ignore[arg-type]
+    assert max(out.convert("RGB").getpixel((35, 10))) < 15  # type: ignore[arg-type]

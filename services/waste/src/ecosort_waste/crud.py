@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Row, literal_column, select
+from sqlalchemy import Boolean, Row, exists, literal_column, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,13 +34,52 @@ async def owned_status(
     return status
 
 
-async def find_by_idempotency_key(
-    session: AsyncSession, owner_id: uuid.UUID, idempotency_key: str
-) -> Analysis | None:
-    stmt = select(Analysis).where(
-        Analysis.owner_id == owner_id, Analysis.idempotency_key == idempotency_key
+async def find_earlier(
+    session: AsyncSession, owner_id: uuid.UUID, key: str | None, upload_id: uuid.UUID | None
+) -> list[Analysis]:
+    """The owner's analyses made with this idempotency key or from this upload (two at most).
+
+    One statement, so one snapshot: asked one after the other, a request committing in between
+    could be missed by the first question and seen by the second.
+    """
+    made_by = [
+        *([Analysis.idempotency_key == key] if key is not None else []),
+        *([Analysis.upload_id == upload_id] if upload_id is not None else []),
+    ]
+    if not made_by:
+        return []
+    stmt = select(Analysis).where(Analysis.owner_id == owner_id, or_(*made_by))
+    return list((await session.execute(stmt)).scalars())
+
+
+async def image_in_use(session: AsyncSession, owner_id: uuid.UUID, image_key: str) -> bool:
+    # The key names its owner anyway; asking by owner lets the owner's index find the rows.
+    stmt = select(
+        exists().where(analyses.c.owner_id == owner_id, analyses.c.image_key == image_key)
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return bool((await session.execute(stmt)).scalar_one())
+
+
+# Transaction-scoped advisory locks on a 64-bit hash of a name. The prefixes keep the names of
+# keys and of images apart.
+_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
+_SHARED_LOCK = text("SELECT pg_advisory_xact_lock_shared(hashtextextended(:name, 0))")
+
+
+async def lock_idempotency_key(session: AsyncSession, owner_id: uuid.UUID, key: str) -> None:
+    """Wait for, then hold until the transaction ends, the one lock of (owner, key)."""
+    await session.execute(_LOCK, {"name": f"idempotency-key:{owner_id}:{key}"})
+
+
+async def share_image(session: AsyncSession, image_key: str) -> None:
+    """Held by a request from writing the object under ``image_key`` until its row commits."""
+    await session.execute(_SHARED_LOCK, {"name": f"image:{image_key}"})
+
+
+async def lock_image(session: AsyncSession, image_key: str) -> None:
+    """Held by a request that may delete the object under ``image_key``: it waits for every
+    request writing it to commit its row (or not), and they wait for the deletion."""
+    await session.execute(_LOCK, {"name": f"image:{image_key}"})
 
 
 async def insert_analysis(
@@ -51,11 +90,13 @@ async def insert_analysis(
     image_sha256: str,
     idempotency_key: str | None,
     request_hash: str | None,
+    upload_id: uuid.UUID | None,
 ) -> uuid.UUID | None:
-    """Insert a queued analysis; None when (owner, idempotency key) already exists.
+    """Insert a queued analysis; None when (owner, idempotency key) or the upload id is taken.
 
     ON CONFLICT DO NOTHING makes the database the arbiter: of any number of concurrent inserts
-    with one key exactly one succeeds, the others wait for it to commit and then do nothing.
+    with one key, or from one upload, exactly one succeeds; the others wait for it to commit and
+    then do nothing. No conflict target, so that both unique constraints count.
     """
     # On the table, not the entity: the ORM's bulk-insert path was a tenth of an upload's CPU.
     stmt = (
@@ -69,8 +110,9 @@ async def insert_analysis(
             image_sha256=image_sha256,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
+            upload_id=upload_id,
         )
-        .on_conflict_do_nothing(index_elements=[analyses.c.owner_id, analyses.c.idempotency_key])
+        .on_conflict_do_nothing()
         .returning(analyses.c.id)
     )
     return (await session.execute(stmt)).scalar_one_or_none()

@@ -1,8 +1,11 @@
-"""Idempotency-Key handling for creating analyses, enforced by the database per (user, key).
+"""Creating analyses exactly once: per (user, Idempotency-Key), and per direct upload.
 
 Same key and same request → the analysis the first request created; same key and a different
-request → 422. The unique constraint on (owner_id, idempotency_key) settles races: any number of
-concurrent requests with one key create exactly one analysis.
+request → 422; an upload that already made an analysis → 409 (unless it is that analysis's own
+replay). The database decides: requests with one key take turns under an advisory lock, and
+unique constraints on (owner_id, idempotency_key) and on upload_id settle the rest. A request
+that loses leaves nothing behind: it is stopped before it stores its image where it can be, and
+otherwise deletes what it stored unless a row uses it.
 """
 
 from __future__ import annotations
@@ -12,19 +15,27 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.concurrency import run_in_threadpool
 
 from ecosort_common.errors import Problem
 from ecosort_waste import crud
-from ecosort_waste.models import Analysis
+from ecosort_waste.images import SanitisedImage
+from ecosort_waste.storage import Storage
 
 MAX_KEY_LENGTH = 255
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class StoredImage:
-    key: str
-    sha256: str
+class NewAnalysis:
+    """What a create request asks for."""
+
+    owner_id: uuid.UUID
+    key: str | None
+    hashed: str
+    upload_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +45,35 @@ class Outcome:
     created: bool
 
 
+class UploadAlreadyUsed(Problem):
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "This upload_id already made an analysis (an upload is read once): upload the "
+            "photo again, with a new form from POST /api/v1/waste/uploads.",
+            title="Upload already used",
+        )
+
+
+def unknown_upload() -> Problem:
+    return Problem(
+        422,
+        "No uploaded object for this upload_id (an upload is read once): upload it "
+        "first, with the form from POST /api/v1/waste/uploads.",
+        title="Unknown upload",
+    )
+
+
 def request_hash(kind: str, content: bytes) -> str:
     """What "the same body" means: the image bytes (or upload id), not multipart framing."""
     digest = hashlib.sha256(kind.encode() + b"\0")
     digest.update(content)
     return digest.hexdigest()
+
+
+def image_key(owner_id: uuid.UUID, sha256: str) -> str:
+    # Content-addressed: duplicate requests write the same object instead of leaving orphans.
+    return f"images/{owner_id}/{sha256}.jpg"
 
 
 def validate_key(raw: str | None) -> str | None:
@@ -54,48 +89,99 @@ def validate_key(raw: str | None) -> str | None:
     return key
 
 
-async def replay(
-    session: AsyncSession, owner_id: uuid.UUID, key: str | None, hashed: str
-) -> Analysis | None:
-    """The analysis an earlier request with this key created, if any (422 if it differs)."""
-    if key is None:
-        return None
-    existing = await crud.find_by_idempotency_key(session, owner_id, key)
-    if existing is not None and existing.request_hash != hashed:
-        raise Problem(
-            422,
-            "This Idempotency-Key was already used with a different request body.",
-            title="Idempotency-Key reused",
-            type_="urn:ecosort:problem:idempotency-key-reused",
-        )
-    return existing
-
-
 async def create_or_replay(
     session: AsyncSession,
-    *,
-    owner_id: uuid.UUID,
-    key: str | None,
-    hashed: str,
-    store_image: Callable[[], Awaitable[StoredImage]],
+    storage: Storage,
+    new: NewAnalysis,
+    load: Callable[[], Awaitable[SanitisedImage | None]],
 ) -> Outcome:
-    # Cheap check first, so a retried request does not sanitise and store its image again.
-    existing = await replay(session, owner_id, key, hashed)
-    if existing is not None:
-        return Outcome(existing.id, existing.status, created=False)
-    image = await store_image()
-    new_id = await crud.insert_analysis(
-        session,
-        owner_id=owner_id,
-        image_key=image.key,
-        image_sha256=image.sha256,
-        idempotency_key=key,
-        request_hash=hashed if key is not None else None,
-    )
-    await session.commit()
+    """The analysis ``new`` asks for, created from the image ``load`` returns (None: the upload
+    is gone), or the answer an earlier request already settled."""
+    # A look without the lock first, so a retry answered long ago neither waits nor loads its
+    # image again. Its transaction ends here: no connection is held while the image is read and
+    # sanitised, the slow part.
+    settled = await _settled(session, new)
+    await session.rollback()
+    if settled is not None:
+        return settled
+    clean = await load()
+    if new.key is not None:
+        # From here to the commit, one request per (user, key): a duplicate waits for the first
+        # to commit and replays it, rather than find the upload the first one consumed.
+        await crud.lock_idempotency_key(session, new.owner_id, new.key)
+    # Again: while the image loaded, a concurrent request may have settled this one (and
+    # consumed the upload). Stopped here, it stores nothing.
+    settled = await _settled(session, new)
+    if settled is not None:
+        await session.rollback()  # and the key lock goes with the transaction
+        return settled
+    if clean is None:
+        raise unknown_upload()
+    return await _store_and_insert(session, storage, new, clean)
+
+
+async def _settled(session: AsyncSession, new: NewAnalysis) -> Outcome | None:
+    """What earlier requests decided: this key's analysis (422 if the key came with another
+    body), or 409 if the upload made an analysis under another key or none."""
+    earlier = await crud.find_earlier(session, new.owner_id, new.key, new.upload_id)
+    for analysis in earlier:
+        if new.key is not None and analysis.idempotency_key == new.key:
+            if analysis.request_hash != new.hashed:
+                raise Problem(
+                    422,
+                    "This Idempotency-Key was already used with a different request body.",
+                    title="Idempotency-Key reused",
+                    type_="urn:ecosort:problem:idempotency-key-reused",
+                )
+            return Outcome(analysis.id, analysis.status, created=False)
+    if earlier:
+        raise UploadAlreadyUsed()  # what is left was made from the upload
+    return None
+
+
+async def _store_and_insert(
+    session: AsyncSession, storage: Storage, new: NewAnalysis, clean: SanitisedImage
+) -> Outcome:
+    key = image_key(new.owner_id, clean.sha256)
+    # Held to the commit: another request's cleanup of the same object (_forget_image) cannot
+    # fall between this write and the row that uses it.
+    await crud.share_image(session, key)
+    try:
+        await run_in_threadpool(storage.put, key, clean.data, clean.content_type)
+        new_id = await crud.insert_analysis(
+            session,
+            owner_id=new.owner_id,
+            image_key=key,
+            image_sha256=clean.sha256,
+            idempotency_key=new.key,
+            request_hash=new.hashed if new.key is not None else None,
+            upload_id=new.upload_id,
+        )
+        await session.commit()
+    except Exception:
+        await _forget_image(session, storage, new.owner_id, key)
+        raise
     if new_id is None:
-        # A concurrent request with the same key won the insert; answer with its analysis.
-        winner = await replay(session, owner_id, key, hashed)
-        assert winner is not None, "a conflicting insert implies a committed row"
-        return Outcome(winner.id, winner.status, created=False)
+        # A concurrent request's row holds the upload (or, from a replica without the key lock
+        # during a rollout, the key); the insert waited for it to commit. Its answer is ours.
+        await _forget_image(session, storage, new.owner_id, key)
+        settled = await _settled(session, new)
+        assert settled is not None, "a conflicting insert implies a committed row"
+        return settled
     return Outcome(new_id, "queued", created=True)  # as inserted: no need to read it back
+
+
+async def _forget_image(
+    session: AsyncSession, storage: Storage, owner_id: uuid.UUID, key: str
+) -> None:
+    """Delete the object this request stored unless a row uses it: the same photo makes the same
+    key, so another analysis may. Best effort: the answer stands without it."""
+    try:
+        # Ends this request's transaction first: its own shared hold would block the lock.
+        await session.rollback()
+        await crud.lock_image(session, key)
+        if not await crud.image_in_use(session, owner_id, key):
+            await run_in_threadpool(storage.delete, key)
+        await session.rollback()
+    except Exception:
+        log.exception("stored_image_not_deleted", key=key)

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from typing import Final
 
+import numpy as np
 import pillow_heif
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+import structlog
+from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
 
 pillow_heif.register_heif_opener()
+log = structlog.get_logger(__name__)
 
 MAX_UPLOAD_BYTES: Final = 10 * 1024 * 1024
 MAX_PIXELS: Final = 40_000_000
@@ -34,6 +38,22 @@ _HEIF_BRANDS: Final = frozenset(
 # passed as HEIF and pillow_heif (no AV1) answered 422 "header could not be read", not 415.
 _AVIF_BRANDS: Final = frozenset({b"avif", b"avis"})
 _SRGB_PROFILE: Final = ImageCms.createProfile("sRGB")
+# EXIF orientation → the transposition that shows the photo upright (as ImageOps.exif_transpose).
+_UPRIGHT: Final = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# What Pillow's EXIF parser raises on a block it cannot read (PNG, WebP and HEIF carry any
+# bytes as EXIF): SyntaxError for one that is not TIFF, struct.error for a TIFF header cut
+# short, ValueError for a PNG "Raw profile type exif" that is not hex. Broken IFDs only warn.
+# Pillow's JPEG plugin catches SyntaxError the same way when it reads the resolution from EXIF.
+_UNREADABLE_EXIF: Final = (SyntaxError, struct.error, ValueError)
+_SIXTEEN_BIT_MODES: Final = frozenset({"I;16", "I;16B", "I;16L", "I"})
 
 
 class ImageRejected(Exception):
@@ -148,11 +168,16 @@ def _check_pixels(image: Image.Image) -> None:
 
 
 def _clean(image: Image.Image, fmt: str) -> SanitisedImage:
-    # In place wherever Pillow allows: a pixel copy of a phone photo costs as much as its decode.
     icc_profile = image.info.get("icc_profile")
-    ImageOps.exif_transpose(image, in_place=True)
-    rgb = _to_srgb(image, icc_profile)
-    rgb.thumbnail((MAX_LONG_SIDE, MAX_LONG_SIDE), Image.Resampling.LANCZOS)
+    upright = _upright(image)
+    small = _resamplable(image)
+    # Downscaled before anything else touches every pixel: flattening and colour conversion of a
+    # 40 MP PNG at full size peaked at ~800 MB. In place wherever Pillow allows. The box is
+    # square, so turning the photo upright afterwards gives the same size as before.
+    small.thumbnail((MAX_LONG_SIDE, MAX_LONG_SIDE), Image.Resampling.LANCZOS)
+    if upright is not None:
+        small = small.transpose(upright)
+    rgb = _to_srgb(small, icc_profile)
     # The JPEG writer takes metadata only from save()'s arguments (none given here) and from the
     # image's info (the comment): with the info emptied, no EXIF, GPS, XMP, ICC or text follows.
     rgb.info = {}
@@ -168,12 +193,46 @@ def _clean(image: Image.Image, fmt: str) -> SanitisedImage:
     )
 
 
+def _upright(image: Image.Image) -> Image.Transpose | None:
+    """The transposition the EXIF orientation asks for. EXIF that cannot be read counts as no
+    orientation: the photo is still a photo, and its metadata is dropped anyway."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except _UNREADABLE_EXIF as exc:
+        log.info("image.exif_unreadable", format=image.format, error=f"{type(exc).__name__}: {exc}")
+        return None
+    return _UPRIGHT.get(orientation)
+
+
+def _resamplable(image: Image.Image) -> Image.Image:
+    """``image`` in a mode Pillow resamples smoothly (it takes the nearest pixel of 1 and P
+    images, and would blend PA's palette indices), with any colour-key transparency made alpha:
+    the key matches exact source values, which resampling would blend away."""
+    key = image.info.get("transparency")
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return _to_eight_bits(image, key)
+    if key is not None and image.mode in ("1", "L"):
+        return image.convert("LA")
+    if key is not None and image.mode in ("P", "RGB"):
+        return image.convert("RGBA")
+    if image.mode in ("1", "P", "PA"):
+        return image.convert({"1": "L", "P": "RGB", "PA": "RGBA"}[image.mode])
+    return image
+
+
+def _to_eight_bits(image: Image.Image, key: object) -> Image.Image:
+    # Scaled instead of letting convert() clip at 255.
+    grey = image.point(lambda value: value / 256).convert("L")
+    if isinstance(key, int):
+        # The key is a 16-bit value: matched before scaling merges 256 values into one.
+        opaque = (np.asarray(image) != key).astype(np.uint8) * 255
+        grey.putalpha(Image.fromarray(opaque))
+    return grey
+
+
 def _to_srgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
     """Flatten transparency on white and convert colours to sRGB (the profile is dropped)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: scale to 8 bits instead of letting convert() clip at 255.
-        image = image.point(lambda value: value / 256).convert("L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)

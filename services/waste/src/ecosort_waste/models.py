@@ -46,6 +46,8 @@ class Analysis(TimestampMixin, Base):
     __table_args__ = (
         # Idempotency-Key is enforced here, atomically: a duplicate insert conflicts.
         UniqueConstraint("owner_id", "idempotency_key"),
+        # An upload is read once: one analysis per upload id.
+        UniqueConstraint("upload_id"),
         CheckConstraint(f"status IN {ANALYSIS_STATUSES}", name="status"),
         CheckConstraint(f"stage IS NULL OR stage IN {ANALYSIS_STAGES}", name="stage"),
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
@@ -69,6 +71,8 @@ class Analysis(TimestampMixin, Base):
     image_sha256: Mapped[str] = mapped_column(Text, nullable=False)
     idempotency_key: Mapped[str | None] = mapped_column(Text, nullable=True)
     request_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The direct upload the photo came from (None for a multipart upload, and before 0005).
+    upload_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")

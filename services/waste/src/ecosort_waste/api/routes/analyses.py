@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Annotated, Any
 
 import structlog
@@ -41,7 +42,13 @@ from ecosort_waste.api.schemas import (
     FeedbackRequest,
 )
 from ecosort_waste.api.view_cache import AnalysisViewCache
-from ecosort_waste.idempotency import StoredImage, create_or_replay, request_hash, validate_key
+from ecosort_waste.idempotency import (
+    NewAnalysis,
+    UploadAlreadyUsed,
+    create_or_replay,
+    request_hash,
+    validate_key,
+)
 from ecosort_waste.models import FINAL_STATUSES, Analysis
 from ecosort_waste.sse import ProgressHub
 from ecosort_waste.storage import ObjectNotFound, Storage, incoming_key
@@ -68,6 +75,7 @@ CREATE_BODY_DOC: dict[str, Any] = {
     }
 }
 IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {"description": "The upload_id already made an analysis (under another key or none)."},
     413: {"description": "The image is over 10 MB."},
     415: {"description": "Not a JPEG, PNG, WebP or HEIC/HEIF image."},
     422: {"description": "Corrupt or truncated image, too many pixels, or a reused key."},
@@ -117,18 +125,21 @@ async def _create_analysis(
 ) -> AnalysisAccepted:
     key = validate_key(idempotency_key)
     content_type = request.headers.get("content-type", "").lower()
-    upload_key: str | None = None
+    original: str | None = None
+    load: Callable[[], Awaitable[images.SanitisedImage | None]]
     if content_type.startswith("multipart/form-data"):
         raw = await _read_multipart_image(request)
-        hashed = request_hash("image", raw)
+        new = NewAnalysis(user.user_id, key, request_hash("image", raw))
+        load = partial(run_in_threadpool, images.sanitise, raw)
     elif content_type.startswith("application/json"):
         reference = capped_body(
             request, "The JSON body is only an upload id.", max_bytes=UPLOAD_REFERENCE_MAX_BYTES
         )
         upload_id = _parse_upload_reference(await reference.body())
-        upload_key = incoming_key(user.user_id, upload_id)
-        hashed = request_hash("upload", upload_id.bytes)
-        raw = b""  # read from storage only if this is not a replay
+        original = incoming_key(user.user_id, upload_id)
+        new = NewAnalysis(user.user_id, key, request_hash("upload", upload_id.bytes), upload_id)
+        # Read from storage only if this is not a replay.
+        load = partial(run_in_threadpool, _load_upload, storage, original)
     else:
         raise Problem(
             415,
@@ -136,27 +147,19 @@ async def _create_analysis(
             title="Unsupported request body",
         )
 
-    read_key: str | None = None
-
-    async def store_image() -> StoredImage:
-        nonlocal read_key
-        data = raw
-        if upload_key is not None:
-            read_key = upload_key  # from here on the original goes, whatever comes of it
-            data = await _read_upload(storage, upload_key)
-        return await _sanitise_and_store(storage, user.user_id, data)
-
     try:
-        outcome = await create_or_replay(
-            session, owner_id=user.user_id, key=key, hashed=hashed, store_image=store_image
-        )
-    finally:
-        if read_key is not None:
-            # The original may carry GPS and other metadata: once read it goes, whatever came
-            # of it. Refused, it would have no analysis to ever delete it with. A replay
-            # (same Idempotency-Key) is answered from the database without it.
-            await _discard_original(storage, read_key)
+        outcome = await create_or_replay(session, storage, new, load)
+    except (images.ImageRejected, UploadAlreadyUsed):
+        # Refused for its bytes, or spent: nothing will ever read this original again, and it
+        # may carry GPS and other metadata.
+        if original is not None:
+            await _discard_original(storage, original)
+        raise
     if outcome.created:
+        if original is not None:
+            # Read once: the analysis has its sanitised copy. Any other refusal, a replay or an
+            # error leaves it, for the client to retry with (or for the reaper's sweep).
+            await _discard_original(storage, original)
         await _enqueue(enqueue, outcome.analysis_id)
     links = analysis_links(outcome.analysis_id)
     response.headers["Location"] = links["self"]
@@ -198,18 +201,15 @@ def _parse_upload_reference(body: bytes) -> uuid.UUID:
         ) from exc
 
 
-async def _read_upload(storage: Storage, key: str) -> bytes:
+def _load_upload(storage: Storage, key: str) -> images.SanitisedImage | None:
+    """The upload, sanitised; None if there is none (never uploaded, or consumed by an earlier
+    request: the caller tells a replay from an unknown upload)."""
     try:
-        images.check_size(await run_in_threadpool(storage.size, key))
-        data: bytes = await run_in_threadpool(storage.get, key)
-    except ObjectNotFound as exc:
-        raise Problem(
-            422,
-            "No uploaded object for this upload_id (an upload is read once): upload it "
-            "first, with the form from POST /api/v1/waste/uploads.",
-            title="Unknown upload",
-        ) from exc
-    return data
+        images.check_size(storage.size(key))
+        data = storage.get(key)
+    except ObjectNotFound:
+        return None
+    return images.sanitise(data)
 
 
 async def _discard_original(storage: Storage, key: str) -> None:
@@ -218,19 +218,6 @@ async def _discard_original(storage: Storage, key: str) -> None:
     except Exception:
         # The answer stands without it: the reaper's sweep of unread uploads removes it later.
         log.exception("upload_original_not_deleted", key=key)
-
-
-async def _sanitise_and_store(storage: Storage, owner_id: uuid.UUID, data: bytes) -> StoredImage:
-    # Decoding, re-encoding and the storage write block: one trip to a thread for all three.
-    return await run_in_threadpool(_sanitise_and_store_sync, storage, owner_id, data)
-
-
-def _sanitise_and_store_sync(storage: Storage, owner_id: uuid.UUID, data: bytes) -> StoredImage:
-    clean = images.sanitise(data)
-    # Content-addressed: duplicate requests write the same object instead of leaving orphans.
-    key = f"images/{owner_id}/{clean.sha256}.jpg"
-    storage.put(key, clean.data, clean.content_type)
-    return StoredImage(key=key, sha256=clean.sha256)
 
 
 async def _enqueue(enqueue: Enqueue, analysis_id: uuid.UUID) -> None:
