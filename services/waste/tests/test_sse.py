@@ -25,6 +25,7 @@ from ecosort_waste.progress import (
     events_key,
     publish_event,
     publish_final,
+    publish_requeued,
     read_state,
     state_key,
 )
@@ -216,6 +217,26 @@ async def test_finished_analysis_without_a_log_answers_from_the_database(
         "result": result,
         "error": None,
     }
+    # The rebuilt final event is in the log now: reconnecting with its id is told to stop.
+    async with AsyncClient(base_url=live_url) as http:
+        again = await http.get(
+            f"{API}/analyses/{analysis_id}/events",
+            headers={**user[1], "Last-Event-ID": events[0]["id"]},
+        )
+    assert again.status_code == 204, again.text
+
+
+async def test_an_id_from_a_lost_log_gets_this_log_from_its_start(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    """Redis lost the log the client's ids came from, and seq started again at 1: its
+    Last-Event-ID is past this log's end."""
+    redis: Redis = app.state.redis
+    await publish_event(redis, analysis_id, "progress", progress("load", 10))
+    async with open_stream(live_url, analysis_id, {**user[1], "Last-Event-ID": "50"}) as stream:
+        assert (await stream.next_event(wait_seconds=2))["id"] == "1"  # type: ignore[index]
+        await publish_event(redis, analysis_id, "completed", {"status": "completed"})
+        assert [e["id"] for e in await stream.rest()] == ["2"]
 
 
 async def test_a_client_that_saw_the_final_event_is_told_to_stop(
@@ -234,14 +255,16 @@ async def test_a_client_that_saw_the_final_event_is_told_to_stop(
         redis, analysis_id, status="failed", stage="load", progress=10, error="gone"
     )
     async with AsyncClient(base_url=live_url) as http:
-        for seen in ("2", "99"):  # the final event's id, or past it
-            again = await http.get(
-                f"{API}/analyses/{analysis_id}/events", headers={**user[1], "Last-Event-ID": seen}
-            )
-            assert again.status_code == 204, again.text  # EventSource: stop reconnecting
+        again = await http.get(
+            f"{API}/analyses/{analysis_id}/events", headers={**user[1], "Last-Event-ID": "2"}
+        )
+        assert again.status_code == 204, again.text  # EventSource: stop reconnecting
     # One event short of the end still gets the end.
     async with open_stream(live_url, analysis_id, {**user[1], "Last-Event-ID": "1"}) as stream:
         assert [(e["id"], e["event"]) for e in await stream.rest()] == [("2", "failed")]
+    # An id past the end is from a log since lost: this log, final event included, from its start.
+    async with open_stream(live_url, analysis_id, {**user[1], "Last-Event-ID": "99"}) as stream:
+        assert [e["id"] for e in await stream.rest()] == ["1", "2"]
 
 
 async def test_heartbeats_keep_an_idle_stream_alive(
@@ -343,9 +366,14 @@ async def test_the_hub_keeps_a_polled_state_current_from_the_events(app: FastAPI
         "progress": "10",
     }
     await publish_event(redis, analysis_id, "progress", {"progress": 30})
-    await publish_event(redis, analysis_id, "completed", {"status": "completed", "stage": "save"})
+    await publish_requeued(redis, analysis_id, next_attempt=2)  # no stage any more
+    await publish_event(redis, analysis_id, "completed", {"status": "completed", "progress": 100})
     # Merged as Redis merges them into the hash: the hub's copy equals the hash.
-    assert await _until_hub_knows(hub, analysis_id, 3) == await read_state(redis, analysis_id)
+    known = await _until_hub_knows(hub, analysis_id, 4)
+    assert "stage" not in known
+    assert known == {
+        k: v for k, v in (await read_state(redis, analysis_id)).items() if k != "attempt"
+    }
 
 
 async def test_the_hub_refuses_a_state_older_than_what_it_saw(app: FastAPI) -> None:

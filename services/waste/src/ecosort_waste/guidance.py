@@ -69,7 +69,8 @@ class GuidanceClient:
         for attempt in range(1, self.attempts + 1):
             try:
                 response = await self.http.get(url, headers={"Accept": "application/json"})
-            except httpx.TransportError as exc:  # refused, reset, timed out
+            # Refused, reset, timed out, or a body that cannot be decoded (a bad gzip stream).
+            except httpx.RequestError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
                 if response.status_code == 200:

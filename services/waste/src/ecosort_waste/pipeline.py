@@ -205,6 +205,7 @@ async def _enter_stage(deps: PipelineDeps, claim: Claim, stage: str) -> None:
         claim.analysis_id,
         "progress",
         {"status": "processing", "stage": stage, "progress": STAGE_PROGRESS[stage]},
+        attempt=claim.attempt,
     )
 
 
@@ -263,7 +264,7 @@ async def fail(
     if attempt is not None:
         condition.append(analyses.c.attempts == attempt)
     # The database knows the stage of the claim; Redis knows the last stage reached.
-    state = await progress.read_state(deps.redis, analysis_id)
+    stage, reached = await progress.last_reached(deps.redis, analysis_id)
     failed_at = datetime.now(UTC)
     async with deps.sessionmaker() as session, session.begin():
         row = (
@@ -272,7 +273,8 @@ async def fail(
                 .where(*condition)
                 .values(
                     status="failed",
-                    stage=state.get("stage") or analyses.c.stage,
+                    stage=stage or analyses.c.stage,
+                    progress=analyses.c.progress if reached is None else reached,
                     error=reason,
                     # When it reached its final state, whichever: the app times both alike.
                     completed_at=failed_at,
@@ -289,7 +291,7 @@ async def fail(
         analysis_id,
         status="failed",
         stage=row.stage,
-        progress=int(state.get("progress", row.progress)),
+        progress=row.progress,
         error=reason,
     )
     return True
@@ -305,7 +307,9 @@ async def _requeue(deps: PipelineDeps, claim: Claim) -> None:
             )
         )
     if updated.rowcount:  # type: ignore[attr-defined]
-        await progress.publish_requeued(deps.redis, claim.analysis_id)
+        await progress.publish_requeued(
+            deps.redis, claim.analysis_id, next_attempt=claim.attempt + 1
+        )
 
 
 async def _republish_final_state(deps: PipelineDeps, analysis_id: uuid.UUID) -> None:

@@ -25,21 +25,38 @@ EVENT_LOG_MAXLEN = 200
 # Long enough for a client to come back to a finished analysis, short enough to clean up.
 PROGRESS_TTL_SECONDS = 24 * 3600
 
-EventName = Literal["progress", "completed", "failed"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"completed", "failed"})
 # Fields of an event's data mirrored into the state hash.
 _STATE_FIELDS = ("status", "stage", "progress")
 
 # One atomic step: bump seq, update the state hash, append to the log, publish.
 # Atomic so two writers can never hand out the same seq or publish out of order.
-# KEYS: state hash, event stream. ARGV: analysis id, event, data JSON, ttl, maxlen, then
-# field/value pairs for the hash. The published JSON is assembled here because `data` is
-# already JSON text; the id is a UUID and the event a fixed word, so nothing needs escaping.
+# Nothing is published once the hash holds a final status (a run that lost the analysis to
+# another may still be reporting stages), nor for a run older than the hash's `attempt`; the
+# script then answers the latest seq instead. An empty value removes the field (no stage).
+# KEYS: state hash, event stream. ARGV: analysis id, event, data JSON, ttl, maxlen, the run's
+# attempt (empty: none), then field/value pairs for the hash. The published JSON is assembled
+# here because `data` is already JSON text; the id is a UUID and the event a fixed word, so
+# nothing needs escaping.
 _PUBLISH_SCRIPT = (
     """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'completed' or status == 'failed' then
+  return tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+end
+if ARGV[6] ~= '' then
+  if tonumber(ARGV[6]) < tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') then
+    return tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+  end
+  redis.call('HSET', KEYS[1], 'attempt', ARGV[6])
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-for i = 6, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+for i = 7, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
   'seq', seq, 'event', ARGV[2], 'data', ARGV[3])
@@ -70,9 +87,16 @@ def events_key(analysis_id: uuid.UUID | str) -> str:
 
 
 async def publish_event(
-    redis: Redis, analysis_id: uuid.UUID | str, event: EventName, data: dict[str, Any]
+    redis: Redis,
+    analysis_id: uuid.UUID | str,
+    event: str,
+    data: dict[str, Any],
+    *,
+    attempt: int | None = None,
 ) -> int:
-    """Record and broadcast one event; returns its seq (the SSE `id:`)."""
+    """Record and broadcast one event; returns its seq (the SSE `id:`). `attempt` is the run
+    reporting: an older run than the latest is not heard. Refused (see the script), it returns
+    the latest event's seq, which after a final event is the final event's."""
     analysis_id = str(uuid.UUID(str(analysis_id)))  # refuse anything but a UUID in the script
     if event not in ("progress", *TERMINAL_EVENTS):
         raise ValueError(f"unknown progress event {event!r}")
@@ -90,6 +114,7 @@ async def publish_event(
             json.dumps(data, separators=(",", ":"), default=str),
             str(PROGRESS_TTL_SECONDS),
             str(EVENT_LOG_MAXLEN),
+            "" if attempt is None else str(attempt),
             *hash_fields,
         ),
     )
@@ -112,11 +137,16 @@ async def publish_final(
     return await publish_event(redis, analysis_id, status, data)
 
 
-async def publish_requeued(redis: Redis, analysis_id: uuid.UUID | str) -> int:
+async def publish_requeued(redis: Redis, analysis_id: uuid.UUID | str, *, next_attempt: int) -> int:
     """The analysis waits in the queue again (a retry, or the reaper took it from a lost run):
-    no stage, no progress, and no `error`, which the app would read as a failure."""
+    no stage, no progress, and no `error`, which the app would read as a failure. From now on
+    only `next_attempt` and later runs are heard: the run given up on may still be alive."""
     return await publish_event(
-        redis, analysis_id, "progress", {"status": "queued", "progress": 0, "stage": None}
+        redis,
+        analysis_id,
+        "progress",
+        {"status": "queued", "progress": 0, "stage": None},
+        attempt=next_attempt,
     )
 
 
@@ -138,8 +168,19 @@ def final_data(
 
 
 def state_fields(data: dict[str, Any]) -> dict[str, str]:
-    """What an event's data sets in the state hash."""
-    return {field: str(data[field]) for field in _STATE_FIELDS if data.get(field) is not None}
+    """What an event's data sets in the state hash; "" removes a field the data sets to None
+    (a re-queued analysis has no stage any more)."""
+    return {
+        field: "" if data[field] is None else str(data[field])
+        for field in _STATE_FIELDS
+        if field in data
+    }
+
+
+def merged_state(state: dict[str, str], data: dict[str, Any]) -> dict[str, str]:
+    """`state` after an event with `data`, as the publish script leaves the hash."""
+    merged = {**state, **state_fields(data)}
+    return {field: value for field, value in merged.items() if value != ""}
 
 
 async def read_events(
@@ -155,6 +196,14 @@ async def read_state(redis: Redis, analysis_id: uuid.UUID | str) -> dict[str, st
     """The latest {status, stage, progress, seq}; empty when nothing was published (or expired)."""
     raw = await cast(Awaitable[dict[Any, Any]], redis.hgetall(state_key(analysis_id)))
     return {_text(key): _text(value) for key, value in raw.items()}
+
+
+async def last_reached(redis: Redis, analysis_id: uuid.UUID | str) -> tuple[str | None, int | None]:
+    """The stage and progress a run last published, which the database does not follow (it
+    has the claim's): what an analysis that failed records as reached."""
+    state = await read_state(redis, analysis_id)
+    live = state.get("progress", "")
+    return state.get("stage"), int(live) if live.isdigit() else None
 
 
 def _decode_entry(fields: dict[Any, Any]) -> ProgressEvent:

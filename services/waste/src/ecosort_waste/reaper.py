@@ -112,6 +112,7 @@ async def _reap_stuck(
     now = datetime.now(UTC)
     cutoff = now - timedelta(seconds=deadline_seconds)
     failures: dict[uuid.UUID, tuple[str | None, int]] = {}
+    next_attempts: dict[uuid.UUID, int] = {}
     async with sessionmaker() as session, session.begin():
         stuck = (
             await session.execute(
@@ -122,22 +123,26 @@ async def _reap_stuck(
             )
         ).all()
         for row in stuck:
-            # The database has the stage of the claim; Redis has the last stage reported.
-            stage = (await progress.read_state(redis, row.id)).get("stage") or row.stage
+            # The database has the stage and progress of the claim; Redis has the last reported.
+            live_stage, reached = await progress.last_reached(redis, row.id)
+            stage = live_stage or row.stage
+            reached = row.progress if reached is None else reached
             where = f"stage {stage}" if stage else "its first stage"
             values: dict[str, object]
             if row.attempts < max_attempts:
                 # No `error` while it waits again: the app reads one as a failure.
                 values = {"status": "queued", "stage": None, "progress": 0, "error": None}
                 report.requeued.append(row.id)
+                next_attempts[row.id] = row.attempts + 1
             else:
                 values = {
                     "status": "failed",
                     "stage": stage,
+                    "progress": reached,
                     "error": DID_NOT_FINISH,
                     "completed_at": now,
                 }
-                failures[row.id] = (stage, row.progress)
+                failures[row.id] = (stage, reached)
                 report.failed.append(row.id)
             log.warning(
                 "reaper.stuck",
@@ -153,8 +158,9 @@ async def _reap_stuck(
             )
     # After the commit: a task must never see the old state.
     for analysis_id in report.requeued:
+        # Said before it is sent: a worker quick to claim it must not be followed by "queued".
+        await progress.publish_requeued(redis, analysis_id, next_attempt=next_attempts[analysis_id])
         enqueue(analysis_id)
-        await progress.publish_requeued(redis, analysis_id)
     for analysis_id, (stage, reached) in failures.items():
         await progress.publish_final(
             redis, analysis_id, status="failed", stage=stage, progress=reached, error=DID_NOT_FINISH

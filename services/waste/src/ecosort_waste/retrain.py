@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
+from PIL import UnidentifiedImageError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_waste.config import get_settings
 from ecosort_waste.models import Analysis, Correction
+from ecosort_waste.pipeline import decode_stored
 from ecosort_waste.storage import ObjectNotFound, Storage, storage_from_settings
 
 log = structlog.get_logger(__name__)
@@ -42,6 +44,11 @@ async def export_corrections(
             data = await asyncio.to_thread(storage.get, row.image_key)
         except ObjectNotFound:
             log.warning("train_head.photo_missing", analysis_id=str(row.analysis_id))
+            continue
+        try:
+            decode_stored(data)  # as the worker reads it; training would stop on a bad one
+        except (UnidentifiedImageError, OSError):
+            log.warning("train_head.photo_unreadable", analysis_id=str(row.analysis_id))
             continue
         path = folder / f"{row.analysis_id}.jpg"
         path.write_bytes(data)

@@ -29,8 +29,8 @@ from ecosort_waste.progress import (
     PROGRESS_CHANNEL,
     TERMINAL_EVENTS,
     ProgressEvent,
+    merged_state,
     read_events,
-    state_fields,
 )
 
 log = structlog.get_logger(__name__)
@@ -182,7 +182,7 @@ class ProgressHub:
             return
         if event.seq == known.seq + 1:
             known.seq = event.seq
-            known.fields = {**known.fields, **state_fields(event.data), "seq": str(event.seq)}
+            known.fields = {**merged_state(known.fields, event.data), "seq": str(event.seq)}
         else:
             del self._states[analysis_id]  # a gap: read it from Redis again
 
@@ -212,7 +212,7 @@ async def follow(
     analysis_id: str,
     *,
     after_seq: int,
-    final_state: Callable[[int], Awaitable[ProgressEvent | None]],
+    final_state: Callable[[], Awaitable[ProgressEvent | None]],
     known_final: bool,
     heartbeat_seconds: float,
     resync_seconds: float,
@@ -223,8 +223,8 @@ async def follow(
 
     It yields fields rather than events so that it can be the response's body itself: one
     generator per open stream instead of two.
-    ``final_state(last_seq)`` answers from the database (as seq last_seq + 1) when the analysis
-    has finished: it covers a log that expired or a final event that was never published.
+    ``final_state()`` answers from the database when the analysis has finished: it covers a
+    log that expired or a final event that was never published.
     ``known_final`` says the caller already saw the analysis finished; if it did not, the
     database is not asked again up front (a finish after that point is in the log).
     ``resync_seconds`` bounds how long a lost pub/sub message can go unnoticed.
@@ -239,7 +239,7 @@ async def follow(
     try:
         pending = await read_events(redis, analysis_id, last)
         if not pending and known_final:
-            final = await final_state(last)
+            final = await final_state()
             if final is not None:
                 yield sse_fields(final)
                 return
@@ -269,8 +269,10 @@ async def follow(
             if RESYNC in received or received[0].seq > last + 1:
                 pending = await read_events(redis, analysis_id, last)
                 if not pending and RESYNC in received:
-                    final = await final_state(last)
-                    pending = [final] if final is not None else []
+                    final = await final_state()
+                    if final is not None:
+                        yield sse_fields(final)
+                        return
             else:
                 pending = received
     finally:

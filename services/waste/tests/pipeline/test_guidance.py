@@ -62,6 +62,19 @@ async def test_retries_server_errors_and_timeouts_then_succeeds() -> None:
 
 
 @respx.mock
+async def test_a_body_that_cannot_be_decoded_is_a_failed_attempt() -> None:
+    route = respx.get(CAN_URL)
+    route.side_effect = [
+        httpx.Response(
+            200, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(b"not gzip")
+        ),
+        httpx.Response(200, json=category()),
+    ]
+    assert await client().fetch("can") == category()
+    assert route.call_count == 2
+
+
+@respx.mock
 async def test_gives_up_after_the_attempts_with_none() -> None:
     route = respx.get(CAN_URL).respond(502)
     assert await client(attempts=2).fetch("can") is None

@@ -254,6 +254,9 @@ async def test_provider_errors_are_retried_then_fail_with_a_user_safe_reason(
     last = (await progress.read_events(redis, analysis.id))[-1]
     assert last.event == "failed"
     assert_user_safe(last.data["error"], pipeline.CLASSIFIER_UNAVAILABLE)
+    # How far it got: the stream and the status read say the same.
+    assert (last.data["stage"], last.data["progress"]) == (row.stage, row.progress)
+    assert (row.stage, row.progress) == ("classify", pipeline.STAGE_PROGRESS["classify"])
     assert await completed_events(deps, analysis.id) == []
 
 

@@ -94,12 +94,18 @@ async def reap(
     redis: Redis,
     broker: BrokerQueue,
     celery_list: SyncRedis,
+    live_status_at_send: dict[uuid.UUID, bytes | None] | None = None,
 ) -> tuple[Any, list[uuid.UUID]]:
-    """One pass; what it sends is recorded and pushed to the waiting list, as Celery would."""
+    """One pass; what it sends is recorded and pushed to the waiting list, as Celery would,
+    with the status watchers had been told at that moment."""
     sent: list[uuid.UUID] = []
 
     def enqueue(analysis_id: uuid.UUID) -> None:
         sent.append(analysis_id)
+        if live_status_at_send is not None:
+            live_status_at_send[analysis_id] = celery_list.hget(
+                progress.state_key(analysis_id), "status"
+            )
         celery_list.lpush(broker.waiting_key, str(analysis_id))
 
     report = await reap_once(
@@ -151,8 +157,13 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
         started_at=datetime.now(UTC),
     )
     finished = await add(sessionmaker, age_seconds=DEADLINE * 2, status="completed", attempts=1)
+    # How far the lost runs got, which only Redis knows: the database has their claims.
+    for analysis_id, stage, reached in [(retryable, "classify", 20), (exhausted, "save", 90)]:
+        data = {"status": "processing", "stage": stage, "progress": reached}
+        await progress.publish_event(redis, analysis_id, "progress", data, attempt=1)
 
-    report, enqueued = await reap(sessionmaker, redis, broker, celery_list)
+    status_at_send: dict[uuid.UUID, bytes | None] = {}
+    report, enqueued = await reap(sessionmaker, redis, broker, celery_list, status_at_send)
 
     assert retryable in report.requeued and exhausted in report.failed
     assert retryable in enqueued and exhausted not in enqueued
@@ -162,16 +173,22 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
     assert requeued_row.error is None  # waiting again is not a failure
     assert requeued_row.completed_at is None
     failed_row = await status_of(sessionmaker, exhausted)
-    assert (failed_row.status, failed_row.stage) == ("failed", "guide")
+    assert (failed_row.status, failed_row.stage, failed_row.progress) == ("failed", "save", 90)
     assert failed_row.error == DID_NOT_FINISH
     # Failed is a final state: it has a time like a completion's.
     assert failed_row.completed_at is not None
     assert failed_row.completed_at >= failed_row.created_at
     assert (await status_of(sessionmaker, running)).status == "processing"
-    (failed_event,) = await progress.read_events(redis, exhausted)
+    *_, failed_event = await progress.read_events(redis, exhausted)
     assert failed_event.event == "failed" and failed_event.data["error"] == DID_NOT_FINISH
-    (requeued_event,) = await progress.read_events(redis, retryable)
+    assert (failed_event.data["stage"], failed_event.data["progress"]) == ("save", 90)
+    *_, requeued_event = await progress.read_events(redis, retryable)
     assert requeued_event.data["status"] == "queued"
+    # Watchers heard "queued" before a worker could claim it, and no more from the lost run.
+    assert status_at_send == {retryable: b"queued"}
+    late = {"status": "processing", "stage": "guide", "progress": 70}
+    await progress.publish_event(redis, retryable, "progress", late, attempt=1)
+    assert (await progress.read_events(redis, retryable))[-1] == requeued_event
 
     # A second pass finds nothing new to do with them.
     report, enqueued = await reap(sessionmaker, redis, broker, celery_list)

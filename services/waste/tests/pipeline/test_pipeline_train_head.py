@@ -74,6 +74,12 @@ async def test_export_takes_each_correction_with_its_stored_photo(
     lost = await corrected_analysis(
         sessionmaker, settings, "trash/trash100.jpg", "general", store=False
     )
+    unreadable = await corrected_analysis(
+        sessionmaker, settings, "trash/trash101.jpg", "general", store=False
+    )
+    async with sessionmaker() as session:
+        key = (await session.get(Analysis, unreadable)).image_key  # type: ignore[union-attr]
+    storage_from_settings(settings).put(key, b"\xff\xd8\xff\xe0 half a jpeg", "image/jpeg")
     folder = tmp_path / "export"
     folder.mkdir()
 
@@ -81,7 +87,7 @@ async def test_export_takes_each_correction_with_its_stored_photo(
 
     by_name = {path.stem: code for path, code in examples}
     assert by_name[str(plastic)] == "pet_clear" and by_name[str(glass)] == "glass_bottle"
-    assert str(lost) not in by_name
+    assert str(lost) not in by_name and str(unreadable) not in by_name  # not a reason to stop
     for path, _ in examples:
         Image.open(io.BytesIO(path.read_bytes())).verify()
 

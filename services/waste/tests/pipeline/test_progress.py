@@ -83,3 +83,44 @@ async def test_refuses_unknown_events_and_ids(redis: Redis) -> None:
         await progress.publish_event(redis, uuid.uuid4(), "exploded", {})  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         await progress.publish_event(redis, '"injected', "progress", {})
+
+
+async def test_nothing_is_published_after_the_final_event(redis: Redis) -> None:
+    """A run that lost the analysis to another may still be reporting stages: once the final
+    event is out, watchers must not see "processing" again, nor a second final event."""
+    analysis_id = uuid.uuid4()
+    stage = {"status": "processing", "stage": "load", "progress": 5}
+    await progress.publish_event(redis, analysis_id, "progress", stage, attempt=1)
+    final = await progress.publish_final(
+        redis, analysis_id, status="completed", stage="save", progress=100, result={}
+    )
+    late = {"status": "processing", "stage": "guide", "progress": 70}
+    late_seq = await progress.publish_event(redis, analysis_id, "progress", late, attempt=2)
+    repeated = await progress.publish_final(
+        redis, analysis_id, status="completed", stage="save", progress=100, result={}
+    )
+
+    assert final == late_seq == repeated == 2  # the final event's seq, for a reconnection
+    assert (await progress.read_state(redis, analysis_id))["status"] == "completed"
+    assert [e.seq for e in await progress.read_events(redis, analysis_id)] == [1, 2]
+
+
+async def test_a_run_given_up_on_is_not_heard_and_its_stage_is_gone(redis: Redis) -> None:
+    analysis_id = uuid.uuid4()
+    lost = {"status": "processing", "stage": "guide", "progress": 70}
+    await progress.publish_event(redis, analysis_id, "progress", lost, attempt=1)
+    await progress.publish_requeued(redis, analysis_id, next_attempt=2)
+
+    state = await progress.read_state(redis, analysis_id)
+    assert state == {"status": "queued", "progress": "0", "seq": "2", "attempt": "2"}
+    assert await progress.publish_event(redis, analysis_id, "progress", lost, attempt=1) == 2
+    claimed = {"status": "processing", "stage": "load", "progress": 5}
+    assert await progress.publish_event(redis, analysis_id, "progress", claimed, attempt=2) == 3
+    events = await progress.read_events(redis, analysis_id)
+    assert [(e.seq, e.data["stage"]) for e in events] == [(1, "guide"), (2, None), (3, "load")]
+
+
+def test_a_hub_keeps_the_state_as_the_hash_has_it() -> None:
+    known = {"status": "processing", "stage": "guide", "progress": "70"}
+    requeued = {"status": "queued", "stage": None, "progress": 0}
+    assert progress.merged_state(known, requeued) == {"status": "queued", "progress": "0"}

@@ -6,7 +6,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
-from redis.asyncio import Redis
 
 from ecosort_common.errors import Problem
 from ecosort_waste import crud
@@ -18,7 +17,7 @@ from ecosort_waste.api.deps import (
     SettingsDep,
 )
 from ecosort_waste.models import FINAL_STATUSES
-from ecosort_waste.progress import ProgressEvent, final_data, read_state
+from ecosort_waste.progress import ProgressEvent, final_data, publish_event, read_state
 from ecosort_waste.sse import ProgressResponse, follow
 
 router = APIRouter(tags=["analyses"])
@@ -32,7 +31,8 @@ router = APIRouter(tags=["analyses"])
             "description": "`progress` events, then one `completed` or `failed` (data: status, "
             "stage, progress, result, error), each with its seq as `id:` for Last-Event-ID. "
             "The first frame is `retry:` (SSE_RETRY_MILLISECONDS, the reconnection delay); a "
-            "comment every SSE_HEARTBEAT_SECONDS keeps an idle stream open.",
+            "comment every SSE_HEARTBEAT_SECONDS keeps an idle stream open. A Last-Event-ID "
+            "past the last event sent (from a log since lost) gets the events from the start.",
             "content": {"text/event-stream": {}},
         },
         204: {"description": "Last-Event-ID is the final event: nothing more will come"},
@@ -47,7 +47,6 @@ async def analysis_events(
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
-    after_seq = _parse_last_event_id(last_event_id)
     owner = user.user_id
     # A session of our own rather than the ReadSession dependency: FastAPI keeps a yield
     # dependency (its session, context manager and cleanup scope) for the whole stream.
@@ -55,16 +54,21 @@ async def analysis_events(
         status = await crud.owned_status(session, analysis_id, owner)
     if status is None:
         raise Problem(404, f"No analysis {analysis_id}.", title="Analysis not found")
-    if (
-        status in FINAL_STATUSES
-        and after_seq > 0
-        and await _saw_the_end(redis, analysis_id, after_seq)
-    ):
+    state = await read_state(redis, analysis_id)
+    seq = int(state.get("seq", 0))
+    after_seq = _parse_last_event_id(last_event_id)
+    if after_seq > seq:
+        # An id past the log's last one was given by a log since lost (Redis restarted, the
+        # entries expired): the client has seen none of this log's events.
+        after_seq = 0
+    if after_seq > 0 and state.get("status") in FINAL_STATUSES and after_seq >= seq:
         # An EventSource reconnects after every close; 204 is the SSE way to say "stop". Without
         # it, each reconnection would be answered with the final event again, for ever.
         return Response(status_code=204)
 
-    async def final_state(last_seq: int) -> ProgressEvent | None:
+    async def final_state() -> ProgressEvent | None:
+        """The final event from the database, published if the log lacks it, so that a
+        reconnection with its id is told to stop (above)."""
         async with sessionmaker() as fresh:
             analysis = await crud.get_owned(fresh, analysis_id, owner)
         if analysis is None or analysis.status not in FINAL_STATUSES:
@@ -76,7 +80,8 @@ async def analysis_events(
             result=analysis.result,
             error=analysis.error,
         )
-        return ProgressEvent(seq=last_seq + 1, event=analysis.status, data=data)
+        seq = await publish_event(redis, analysis_id, analysis.status, data)
+        return ProgressEvent(seq=seq, event=analysis.status, data=data)
 
     return ProgressResponse(
         follow(
@@ -91,15 +96,6 @@ async def analysis_events(
             retry_milliseconds=settings.sse_retry_milliseconds,
         ),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-async def _saw_the_end(redis: Redis, analysis_id: uuid.UUID, after_seq: int) -> bool:
-    """Whether the client's Last-Event-ID is at or past the final event published. Unknown
-    (the log expired, or the final event was never published): no, it gets the final event."""
-    state = await read_state(redis, analysis_id)
-    return (
-        state.get("status") in FINAL_STATUSES and int(state.get("seq", after_seq + 1)) <= after_seq
     )
 
 
