@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from httpx import ASGITransport, AsyncClient
+from httpx import AsyncClient
 from PIL import ExifTags, Image
 from sqlalchemy import func, select, text, update
 from starlette.routing import Match
 
 from ecosort_common.testing import TokenIssuer
-from ecosort_waste import crud, images
+from ecosort_waste import images
 from ecosort_waste.api.routes.analyses import poll_analysis
 from ecosort_waste.models import Analysis, Correction
 from ecosort_waste.progress import publish_event
@@ -300,24 +300,6 @@ async def waiting_for_an_advisory_lock(app: FastAPI) -> None:
                 return
         await asyncio.sleep(0.01)
     raise AssertionError("no request waited for the lock")
-
-
-async def test_a_failed_insert_deletes_its_image_unless_another_analysis_uses_it(
-    app: FastAPI, user: User, enqueued: list[uuid.UUID], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    transport = ASGITransport(app=app, raise_app_exceptions=False)
-    async with AsyncClient(transport=transport, base_url="http://test") as http:
-        kept = await upload(http, user, jpeg(23))
-        assert kept.status_code == 202
-
-        async def database_gone(*args: object, **kwargs: object) -> None:
-            raise RuntimeError("the database went away")
-
-        monkeypatch.setattr(crud, "insert_analysis", database_gone)
-        # The same photo makes the same object as the analysis above; another photo, its own.
-        for data in (jpeg(23), jpeg(24)):
-            assert_problem(await upload(http, user, data), 500)
-    assert stored_images(app, user.id) == {(await row(app, kept.json()["id"])).image_key}
 
 
 async def test_only_the_owner_sees_or_touches_an_analysis(

@@ -14,6 +14,7 @@ from httpx import AsyncClient
 from ecosort_common.outbox import stream_name
 from ecosort_common.testing import TokenIssuer
 from ecosort_waste.config import Settings
+from ecosort_waste.storage import image_key
 
 from .test_api_analyses import API, User, complete, jpeg, row, upload
 from .test_api_uploads import gps_png, post_form, ticket
@@ -37,7 +38,11 @@ async def test_user_deleted_removes_their_analyses_and_photos_only(
     mine = [(await upload(client, leaving, jpeg(seed))).json()["id"] for seed in (1, 2)]
     theirs = (await upload(client, staying, jpeg(3))).json()["id"]
     photos = [Path(settings.data_dir) / "uploads" / (await row(app, i)).image_key for i in mine]
-    assert all(photo.exists() for photo in photos)
+    # A photo stored by a request that failed before its row was written: no analysis names it.
+    app.state.storage.put(image_key(leaving.id, "0" * 64), jpeg(4), "image/jpeg")
+    photos.append(Path(settings.data_dir) / "uploads" / image_key(leaving.id, "0" * 64))
+    theirs_photo = Path(settings.data_dir) / "uploads" / (await row(app, theirs)).image_key
+    assert all(photo.exists() for photo in [*photos, theirs_photo])
     await complete(app, mine[0], {"category": "plastic", "confidence": 0.7, "candidates": []})
     corrected = await client.post(
         f"{API}/analyses/{mine[0]}/feedback", headers=leaving.headers, json={"category": "can"}
@@ -55,6 +60,7 @@ async def test_user_deleted_removes_their_analyses_and_photos_only(
     assert not any(photo.exists() for photo in photos)
     kept = await client.get(f"{API}/analyses/{theirs}", headers=staying.headers)
     assert kept.status_code == 200
+    assert theirs_photo.exists()
 
 
 async def test_user_deleted_removes_their_unread_direct_uploads(

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.events import Event
 from ecosort_waste.models import Analysis
-from ecosort_waste.storage import Storage, incoming_prefix
+from ecosort_waste.storage import Storage, image_prefix, incoming_prefix
 
 log = structlog.get_logger(__name__)
 
@@ -29,15 +29,15 @@ class UserDeletedHandler:
     async def __call__(self, session: AsyncSession, event: Event) -> None:
         user_id = uuid.UUID(str(event.payload["user_id"]))
         deleted = await session.execute(
-            delete(Analysis).where(Analysis.owner_id == user_id).returning(Analysis.image_key)
+            delete(Analysis).where(Analysis.owner_id == user_id).returning(Analysis.id)
         )  # corrections go with their analyses (ON DELETE CASCADE)
-        image_keys = set(deleted.scalars())
-        for key in image_keys:
-            await asyncio.to_thread(self.storage.delete, key)
+        # The whole folder: it also holds any photo a request stored before it failed.
+        photos = await asyncio.to_thread(self.storage.delete_prefix, image_prefix(user_id))
         uploads = await asyncio.to_thread(self.storage.delete_prefix, incoming_prefix(user_id))
         log.info(
             "user_data_deleted",
             user_id=str(user_id),
-            analyses_images=len(image_keys),
+            analyses=len(deleted.all()),
+            photos=photos,
             unread_uploads=uploads,
         )

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Row, exists, literal_column, or_, select, text
+from sqlalchemy import Boolean, Row, literal_column, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,34 +52,13 @@ async def find_earlier(
     return list((await session.execute(stmt)).scalars())
 
 
-async def image_in_use(session: AsyncSession, owner_id: uuid.UUID, image_key: str) -> bool:
-    # The key names its owner anyway; asking by owner lets the owner's index find the rows.
-    stmt = select(
-        exists().where(analyses.c.owner_id == owner_id, analyses.c.image_key == image_key)
-    )
-    return bool((await session.execute(stmt)).scalar_one())
-
-
-# Transaction-scoped advisory locks on a 64-bit hash of a name. The prefixes keep the names of
-# keys and of images apart.
+# A transaction-scoped advisory lock on a 64-bit hash of a name.
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
-_SHARED_LOCK = text("SELECT pg_advisory_xact_lock_shared(hashtextextended(:name, 0))")
 
 
 async def lock_idempotency_key(session: AsyncSession, owner_id: uuid.UUID, key: str) -> None:
     """Wait for, then hold until the transaction ends, the one lock of (owner, key)."""
     await session.execute(_LOCK, {"name": f"idempotency-key:{owner_id}:{key}"})
-
-
-async def share_image(session: AsyncSession, image_key: str) -> None:
-    """Held by a request from writing the object under ``image_key`` until its row commits."""
-    await session.execute(_SHARED_LOCK, {"name": f"image:{image_key}"})
-
-
-async def lock_image(session: AsyncSession, image_key: str) -> None:
-    """Held by a request that may delete the object under ``image_key``: it waits for every
-    request writing it to commit its row (or not), and they wait for the deletion."""
-    await session.execute(_LOCK, {"name": f"image:{image_key}"})
 
 
 async def insert_analysis(

@@ -4,8 +4,10 @@ Same key and same request → the analysis the first request created; same key a
 request → 422; an upload that already made an analysis → 409 (unless it is that analysis's own
 replay). The database decides: requests with one key take turns under an advisory lock, and
 unique constraints on (owner_id, idempotency_key) and on upload_id settle the rest. A request
-that loses leaves nothing behind: it is stopped before it stores its image where it can be, and
-otherwise deletes what it stored unless a row uses it.
+that loses stores nothing of its own: under the key's lock it learns before storing that it
+lost, and a race for an upload is between copies of one photo, which make one object. (A
+request that fails after storing leaves an object no row names; the owner's account deletion
+takes the whole folder.)
 """
 
 from __future__ import annotations
@@ -15,17 +17,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
 
 from ecosort_common.errors import Problem
 from ecosort_waste import crud
 from ecosort_waste.images import SanitisedImage
-from ecosort_waste.storage import Storage
+from ecosort_waste.storage import Storage, image_key
 
 MAX_KEY_LENGTH = 255
-log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +69,6 @@ def request_hash(kind: str, content: bytes) -> str:
     digest = hashlib.sha256(kind.encode() + b"\0")
     digest.update(content)
     return digest.hexdigest()
-
-
-def image_key(owner_id: uuid.UUID, sha256: str) -> str:
-    # Content-addressed: duplicate requests write the same object instead of leaving orphans.
-    return f"images/{owner_id}/{sha256}.jpg"
 
 
 def validate_key(raw: str | None) -> str | None:
@@ -143,45 +138,22 @@ async def _store_and_insert(
     session: AsyncSession, storage: Storage, new: NewAnalysis, clean: SanitisedImage
 ) -> Outcome:
     key = image_key(new.owner_id, clean.sha256)
-    # Held to the commit: another request's cleanup of the same object (_forget_image) cannot
-    # fall between this write and the row that uses it.
-    await crud.share_image(session, key)
-    try:
-        await run_in_threadpool(storage.put, key, clean.data, clean.content_type)
-        new_id = await crud.insert_analysis(
-            session,
-            owner_id=new.owner_id,
-            image_key=key,
-            image_sha256=clean.sha256,
-            idempotency_key=new.key,
-            request_hash=new.hashed if new.key is not None else None,
-            upload_id=new.upload_id,
-        )
-        await session.commit()
-    except Exception:
-        await _forget_image(session, storage, new.owner_id, key)
-        raise
+    await run_in_threadpool(storage.put, key, clean.data, clean.content_type)
+    new_id = await crud.insert_analysis(
+        session,
+        owner_id=new.owner_id,
+        image_key=key,
+        image_sha256=clean.sha256,
+        idempotency_key=new.key,
+        request_hash=new.hashed if new.key is not None else None,
+        upload_id=new.upload_id,
+    )
+    await session.commit()
     if new_id is None:
-        # A concurrent request's row holds the upload (or, from a replica without the key lock
-        # during a rollout, the key); the insert waited for it to commit. Its answer is ours.
-        await _forget_image(session, storage, new.owner_id, key)
+        # A concurrent request's row holds the upload: the same photo, so the same object, which
+        # stays. (Or, from a replica without the key lock during a rollout, the key.) Its
+        # answer is ours.
         settled = await _settled(session, new)
         assert settled is not None, "a conflicting insert implies a committed row"
         return settled
     return Outcome(new_id, "queued", created=True)  # as inserted: no need to read it back
-
-
-async def _forget_image(
-    session: AsyncSession, storage: Storage, owner_id: uuid.UUID, key: str
-) -> None:
-    """Delete the object this request stored unless a row uses it: the same photo makes the same
-    key, so another analysis may. Best effort: the answer stands without it."""
-    try:
-        # Ends this request's transaction first: its own shared hold would block the lock.
-        await session.rollback()
-        await crud.lock_image(session, key)
-        if not await crud.image_in_use(session, owner_id, key):
-            await run_in_threadpool(storage.delete, key)
-        await session.rollback()
-    except Exception:
-        log.exception("stored_image_not_deleted", key=key)

@@ -12,6 +12,8 @@ from ecosort_waste.storage.base import (
     ObjectNotFound,
     Storage,
     check_key,
+    image_key,
+    image_prefix,
     incoming_key,
     incoming_prefix,
 )
@@ -27,6 +29,8 @@ __all__ = [
     "Storage",
     "UploadFormRejected",
     "check_key",
+    "image_key",
+    "image_prefix",
     "incoming_key",
     "incoming_prefix",
     "storage_from_settings",

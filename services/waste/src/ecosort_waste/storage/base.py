@@ -73,3 +73,13 @@ def incoming_key(owner_id: uuid.UUID, upload_id: uuid.UUID) -> str:
     """Where a direct upload lands. The owner is part of the key, so an upload id is useless
     to anyone but the person it was issued to."""
     return f"{incoming_prefix(owner_id)}{upload_id}"
+
+
+def image_prefix(owner_id: uuid.UUID) -> str:
+    """The folder of someone's sanitised photos, the ones analyses read."""
+    return f"images/{owner_id}/"
+
+
+def image_key(owner_id: uuid.UUID, sha256: str) -> str:
+    # Content-addressed: duplicate requests write the same object instead of leaving orphans.
+    return f"{image_prefix(owner_id)}{sha256}.jpg"
