@@ -247,7 +247,7 @@ async def test_concurrent_uses_of_one_upload_make_one_analysis(
     gate.release()
     assert winner.status_code == 202, winner.text
     assert (await loser).status_code == 409
-    # One photo, one object: the loser's cleanup left the winner's in place.
+    # One photo, one object: what the loser wrote is the winner's, and it stays.
     stored_row = await row_of(app, winner)
     assert storage.get(stored_row.image_key)
     assert stored_images(app, stored_row.owner_id) == {stored_row.image_key}

@@ -275,18 +275,16 @@ def test_cascade_lets_the_first_network_answer_alone_when_it_is_sure(
 
 
 def test_first_stage_answers_stand_only_where_they_are_the_whole_heads() -> None:
-    """Two first-stage answers that differ from the whole head's, one right and one wrong, keep
-    the cascade's accuracy equal to the whole head's; they must still not stand."""
+    """Two first-stage answers that differ from the whole head's (one right, one wrong, so the
+    cascade's accuracy would equal the whole head's) must still not stand."""
     whole = OutOfFold(
         answer=np.array(["paper", "can", "glass_bottle", "plastic"]),
         confidence=np.array([0.7, 0.8, 0.9, 0.95]),
-        correct=np.array([False, True, True, True]),
         sure=np.array([True, True, True, True]),
     )
     first = OutOfFold(
         answer=np.array(["plastic", "general", "glass_bottle", "plastic"]),
         confidence=np.array([0.6, 0.7, 0.9, 0.4]),
-        correct=np.array([True, False, True, True]),
         sure=np.array([True, True, True, False]),
     )
     assert first_stage_accept(first, whole) == 0.71

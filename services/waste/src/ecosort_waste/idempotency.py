@@ -49,7 +49,7 @@ class UploadAlreadyUsed(Problem):
     def __init__(self) -> None:
         super().__init__(
             409,
-            "This upload_id already made an analysis (an upload is read once): upload the "
+            "This upload_id already made an analysis (an upload makes one): upload the "
             "photo again, with a new form from POST /api/v1/waste/uploads.",
             title="Upload already used",
         )
@@ -58,8 +58,8 @@ class UploadAlreadyUsed(Problem):
 def unknown_upload() -> Problem:
     return Problem(
         422,
-        "No uploaded object for this upload_id (an upload is read once): upload it "
-        "first, with the form from POST /api/v1/waste/uploads.",
+        "No uploaded object for this upload_id (it goes once an analysis is made from it): "
+        "upload it first, with the form from POST /api/v1/waste/uploads.",
         title="Unknown upload",
     )
 
@@ -112,6 +112,10 @@ async def create_or_replay(
         return settled
     if clean is None:
         raise unknown_upload()
+    if new.key is None:
+        # Nothing to hold without a key (the unique upload_id settles a race): no connection
+        # waits on the storage write.
+        await session.rollback()
     return await _store_and_insert(session, storage, new, clean)
 
 

@@ -46,7 +46,7 @@ class Analysis(TimestampMixin, Base):
     __table_args__ = (
         # Idempotency-Key is enforced here, atomically: a duplicate insert conflicts.
         UniqueConstraint("owner_id", "idempotency_key"),
-        # An upload is read once: one analysis per upload id.
+        # An upload makes one analysis.
         UniqueConstraint("upload_id"),
         CheckConstraint(f"status IN {ANALYSIS_STATUSES}", name="status"),
         CheckConstraint(f"stage IS NULL OR stage IN {ANALYSIS_STAGES}", name="stage"),

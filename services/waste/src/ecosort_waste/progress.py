@@ -1,7 +1,8 @@
 """Live progress of an analysis in Redis: the contract between the pipeline and the API.
 
 For each analysis:
-- a hash `waste:analysis:<id>` with the latest status, stage, progress and seq;
+- a hash `waste:analysis:<id>` with the latest status, stage, progress and seq, and the
+  attempt (run) whose events it still takes;
 - an event log, the capped Redis Stream `waste:analysis:<id>:events`, whose entries are
   {seq, event, data} so that an SSE client reconnecting with Last-Event-ID can catch up;
 - every event is also PUBLISHed on the one channel `waste:progress` as JSON
@@ -32,10 +33,12 @@ _STATE_FIELDS = ("status", "stage", "progress")
 # One atomic step: bump seq, update the state hash, append to the log, publish.
 # Atomic so two writers can never hand out the same seq or publish out of order.
 # Nothing is published once the hash holds a final status (a run that lost the analysis to
-# another may still be reporting stages), nor for a run older than the hash's `attempt`; the
-# script then answers the latest seq instead. An empty value removes the field (no stage).
+# another may still be reporting stages), nor for a run older than the hash's `attempt`, nor a
+# hand-over (re-queue) to a run that is already reporting; the script then answers the latest
+# seq instead. An empty value removes the field (no stage).
 # KEYS: state hash, event stream. ARGV: analysis id, event, data JSON, ttl, maxlen, the run's
-# attempt (empty: none), then field/value pairs for the hash. The published JSON is assembled
+# attempt (empty: none), "1" if the event hands over to that run, then field/value pairs for
+# the hash. The published JSON is assembled
 # here because `data` is already JSON text; the id is a UUID and the event a fixed word, so
 # nothing needs escaping.
 _PUBLISH_SCRIPT = (
@@ -45,13 +48,15 @@ if status == 'completed' or status == 'failed' then
   return tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 end
 if ARGV[6] ~= '' then
-  if tonumber(ARGV[6]) < tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') then
+  local attempt = tonumber(ARGV[6])
+  local current = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+  if attempt < current or (ARGV[7] == '1' and attempt == current) then
     return tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
   end
   redis.call('HSET', KEYS[1], 'attempt', ARGV[6])
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', KEYS[1], ARGV[i])
   else
@@ -93,10 +98,12 @@ async def publish_event(
     data: dict[str, Any],
     *,
     attempt: int | None = None,
+    hands_over: bool = False,
 ) -> int:
     """Record and broadcast one event; returns its seq (the SSE `id:`). `attempt` is the run
-    reporting: an older run than the latest is not heard. Refused (see the script), it returns
-    the latest event's seq, which after a final event is the final event's."""
+    reporting: an older run than the latest is not heard. With `hands_over`, the event passes
+    the analysis to run `attempt`, which must not be reporting yet. Refused (see the script),
+    it returns the latest event's seq, which after a final event is the final event's."""
     analysis_id = str(uuid.UUID(str(analysis_id)))  # refuse anything but a UUID in the script
     if event not in ("progress", *TERMINAL_EVENTS):
         raise ValueError(f"unknown progress event {event!r}")
@@ -115,6 +122,7 @@ async def publish_event(
             str(PROGRESS_TTL_SECONDS),
             str(EVENT_LOG_MAXLEN),
             "" if attempt is None else str(attempt),
+            "1" if hands_over else "",
             *hash_fields,
         ),
     )
@@ -147,6 +155,7 @@ async def publish_requeued(redis: Redis, analysis_id: uuid.UUID | str, *, next_a
         "progress",
         {"status": "queued", "progress": 0, "stage": None},
         attempt=next_attempt,
+        hands_over=True,
     )
 
 

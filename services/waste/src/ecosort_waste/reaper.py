@@ -20,8 +20,9 @@ queue that KEDA scales on. The count can still run high for a moment (an upload 
 commit and its enqueue). An extra message is harmless but not free: the task is idempotent (one
 result, one event), but one that arrives while the analysis runs starts it over.
 
-The same loop deletes direct uploads that no analysis read (the API deletes those it reads),
-an hour after their form expired: they are originals, GPS and all.
+The same loop deletes direct uploads that no analysis was made from (the API deletes those
+analyses are made from, and those it refuses for good), an hour after their form expired: they
+are originals, GPS and all.
 """
 
 from __future__ import annotations
@@ -222,8 +223,9 @@ async def _messages_missing(session: AsyncSession, redis: Redis, broker: BrokerQ
 
 
 async def sweep_unread_uploads(storage: Storage, max_age_seconds: float) -> int:
-    """Direct uploads no analysis ever read: the API deletes the ones it reads, so what is left
-    under `incoming/` past the age is an original (GPS and all) nobody will ask for."""
+    """Direct uploads no analysis was made from: the API deletes the ones it makes analyses from
+    (or refuses for good), so what is left under `incoming/` past the age is an original (GPS
+    and all) nobody will ask for."""
     cutoff = datetime.now(UTC) - timedelta(seconds=max_age_seconds)
     deleted = await asyncio.to_thread(storage.delete_prefix, INCOMING, cutoff)
     if deleted:

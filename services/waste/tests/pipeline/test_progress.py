@@ -118,6 +118,9 @@ async def test_a_run_given_up_on_is_not_heard_and_its_stage_is_gone(redis: Redis
     assert await progress.publish_event(redis, analysis_id, "progress", claimed, attempt=2) == 3
     events = await progress.read_events(redis, analysis_id)
     assert [(e.seq, e.data["stage"]) for e in events] == [(1, "guide"), (2, None), (3, "load")]
+    # A re-queue that comes late, after the run it hands over to has started, is not heard.
+    assert await progress.publish_requeued(redis, analysis_id, next_attempt=2) == 3
+    assert (await progress.read_state(redis, analysis_id))["status"] == "processing"
 
 
 def test_a_hub_keeps_the_state_as_the_hash_has_it() -> None:
