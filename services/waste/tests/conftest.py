@@ -4,6 +4,7 @@ import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from fastapi import FastAPI
 from ecosort_common.testing import free_port, service_fixtures
 from ecosort_waste.config import Settings
 from ecosort_waste.main import create_app
+from ecosort_waste.storage import image_prefix
 
 token_issuer, settings, app, client = service_fixtures("ecosort_waste", Settings, create_app)
 
@@ -107,3 +109,9 @@ def gate() -> Iterator[Gate]:
     held = Gate()
     yield held
     held.release()  # a failed test leaves no thread waiting
+
+
+def stored_images(app: FastAPI, owner: uuid.UUID) -> set[str]:
+    """The keys of the sanitised photos stored for `owner` (local storage)."""
+    folder = Path(app.state.storage.root) / image_prefix(owner)
+    return {f"{image_prefix(owner)}{path.name}" for path in folder.glob("*.jpg")}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from ecosort_waste.api.routes.analyses import poll_analysis
 from ecosort_waste.models import Analysis, Correction
 from ecosort_waste.progress import publish_event
 
-from .conftest import Gate
+from .conftest import Gate, stored_images
 
 API = "/api/v1/waste"
 PROBLEM = "application/problem+json"
@@ -232,11 +231,6 @@ async def test_100_concurrent_duplicates_create_exactly_one(
     assert len({r.json()["id"] for r in responses}) == 1
     assert await count_owned(app, user.id) == 1
     assert len(enqueued) == 1
-
-
-def stored_images(app: FastAPI, owner: uuid.UUID) -> set[str]:
-    folder = Path(app.state.storage.root) / "images" / str(owner)
-    return {f"images/{owner}/{path.name}" for path in folder.glob("*.jpg")}
 
 
 async def test_unreadable_exif_is_no_reason_to_refuse_a_photo(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +18,7 @@ from ecosort_common.testing import TokenIssuer
 from ecosort_waste.models import Analysis
 from ecosort_waste.storage import ObjectNotFound
 
-from .conftest import Gate
+from .conftest import Gate, stored_images
 
 API = "/api/v1/waste"
 
@@ -130,11 +129,6 @@ async def row_of(app: FastAPI, created: Any) -> Analysis:
         found = await session.get(Analysis, uuid.UUID(created.json()["id"]))
     assert found is not None
     return found
-
-
-def stored_images(app: FastAPI, owner: uuid.UUID) -> set[str]:
-    folder = Path(app.state.storage.root) / "images" / str(owner)
-    return {f"images/{owner}/{path.name}" for path in folder.glob("*.jpg")}
 
 
 async def count_owned(app: FastAPI, owner: uuid.UUID) -> int:
