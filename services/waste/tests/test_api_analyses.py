@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text, update
 from starlette.routing import Match
 
 from ecosort_common.testing import TokenIssuer
-from ecosort_waste import images
+from ecosort_waste import crud, images
 from ecosort_waste.api.routes.analyses import poll_analysis
 from ecosort_waste.models import Analysis, Correction
 from ecosort_waste.progress import publish_event
@@ -444,3 +444,17 @@ async def test_status_read_checks_the_id_and_the_token_and_is_documented(
         "$ref": "#/components/schemas/AnalysisView"
     }
     assert [p["name"] for p in operation["parameters"]] == ["analysis_id"]
+
+
+async def test_a_conflict_with_a_row_since_deleted_is_a_409(
+    client: AsyncClient, user: User, enqueued: list[uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The insert conflicted, and the row it conflicted with went before it could be read (its
+    owner's account was deleted meanwhile): a problem to send again, not a crash."""
+
+    async def conflicting(*args: object, **kwargs: object) -> None:
+        return None  # ON CONFLICT DO NOTHING: another request's row holds the key or upload
+
+    monkeypatch.setattr(crud, "insert_analysis", conflicting)
+    assert_problem(await upload(client, user, jpeg(27)), 409)
+    assert enqueued == []

@@ -158,6 +158,7 @@ async def _store_and_insert(
         # stays. (Or, from a replica without the key lock during a rollout, the key.) Its
         # answer is ours.
         settled = await _settled(session, new)
-        assert settled is not None, "a conflicting insert implies a committed row"
+        if settled is None:  # that row is gone already: its owner's account was deleted
+            raise Problem(409, "This request conflicted with one since undone; send it again.")
         return settled
     return Outcome(new_id, "queued", created=True)  # as inserted: no need to read it back
