@@ -38,9 +38,8 @@ _STATE_FIELDS = ("status", "stage", "progress")
 # seq instead. An empty value removes the field (no stage).
 # KEYS: state hash, event stream. ARGV: analysis id, event, data JSON, ttl, maxlen, the run's
 # attempt (empty: none), "1" if the event hands over to that run, then field/value pairs for
-# the hash. The published JSON is assembled
-# here because `data` is already JSON text; the id is a UUID and the event a fixed word, so
-# nothing needs escaping.
+# the hash. The published JSON is assembled here because `data` is already JSON text; the id is
+# a UUID and the event a fixed word, so nothing needs escaping.
 _PUBLISH_SCRIPT = (
     """
 local status = redis.call('HGET', KEYS[1], 'status')
