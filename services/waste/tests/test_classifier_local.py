@@ -16,10 +16,17 @@ import pytest
 from PIL import Image
 
 from ecosort_waste import images, pipeline
+from ecosort_waste.classifier import head as head_module
 from ecosort_waste.classifier import onnx_options
 from ecosort_waste.classifier.categories import CATEGORY_CODES, TRASHNET_TO_CATEGORY
 from ecosort_waste.classifier.decision import decide
-from ecosort_waste.classifier.head import HeadError, current_head_path, load_head, save_head
+from ecosort_waste.classifier.head import (
+    HeadError,
+    current_head_path,
+    load_head,
+    publish_head,
+    save_head,
+)
 from ecosort_waste.classifier.imagenet_map import IMAGENET_TO_CATEGORY
 from ecosort_waste.classifier.local import MODELS_DIR, ONNX_FILES, LocalClassifier, OnnxBackbone
 from ecosort_waste.classifier.preprocess import to_rgb
@@ -361,6 +368,59 @@ def test_head_for_another_backbone_is_refused(tmp_path: Path) -> None:
     (heads / "current").write_text("head-v1.npz\n")
     with pytest.raises(HeadError):
         LocalClassifier(heads_dir=heads)
+
+
+@pytest.mark.parametrize(
+    ("pointer", "file_bytes"),
+    [
+        ("head-v2.npz\n", None),  # names a file that is not there
+        ("head-v2.npz\n", b"PK\x03\x04 cut short"),  # a file cut short
+        ("not a head\n", None),
+        (None, None),  # no pointer at all
+    ],
+    ids=["missing-file", "truncated-file", "garbage-pointer", "no-pointer"],
+)
+def test_a_bad_retrain_leaves_the_running_head_answering(
+    tmp_path: Path, pointer: str | None, file_bytes: bytes | None
+) -> None:
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    shutil.copy(current_head_path(MODELS_DIR / "heads"), heads / "head-v1.npz")
+    (heads / "current").write_text("head-v1.npz\n")
+    running = LocalClassifier(heads_dir=heads)
+    photo = Image.new("RGB", (64, 64), "white")
+    before = running.classify(photo)
+
+    if file_bytes is not None:
+        (heads / "head-v2.npz").write_bytes(file_bytes)
+    if pointer is None:
+        (heads / "current").unlink()
+    else:
+        (heads / "current").write_text(pointer)
+
+    assert running.classify(photo) == before  # head-v1 still answers
+    shutil.copy(heads / "head-v1.npz", heads / "head-v3.npz")
+    (heads / "current").write_text("head-v3.npz\n")
+    assert running.classify(photo).head_version == "head-v3"  # and a good one is taken up
+
+
+def test_a_published_version_is_never_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two trainers publishing at once both find head-v2 next: the second takes head-v3."""
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    (heads / "head-v2.npz").write_bytes(b"the other trainer's head")
+    names = iter(["head-v2.npz", "head-v3.npz"])
+    monkeypatch.setattr(head_module, "next_version_path", lambda folder: folder / next(names))
+
+    path = publish_head(load_head(current_head_path(MODELS_DIR / "heads")), heads)
+
+    assert path == heads / "head-v3.npz"
+    assert (heads / "head-v2.npz").read_bytes() == b"the other trainer's head"
+    assert (heads / "current").read_text().strip() == "head-v3.npz"
+    assert load_head(path).version == "head-v3"
+    assert sorted(p.name for p in heads.iterdir()) == ["current", "head-v2.npz", "head-v3.npz"]
 
 
 @needs_photos

@@ -57,8 +57,10 @@ class Settings(ServiceSettings):
     guidance_attempts: int = Field(default=3, gt=0)
     guidance_cache_seconds: float = Field(default=300.0, ge=0)
     guidance_down_cooldown_seconds: float = Field(default=5.0, ge=0)
-    # Remote providers; a failing one falls back to the local model.
+    # Remote providers; a failing one falls back to the local model, and so does one that has
+    # not answered, retries included, within the deadline (the person is waiting).
     remote_min_confidence: float = Field(default=0.5, ge=0, le=1)
+    remote_classifier_deadline_seconds: float = Field(default=30.0, gt=0)
     openai_api_key: str = ""
     openai_model: str = "gpt-4o-mini"
     openai_base_url: str = ""

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ def load_head(path: Path) -> Head:
                     first_stage=first,
                     first_stage_accept=float(data["first_stage_accept"]),
                 )
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise HeadError(f"cannot read head file {path}: {exc}") from exc
     return _check(head, path)
 
@@ -154,13 +155,25 @@ def next_version_path(heads_dir: Path) -> Path:
 
 def publish_head(head: Head, heads_dir: Path) -> Path:
     """Write `head` as the next version, then switch `current` to it atomically (rename), so a
-    running service never reads a half-written pointer."""
+    running service never reads a half-written pointer or file. A version, once written, is
+    never written again: a second trainer publishing at the same time takes the next one."""
     heads_dir.mkdir(parents=True, exist_ok=True)
-    path = next_version_path(heads_dir)
-    save_head(head, path)
-    with tempfile.NamedTemporaryFile("w", dir=heads_dir, delete=False) as tmp:
-        tmp.write(path.name + "\n")
-    # NamedTemporaryFile is private (0600); the pointer must be readable by the service user.
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, heads_dir / CURRENT_POINTER)
+    with tempfile.NamedTemporaryFile(suffix=".npz", dir=heads_dir, delete=False) as tmp:
+        staged = Path(tmp.name)
+    try:
+        save_head(head, staged)
+        os.chmod(staged, 0o644)  # private as created; the service user must read it
+        while True:
+            path = next_version_path(heads_dir)
+            try:
+                os.link(staged, path)  # fails, where rename would replace, if the name is taken
+                break
+            except FileExistsError:
+                continue
+    finally:
+        staged.unlink()
+    with tempfile.NamedTemporaryFile("w", dir=heads_dir, delete=False) as pointer:
+        pointer.write(path.name + "\n")
+    os.chmod(pointer.name, 0o644)
+    os.replace(pointer.name, heads_dir / CURRENT_POINTER)
     return path

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import structlog
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -18,6 +19,8 @@ from .categories import mapping_note
 from .decision import answer, is_sure
 from .head import Head, HeadError, current_head_path, load_head
 from .onnx_options import session_options
+
+log = structlog.get_logger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent / "artifacts"
 # The head reads the pooled features of both networks side by side (MODEL_CARD.md, round 6:
@@ -97,22 +100,38 @@ class LocalClassifier:
         self._lock = threading.Lock()
         self._head_path: Path | None = None
         self._head: Head | None = None
+        # The pointer's target last refused, and why: not read again until the pointer moves.
+        self._refused_path: Path | None = None
+        self._refused_reason = ""
         self.head  # noqa: B018 - fail at start-up, not on the first photo, if the head is unusable
 
     @property
     def head(self) -> Head:
-        """The head the `current` pointer names, reloaded when a retrain moves the pointer."""
-        path = current_head_path(self.heads_dir)
+        """The head the `current` pointer names, reloaded when a retrain moves the pointer.
+        A pointer or file that cannot be used keeps the head already loaded (logged once per
+        pointer): a bad retrain must not stop the photos a good head was answering."""
         with self._lock:
-            if path != self._head_path or self._head is None:
-                head = load_head(path)
-                first = head.first_stage
-                if (head.backbone_sha256 and head.backbone_sha256 != self.backbones.sha256) or (
-                    first is not None and first.backbone_sha256 != self.backbones.members[0].sha256
-                ):
-                    raise HeadError(f"{path.name} was trained on other backbone files")
-                self._head, self._head_path = head, path
+            path: Path | None = None
+            try:
+                path = current_head_path(self.heads_dir)
+                if self._head is None or path not in (self._head_path, self._refused_path):
+                    self._head, self._head_path = self._load(path), path
+            except HeadError as exc:
+                if self._head is None:
+                    raise  # at start-up: there is nothing to keep
+                if str(exc) != self._refused_reason:
+                    log.error("classifier.head_not_reloaded", reason=str(exc))
+                self._refused_path, self._refused_reason = path, str(exc)
             return self._head
+
+    def _load(self, path: Path) -> Head:
+        head = load_head(path)
+        first = head.first_stage
+        if (head.backbone_sha256 and head.backbone_sha256 != self.backbones.sha256) or (
+            first is not None and first.backbone_sha256 != self.backbones.members[0].sha256
+        ):
+            raise HeadError(f"{path.name} was trained on other backbone files")
+        return head
 
     def classify(self, image: Image.Image) -> Classification:
         head = self.head

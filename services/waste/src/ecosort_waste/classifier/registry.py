@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,11 @@ def providers() -> list[str]:
 # The local model is loaded once per process, and only when it is first needed.
 
 LOCAL = "local"
+# Remote calls run on threads of their own so that a late one can be given up on: a provider
+# answering byte by byte is bounded only per read by its client's timeout. A call given up on
+# keeps its thread until that timeout ends it; with all of them taken, the next photo waits its
+# deadline and falls back too.
+REMOTE_CALL_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -66,11 +72,16 @@ class ClassifierRegistry:
         *,
         local_loader: Callable[[], Classifier],
         remote: Classifier | None = None,
+        remote_deadline_seconds: float = 30.0,
     ) -> None:
         if provider != LOCAL and remote is None:
             raise ValueError(f"provider {provider!r} needs its remote classifier")
         self.provider = provider
         self._remote = remote
+        self.remote_deadline_seconds = remote_deadline_seconds
+        self._remote_calls = (
+            ThreadPoolExecutor(REMOTE_CALL_THREADS, "remote-classifier") if remote else None
+        )
         self._local_loader = local_loader
         self._local: Classifier | None = None
         self._lock = threading.Lock()
@@ -82,19 +93,26 @@ class ClassifierRegistry:
             return self._local
 
     def classify(self, image: Image.Image) -> ProviderAnswer:
-        """The configured provider's answer, or the local model's when a remote one fails.
-        Raises ProviderError only when the local model fails too."""
-        if self._remote is None:
+        """The configured provider's answer, or the local model's when a remote one fails or
+        takes longer than `remote_deadline_seconds` in all. Raises ProviderError only when the
+        local model fails too."""
+        if self._remote is None or self._remote_calls is None:
             return ProviderAnswer(self._classify_locally(image), LOCAL)
+        call = self._remote_calls.submit(self._remote.classify, image)
         try:
-            return ProviderAnswer(self._remote.classify(image), self.provider)
+            return ProviderAnswer(call.result(self.remote_deadline_seconds), self.provider)
+        except TimeoutError:
+            reason = f"no answer within {self.remote_deadline_seconds:g} s"
         except ProviderError as exc:
-            log.warning("classifier.fallback_to_local", provider=self.provider, reason=str(exc))
-            try:
-                local = self._classify_locally(image)
-            except ProviderError as local_exc:
-                raise ProviderError(f"{exc}; fallback {local_exc}") from local_exc
-            return ProviderAnswer(local, LOCAL, fallback_reason=str(exc))
+            reason = str(exc)
+        except Exception as exc:  # an answer it could not make sense of is a failure like any
+            reason = f"{type(exc).__name__}: {exc}"
+        log.warning("classifier.fallback_to_local", provider=self.provider, reason=reason)
+        try:
+            local = self._classify_locally(image)
+        except ProviderError as local_exc:
+            raise ProviderError(f"{reason}; fallback {local_exc}") from local_exc
+        return ProviderAnswer(local, LOCAL, fallback_reason=reason)
 
     def _classify_locally(self, image: Image.Image) -> Classification:
         try:
@@ -152,4 +170,9 @@ def registry_from_settings(
         )
     else:
         raise ValueError(f"unknown CLASSIFIER_PROVIDER {provider!r}")
-    return ClassifierRegistry(provider, local_loader=loader, remote=remote)
+    return ClassifierRegistry(
+        provider,
+        local_loader=loader,
+        remote=remote,
+        remote_deadline_seconds=settings.remote_classifier_deadline_seconds,
+    )
