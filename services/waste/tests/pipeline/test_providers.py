@@ -5,6 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -12,11 +18,12 @@ import pytest
 import respx
 from PIL import Image
 
+from ecosort_waste.classifier import roboflow_provider
 from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.categories import CATEGORY_CODES
 from ecosort_waste.classifier.openai_provider import create_openai_classifier
 from ecosort_waste.classifier.registry import ClassifierRegistry, registry_from_settings
-from ecosort_waste.classifier.remote import ProviderError
+from ecosort_waste.classifier.remote import ProviderError, ranked_classification
 from ecosort_waste.classifier.roboflow_provider import RoboflowClassifier
 from ecosort_waste.config import Settings
 
@@ -29,6 +36,40 @@ ROBOFLOW_MODEL_URL = f"{ROBOFLOW}/taco-trash/3"
 @pytest.fixture
 def photo() -> Image.Image:
     return Image.open(io.BytesIO(photo_bytes()))
+
+
+@contextmanager
+def raw_server(status: int, headers: dict[str, str], body: bytes) -> Iterator[str]:
+    """A stand-in server answering every POST with exactly these bytes: what FakeThirdParties,
+    which always answers JSON, cannot (a redirect, a non-JSON body, an unparseable one)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def openai_answer(content: str) -> dict[str, Any]:
+    """The recorded completion with another structured answer as its content."""
+    answer = recording("openai_chat_completion_can.json")
+    answer["choices"][0]["message"]["content"] = content
+    return answer
 
 
 def openai_for(fake: FakeThirdParties, **overrides: Any) -> Any:
@@ -124,14 +165,60 @@ def test_openai_times_out(third_parties: FakeThirdParties, photo: Image.Image) -
                 }
             ],
         },
+        # Shapes the SDK passes through unparsed (a str, a list, a message of None).
+        "captive portal",
+        [],
+        {
+            **recording("openai_chat_completion_can.json"),
+            "choices": [{"index": 0, "finish_reason": "stop", "message": None}],
+        },
+        {**recording("openai_chat_completion_can.json"), "choices": 5},
+        # Nested past any parser's recursion limit.
+        openai_answer("[" * 100_000),
     ],
 )
 def test_openai_unusable_answers_are_provider_errors(
-    third_parties: FakeThirdParties, photo: Image.Image, answer: dict[str, Any]
+    third_parties: FakeThirdParties, photo: Image.Image, answer: Any
 ) -> None:
     third_parties.openai_responses = [(200, answer)]
     with pytest.raises(ProviderError):
         openai_for(third_parties).classify(photo)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [("text/html", b"<html>captive portal</html>"), ("application/json", b"[" * 100_000)],
+)
+def test_openai_unparseable_bodies_are_provider_errors(
+    third_parties: FakeThirdParties, photo: Image.Image, content_type: str, body: bytes
+) -> None:
+    with (
+        raw_server(200, {"Content-Type": content_type}, body) as url,
+        pytest.raises(ProviderError, match="not a chat completion"),
+    ):
+        openai_for(third_parties, base_url=f"{url}/v1").classify(photo)
+
+
+def test_openai_does_not_follow_redirects(
+    third_parties: FakeThirdParties, photo: Image.Image
+) -> None:
+    # Following a 307 would re-POST the photo and the key to whatever host the Location names.
+    elsewhere = f"{third_parties.url}/v1/chat/completions"
+    with (
+        raw_server(307, {"Location": elsewhere}, b"") as url,
+        pytest.raises(ProviderError, match="307"),
+    ):
+        openai_for(third_parties, base_url=f"{url}/v1", max_retries=0).classify(photo)
+    assert third_parties.chat_requests() == []
+
+
+def test_openai_without_a_model_in_the_answer_records_the_configured_one(
+    third_parties: FakeThirdParties, photo: Image.Image
+) -> None:
+    answer = recording("openai_chat_completion_can.json")
+    del answer["model"]
+    third_parties.openai_responses = [(200, answer)]
+    assert openai_for(third_parties).classify(photo).model_version == "openai:gpt-4o-mini"
 
 
 def test_openai_low_confidence_is_not_sure(
@@ -146,6 +233,40 @@ def test_openai_low_confidence_is_not_sure(
     result = openai_for(third_parties).classify(photo)
     assert result.not_sure and result.category is None
     assert [c.category for c in result.candidates] == ["plastic", "vinyl"]
+
+
+@pytest.mark.parametrize(
+    ("content", "category", "candidates"),
+    [
+        # A candidate more confident than the model's own category wins, and so is not unsure.
+        (
+            '{"category":"can","confidence":0.4,"candidates":[{"category":"general",'
+            '"confidence":0.7},{"category":"can","confidence":0.4}],"item":"x","note":""}',
+            "general",
+            [("general", 0.7), ("can", 0.4)],
+        ),
+        # Not sure: the candidates are still best first, ties by code, each code once.
+        (
+            '{"category":"can","confidence":0.3,"candidates":[{"category":"paper",'
+            '"confidence":0.45},{"category":"general","confidence":0.45},{"category":"can",'
+            '"confidence":0.2}],"item":"x","note":""}',
+            None,
+            [("general", 0.45), ("paper", 0.45), ("can", 0.3)],
+        ),
+    ],
+)
+def test_openai_candidates_are_ranked_by_confidence(
+    third_parties: FakeThirdParties,
+    photo: Image.Image,
+    content: str,
+    category: str | None,
+    candidates: list[tuple[str, float]],
+) -> None:
+    third_parties.openai_responses = [(200, openai_answer(content))]
+    result = openai_for(third_parties).classify(photo)
+    assert (result.category, result.not_sure) == (category, category is None)
+    assert result.confidence == candidates[0][1]
+    assert [(c.category, c.confidence) for c in result.candidates] == candidates
 
 
 # --- roboflow -------------------------------------------------------------------------------
@@ -203,6 +324,12 @@ def test_roboflow_retries_server_errors(photo: Image.Image) -> None:
     assert route.call_count == 3
 
 
+def answer_with_confidence(confidence: str) -> httpx.Response:
+    return httpx.Response(
+        200, content=f'{{"predictions":[{{"class":"can","confidence":{confidence}}}]}}'.encode()
+    )
+
+
 @respx.mock
 @pytest.mark.parametrize(
     ("response", "calls"),
@@ -211,6 +338,15 @@ def test_roboflow_retries_server_errors(photo: Image.Image) -> None:
         (httpx.Response(500), 3),
         (httpx.Response(200, json=recording("roboflow_detection_empty.json")), 1),
         (httpx.Response(200, text="not json"), 1),
+        (httpx.Response(200, content=b"[" * 100_000), 1),
+        (httpx.Response(200, json={"predictions": None}), 1),
+        (httpx.Response(200, json={"predictions": [{"class": {"a": 1}, "confidence": 0.9}]}), 1),
+        # Confidences must be real numbers in [0, 1]; Infinity would also break the saved JSON.
+        *(
+            (answer_with_confidence(c), 1)
+            for c in ("7.5", "-0.3", "true", '"0.9"', "Infinity", "NaN")
+        ),
+        (httpx.Response(200, json={"predictions": {"can": {"confidence": 1.5}}}), 1),
     ],
 )
 def test_roboflow_failures_are_provider_errors(
@@ -220,6 +356,80 @@ def test_roboflow_failures_are_provider_errors(
     with pytest.raises(ProviderError):
         roboflow().classify(photo)
     assert route.call_count == calls
+
+
+def trickle(chunks: int, size: int, pause: float = 0.0) -> Iterator[bytes]:
+    """A valid answer padded with whitespace, sent in `chunks` pieces `pause` seconds apart."""
+    answer = b'{"predictions":[{"class":"can","confidence":0.9}]}'
+    for _ in range(chunks - 1):
+        yield b" " * size
+        time.sleep(pause)
+    yield answer
+
+
+@respx.mock
+def test_roboflow_stops_reading_past_the_body_cap(photo: Image.Image) -> None:
+    sent = trickle(chunks=100, size=1000)
+    respx.post(ROBOFLOW_MODEL_URL).respond(200, content=sent)
+    with pytest.raises(ProviderError, match="larger than 5000 bytes"):
+        roboflow(max_body_bytes=5000).classify(photo)
+    assert len(list(sent)) > 90  # the rest was never read
+
+
+@respx.mock
+def test_roboflow_stops_a_trickling_answer_at_the_deadline(photo: Image.Image) -> None:
+    # Each read is quick, so only a deadline for the whole answer catches this.
+    respx.post(ROBOFLOW_MODEL_URL).respond(200, content=trickle(chunks=40, size=1, pause=0.05))
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match=r"took over 0\.2 s"):
+        roboflow(deadline_seconds=0.2).classify(photo)
+    assert time.monotonic() - started < 1
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    ("retry_after", "low", "high"),
+    [("0.3", 0.3, 0.3), (None, 0.01, 0.01), ("soon", 0.01, 0.01), ("date", 0.5, 2.0)],
+)
+def test_roboflow_waits_as_long_as_retry_after_asks(
+    photo: Image.Image,
+    monkeypatch: pytest.MonkeyPatch,
+    retry_after: str | None,
+    low: float,
+    high: float,
+) -> None:
+    if retry_after == "date":  # the HTTP-date form, about two seconds from now
+        retry_after = format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)
+    pauses: list[float] = []
+    monkeypatch.setattr(roboflow_provider.time, "sleep", pauses.append)
+    route = respx.post(ROBOFLOW_MODEL_URL)
+    route.side_effect = [
+        httpx.Response(429, headers={"Retry-After": retry_after} if retry_after else {}),
+        httpx.Response(200, json=recording("roboflow_detection_can.json")),
+    ]
+    assert roboflow().classify(photo).category == "can"
+    (pause,) = pauses
+    assert low <= pause <= high
+
+
+@respx.mock
+def test_roboflow_gives_up_when_retry_after_is_too_long(
+    photo: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(roboflow_provider.time, "sleep", pauses.append)
+    route = respx.post(ROBOFLOW_MODEL_URL).respond(503, headers={"Retry-After": "60"})
+    with pytest.raises(ProviderError, match="retry after 60 s"):
+        roboflow(max_retry_after_seconds=1).classify(photo)
+    assert (route.call_count, pauses) == (1, [])
+
+
+@pytest.mark.parametrize("confidence", [float("inf"), float("nan"), 1.5, -0.1, True])
+def test_ranked_classification_refuses_impossible_confidences(confidence: Any) -> None:
+    with pytest.raises(ProviderError, match="confidence"):
+        ranked_classification(
+            [("can", confidence)], min_confidence=0.5, model_version="x:1", mapping_note=""
+        )
 
 
 def test_roboflow_refuses_a_class_map_with_unknown_codes() -> None:

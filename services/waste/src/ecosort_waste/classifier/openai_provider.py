@@ -2,14 +2,14 @@
 
 Structured output (`response_format` of type `json_schema`, strict) makes the model answer with
 exactly our schema and only our codes; the answer is still validated here, because a provider
-that says otherwise is a provider error, not a category. Timeouts and retries (with backoff)
-are the SDK's own.
+that says otherwise is a provider error, not a category. Timeouts and retries (with backoff,
+honouring Retry-After) are the SDK's own; the body is parsed here, strictly, because the SDK
+passes a malformed one through as a str, a list or a half-built object.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any, Literal
 
 import openai
@@ -59,6 +59,22 @@ def response_schema() -> dict[str, Any]:
     }
 
 
+# The parts of a chat completion we read; anything else in it may change without harm.
+class _Message(BaseModel):
+    content: str | None = None
+    refusal: str | None = None
+
+
+class _Choice(BaseModel):
+    finish_reason: str | None = None
+    message: _Message
+
+
+class _Completion(BaseModel):
+    model: str | None = None
+    choices: list[_Choice]
+
+
 class _Candidate(BaseModel):
     category: str
     confidence: float = Field(ge=0, le=1)
@@ -94,7 +110,7 @@ class OpenAIClassifier:
     def classify(self, image: Image.Image) -> Classification:
         data_url = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(image)).decode()
         try:
-            completion = self._client.chat.completions.create(
+            raw = self._client.chat.completions.with_raw_response.create(
                 model=self._model,
                 messages=[
                     {"role": "system", "content": INSTRUCTIONS},
@@ -120,11 +136,12 @@ class OpenAIClassifier:
             )
         except openai.OpenAIError as exc:  # connection, timeout, 4xx/5xx after the SDK's retries
             raise ProviderError(f"openai: {type(exc).__name__}: {exc}") from exc
+        completion = _parse_completion(raw.content)
         answer = _parse_answer(completion)
         return ranked_classification(
             _ranked(answer),
             min_confidence=self._min_confidence,
-            model_version=f"openai:{completion.model}",
+            model_version=f"openai:{completion.model or self._model}",
             mapping_note=_mapping_note(answer),
         )
 
@@ -139,36 +156,61 @@ def create_openai_classifier(
     min_confidence: float = 0.5,
 ) -> OpenAIClassifier:
     client = openai.OpenAI(
-        api_key=api_key, base_url=base_url, timeout=timeout_seconds, max_retries=max_retries
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout_seconds,
+        max_retries=max_retries,
+        # The SDK's client follows redirects, which would re-POST the photo (and the key) to
+        # wherever a Location header points; a redirect is an error here.
+        http_client=openai.DefaultHttpxClient(timeout=timeout_seconds, follow_redirects=False),
     )
     return OpenAIClassifier(client, model=model, min_confidence=min_confidence)
 
 
-def _parse_answer(completion: Any) -> _Answer:
+def _parse_completion(body: bytes) -> _Completion:
+    try:
+        return _Completion.model_validate_json(body)
+    except ValidationError as exc:  # also not JSON at all, or nested past the parser's limit
+        raise ProviderError(f"openai: not a chat completion: {_first_error(exc)}") from exc
+
+
+def _parse_answer(completion: _Completion) -> _Answer:
     if not completion.choices:
         raise ProviderError("openai: no choices in the answer")
-    message = completion.choices[0].message
-    if getattr(message, "refusal", None):
-        raise ProviderError(f"openai: refused: {message.refusal}")
-    if completion.choices[0].finish_reason != "stop" or not message.content:
-        raise ProviderError(f"openai: incomplete answer ({completion.choices[0].finish_reason})")
+    choice = completion.choices[0]
+    if choice.message.refusal:
+        raise ProviderError(f"openai: refused: {choice.message.refusal}")
+    if choice.finish_reason != "stop" or not choice.message.content:
+        raise ProviderError(f"openai: incomplete answer ({choice.finish_reason})")
     try:
-        answer = _Answer.model_validate(json.loads(message.content))
-    except (ValueError, ValidationError) as exc:
-        raise ProviderError(f"openai: answer does not match the schema: {exc}") from exc
+        answer = _Answer.model_validate_json(choice.message.content)
+    except ValidationError as exc:
+        reason = _first_error(exc)
+        raise ProviderError(f"openai: answer does not match the schema: {reason}") from exc
     unknown = {answer.category, *(c.category for c in answer.candidates)} - set(CATEGORY_CODES)
     if unknown:
         raise ProviderError(f"openai: unknown category codes {sorted(unknown)}")
     return answer
 
 
+def _first_error(exc: ValidationError) -> str:
+    """Where and what, without echoing the (possibly huge) input."""
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "body"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {error['msg']}{more}"
+
+
 def _ranked(answer: _Answer) -> list[tuple[str, float]]:
-    """The answer first, then the other candidates best first, each code once."""
-    ranked = [(answer.category, answer.confidence)]
-    for candidate in sorted(answer.candidates, key=lambda c: c.confidence, reverse=True):
-        if candidate.category not in {category for category, _ in ranked}:
-            ranked.append((candidate.category, candidate.confidence))
-    return ranked
+    """The answer and its candidates, each code once at its highest confidence, best first
+    (ties by code): the model's `category` need not be its most confident one."""
+    best: dict[str, float] = {}
+    for category, confidence in [
+        (answer.category, answer.confidence),
+        *((c.category, c.confidence) for c in answer.candidates),
+    ]:
+        best[category] = max(confidence, best.get(category, 0.0))
+    return sorted(best.items(), key=lambda item: (-item[1], item[0]))
 
 
 def _mapping_note(answer: _Answer) -> str:

@@ -4,6 +4,7 @@ answer with, and turning their ranked answers into a `Classification`."""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 from PIL import Image
@@ -11,7 +12,13 @@ from PIL import Image
 from ecosort_waste.classifier.base import Candidate, Classification
 from ecosort_waste.classifier.categories import CATEGORY_CODES
 
-__all__ = ["CATEGORY_CODES", "ProviderError", "jpeg_bytes", "ranked_classification"]
+__all__ = [
+    "CATEGORY_CODES",
+    "ProviderError",
+    "checked_confidence",
+    "jpeg_bytes",
+    "ranked_classification",
+]
 
 CANDIDATE_COUNT = 3
 
@@ -26,6 +33,17 @@ def jpeg_bytes(image: Image.Image, *, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
+def checked_confidence(value: object) -> float:
+    """A provider's confidence, or ValueError: a bool or a string is not a confidence, and NaN,
+    Infinity or a value outside [0, 1] is nonsense (Infinity would also break the JSON the result
+    is saved as)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"confidence is not a number but {type(value).__name__}")
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise ValueError(f"confidence {value!r} is outside [0, 1]")
+    return float(value)
+
+
 def ranked_classification(
     ranked: Sequence[tuple[str, float]],
     *,
@@ -37,6 +55,10 @@ def ranked_classification(
     answer is "not sure" with the candidates instead of a guess, like the local provider."""
     if not ranked:
         raise ProviderError("the provider recognised nothing it could map to a category")
+    try:
+        ranked = [(category, checked_confidence(confidence)) for category, confidence in ranked]
+    except ValueError as exc:
+        raise ProviderError(f"{model_version}: {exc}") from exc
     best_category, best_confidence = ranked[0]
     not_sure = best_confidence < min_confidence
     return Classification(

@@ -8,7 +8,9 @@ them into our category codes; classes we cannot map are ignored.
 from __future__ import annotations
 
 import base64
+import json
 import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -18,6 +20,7 @@ from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.remote import (
     CATEGORY_CODES,
     ProviderError,
+    checked_confidence,
     jpeg_bytes,
     ranked_classification,
 )
@@ -48,6 +51,12 @@ DEFAULT_CLASS_MAP: dict[str, str] = {
     "trash": "general",
 }
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# A prediction list for one photo is a few KB; a body far past that is not an answer we want,
+# and reading it whole would hold the worker's memory hostage.
+MAX_BODY_BYTES = 1_000_000
+# Longest Retry-After we wait for; a server asking for more gets no retry (the photo falls back
+# to the local model) rather than parking the worker.
+MAX_RETRY_AFTER_SECONDS = 5.0
 
 
 class RoboflowClassifier:
@@ -66,6 +75,9 @@ class RoboflowClassifier:
         min_confidence: float = 0.5,
         attempts: int = 3,
         backoff_seconds: float = 0.2,
+        deadline_seconds: float = 10.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS,
     ) -> None:
         class_map = {name.lower(): code for name, code in (class_map or DEFAULT_CLASS_MAP).items()}
         unknown = set(class_map.values()) - set(CATEGORY_CODES)
@@ -79,6 +91,11 @@ class RoboflowClassifier:
         self._min_confidence = min_confidence
         self._attempts = attempts
         self._backoff_seconds = backoff_seconds
+        # The client's timeout bounds each read; this bounds one whole attempt, so a server
+        # trickling its body a byte at a time cannot hold the worker indefinitely.
+        self._deadline_seconds = deadline_seconds
+        self._max_body_bytes = max_body_bytes
+        self._max_retry_after_seconds = max_retry_after_seconds
 
     def classify(self, image: Image.Image) -> Classification:
         body = base64.b64encode(jpeg_bytes(image))
@@ -96,24 +113,46 @@ class RoboflowClassifier:
     def _post_with_retry(self, body: bytes) -> dict[str, Any]:
         reason = "no attempt made"
         for attempt in range(1, self._attempts + 1):
+            pause = self._backoff_seconds * 2 ** (attempt - 1)
+            started = time.monotonic()
             try:
-                response = self._http.post(
+                with self._http.stream(
+                    "POST",
                     self._url,
                     params={"api_key": self._api_key, "confidence": 10},
                     content=body,
                     headers={"Content-Type": "application/x-www-form-urlencoded"},
-                )
+                ) as response:
+                    if response.status_code == 200:
+                        return _json_object(self._read_body(response, started))
+                    reason = f"HTTP {response.status_code}"
+                    if response.status_code not in RETRYABLE_STATUS:
+                        break  # a bad key or a missing model will not get better by asking again
+                    retry_after = _retry_after_seconds(response.headers)
+                    if retry_after is not None:
+                        if retry_after > self._max_retry_after_seconds:
+                            reason += f" (asked to retry after {retry_after:.0f} s)"
+                            break  # waiting would park the worker; the local model answers now
+                        pause = max(pause, retry_after)
             except httpx.TransportError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    return _json_object(response)
-                reason = f"HTTP {response.status_code}"
-                if response.status_code not in RETRYABLE_STATUS:
-                    break  # a bad key or a missing model will not get better by asking again
             if attempt < self._attempts:
-                time.sleep(self._backoff_seconds * 2 ** (attempt - 1))
+                time.sleep(pause)
         raise ProviderError(f"roboflow: {reason}")
+
+    def _read_body(self, response: httpx.Response, started: float) -> bytes:
+        """The body, streamed: at most `max_body_bytes`, and done within `deadline_seconds` of
+        `started` (the monotonic time the request began)."""
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self._max_body_bytes:
+                raise ProviderError(f"roboflow: answer larger than {self._max_body_bytes} bytes")
+            if time.monotonic() - started > self._deadline_seconds:
+                raise ProviderError(f"roboflow: answer took over {self._deadline_seconds:g} s")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _ranked(self, answer: dict[str, Any]) -> list[tuple[str, float]]:
         """Best confidence per mapped category, best first."""
@@ -125,14 +164,31 @@ class RoboflowClassifier:
         return sorted(best.items(), key=lambda item: item[1], reverse=True)
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
+def _retry_after_seconds(headers: httpx.Headers) -> float | None:
+    """Retry-After as seconds from now (it is either seconds or an HTTP date); None when absent
+    or unreadable, and then the usual backoff applies."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
     try:
-        body = response.json()
-    except ValueError as exc:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise ProviderError("roboflow: answer is not JSON") from exc
-    if not isinstance(body, dict) or "predictions" not in body:
+    if not isinstance(answer, dict) or "predictions" not in answer:
         raise ProviderError("roboflow: answer has no predictions")
-    return body
+    return answer
 
 
 def _predictions(answer: dict[str, Any]) -> list[tuple[str, float]]:
@@ -141,10 +197,18 @@ def _predictions(answer: dict[str, Any]) -> list[tuple[str, float]]:
     predictions = answer["predictions"]
     try:
         if isinstance(predictions, dict):
-            return [(str(name), float(p["confidence"])) for name, p in predictions.items()]
-        return [(str(p["class"]), float(p["confidence"])) for p in predictions]
+            pairs = [(name, p["confidence"]) for name, p in predictions.items()]
+        else:
+            pairs = [(p["class"], p["confidence"]) for p in predictions]
+        return [(_class_name(name), checked_confidence(value)) for name, value in pairs]
     except (KeyError, TypeError, ValueError) as exc:
         raise ProviderError(f"roboflow: malformed prediction: {exc}") from exc
+
+
+def _class_name(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"class is not a string but {type(value).__name__}")
+    return value
 
 
 def create_roboflow_classifier(
@@ -164,4 +228,5 @@ def create_roboflow_classifier(
         api_key=api_key,
         class_map=class_map,
         min_confidence=min_confidence,
+        deadline_seconds=timeout_seconds,
     )
