@@ -57,11 +57,21 @@ class RecordedRequest:
 Responder = Callable[[RecordedRequest], tuple[int, Any]]
 
 
+@dataclass(frozen=True)
+class RawReply:
+    """An answer sent as these exact bytes, for what a JSON body cannot be: a redirect, a body
+    that is not JSON, one nested past any parser's limit."""
+
+    headers: dict[str, str]
+    body: bytes = b""
+
+
 @dataclass
 class FakeThirdParties:
     """One local HTTP server: `POST /v1/chat/completions` answers like OpenAI (from recordings),
     `GET /api/v1/recycling/categories/{code}` like recycling. Tests steer it:
-    `openai_responses` is a queue of answers (the last one repeats), `hang_openai` holds OpenAI
+    `openai_responses` is a queue of (status, JSON body or RawReply) answers (the last one
+    repeats), `hang_openai` holds OpenAI
     calls until released, `recycling_down` answers 503."""
 
     port: int = field(default_factory=free_port)
@@ -107,11 +117,14 @@ def serve(fake: FakeThirdParties) -> ThreadingHTTPServer:
                 self.command, self.path, dict(self.headers.items()), self.rfile.read(length)
             )
             status, body = fake.respond(request)
-            payload = json.dumps(body).encode()
+            if isinstance(body, RawReply):
+                headers, payload = body.headers, body.body
+            else:
+                headers, payload = {"Content-Type": "application/json"}, json.dumps(body).encode()
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
+                for name, value in {**headers, "Content-Length": str(len(payload))}.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
             except (BrokenPipeError, ConnectionResetError):

@@ -7,10 +7,8 @@ import io
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -27,7 +25,7 @@ from ecosort_waste.classifier.remote import ProviderError, ranked_classification
 from ecosort_waste.classifier.roboflow_provider import RoboflowClassifier
 from ecosort_waste.config import Settings
 
-from .conftest import FakeThirdParties, photo_bytes, recording
+from .conftest import FakeThirdParties, RawReply, photo_bytes, recording
 
 ROBOFLOW = "https://detect.roboflow.test"
 ROBOFLOW_MODEL_URL = f"{ROBOFLOW}/taco-trash/3"
@@ -36,33 +34,6 @@ ROBOFLOW_MODEL_URL = f"{ROBOFLOW}/taco-trash/3"
 @pytest.fixture
 def photo() -> Image.Image:
     return Image.open(io.BytesIO(photo_bytes()))
-
-
-@contextmanager
-def raw_server(status: int, headers: dict[str, str], body: bytes) -> Iterator[str]:
-    """A stand-in server answering every POST with exactly these bytes: what FakeThirdParties,
-    which always answers JSON, cannot (a redirect, a non-JSON body, an unparseable one)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(status)
-            for name, value in {**headers, "Content-Length": str(len(body))}.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def openai_answer(content: str) -> dict[str, Any]:
@@ -192,24 +163,20 @@ def test_openai_unusable_answers_are_provider_errors(
 def test_openai_unparseable_bodies_are_provider_errors(
     third_parties: FakeThirdParties, photo: Image.Image, content_type: str, body: bytes
 ) -> None:
-    with (
-        raw_server(200, {"Content-Type": content_type}, body) as url,
-        pytest.raises(ProviderError, match="not a chat completion"),
-    ):
-        openai_for(third_parties, base_url=f"{url}/v1").classify(photo)
+    third_parties.openai_responses = [(200, RawReply({"Content-Type": content_type}, body))]
+    with pytest.raises(ProviderError, match="not a chat completion"):
+        openai_for(third_parties).classify(photo)
 
 
 def test_openai_does_not_follow_redirects(
     third_parties: FakeThirdParties, photo: Image.Image
 ) -> None:
     # Following a 307 would re-POST the photo and the key to whatever host the Location names.
-    elsewhere = f"{third_parties.url}/v1/chat/completions"
-    with (
-        raw_server(307, {"Location": elsewhere}, b"") as url,
-        pytest.raises(ProviderError, match="307"),
-    ):
-        openai_for(third_parties, base_url=f"{url}/v1", max_retries=0).classify(photo)
-    assert third_parties.chat_requests() == []
+    elsewhere = f"{third_parties.url}/v1/chat/completions?followed"
+    third_parties.openai_responses = [(307, RawReply({"Location": elsewhere}))]
+    with pytest.raises(ProviderError, match="307"):
+        openai_for(third_parties, max_retries=0).classify(photo)
+    assert [r.path for r in third_parties.requests] == ["/v1/chat/completions"]
 
 
 def test_openai_without_a_model_in_the_answer_records_the_configured_one(

@@ -54,17 +54,18 @@ async def analysis_events(
         status = await crud.owned_status(session, analysis_id, owner)
     if status is None:
         raise Problem(404, f"No analysis {analysis_id}.", title="Analysis not found")
-    state = await read_state(redis, analysis_id)
-    seq = int(state.get("seq", 0))
     after_seq = _parse_last_event_id(last_event_id)
-    if after_seq > seq:
-        # An id past the log's last one was given by a log since lost (Redis restarted, the
-        # entries expired): the client has seen none of this log's events.
-        after_seq = 0
-    if after_seq > 0 and state.get("status") in FINAL_STATUSES and after_seq >= seq:
-        # An EventSource reconnects after every close; 204 is the SSE way to say "stop". Without
-        # it, each reconnection would be answered with the final event again, for ever.
-        return Response(status_code=204)
+    if after_seq > 0:  # a reconnection: what has the log seen since?
+        state = await read_state(redis, analysis_id)
+        seq = int(state.get("seq", 0))
+        if after_seq > seq:
+            # An id past the log's last one was given by a log since lost (Redis restarted, the
+            # entries expired): the client has seen none of this log's events.
+            after_seq = 0
+        elif after_seq == seq and state.get("status") in FINAL_STATUSES:
+            # An EventSource reconnects after every close; 204 is the SSE way to say "stop".
+            # Without it, each reconnection would get the final event again, for ever.
+            return Response(status_code=204)
 
     async def final_state() -> ProgressEvent | None:
         """The final event from the database, published if the log lacks it, so that a
