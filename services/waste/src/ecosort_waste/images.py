@@ -13,7 +13,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Final
 
-import numpy as np
 import pillow_heif
 import structlog
 from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
@@ -225,6 +224,9 @@ def _to_eight_bits(image: Image.Image, key: object) -> Image.Image:
     grey = image.point(lambda value: value / 256).convert("L")
     if isinstance(key, int):
         # The key is a 16-bit value: matched before scaling merges 256 values into one.
+        # Imported here: numpy costs the API ~10 MB at start, for a kind of PNG seldom seen.
+        import numpy as np
+
         opaque = (np.asarray(image) != key).astype(np.uint8) * 255
         grey.putalpha(Image.fromarray(opaque))
     return grey
