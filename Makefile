@@ -41,7 +41,7 @@ lint-k8s: install  ## render and validate charts, manifests, Dockerfiles and ska
 	$(UV) run --frozen python -m ecosort_k8scheck
 
 train-head: install  ## retrain the classifier head from the shared photos and stored corrections
-	$(UV) run --frozen python -m ecosort_waste train-head
+	$(UV) run --frozen ecosort-stack exec waste -- python -m ecosort_waste train-head $(ARGS)
 
 eval-search: install  ## top-1 accuracy of recycling item search over the query set
 	$(UV) run --frozen python -m ecosort_recycling eval-search

@@ -57,6 +57,18 @@ class LocalStack:
     records: list[ProcessRecord] = field(default_factory=list)
     output: list[str] = field(default_factory=list)
 
+    def exec(self, service: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        """`ecosort-stack exec <service> -- argv`: a one-off command with its local settings."""
+        return subprocess.run(
+            [str(STACK_COMMAND), "exec", service, "--", *argv],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
 
 def _read_lines(process: subprocess.Popen[str], sink: list[str], ready: threading.Event) -> None:
     assert process.stdout is not None

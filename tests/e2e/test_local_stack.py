@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from ecosort_devstack.config import SERVICE_PORTS
+
+if TYPE_CHECKING:
+    from tests.conftest import LocalStack
 
 PROBLEM = "application/problem+json"
 SERVICES = list(SERVICE_PORTS)
@@ -63,3 +69,27 @@ def test_gateway_body_limit_comes_from_the_ingress(gateway_url: str) -> None:
     # auth's Ingress allows 64k: nginx refuses more before the service sees it.
     response = httpx.post(f"{gateway_url}/api/v1/auth/dev/login", content=b"{" * 70_000)
     assert_problem(response, 413)
+
+
+def test_exec_runs_a_command_with_the_running_services_settings(local_stack: LocalStack) -> None:
+    """`make train-head` reads corrections through `ecosort-stack exec waste`: it must reach the
+    database and folders the running worker uses, not the settings' defaults."""
+    (worker,) = [record for record in local_stack.records if record.name == "worker"]
+    running = _environment_of(worker.pid)
+    printed = local_stack.exec("waste", sys.executable, "-c", PRINT_SETTINGS)
+    assert printed.returncode == 0, printed.stderr
+    settings = json.loads(printed.stdout)
+    assert settings == {name: running.get(name) for name in SHARED_SETTINGS}
+    assert settings["DATABASE_URL"] and settings["DATA_DIR"]
+
+
+SHARED_SETTINGS = ("DATABASE_URL", "REDIS_URL", "DATA_DIR", "CLASSIFIER_HEADS_DIR", "STORAGE_BACKEND")
+PRINT_SETTINGS = (
+    f"import json, os; print(json.dumps({{n: os.environ.get(n) for n in {SHARED_SETTINGS!r}}}))"
+)
+
+
+def _environment_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (entry.split(b"=", 1) for entry in raw.split(b"\0") if b"=" in entry)
+    return {name.decode(): value.decode() for name, value in pairs}

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
+from itertools import groupby
 from pathlib import Path
 
 import structlog
@@ -31,29 +34,60 @@ log = structlog.get_logger(__name__)
 async def export_corrections(
     sessionmaker: async_sessionmaker[AsyncSession], storage: Storage, folder: Path
 ) -> list[tuple[Path, str]]:
-    """(photo file, corrected category) for every corrected analysis: it has one correction,
-    the latest (`corrections.analysis_id` is unique)."""
-    query = select(Correction.analysis_id, Correction.category, Analysis.image_key).join(
-        Analysis, Analysis.id == Correction.analysis_id
+    """(photo file, corrected category) for every distinct corrected photo.
+
+    An analysis has at most one correction (`corrections.analysis_id` is unique), but one photo
+    can be uploaded and corrected many times: stored images are addressed by their bytes, so
+    such uploads share an `image_sha256`. Each photo counts once, under its most frequent
+    correction (a tie between categories drops it), so that one photo corrected five times
+    cannot make a new class on its own.
+    """
+    query = (
+        select(Correction.category, Analysis.image_key, Analysis.image_sha256)
+        .join(Analysis, Analysis.id == Correction.analysis_id)
+        .order_by(Analysis.image_sha256, Correction.created_at)
     )
     async with sessionmaker() as session:
         rows = (await session.execute(query)).all()
     examples: list[tuple[Path, str]] = []
-    for row in rows:
-        try:
-            data = await asyncio.to_thread(storage.get, row.image_key)
-        except ObjectNotFound:
-            log.warning("train_head.photo_missing", analysis_id=str(row.analysis_id))
+    for image_sha256, corrections in groupby(rows, key=lambda row: row.image_sha256):
+        group = list(corrections)
+        category = _agreed_category([row.category for row in group])
+        if category is None:
+            log.warning("train_head.photo_disputed", image_sha256=image_sha256)
             continue
-        try:
-            decode_stored(data)  # as the worker reads it; training would stop on a bad one
-        except (UnidentifiedImageError, OSError):
-            log.warning("train_head.photo_unreadable", analysis_id=str(row.analysis_id))
+        data = await _readable_photo(storage, [row.image_key for row in group])
+        if data is None:
             continue
-        path = folder / f"{row.analysis_id}.jpg"
+        path = folder / f"{image_sha256}.jpg"
         path.write_bytes(data)
-        examples.append((path, row.category))
+        examples.append((path, category))
     return examples
+
+
+def _agreed_category(categories: list[str]) -> str | None:
+    ranked = Counter(categories).most_common(2)
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        return None
+    return ranked[0][0]
+
+
+async def _readable_photo(storage: Storage, keys: list[str]) -> bytes | None:
+    """The first of one photo's stored copies that exists and decodes as the worker reads it
+    (training would stop on a bad one)."""
+    for key in dict.fromkeys(keys):
+        try:
+            data = await asyncio.to_thread(storage.get, key)
+        except ObjectNotFound:
+            log.warning("train_head.photo_missing", image_key=key)
+            continue
+        try:
+            decode_stored(data)
+        except (UnidentifiedImageError, OSError):
+            log.warning("train_head.photo_unreadable", image_key=key)
+            continue
+        return data
+    return None
 
 
 async def _stored_corrections(folder: Path) -> list[tuple[Path, str]]:
@@ -82,6 +116,11 @@ def train_head_command(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--limit-per-class", type=int, help="use only this many photos per class (a quick check)"
     )
+    parser.add_argument(
+        "--no-corrections",
+        action="store_true",
+        help="train on the shared photos alone, without reading the database",
+    )
     args = parser.parse_args(argv)
     from ecosort_waste.classifier.training import train_head  # onnxruntime: only when training
 
@@ -90,13 +129,20 @@ def train_head_command(argv: Sequence[str]) -> int:
         Path(settings.classifier_heads_dir) if settings.classifier_heads_dir else None
     )
     with tempfile.TemporaryDirectory(prefix="ecosort-corrections-") as folder:
-        try:
-            corrections = asyncio.run(_stored_corrections(Path(folder)))
-        except (OSError, SQLAlchemyError) as exc:
-            # No database here (a fresh checkout): the shared photos alone still make a head.
-            print(f"cannot read stored corrections ({type(exc).__name__}): shared photos only")
-            corrections = []
-        print(f"stored corrections with their photos: {len(corrections)}")
+        corrections: list[tuple[Path, str]] = []
+        if not args.no_corrections:
+            try:
+                corrections = asyncio.run(_stored_corrections(Path(folder)))
+            except (OSError, SQLAlchemyError) as exc:
+                # A head published without the corrections would silently undo them.
+                print(
+                    f"cannot read the stored corrections ({type(exc).__name__}); is the "
+                    "database up (`make run`)? To train on the shared photos alone, pass "
+                    "--no-corrections.",
+                    file=sys.stderr,
+                )
+                return 2
+            print(f"stored corrections with their photos: {len(corrections)}")
         path = train_head(
             corrections,
             photos=args.photos,

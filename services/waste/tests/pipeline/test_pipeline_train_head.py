@@ -4,6 +4,7 @@ photos, and a new versioned head is published that the local classifier then use
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -47,6 +48,7 @@ async def corrected_analysis(
     analysis_id, owner_id = uuid.uuid4(), uuid.uuid4()
     key = f"analyses/{analysis_id}.jpg"
     data = photo_bytes(photo)
+    # Stored images are named by their bytes: the same photo uploaded again has the same sha256.
     if store:
         storage_from_settings(settings).put(key, data, "image/jpeg")
     async with sessionmaker() as session, session.begin():
@@ -57,7 +59,7 @@ async def corrected_analysis(
                 status="completed",
                 progress=100,
                 image_key=key,
-                image_sha256="0" * 64,
+                image_sha256=hashlib.sha256(data).hexdigest(),
             )
         )
         await session.flush()
@@ -69,11 +71,9 @@ async def test_export_takes_each_correction_with_its_stored_photo(
     sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
     settings = Settings(data_dir=str(tmp_path / "data"))
-    plastic = await corrected_analysis(sessionmaker, settings, "plastic/plastic10.jpg", "pet_clear")
-    glass = await corrected_analysis(sessionmaker, settings, "glass/glass2.jpg", "glass_bottle")
-    lost = await corrected_analysis(
-        sessionmaker, settings, "trash/trash100.jpg", "general", store=False
-    )
+    await corrected_analysis(sessionmaker, settings, "plastic/plastic10.jpg", "pet_clear")
+    await corrected_analysis(sessionmaker, settings, "glass/glass2.jpg", "glass_bottle")
+    await corrected_analysis(sessionmaker, settings, "trash/trash100.jpg", "general", store=False)
     unreadable = await corrected_analysis(
         sessionmaker, settings, "trash/trash101.jpg", "general", store=False
     )
@@ -85,11 +85,54 @@ async def test_export_takes_each_correction_with_its_stored_photo(
 
     examples = await export_corrections(sessionmaker, storage_from_settings(settings), folder)
 
-    by_name = {path.stem: code for path, code in examples}
-    assert by_name[str(plastic)] == "pet_clear" and by_name[str(glass)] == "glass_bottle"
-    assert str(lost) not in by_name and str(unreadable) not in by_name  # not a reason to stop
+    # The lost and the unreadable photo are skipped: not a reason to stop.
+    assert sorted(code for _, code in examples) == ["glass_bottle", "pet_clear"]
     for path, _ in examples:
         Image.open(io.BytesIO(path.read_bytes())).verify()
+
+
+async def test_a_photo_counts_once_under_its_most_frequent_correction(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    for _ in range(5):  # one battery photo, uploaded and corrected five times
+        await corrected_analysis(sessionmaker, settings, "metal/metal5.jpg", "battery")
+    for code in ("can", "can", "scrap_metal"):
+        await corrected_analysis(sessionmaker, settings, "metal/metal6.jpg", code)
+    for code in ("plastic", "pet_clear"):  # a tie: nothing to learn from
+        await corrected_analysis(sessionmaker, settings, "plastic/plastic7.jpg", code)
+    folder = tmp_path / "export"
+    folder.mkdir()
+
+    examples = await export_corrections(sessionmaker, storage_from_settings(settings), folder)
+
+    assert sorted(code for _, code in examples) == ["battery", "can"]
+    assert len({path.read_bytes() for path, _ in examples}) == 2
+
+
+async def test_train_head_stops_when_the_corrections_cannot_be_read(tmp_path: Path) -> None:
+    """Publishing a head without them would undo every correction people made."""
+    heads = tmp_path / "heads"
+    shutil.copytree(MODELS_DIR / "heads", heads)
+    before = sorted(path.name for path in heads.iterdir())
+
+    finished = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "ecosort_waste", "train-head", "--limit-per-class", "2"],
+        env={
+            **os.environ,
+            "DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/nothing",
+            "CLASSIFIER_HEADS_DIR": str(heads),
+            "WASTE_PHOTOS_DIR": str(SHARED_PHOTOS),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert finished.returncode == 2, finished.stdout[-2000:]
+    assert "--no-corrections" in finished.stderr
+    assert sorted(path.name for path in heads.iterdir()) == before
 
 
 async def test_train_head_publishes_a_new_version_the_classifier_picks_up(

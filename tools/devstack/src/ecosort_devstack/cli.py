@@ -1,16 +1,18 @@
-"""`ecosort-stack up | down | gateway-config`: the command behind `make run` and `make stop`."""
+"""`ecosort-stack up | down | exec | gateway-config`: the command behind `make run`, `make stop`
+and `make train-head`."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from signal import SIGHUP, SIGINT, SIGTERM
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from ecosort_devstack.config import StackConfig
+from ecosort_devstack.config import SERVICE_PORTS, StackConfig
 from ecosort_devstack.errors import StackError
 from ecosort_devstack.shutdown import down
 
@@ -74,6 +76,15 @@ def run_up(config: StackConfig) -> int:
     return 0
 
 
+def run_exec(config: StackConfig, service: str, command: list[str]) -> NoReturn:
+    from ecosort_devstack.stack import running_service_env
+
+    command = command[1:] if command[:1] == ["--"] else command
+    if not command:
+        raise StackError("exec: name the command to run after the service")
+    os.execvpe(command[0], command, running_service_env(config, service))
+
+
 def run_gateway_config(config: StackConfig) -> int:
     from ecosort_devstack.ingress import load_routes
     from ecosort_devstack.nginx_conf import render_nginx_conf
@@ -104,6 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start everything; Ctrl-C stops it")
     sub.add_parser("down", help="stop a stack started in another terminal")
+    run = sub.add_parser(
+        "exec", help="run a command with a service's local settings (its database, data folder…)"
+    )
+    run.add_argument("service", choices=SERVICE_PORTS)
+    run.add_argument("program", nargs=argparse.REMAINDER, help="-- the command and its arguments")
     sub.add_parser("gateway-config", help="print the nginx.conf generated from ingress/")
     args = parser.parse_args(argv)
     try:
@@ -112,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_up(config)
         if args.command == "down":
             return down(config, say=_say)
+        if args.command == "exec":
+            run_exec(config, args.service, args.program)
         return run_gateway_config(config)
     except (StackError, FileNotFoundError, ValueError) as exc:
         print(f"ecosort-stack: error: {exc}", file=sys.stderr, flush=True)

@@ -204,6 +204,12 @@ def reachable_distribution(home: Path, user: str | None) -> Path:
     return installed
 
 
+def embedded_url(port: int) -> URL:
+    return URL.create(
+        "postgresql+psycopg", username="postgres", host="127.0.0.1", port=port, database="postgres"
+    )
+
+
 @dataclass(frozen=True)
 class EmbeddedPostgres:
     """The embedded server's files and how to start it; the launcher owns the process."""
@@ -217,13 +223,7 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> URL:
-        return URL.create(
-            "postgresql+psycopg",
-            username="postgres",
-            host="127.0.0.1",
-            port=self.port,
-            database="postgres",
-        )
+        return embedded_url(self.port)
 
     def initialise(self) -> None:
         """initdb once; later runs find PG_VERSION and keep their data."""

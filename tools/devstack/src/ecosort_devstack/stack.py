@@ -51,6 +51,26 @@ SERVER_READY_TIMEOUT_S = 30.0
 Say = Callable[[str], None]
 
 
+def _service_env(config: StackConfig, service: str, server: URL, redis_url: str) -> dict[str, str]:
+    database_url = per_service_database_url(service) or postgres.service_url(
+        server, config.database_name(service)
+    )
+    config.data_dir(service).mkdir(parents=True, exist_ok=True)
+    return service_env(config, service, database_url=database_url, redis_url=redis_url)
+
+
+def running_service_env(config: StackConfig, service: str) -> dict[str, str]:
+    """The environment `up` gives `service`, for a one-off command against the stack
+    (`ecosort-stack exec waste -- python -m ecosort_waste train-head`): the same database,
+    Redis, data folder and secrets as the running service."""
+    if config.external_database_url:
+        server = postgres.parse_url(config.external_database_url, "DATABASE_URL")
+    else:
+        server = postgres.embedded_url(config.postgres_port)
+    redis_url = config.external_redis_url or valkey.embedded_url(config.valkey_port)
+    return _service_env(config, service, server, redis_url)
+
+
 @dataclass
 class StackInfo:
     """What `up` prints once everything answers."""
@@ -239,11 +259,7 @@ class Stack:
     # ------------------------------------------------------------ services
 
     def _service_env(self, service: str, server: URL, redis_url: str) -> dict[str, str]:
-        database_url = per_service_database_url(service) or postgres.service_url(
-            server, self.config.database_name(service)
-        )
-        self.config.data_dir(service).mkdir(parents=True, exist_ok=True)
-        return service_env(self.config, service, database_url=database_url, redis_url=redis_url)
+        return _service_env(self.config, service, server, redis_url)
 
     def _migrate(self, service: str, env: dict[str, str]) -> None:
         if not self.config.always_migrate and is_up_to_date(service, env["DATABASE_URL"]):

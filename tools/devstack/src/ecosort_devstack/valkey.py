@@ -25,6 +25,10 @@ def valkey_binary() -> Path:
     return binary
 
 
+def embedded_url(port: int) -> str:
+    return f"redis://127.0.0.1:{port}/0"
+
+
 @dataclass(frozen=True)
 class EmbeddedValkey:
     data_dir: Path
@@ -32,7 +36,7 @@ class EmbeddedValkey:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return embedded_url(self.port)
 
     def command(self) -> list[str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
