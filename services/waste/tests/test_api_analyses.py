@@ -11,7 +11,8 @@ import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 from PIL import ExifTags, Image
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 from starlette.routing import Match
 
 from ecosort_common.testing import TokenIssuer
@@ -421,6 +422,39 @@ async def test_concurrent_corrections_leave_one_and_never_fail(
     assert {r.json()["id"] for r in responses} == {str(stored.id)}
 
 
+async def test_a_correction_holds_its_analysis_against_an_account_deletion(
+    app: FastAPI,
+    client: AsyncClient,
+    user: User,
+    enqueued: list[uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`user.deleted` removes the owner's analyses: one removed between the ownership check and
+    the correction's insert would fail the insert (a 500). The check holds the row instead."""
+    analysis_id = (await upload(client, user, jpeg(12))).json()["id"]
+    await complete(app, analysis_id, {"category": "can", "confidence": 0.5, "candidates": []})
+    deletion: list[str] = []
+    store = crud.set_correction
+
+    async def deleted_meanwhile(*args: Any) -> Any:
+        async with app.state.sessionmaker() as other, other.begin():
+            await other.execute(text("SET LOCAL lock_timeout = '300ms'"))
+            try:
+                await other.execute(delete(Analysis).where(Analysis.id == uuid.UUID(analysis_id)))
+                deletion.append("deleted")
+            except DBAPIError:
+                deletion.append("waited")
+        return await store(*args)
+
+    monkeypatch.setattr(crud, "set_correction", deleted_meanwhile)
+    path = f"{API}/analyses/{analysis_id}/feedback"
+
+    response = await client.post(path, headers=user.headers, json={"category": "scrap_metal"})
+
+    assert response.status_code == 201, response.text
+    assert deletion == ["waited"]
+
+
 async def test_status_read_checks_the_id_and_the_token_and_is_documented(
     app: FastAPI, client: AsyncClient, user: User
 ) -> None:
@@ -430,6 +464,7 @@ async def test_status_read_checks_the_id_and_the_token_and_is_documented(
         await client.get(f"{API}/analyses/not-a-uuid", headers=user.headers), 422
     )
     assert "analysis_id" in str(malformed)
+    assert_problem(await client.get(f"{API}/analyses/not-a-uuid"), 401)  # the token first
     assert_problem(await client.get(f"{API}/analyses/{uuid.uuid4()}"), 401)
     assert_problem(await client.get(f"{API}/analyses/{uuid.uuid4()}", headers=user.headers), 404)
     path = f"{API}/analyses/{uuid.uuid4()}"

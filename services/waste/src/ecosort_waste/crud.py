@@ -15,10 +15,15 @@ from ecosort_waste.models import Analysis, Correction, analyses
 
 
 async def get_owned(
-    session: AsyncSession, analysis_id: uuid.UUID, owner_id: uuid.UUID
+    session: AsyncSession, analysis_id: uuid.UUID, owner_id: uuid.UUID, *, keep: bool = False
 ) -> Analysis | None:
-    """The analysis if ``owner_id`` owns it; someone else's is as good as missing."""
+    """The analysis if ``owner_id`` owns it; someone else's is as good as missing.
+
+    ``keep``: until the transaction ends, the row cannot be deleted (the owner's account
+    removed), so a correction written in it still finds its analysis."""
     stmt = select(Analysis).where(Analysis.id == analysis_id, Analysis.owner_id == owner_id)
+    if keep:
+        stmt = stmt.with_for_update(key_share=True)
     return (await session.execute(stmt)).scalar_one_or_none()
 
 

@@ -232,6 +232,7 @@ async def poll_analysis(request: Request) -> Response:
     """`GET /analyses/{analysis_id}`, the path every polling client hits, as a plain Starlette
     handler: FastAPI's per-request dependency resolution was a third of its CPU time
     (bench/README.md). It runs the same authentication dependency, called directly."""
+    user = await current_principal(request)  # first, as on every route: 401 before 422
     raw_id = request.path_params["analysis_id"]
     try:
         analysis_id = uuid.UUID(raw_id)
@@ -246,7 +247,6 @@ async def poll_analysis(request: Request) -> Response:
                 }
             ]
         ) from None
-    user = await current_principal(request)
     state = request.app.state
     hub: ProgressHub = state.progress_hub
     views: AnalysisViewCache = state.analysis_views
@@ -350,7 +350,7 @@ async def add_feedback(
     session: DbSession,
     response: Response,
 ) -> CorrectionView:
-    analysis = await _owned_or_404(session, analysis_id, user.user_id)
+    analysis = await _owned_or_404(session, analysis_id, user.user_id, keep=True)
     if analysis.status not in FINAL_STATUSES:
         # Nothing to correct yet; a failed analysis may still be told what its photo shows.
         raise Problem(
@@ -366,9 +366,9 @@ async def add_feedback(
 
 
 async def _owned_or_404(
-    session: AsyncSession, analysis_id: uuid.UUID, owner_id: uuid.UUID
+    session: AsyncSession, analysis_id: uuid.UUID, owner_id: uuid.UUID, *, keep: bool = False
 ) -> Analysis:
-    analysis = await crud.get_owned(session, analysis_id, owner_id)
+    analysis = await crud.get_owned(session, analysis_id, owner_id, keep=keep)
     if analysis is None:
         # Someone else's analysis gets the same answer as a missing one: ids are not disclosed.
         raise Problem(404, f"No analysis {analysis_id}.", title="Analysis not found")
