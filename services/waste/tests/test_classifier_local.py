@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
+import os
 import re
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -421,6 +425,27 @@ def test_a_published_version_is_never_written_again(
     assert (heads / "current").read_text().strip() == "head-v3.npz"
     assert load_head(path).version == "head-v3"
     assert sorted(p.name for p in heads.iterdir()) == ["current", "head-v2.npz", "head-v3.npz"]
+
+
+def test_trainers_publishing_together_leave_current_on_the_highest_version(
+    tmp_path: Path,
+) -> None:
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    shipped = current_head_path(MODELS_DIR / "heads")
+    # Another trainer is publishing: it holds the folder's lock and has chosen head-v1.
+    folder = os.open(heads, os.O_RDONLY)
+    fcntl.flock(folder, fcntl.LOCK_EX)
+    with ThreadPoolExecutor(1) as pool:
+        publishing = pool.submit(publish_head, load_head(shipped), heads)
+        time.sleep(0.3)
+        assert not publishing.done()  # it waits for its turn
+        shutil.copy(shipped, heads / "head-v1.npz")
+        (heads / "current").write_text("head-v1.npz\n")
+        os.close(folder)
+
+        assert publishing.result(timeout=30) == heads / "head-v2.npz"
+    assert (heads / "current").read_text().strip() == "head-v2.npz"
 
 
 @needs_photos

@@ -4,6 +4,7 @@ not-sure threshold)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -155,25 +156,39 @@ def next_version_path(heads_dir: Path) -> Path:
 
 def publish_head(head: Head, heads_dir: Path) -> Path:
     """Write `head` as the next version, then switch `current` to it atomically (rename), so a
-    running service never reads a half-written pointer or file. A version, once written, is
-    never written again: a second trainer publishing at the same time takes the next one."""
+    running service never reads a half-written pointer or file.
+
+    Trainers publishing at the same time take turns under a lock on the folder: each takes the
+    next free version and points `current` at it, so `current` ends on the highest version
+    (without the lock, the trainer that chose its number first could switch the pointer last).
+    A version, once written, is never written again (`os.link` fails where rename would
+    replace), even by a trainer on another host of a shared folder."""
     heads_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(suffix=".npz", dir=heads_dir, delete=False) as tmp:
         staged = Path(tmp.name)
     try:
         save_head(head, staged)
         os.chmod(staged, 0o644)  # private as created; the service user must read it
-        while True:
-            path = next_version_path(heads_dir)
-            try:
-                os.link(staged, path)  # fails, where rename would replace, if the name is taken
-                break
-            except FileExistsError:
-                continue
+        folder = os.open(heads_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)  # released when closed
+            path = _link_next_version(staged, heads_dir)
+            with tempfile.NamedTemporaryFile("w", dir=heads_dir, delete=False) as pointer:
+                pointer.write(path.name + "\n")
+            os.chmod(pointer.name, 0o644)
+            os.replace(pointer.name, heads_dir / CURRENT_POINTER)
+        finally:
+            os.close(folder)
     finally:
         staged.unlink()
-    with tempfile.NamedTemporaryFile("w", dir=heads_dir, delete=False) as pointer:
-        pointer.write(path.name + "\n")
-    os.chmod(pointer.name, 0o644)
-    os.replace(pointer.name, heads_dir / CURRENT_POINTER)
     return path
+
+
+def _link_next_version(staged: Path, heads_dir: Path) -> Path:
+    while True:
+        path = next_version_path(heads_dir)
+        try:
+            os.link(staged, path)
+            return path
+        except FileExistsError:  # a trainer elsewhere that the lock does not reach took it
+            continue
