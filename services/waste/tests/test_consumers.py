@@ -13,10 +13,21 @@ from httpx import AsyncClient
 
 from ecosort_common.outbox import stream_name
 from ecosort_common.testing import TokenIssuer
+from ecosort_waste import crud
 from ecosort_waste.config import Settings
 from ecosort_waste.storage import image_key
 
-from .test_api_analyses import API, User, complete, jpeg, row, upload
+from .conftest import stored_images
+from .test_api_analyses import (
+    API,
+    User,
+    assert_problem,
+    complete,
+    count_owned,
+    jpeg,
+    row,
+    upload,
+)
 from .test_api_uploads import gps_png, post_form, ticket
 
 
@@ -84,3 +95,42 @@ async def test_user_deleted_removes_their_unread_direct_uploads(
         await asyncio.sleep(0.1)
     assert not (uploads / "incoming" / str(leaving.id)).exists()
     assert all(path.exists() for path in originals[staying.id])
+
+
+@pytest.mark.usefixtures("enqueued")
+@pytest.mark.parametrize("key", [None, "after-deletion"])
+async def test_a_deleted_accounts_token_creates_nothing(
+    app: FastAPI, client: AsyncClient, token_issuer: TokenIssuer, key: str | None
+) -> None:
+    """Auth revokes the person's sessions on its own copy of `user.deleted`: until it has, their
+    token still passes. Nothing it creates could be removed by a later event."""
+    leaving = User(token_issuer)
+    await app.state.redis.xadd(stream_name("user.deleted"), user_deleted(leaving.id))
+    for _ in range(100):
+        async with app.state.sessionmaker() as session:
+            if await crud.is_deleted(session, leaving.id):
+                break
+        await asyncio.sleep(0.1)
+
+    refused = await upload(client, leaving, jpeg(5), key=key)
+
+    assert_problem(refused, 410)
+    assert await count_owned(app, leaving.id) == 0
+    assert stored_images(app, leaving.id) == set()
+
+
+@pytest.mark.usefixtures("enqueued")
+async def test_an_upload_during_the_deletion_waits_for_it_and_is_refused(
+    app: FastAPI, client: AsyncClient, token_issuer: TokenIssuer
+) -> None:
+    leaving = User(token_issuer)
+    async with app.state.sessionmaker() as deletion:
+        await crud.delete_account(deletion, leaving.id)  # holds the account until it commits
+        uploading = asyncio.create_task(upload(client, leaving, jpeg(6)))
+        await asyncio.sleep(0.5)
+        assert not uploading.done()  # a row inserted now would escape the DELETE above
+        await deletion.commit()
+
+    assert_problem(await uploading, 410)
+    assert await count_owned(app, leaving.id) == 0
+    assert stored_images(app, leaving.id) == set()

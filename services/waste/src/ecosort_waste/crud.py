@@ -6,12 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Row, literal_column, or_, select, text
+from sqlalchemy import Boolean, Row, delete, exists, literal, literal_column, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.pagination import Page, page_of, paginate
-from ecosort_waste.models import Analysis, Correction, analyses
+from ecosort_waste.models import Analysis, Correction, DeletedUser, analyses
 
 
 async def get_owned(
@@ -61,9 +61,46 @@ async def find_earlier(
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
 
 
+# The account's lock: shared by every request creating an analysis for it, exclusive for its
+# deletion. A creation that got it first is committed, and seen by the deletion's DELETE; one
+# that waited sees the tombstone (its next statement reads after the deletion committed).
+_ACCOUNT = "hashtextextended('account:' || :owner, 0)"
+_HOLD_ACCOUNT = text(f"SELECT pg_advisory_xact_lock_shared({_ACCOUNT})")
+_LOCK_KEY_AND_HOLD_ACCOUNT = text(
+    f"SELECT pg_advisory_xact_lock(hashtextextended(:name, 0)), "
+    f"pg_advisory_xact_lock_shared({_ACCOUNT})"
+)
+_LOCK_ACCOUNT = text(f"SELECT pg_advisory_xact_lock({_ACCOUNT})")
+
+
 async def lock_idempotency_key(session: AsyncSession, owner_id: uuid.UUID, key: str) -> None:
-    """Wait for, then hold until the transaction ends, the one lock of (owner, key)."""
-    await session.execute(_LOCK, {"name": f"idempotency-key:{owner_id}:{key}"})
+    """Wait for, then hold until the transaction ends, the one lock of (owner, key), and the
+    owner's account lock (`hold_account`)."""
+    await session.execute(
+        _LOCK_KEY_AND_HOLD_ACCOUNT,
+        {"name": f"idempotency-key:{owner_id}:{key}", "owner": str(owner_id)},
+    )
+
+
+async def hold_account(session: AsyncSession, owner_id: uuid.UUID) -> None:
+    """Until the transaction ends, the owner's account cannot be deleted: call it before
+    inserting an analysis."""
+    await session.execute(_HOLD_ACCOUNT, {"owner": str(owner_id)})
+
+
+async def delete_account(session: AsyncSession, user_id: uuid.UUID) -> int:
+    """Leave the account's tombstone and delete its analyses (corrections go with them); the
+    number deleted. Waits for creations in flight to commit first."""
+    await session.execute(_LOCK_ACCOUNT, {"owner": str(user_id)})
+    await session.execute(insert(DeletedUser).values(user_id=user_id).on_conflict_do_nothing())
+    deleted = await session.execute(
+        delete(Analysis).where(Analysis.owner_id == user_id).returning(Analysis.id)
+    )
+    return len(deleted.all())
+
+
+async def is_deleted(session: AsyncSession, user_id: uuid.UUID) -> bool:
+    return bool(await session.scalar(select(exists().where(DeletedUser.user_id == user_id))))
 
 
 async def insert_analysis(
@@ -76,26 +113,31 @@ async def insert_analysis(
     request_hash: str | None,
     upload_id: uuid.UUID | None,
 ) -> uuid.UUID | None:
-    """Insert a queued analysis; None when (owner, idempotency key) or the upload id is taken.
+    """Insert a queued analysis; None when (owner, idempotency key) or the upload id is taken,
+    or the owner's account was deleted (`hold_account` first).
 
     ON CONFLICT DO NOTHING makes the database the arbiter: of any number of concurrent inserts
     with one key, or from one upload, exactly one succeeds; the others wait for it to commit and
     then do nothing. No conflict target, so that both unique constraints count.
     """
+    row = {
+        "id": uuid.uuid4(),
+        "owner_id": owner_id,
+        "status": "queued",
+        "progress": 0,
+        "image_key": image_key,
+        "image_sha256": image_sha256,
+        "idempotency_key": idempotency_key,
+        "request_hash": request_hash,
+        "upload_id": upload_id,
+    }
+    values = select(*(literal(value, analyses.c[name].type) for name, value in row.items())).where(
+        ~exists().where(DeletedUser.user_id == owner_id)
+    )
     # On the table, not the entity: the ORM's bulk-insert path was a tenth of an upload's CPU.
     stmt = (
         insert(analyses)
-        .values(
-            id=uuid.uuid4(),
-            owner_id=owner_id,
-            status="queued",
-            progress=0,
-            image_key=image_key,
-            image_sha256=image_sha256,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-            upload_id=upload_id,
-        )
+        .from_select(list(row), values)
         .on_conflict_do_nothing()
         .returning(analyses.c.id)
     )

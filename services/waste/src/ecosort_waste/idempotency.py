@@ -55,6 +55,11 @@ class UploadAlreadyUsed(Problem):
         )
 
 
+class AccountDeleted(Problem):
+    def __init__(self) -> None:
+        super().__init__(410, "This account has been deleted.", title="Account deleted")
+
+
 def unknown_upload() -> Problem:
     return Problem(
         422,
@@ -143,6 +148,8 @@ async def _store_and_insert(
 ) -> Outcome:
     key = image_key(new.owner_id, clean.sha256)
     await run_in_threadpool(storage.put, key, clean.data, clean.content_type)
+    if new.key is None:  # with a key, its lock holds the account already
+        await crud.hold_account(session, new.owner_id)
     new_id = await crud.insert_analysis(
         session,
         owner_id=new.owner_id,
@@ -158,7 +165,11 @@ async def _store_and_insert(
         # stays. (Or, from a replica without the key lock during a rollout, the key.) Its
         # answer is ours.
         settled = await _settled(session, new)
-        if settled is None:  # that row is gone already: its owner's account was deleted
-            raise Problem(409, "This request conflicted with one since undone; send it again.")
-        return settled
+        if settled is not None:
+            return settled
+        if await crud.is_deleted(session, new.owner_id):
+            # The account went while this request ran (its token is not revoked yet).
+            await run_in_threadpool(storage.delete, key)
+            raise AccountDeleted()
+        raise Problem(409, "This request conflicted with one since undone; send it again.")
     return Outcome(new_id, "queued", created=True)  # as inserted: no need to read it back

@@ -103,3 +103,16 @@ class Correction(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
+
+
+class DeletedUser(Base):
+    """Tombstone of a deleted account (`user.deleted`): a token issued before the deletion
+    may still be valid for minutes, and must not create analyses no later event would remove.
+    Holds nothing but the id and the time."""
+
+    __tablename__ = "deleted_users"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )

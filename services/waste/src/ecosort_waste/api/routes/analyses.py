@@ -76,6 +76,7 @@ CREATE_BODY_DOC: dict[str, Any] = {
 }
 IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"description": "The upload_id already made an analysis (under another key or none)."},
+    410: {"description": "The account was deleted (its token is not revoked yet)."},
     413: {"description": "The image is over 10 MB."},
     415: {"description": "Not a JPEG, PNG, WebP or HEIC/HEIF image."},
     422: {"description": "Corrupt or truncated image, too many pixels, or a reused key."},
