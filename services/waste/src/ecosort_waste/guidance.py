@@ -7,6 +7,7 @@ nonsense, `fetch` returns None after a few quick retries and the analysis comple
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ REQUIRED_FIELDS = frozenset(
 )
 # Worth another try: the service may be restarting or momentarily overloaded.
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# An answer is a few kilobytes; anything much larger is not guidance, and reading it whole would
+# hold the worker's memory and time.
+MAX_BODY_BYTES = 256 * 1024
 
 
 @dataclass
@@ -50,6 +54,9 @@ class GuidanceClient:
     backoff_seconds: float = 0.1
     cache_seconds: float = 300.0
     down_cooldown_seconds: float = 5.0
+    # The whole of one attempt, body included: httpx's timeout bounds each read, and a service
+    # sending a byte a second never trips it.
+    attempt_timeout_seconds: float = 2.0
     _cache: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict, repr=False)
     _down_until: float = field(default=0.0, repr=False)
 
@@ -68,22 +75,37 @@ class GuidanceClient:
         url = f"{self.base_url.rstrip('/')}/api/v1/recycling/categories/{code}"
         for attempt in range(1, self.attempts + 1):
             try:
-                response = await self.http.get(url, headers={"Accept": "application/json"})
+                async with asyncio.timeout(self.attempt_timeout_seconds):
+                    status, body = await self._get(url)
             # Refused, reset, timed out, or a body that cannot be decoded (a bad gzip stream).
             except httpx.RequestError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
+            except TimeoutError:
+                reason = f"no whole answer within {self.attempt_timeout_seconds:g} s"
             else:
-                if response.status_code == 200:
-                    return _valid_guidance(response, code)
-                if response.status_code not in RETRYABLE_STATUS:
-                    log.warning("guidance.refused", code=code, status=response.status_code)
+                if status == 200:
+                    return _valid_guidance(body, code)
+                if status not in RETRYABLE_STATUS:
+                    log.warning("guidance.refused", code=code, status=status)
                     return None
-                reason = f"HTTP {response.status_code}"
+                reason = f"HTTP {status}"
             log.warning("guidance.attempt_failed", code=code, attempt=attempt, reason=reason)
             if attempt < self.attempts:
                 await asyncio.sleep(self.backoff_seconds * 2 ** (attempt - 1))
         self._down_until = time.monotonic() + self.down_cooldown_seconds
         return None
+
+    async def _get(self, url: str) -> tuple[int, bytes | None]:
+        """The status and body, or None for a body past MAX_BODY_BYTES (read no further)."""
+        async with self.http.stream("GET", url, headers={"Accept": "application/json"}) as response:
+            if response.status_code != 200:
+                return response.status_code, b""
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    return response.status_code, None
+            return response.status_code, bytes(body)
 
 
 def create_guidance_client(
@@ -101,13 +123,19 @@ def create_guidance_client(
         attempts=attempts,
         cache_seconds=cache_seconds,
         down_cooldown_seconds=down_cooldown_seconds,
+        attempt_timeout_seconds=timeout_seconds,
     )
 
 
-def _valid_guidance(response: httpx.Response, code: str) -> dict[str, Any] | None:
+def _valid_guidance(content: bytes | None, code: str) -> dict[str, Any] | None:
+    if content is None:
+        log.warning("guidance.too_large", code=code, limit=MAX_BODY_BYTES)
+        return None
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(content)
+    # RecursionError: a body nested deeper than the parser's stack (`[[[[…`), which is nonsense
+    # like any other, not a reason to fail the analysis.
+    except (ValueError, RecursionError):
         log.warning("guidance.not_json", code=code)
         return None
     if not isinstance(body, dict) or not body.keys() >= REQUIRED_FIELDS or body["code"] != code:

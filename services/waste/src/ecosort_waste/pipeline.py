@@ -5,6 +5,14 @@ processing, attempts + 1); every later write is conditional on that attempt numb
 that was superseded (its worker presumed dead and the analysis re-queued) can never overwrite
 the newer run, and a completed or failed analysis is never processed again.
 
+A run also holds a *lease* while it lives: a Redis key with a short TTL that it keeps renewing.
+A `processing` analysis is taken over only once its lease has expired (its run died: kill -9,
+OOM). A second message while the run lives (kombu restores a worker's unacknowledged messages
+when its broker connection drops, and the running task goes on) is retried later instead: taking
+over would cost the live run its attempt and, on the last one, fail an analysis about to
+complete. A `queued` analysis (re-queued by the reaper, which decides by the database deadline)
+is claimed whatever the lease says.
+
 The database is written twice per analysis (the claim, then the result with its outbox event);
 the stages in between go to Redis only, which is where the API reads live progress. Statements
 address the `analyses` table directly (SQLAlchemy Core): this is the worker's hot path, and the
@@ -14,11 +22,13 @@ ORM's bookkeeping would only add cost to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import structlog
 from PIL import Image, UnidentifiedImageError
@@ -44,6 +54,21 @@ COMPLETED_EVENT = "analysis.completed"
 DECODE_AT_LEAST = (260, 260)
 
 Outcome = Literal["completed", "failed", "retry", "skipped", "superseded"]
+
+# Short, so that the redelivery of a killed run's message takes over within seconds; renewed
+# often enough to survive a missed renewal (the event loop is busy while the local model runs).
+LEASE_SECONDS = 10.0
+LEASE_RENEW_SECONDS = 3.0
+# The lease's value between taking the key and the database claim, whose attempt it then holds.
+CLAIMING = "claiming"
+# KEYS: the lease. ARGV: the run's attempt, the TTL in ms. Only while the lease is still this
+# run's: a run given up on must not keep its successor's lease alive.
+_RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
 
 
 @dataclass
@@ -85,15 +110,22 @@ class PermanentFailure(Exception):
 
 
 async def run_analysis(deps: PipelineDeps, analysis_id: uuid.UUID) -> Outcome:
-    """Process one analysis. Returns "retry" when a transient error should be retried later
-    (the analysis is then back in `queued`); failures are recorded, never raised."""
+    """Process one analysis. Returns "retry" when the message should be tried again later: a
+    transient error (the analysis is then back in `queued`), or a live run holding the analysis
+    (its lease). Failures are recorded, never raised."""
     claim = await _claim(deps, analysis_id)
     if claim is None:
-        await _republish_final_state(deps, analysis_id)
+        if await _republish_final_state(deps, analysis_id) in UNFINISHED_STATUSES:
+            # A live run holds it: this message is a duplicate. Retried later rather than
+            # dropped, in case that run dies first (its lease then expires); once it finishes,
+            # the retry is skipped.
+            log.info("pipeline.run_alive", analysis_id=str(analysis_id))
+            return "retry"
         return "skipped"
     if claim.attempt > deps.max_attempts:
         await fail(deps, analysis_id, f"gave up after {deps.max_attempts} attempts")
         return "failed"
+    renewal = asyncio.create_task(_renew_lease(deps, claim))
     try:
         result = await _run_stages(deps, claim)
         await _save(deps, claim, result)
@@ -109,9 +141,19 @@ async def run_analysis(deps: PipelineDeps, analysis_id: uuid.UUID) -> Outcome:
                 deps, analysis_id, CLASSIFIER_UNAVAILABLE, attempt=claim.attempt, detail=str(exc)
             )
             return "failed"
+        if not await _requeue(deps, claim):
+            # The reaper re-queued it meanwhile and sent a message of its own: a retry of this
+            # one would be a second.
+            log.info("pipeline.superseded", analysis_id=str(analysis_id), attempt=claim.attempt)
+            return "superseded"
         log.warning("pipeline.retrying", analysis_id=str(analysis_id), detail=str(exc))
-        await _requeue(deps, claim)
         return "retry"
+    finally:
+        # Not deleted: a finished or re-queued analysis is claimed by its status, whatever its
+        # lease, and the key expires on its own.
+        renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewal
     await progress.publish_final(
         deps.redis, analysis_id, status="completed", stage="save", progress=100, result=result
     )
@@ -130,9 +172,23 @@ async def _run_stages(deps: PipelineDeps, claim: Claim) -> dict[str, Any]:
         answer = await asyncio.to_thread(deps.classifiers.classify, image)
     await _enter_stage(deps, claim, "guide")
     category = answer.classification.category
-    guidance = await deps.guidance.fetch(category) if category is not None else None
+    guidance = await _guidance(deps, claim, category) if category is not None else None
     await _enter_stage(deps, claim, "save")
     return result_document(answer, guidance)
+
+
+async def _guidance(deps: PipelineDeps, claim: Claim, category: str) -> dict[str, Any] | None:
+    """Guidance, or None: it is optional, so no error of the client, even one it did not
+    foresee, may cost the analysis an attempt."""
+    try:
+        return await deps.guidance.fetch(category)
+    except Exception as exc:
+        log.warning(
+            "pipeline.guidance_failed",
+            analysis_id=str(claim.analysis_id),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return None
 
 
 def result_document(answer: ProviderAnswer, guidance: dict[str, Any] | None) -> dict[str, Any]:
@@ -174,14 +230,24 @@ def decode_stored(data: bytes) -> Image.Image:
     return image
 
 
+def lease_key(analysis_id: uuid.UUID) -> str:
+    return f"{progress.state_key(analysis_id)}:lease"
+
+
 async def _claim(deps: PipelineDeps, analysis_id: uuid.UUID) -> Claim | None:
-    """queued/processing → processing with attempts + 1; None when final or unknown."""
+    """queued → processing with attempts + 1, and processing too when no live run holds its
+    lease; None when final, unknown, or held by a live run."""
+    key = lease_key(analysis_id)
+    # Taken before the database claim, so that two deliveries at once cannot both find the
+    # lease free and both take over.
+    free = await deps.redis.set(key, CLAIMING, nx=True, px=int(LEASE_SECONDS * 1000))
+    claimable = UNFINISHED_STATUSES if free else ("queued",)
     now = datetime.now(UTC)
     async with deps.sessionmaker() as session, session.begin():
         row = (
             await session.execute(
                 update(analyses)
-                .where(analyses.c.id == analysis_id, analyses.c.status.in_(UNFINISHED_STATUSES))
+                .where(analyses.c.id == analysis_id, analyses.c.status.in_(claimable))
                 .values(
                     status="processing",
                     stage="load",
@@ -196,7 +262,29 @@ async def _claim(deps: PipelineDeps, analysis_id: uuid.UUID) -> Claim | None:
         ).first()
     if row is None:
         return None
+    await deps.redis.set(key, str(row.attempts), px=int(LEASE_SECONDS * 1000))
     return Claim(analysis_id, row.attempts, row.owner_id, row.image_key)
+
+
+async def _renew_lease(deps: PipelineDeps, claim: Claim) -> None:
+    """Keeps the run's lease alive until cancelled, or until another run holds it."""
+    key, attempt = lease_key(claim.analysis_id), str(claim.attempt)
+    while True:
+        await asyncio.sleep(LEASE_RENEW_SECONDS)
+        try:
+            renewed = await cast(
+                Awaitable[int],
+                deps.redis.eval(_RENEW_SCRIPT, 1, key, attempt, str(int(LEASE_SECONDS * 1000))),
+            )
+        except Exception as exc:  # Redis down for a moment: the next renewal may get through
+            log.warning(
+                "pipeline.lease_not_renewed",
+                analysis_id=str(claim.analysis_id),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            continue
+        if not renewed:
+            return
 
 
 async def _enter_stage(deps: PipelineDeps, claim: Claim, stage: str) -> None:
@@ -297,24 +385,26 @@ async def fail(
     return True
 
 
-async def _requeue(deps: PipelineDeps, claim: Claim) -> None:
+async def _requeue(deps: PipelineDeps, claim: Claim) -> bool:
     """Back to `queued` until the retry runs, so the reaper does not count it as stuck. No
-    `error`: the app reads one as the analysis having failed."""
+    `error`: the app reads one as the analysis having failed. False when this run no longer
+    owns the analysis."""
     async with deps.sessionmaker() as session, session.begin():
         updated = await session.execute(
             _own_run(claim).values(
                 status="queued", stage=None, progress=0, error=None, updated_at=datetime.now(UTC)
             )
         )
-    if updated.rowcount:  # type: ignore[attr-defined]
-        await progress.publish_requeued(
-            deps.redis, claim.analysis_id, next_attempt=claim.attempt + 1
-        )
+    if not updated.rowcount:  # type: ignore[attr-defined]
+        return False
+    await progress.publish_requeued(deps.redis, claim.analysis_id, next_attempt=claim.attempt + 1)
+    return True
 
 
-async def _republish_final_state(deps: PipelineDeps, analysis_id: uuid.UUID) -> None:
+async def _republish_final_state(deps: PipelineDeps, analysis_id: uuid.UUID) -> str | None:
     """A duplicate delivery of a finished analysis: nothing to do, except repairing the final
-    event if a crash after the database commit kept it from being published."""
+    event if a crash after the database commit kept it from being published. Returns the
+    analysis's status (None: unknown)."""
     async with deps.sessionmaker() as session:
         row = (
             await session.execute(
@@ -327,11 +417,13 @@ async def _republish_final_state(deps: PipelineDeps, analysis_id: uuid.UUID) -> 
                 ).where(analyses.c.id == analysis_id)
             )
         ).first()
-    if row is None or row.status not in FINAL_STATUSES:
-        return
+    if row is None:
+        return None
+    if row.status not in FINAL_STATUSES:
+        return str(row.status)
     state = await progress.read_state(deps.redis, analysis_id)
     if state.get("status") == row.status:
-        return
+        return str(row.status)
     await progress.publish_final(
         deps.redis,
         analysis_id,
@@ -341,3 +433,4 @@ async def _republish_final_state(deps: PipelineDeps, analysis_id: uuid.UUID) -> 
         result=row.result,
         error=row.error,
     )
+    return str(row.status)

@@ -8,6 +8,11 @@ Delivery guarantees, and why each setting:
 - `task_acks_late` + `task_reject_on_worker_lost`: a task is acknowledged only after it ran;
   if its process dies (kill -9, OOM), the message goes back to the queue for another process.
 - `worker_prefetch_multiplier = 1`: a busy process does not sit on messages others could run.
+- `worker_cancel_long_running_tasks_on_connection_loss = False` (Celery 6 makes it True): when a
+  worker's broker connection drops, kombu restores its unacknowledged messages anyway; killing
+  the running tasks too would throw away runs about to complete, and spend an attempt on each
+  (on the last one, failing the analysis). They go on; the restored duplicate waits out the
+  run's lease (pipeline.py) and then finds the analysis finished.
 - the Redis `visibility_timeout` (redelivery of messages whose whole worker vanished) is longer
   than the longest task; the reaper re-queues sooner (ANALYSIS_DEADLINE_SECONDS).
 """
@@ -54,6 +59,7 @@ def configure_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_serializer="json",
         accept_content=["json"],
         broker_transport_options=transport,

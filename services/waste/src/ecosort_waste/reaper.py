@@ -18,7 +18,8 @@ waiting analyses, oldest first, as that count falls short. Behind a backlog, a r
 would give every waiting analysis a duplicate per period, and the duplicates would lengthen the
 queue that KEDA scales on. The count can still run high for a moment (an upload between its
 commit and its enqueue). An extra message is harmless but not free: the task is idempotent (one
-result, one event), but one that arrives while the analysis runs starts it over.
+result, one event), and one that arrives while the analysis runs waits out that run's lease
+(pipeline.py), retried until the run ends.
 
 The same loop deletes direct uploads that no analysis was made from (the API deletes those
 analyses are made from, and those it refuses for good), an hour after their form expired: they
@@ -157,15 +158,35 @@ async def _reap_stuck(
                 .where(Analysis.id == row.id, Analysis.status == "processing")
                 .values(updated_at=now, **values)
             )
-    # After the commit: a task must never see the old state.
-    for analysis_id in report.requeued:
-        # Said before it is sent: a worker quick to claim it must not be followed by "queued".
-        await progress.publish_requeued(redis, analysis_id, next_attempt=next_attempts[analysis_id])
-        enqueue(analysis_id)
+    # After the commit: a task must never see the old state. Each on its own, failures first:
+    # once committed, nothing picks a failure up again, so one error (the broker down) must not
+    # keep the others from their final event. A re-queue left unsent is `queued` with no
+    # message, which `_resend_unsent` sends later.
     for analysis_id, (stage, reached) in failures.items():
-        await progress.publish_final(
-            redis, analysis_id, status="failed", stage=stage, progress=reached, error=DID_NOT_FINISH
-        )
+        try:
+            await progress.publish_final(
+                redis,
+                analysis_id,
+                status="failed",
+                stage=stage,
+                progress=reached,
+                error=DID_NOT_FINISH,
+            )
+        except Exception as exc:
+            _log_unsent("reaper.failure_not_published", analysis_id, exc)
+    for analysis_id in report.requeued:
+        try:
+            # Said before it is sent: a worker quick to claim it must not be followed by "queued".
+            await progress.publish_requeued(
+                redis, analysis_id, next_attempt=next_attempts[analysis_id]
+            )
+            enqueue(analysis_id)
+        except Exception as exc:
+            _log_unsent("reaper.requeue_not_sent", analysis_id, exc)
+
+
+def _log_unsent(event: str, analysis_id: uuid.UUID, exc: Exception) -> None:
+    log.warning(event, analysis_id=str(analysis_id), error=f"{type(exc).__name__}: {exc}")
 
 
 async def _resend_unsent(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -10,7 +12,7 @@ import pytest
 import respx
 
 from ecosort_common.testing import free_port
-from ecosort_waste.guidance import GuidanceClient, create_guidance_client
+from ecosort_waste.guidance import MAX_BODY_BYTES, GuidanceClient, create_guidance_client
 
 BASE = "http://recycling.test"
 CAN_URL = f"{BASE}/api/v1/recycling/categories/can"
@@ -123,3 +125,51 @@ async def test_a_service_found_down_is_left_alone_for_the_cooldown() -> None:
     assert await guidance.fetch("can") is None
     assert await guidance.fetch("can") is None  # answered at once, without asking
     assert route.call_count == 2
+
+
+@respx.mock
+async def test_a_body_nested_past_the_parsers_limit_gives_none() -> None:
+    route = respx.get(CAN_URL).respond(
+        200, content=b"[" * 100_000 + b"]" * 100_000, headers={"Content-Type": "application/json"}
+    )
+    assert await client().fetch("can") is None
+    assert route.call_count == 1  # nonsense, like any other: not asked again
+
+
+@respx.mock
+async def test_a_body_past_the_size_limit_is_not_read_and_gives_none() -> None:
+    # Valid guidance in every way but its size.
+    huge = category() | {"disposal": "x" * (MAX_BODY_BYTES + 1)}
+    route = respx.get(CAN_URL).respond(200, json=huge)
+    assert await client().fetch("can") is None
+    assert route.call_count == 1
+
+
+async def test_a_service_trickling_its_answer_is_timed_out_per_attempt() -> None:
+    """httpx's timeout bounds each read; a byte a second never trips it. The attempt's own
+    limit does."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: 100\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(100):
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.2)  # well inside the read timeout below
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(trickle, "127.0.0.1", port)
+    guidance = create_guidance_client(
+        f"http://127.0.0.1:{port}", timeout_seconds=0.5, attempts=2, down_cooldown_seconds=0
+    )
+    started = time.monotonic()
+    try:
+        # Without the attempt's limit each attempt takes the 20 s of the whole trickle.
+        assert await asyncio.wait_for(guidance.fetch("can"), timeout=10) is None
+        assert time.monotonic() - started < 3.0
+    finally:
+        await guidance.http.aclose()
+        server.close()

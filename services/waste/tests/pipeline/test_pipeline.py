@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 from redis.asyncio import Redis
@@ -23,7 +24,7 @@ from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.openai_provider import create_openai_classifier
 from ecosort_waste.classifier.registry import ClassifierRegistry, registry_from_settings
 from ecosort_waste.config import Settings
-from ecosort_waste.guidance import create_guidance_client
+from ecosort_waste.guidance import GuidanceClient, create_guidance_client
 from ecosort_waste.models import Analysis, outbox
 from ecosort_waste.storage import storage_from_settings
 
@@ -361,3 +362,30 @@ async def test_a_superseded_run_does_not_overwrite_the_newer_one(
 
 async def test_unknown_analysis_is_skipped(deps: pipeline.PipelineDeps) -> None:
     assert await pipeline.run_analysis(deps, uuid.uuid4()) == "skipped"
+
+
+def nested_past_the_parser(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=b"[" * 100_000 + b"]" * 100_000)
+
+
+def client_bug(request: httpx.Request) -> httpx.Response:
+    # What the guidance client did not foresee (as a RecursionError in its parsing was).
+    raise RuntimeError("an error the guidance client does not handle")
+
+
+@pytest.mark.parametrize("answer", [nested_past_the_parser, client_bug])
+async def test_guidance_never_fails_an_analysis(
+    deps: pipeline.PipelineDeps, answer: Callable[[httpx.Request], httpx.Response]
+) -> None:
+    deps.guidance = GuidanceClient(
+        "http://recycling.test", httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    )
+    analysis = await new_analysis(deps)
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "completed"
+
+    row = await load(deps, analysis.id)
+    assert (row.status, row.attempts) == ("completed", 1)
+    assert row.result is not None and row.result["category"] == "can"
+    assert row.result["guidance"] is None and row.result["guidance_available"] is False
+    assert len(await completed_events(deps, analysis.id)) == 1

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.db import create_engine, create_sessionmaker
@@ -324,3 +324,54 @@ async def test_unread_uploads_go_once_past_their_age(tmp_path: Path) -> None:
         storage.get("incoming/u1/abandoned")
     assert storage.get("incoming/u2/in-flight") == b"photo"
     assert storage.get("images/u1/kept.jpg") == b"photo"  # analyses' photos are not uploads
+
+
+async def test_a_failed_enqueue_stops_neither_the_failures_final_event_nor_the_other_requeues(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
+) -> None:
+    """The broker is down while the reaper sends re-queues: the failures it committed still get
+    their final event (nothing reaps them again), and each re-queue is left to be sent later."""
+    stuck = {"status": "processing", "started_at": datetime.now(UTC) - timedelta(hours=1)}
+    retry_first = await add(sessionmaker, age_seconds=3600, attempts=1, **stuck)
+    retry_second = await add(sessionmaker, age_seconds=3600, attempts=2, **stuck)
+    give_up = await add(sessionmaker, age_seconds=3600, attempts=MAX_ATTEMPTS, **stuck)
+    for analysis_id, attempt in ((retry_first, 1), (retry_second, 2), (give_up, MAX_ATTEMPTS)):
+        await progress.publish_event(
+            redis,
+            analysis_id,
+            "progress",
+            {"status": "processing", "stage": "classify", "progress": 20},
+            attempt=attempt,
+        )
+    tried: list[uuid.UUID] = []
+
+    def broker_down(analysis_id: uuid.UUID) -> None:
+        tried.append(analysis_id)
+        raise ConnectionError("Error 111 connecting to redis-broker:6379. Connection refused.")
+
+    report = await reap_once(
+        sessionmaker,
+        redis,
+        broker_down,
+        broker=broker,
+        deadline_seconds=DEADLINE,
+        requeue_unsent_after_seconds=UNSENT_AFTER,
+        max_attempts=MAX_ATTEMPTS,
+    )
+
+    assert report.failed == [give_up]
+    state = await progress.read_state(redis, give_up)
+    assert (state["status"], state["stage"]) == ("failed", "classify")
+    assert sorted(tried) == sorted([retry_first, retry_second])  # one error did not stop both
+    # Unsent, they wait `queued` without a message; past the period they are sent again.
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            update(Analysis)
+            .where(Analysis.id.in_(tried))
+            .values(updated_at=datetime.now(UTC) - timedelta(seconds=UNSENT_AFTER * 2))
+        )
+    report, enqueued = await reap(sessionmaker, redis, broker, celery_list)
+    assert sorted(enqueued) == sorted(tried)
