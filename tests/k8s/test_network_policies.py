@@ -129,3 +129,20 @@ def test_third_party_https_only_where_a_provider_is_used(world: Any, service: st
     assert not can(world, pod(service), INTERNET, 80)
     assert not can(world, pod(service), METADATA, 443)
     assert not can(world, pod(service), Endpoint(ip="10.1.2.3"), 443)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_migration_job_gets_dns_and_postgres_only(world: Any, service: str) -> None:
+    """The hook Job runs code at every upgrade before anything else: it gets the migrations
+    policy (DNS + PostgreSQL), not the long-running pods' Redis, API and HTTPS egress."""
+    job = pod(service, "migrations")
+    for redis in (REDIS, Endpoint(ip="10.20.1.7")):
+        assert not can(world, job, redis, 6379)
+    assert not can(world, job, INTERNET, 443)
+    for other in SERVICES:
+        if other != service:
+            assert not can(world, job, pod(other), API_PORT)
+    # The long-running pods keep theirs.
+    assert can(world, pod(service), pod("auth"), API_PORT) == (service != "auth")
+    if service == "waste":
+        assert can(world, pod("waste", "worker"), pod("recycling"), API_PORT)

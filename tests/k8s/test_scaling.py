@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
+from celery import signals
 
-from ecosort_k8scheck.charts import Manifest, Rendered, load_values, of_kind
+from ecosort_k8scheck.charts import Manifest, Rendered, chart_dir, load_values, of_kind
 from ecosort_k8scheck.paths import ENVIRONMENTS, SERVICES
+from ecosort_waste import worker
+from ecosort_waste.config import Settings
 
 AUTOSCALED = {"waste", "recycling"}
 
@@ -84,6 +89,21 @@ def test_scaled_object_watches_the_queue_the_worker_consumes(env: str, rendered:
     assert env_names["WORKER_HEARTBEAT_FILE"].startswith("/tmp/")  # the only writable path
 
 
+def test_a_restarted_worker_does_not_start_on_the_previous_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/tmp is an emptyDir: it outlives a container restart, and so does the last heartbeat. The
+    worker removes it at start, so the startup probe waits for this container's consumer."""
+    heartbeat = tmp_path / "worker-heartbeat"
+    heartbeat.touch()
+    monkeypatch.setattr(
+        worker, "get_settings", lambda: Settings(worker_heartbeat_file=str(heartbeat))
+    )
+    signals.worker_init.send(sender=None)
+    assert not heartbeat.exists()
+    signals.worker_init.send(sender=None)  # none there: no error
+
+
 def quantity(value: str | int) -> float:
     """CPU cores or memory bytes of a Kubernetes quantity (the forms the charts use)."""
     text = str(value)
@@ -150,3 +170,78 @@ def test_waste_worker_prefers_nodes_with_int8_dot_products(env: str, rendered: R
         "feature.node.kubernetes.io/cpu-cpuid.AVX512VNNI": 100,
         "feature.node.kubernetes.io/cpu-cpuid.AVXVNNI": 50,
     }
+
+
+def test_scaled_object_list_follows_the_celery_key_prefix(render_with: Any) -> None:
+    """kombu names the queue's list CELERY_KEY_PREFIX + queue: KEDA must watch that list, or it
+    sees an empty queue forever while the workers' backlog grows."""
+    manifests = render_with("waste", "prod", {"config": {"CELERY_KEY_PREFIX": "ecosort:"}})
+    (scaled,) = of_kind(manifests, "ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["metadata"]["listName"] == "ecosort:analyses"
+
+
+def test_scaled_object_refuses_a_queue_the_worker_does_not_consume(render_with: Any) -> None:
+    overrides = {"workers": {"worker": {"keda": {"redis": {"queue": "other"}}}}}
+    with pytest.raises(helm.HelmError, match="consumes -Q"):
+        render_with("waste", "prod", overrides)
+
+
+def test_keda_polls_the_managed_redis_in_prod(rendered: Rendered, render_with: Any) -> None:
+    """Prod's Redis is outside the cluster (an ipBlock egress): the dev Service name would have
+    KEDA poll a Redis nobody uses, and scale on a queue that is always empty."""
+    (scaled,) = of_kind(rendered[("waste", "prod")], "ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    assert ".svc" not in trigger["metadata"]["address"]
+    dev_default = "redis-master.ecosort-data.svc.cluster.local:6379"
+    overrides = {"workers": {"worker": {"keda": {"redis": {"address": dev_default}}}}}
+    with pytest.raises(helm.HelmError, match="in-cluster Service"):
+        render_with("waste", "prod", overrides)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_scaled_object_falls_back_and_scales_down_through_the_hpa(
+    env: str, rendered: Rendered
+) -> None:
+    (scaled,) = of_kind(rendered[("waste", env)], "ScaledObject")
+    spec = scaled["spec"]
+    # KEDA validates a fallback only on AverageValue triggers.
+    fallback = spec["fallback"]
+    assert spec["minReplicaCount"] <= fallback["replicas"] <= spec["maxReplicaCount"]
+    assert all(t["metricType"] == "AverageValue" for t in spec["triggers"])
+    # cooldownPeriod only delays the step to zero: with a minimum above zero it would do nothing
+    # (and suggest a scale-down delay there is not). The HPA's behavior holds that delay.
+    if spec["minReplicaCount"] > 0:
+        assert "cooldownPeriod" not in spec
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 60
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+@pytest.mark.parametrize("service", SERVICES)
+def test_replica_counts_in_values_are_the_ones_that_run(service: str, env: str) -> None:
+    """With the HPA on, the Deployment has no replicas field: a count set there is ignored, and
+    the floor belongs in autoscaling.minReplicas."""
+    values = load_values(service, env)
+    defaults = helm.values_from_yaml((chart_dir(service) / "values.yaml").read_text())
+    if values.get("autoscaling", {}).get("enabled", defaults["autoscaling"]["enabled"]):
+        assert "replicas" not in values.get("api", {}), f"{service}/{env}: api.replicas"
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_worker_grace_outlasts_its_longest_task(env: str, rendered: Rendered) -> None:
+    """Celery's warm shutdown lets the running task finish, and its time limit (twice
+    ANALYSIS_DEADLINE_SECONDS, queue.py) ends a hung one: the grace period must outlast that, so
+    that Celery, not a SIGKILL, ends every task."""
+    manifests = rendered[("waste", env)]
+    (scaled,) = of_kind(manifests, "ScaledObject")
+    worker = scaled_deployment(manifests, scaled)
+    (config,) = of_kind(manifests, "ConfigMap")
+    deadline = int(
+        config["data"].get(
+            "ANALYSIS_DEADLINE_SECONDS",
+            Settings.model_fields["analysis_deadline_seconds"].default,
+        )
+    )
+    grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > 2 * deadline

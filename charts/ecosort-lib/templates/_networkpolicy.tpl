@@ -3,9 +3,10 @@ NetworkPolicies. The namespace itself denies all traffic (k8s/namespaces/); thes
 what the design needs:
   - <name>-api-ingress: the ingress controller(s) (and callers listed in extraIngressFrom, e.g.
     every EcoSort namespace for auth's JWKS, waste for recycling) -> the API port;
-  - <name>-egress: DNS, PostgreSQL, Redis, the EcoSort APIs this service calls (auth's JWKS,
-    waste -> recycling), where a third-party API is used HTTPS outside the cluster, and the
-    rules a values file adds in egress.extra (e.g. MinIO standing in for S3 on kind);
+  - <name>-egress (API and worker pods): DNS, PostgreSQL, Redis, the EcoSort APIs this service
+    calls (auth's JWKS, waste -> recycling), where a third-party API is used HTTPS outside the
+    cluster, and the rules a values file adds in egress.extra (e.g. MinIO standing in for S3 on
+    kind);
   - <name>-migrations: DNS and PostgreSQL for the migration hook, itself a hook so that it exists
     before the Job runs on a first install.
 */}}
@@ -65,9 +66,18 @@ metadata:
   labels:
     {{- include "ecosort-lib.labels" . | nindent 4 }}
 spec:
+  # The long-running pods only: the migration Job gets <name>-migrations alone (policies add up).
   podSelector:
     matchLabels:
       {{- include "ecosort-lib.selectorLabels" . | nindent 6 }}
+    matchExpressions:
+      - key: app.kubernetes.io/component
+        operator: In
+        values:
+          - api
+          {{- range $worker, $_ := .Values.workers }}
+          - {{ $worker }}
+          {{- end }}
   policyTypes:
     - Egress
   egress:

@@ -46,6 +46,26 @@ Arguments (dict): root, worker, fullname, spec.
 {{- define "ecosort-lib.scaledObject" -}}
 {{- $root := .root -}}
 {{- $k := .spec.keda -}}
+{{- $r := $k.redis -}}
+{{- /* The queue the worker consumes (its -Q argument) must be the one KEDA measures. */ -}}
+{{- $consumed := "" -}}
+{{- $previous := "" -}}
+{{- range .spec.command }}
+{{- if eq $previous "-Q" }}{{ $consumed = . }}{{ end }}
+{{- $previous = . }}
+{{- end }}
+{{- if ne $consumed $r.queue }}
+{{- fail (printf "workers.%s.keda.redis.queue is %q but the worker's command consumes -Q %q: KEDA would measure a list nobody fills" .worker $r.queue $consumed) }}
+{{- end }}
+{{- /* kombu's Redis transport puts global_keyprefix (CELERY_KEY_PREFIX) before the queue's list. */ -}}
+{{- $listName := printf "%s%s" (get $root.Values.config "CELERY_KEY_PREFIX" | toString) $r.queue -}}
+{{- /* With the Redis egress on an ipBlock (a managed Redis outside the cluster), an in-cluster
+Service name is the dev default left in place: KEDA would poll a Redis the workers do not use. */ -}}
+{{- range $root.Values.networkPolicy.egress.redis.to }}
+{{- if and (hasKey . "ipBlock") (regexMatch "\\.svc(\\.cluster\\.local)?:[0-9]+$" $r.address) }}
+{{- fail (printf "workers.%s.keda.redis.address %q is an in-cluster Service, but networkPolicy.egress.redis allows only %s: set the address of the Redis that REDIS_URL names" $.worker $r.address .ipBlock.cidr) }}
+{{- end }}
+{{- end }}
 apiVersion: keda.sh/v1alpha1
 kind: TriggerAuthentication
 metadata:
@@ -58,7 +78,7 @@ spec:
   secretTargetRef:
     - parameter: password
       name: {{ include "ecosort-lib.existingSecret" $root }}
-      key: {{ $k.redis.passwordKey }}
+      key: {{ $r.passwordKey }}
 ---
 apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
@@ -76,16 +96,30 @@ spec:
   minReplicaCount: {{ $k.minReplicaCount }}
   maxReplicaCount: {{ $k.maxReplicaCount }}
   pollingInterval: {{ $k.pollingInterval }}
-  cooldownPeriod: {{ $k.cooldownPeriod }}
+  # KEDA's cooldownPeriod only delays scaling to zero; above minReplicaCount the HPA it creates
+  # decides, so the scale-down delay goes to its behavior.
+  advanced:
+    horizontalPodAutoscalerConfig:
+      behavior:
+        scaleDown:
+          stabilizationWindowSeconds: {{ $k.scaleDownStabilizationSeconds }}
+  # While the scaler cannot read the queue (Redis unreachable from KEDA, wrong address), keep
+  # the workers there are and at least this many, rather than trusting a stale count.
+  fallback:
+    failureThreshold: {{ $k.fallback.failureThreshold }}
+    replicas: {{ $k.fallback.replicas }}
+    behavior: currentReplicasIfHigher
   triggers:
     - type: redis
+      # KEDA accepts a fallback only on AverageValue triggers (the redis scaler's default).
+      metricType: AverageValue
       metadata:
-        address: {{ $k.redis.address | quote }}
-        listName: {{ $k.redis.listName | quote }}
-        listLength: {{ $k.redis.listLength | toString | quote }}
-        activationListLength: {{ $k.redis.activationListLength | toString | quote }}
-        databaseIndex: {{ $k.redis.databaseIndex | toString | quote }}
-        enableTLS: {{ $k.redis.enableTLS | toString | quote }}
+        address: {{ $r.address | quote }}
+        listName: {{ $listName | quote }}
+        listLength: {{ $r.listLength | toString | quote }}
+        activationListLength: {{ $r.activationListLength | toString | quote }}
+        databaseIndex: {{ $r.databaseIndex | toString | quote }}
+        enableTLS: {{ $r.enableTLS | toString | quote }}
       authenticationRef:
         name: {{ .fullname }}-redis
 {{- end -}}

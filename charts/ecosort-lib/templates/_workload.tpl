@@ -1,7 +1,8 @@
 {{/*
 The pod template shared by the API Deployment, worker Deployments and the migration Job.
 Arguments (dict): root (the chart context), component, command, probes (YAML string or ""),
-resources, ports (bool), envFromConfigMap (bool), extraEnv (list, optional).
+resources, ports (bool), envFromConfigMap (bool), extraEnv (list, optional), lifecycle (map,
+optional).
 */}}
 {{- define "ecosort-lib.podSpec" -}}
 {{- $root := .root -}}
@@ -37,6 +38,10 @@ containers:
       {{- end }}
     {{- with .probes }}
     {{- . | nindent 4 }}
+    {{- end }}
+    {{- with (get . "lifecycle") }}
+    lifecycle:
+      {{- toYaml . | nindent 6 }}
     {{- end }}
     resources:
       {{- toYaml .resources | nindent 6 }}
@@ -112,9 +117,18 @@ spec:
     spec:
       serviceAccountName: {{ $name }}
       automountServiceAccountToken: false
+      # preStop + uvicorn's graceful shutdown + a margin for the lifespan shutdown.
       terminationGracePeriodSeconds: 30
-      {{- $command := list "uvicorn" (printf "ecosort_%s.main:app" $name) "--host" "0.0.0.0" "--port" (toString .Values.api.port) "--proxy-headers" "--forwarded-allow-ips" "*" }}
-      {{- $ctx := dict "root" . "component" "api" "command" $command "probes" (include "ecosort-lib.apiProbes" .) "resources" .Values.api.resources "ports" true "envFromConfigMap" true }}
+      {{- /* Only the proxies in front of the API may set the client address: uvicorn trusts
+      X-Forwarded-For from these and takes the rightmost address that is not one of them. With
+      "*" it took the leftmost, which any client can write. */}}
+      {{- $trusted := join "," .Values.api.forwardedAllowIps }}
+      {{- $command := list "uvicorn" (printf "ecosort_%s.main:app" $name) "--host" "0.0.0.0" "--port" (toString .Values.api.port) "--proxy-headers" "--forwarded-allow-ips" $trusted "--timeout-graceful-shutdown" "20" }}
+      {{- /* The ingress controllers drop the endpoint only some time after SIGTERM has
+      reached the pod: keep serving a few seconds, so that requests still routed here are not
+      refused. The kubelet's sleep action needs nothing in the image. */}}
+      {{- $lifecycle := dict "preStop" (dict "sleep" (dict "seconds" 5)) }}
+      {{- $ctx := dict "root" . "component" "api" "command" $command "probes" (include "ecosort-lib.apiProbes" .) "resources" .Values.api.resources "ports" true "envFromConfigMap" true "lifecycle" $lifecycle }}
       {{- include "ecosort-lib.podSpec" $ctx | trim | nindent 6 }}
 {{- end -}}
 

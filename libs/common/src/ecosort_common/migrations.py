@@ -11,6 +11,14 @@ from alembic.config import Config
 from sqlalchemy import MetaData, create_engine, pool, text
 from sqlalchemy.dialects import postgresql
 
+# A migration waiting for a lock (ALTER TABLE wants ACCESS EXCLUSIVE behind any open transaction
+# on the table) queues every later query on that table behind it, reads included: give up after
+# a few seconds instead, and let the hook Job's retry try again. The statement limit bounds how
+# long a lock is then held, index builds included, and ends the server's side of the work before
+# the Job's activeDeadlineSeconds (600 s) kills the client.
+LOCK_TIMEOUT = "5s"
+STATEMENT_TIMEOUT = "5min"
+
 
 def alembic_config(package: str, database_url: str) -> Config:
     config = Config()
@@ -26,7 +34,8 @@ def upgrade(package: str, database_url: str, revision: str = "head") -> None:
 
 def run_migrations(metadata: MetaData) -> None:
     """Body of every service's migrations/env.py. Migrations run synchronously (psycopg 3 serves
-    both modes) under an advisory lock, so replicas starting together migrate once."""
+    both modes) under an advisory lock, so replicas starting together migrate once, and under
+    LOCK_TIMEOUT and STATEMENT_TIMEOUT."""
     config = context.config
     url = config.attributes["database_url"]
     if context.is_offline_mode():
@@ -38,6 +47,14 @@ def run_migrations(metadata: MetaData) -> None:
     with engine.connect() as connection:
         connection.execute(
             text("SELECT pg_advisory_lock(:id)"), {"id": config.attributes["lock_id"]}
+        )
+        # Set after the advisory lock: a second migrator waits for the first one to finish.
+        connection.execute(
+            text(
+                "SELECT set_config('lock_timeout', :lock, false), "
+                "set_config('statement_timeout', :statement, false)"
+            ),
+            {"lock": LOCK_TIMEOUT, "statement": STATEMENT_TIMEOUT},
         )
         connection.commit()
         try:

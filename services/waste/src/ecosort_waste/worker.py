@@ -85,6 +85,15 @@ class HeartbeatFile(bootsteps.StartStopStep):
         Path(self.path).touch()
 
 
+@signals.worker_init.connect
+def _forget_previous_heartbeat(**_: Any) -> None:
+    """/tmp is an emptyDir that outlives a container restart: the previous container's last
+    heartbeat would pass this one's startup probe before its consumer runs."""
+    path = get_settings().worker_heartbeat_file
+    if path:
+        Path(path).unlink(missing_ok=True)
+
+
 app = create_celery_app(get_settings())
 
 
