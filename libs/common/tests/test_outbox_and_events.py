@@ -129,3 +129,43 @@ async def test_failing_handler_leaves_the_message_pending(app: FastAPI) -> None:
             select(processed_events).where(processed_events.c.event_id == event_id)
         )
         assert seen.first() is None  # rolled back with the handler: it will be retried
+
+
+async def test_a_stream_keeps_what_a_group_has_not_read_or_acknowledged(app: FastAPI) -> None:
+    """A consumer that is down while events pile up gets every one of them when it is back."""
+    redis: Redis = app.state.redis
+    stream = stream_name("note.trimmed")
+    await redis.xgroup_create(stream, "slow", id="0", mkstream=True)
+    await redis.xgroup_create(stream, "fast", id="0", mkstream=True)
+    async with app.state.sessionmaker() as session, session.begin():
+        for number in range(300):
+            await add_event(session, outbox, "note.trimmed", {"text": str(number)})
+    relay = _relay(app)
+    while await relay.publish_pending():
+        pass
+    # "fast" read all and acknowledged all; "slow" read 250, acknowledged the first 100.
+    read = await redis.xreadgroup("fast", "f", {stream: ">"}, count=300)
+    await redis.xack(stream, "fast", *(entry for entry, _ in read[0][1]))
+    read = await redis.xreadgroup("slow", "s", {stream: ">"}, count=250)
+    await redis.xack(stream, "slow", *(entry for entry, _ in read[0][1][:100]))
+
+    await relay.trim()
+
+    remaining = [json.loads(fields["payload"])["text"] for _, fields in await redis.xrange(stream)]
+    assert remaining[-200:] == [str(number) for number in range(100, 300)]
+    assert len(remaining) < 300  # trimmed (approximately: whole nodes of the stream)
+    await redis.xack(stream, "slow", *(entry for entry, _ in read[0][1][100:]))
+    rest = await redis.xreadgroup("slow", "s", {stream: ">"}, count=300)
+    assert len(rest[0][1]) == 50  # all that it had not read
+
+
+async def test_a_stream_no_group_reads_is_not_trimmed_below_its_cap(app: FastAPI) -> None:
+    redis: Redis = app.state.redis
+    async with app.state.sessionmaker() as session, session.begin():
+        await add_event(session, outbox, "note.unread", {"text": "kept"})
+    relay = _relay(app)
+    await relay.publish_pending()
+
+    await relay.trim()
+
+    assert await redis.xlen(stream_name("note.unread")) == 1

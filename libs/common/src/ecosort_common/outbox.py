@@ -1,10 +1,19 @@
 """Transactional outbox: an event is written in the same transaction as the change it announces,
-and a relay publishes it to Redis Streams afterwards (at least once; consumers dedupe by id)."""
+and a relay publishes it to Redis Streams afterwards (at least once; consumers dedupe by id).
+
+A stream keeps what some consumer group still has to read: the relay trims it, now and then,
+below the oldest entry any group has not read or not acknowledged. A fixed length would drop
+the oldest events unread while a consumer is down long enough, and their outbox rows are
+already marked published, so nothing would send them again. A stream no group reads yet (its
+consumers have not started) and a group that stopped reading for good are bounded by
+STREAM_MAXLEN, the guard of Redis's memory, far above what a day's outage accumulates.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +36,8 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 STREAM_PREFIX = "events:"
-STREAM_MAXLEN = 100_000
+STREAM_MAXLEN = 1_000_000
+TRIM_EVERY_SECONDS = 60.0
 log = structlog.get_logger("ecosort.outbox")
 
 
@@ -81,6 +91,8 @@ class OutboxRelay:
         self.source = source
         self.poll_seconds = poll_seconds
         self.batch_size = batch_size
+        self.streams: set[str] = set()  # those this relay published to
+        self._trimmed_at = time.monotonic()
 
     async def publish_pending(self) -> int:
         """Publish one batch. Rows are locked with SKIP LOCKED so several relays can run."""
@@ -96,6 +108,7 @@ class OutboxRelay:
                 )
             ).all()
             for row in rows:
+                self.streams.add(stream_name(row.event_type))
                 await self.redis.xadd(
                     stream_name(row.event_type),
                     {
@@ -116,10 +129,21 @@ class OutboxRelay:
                 )
         return len(rows)
 
+    async def trim(self) -> None:
+        """Drop from each stream this relay published to what every group has read and
+        acknowledged."""
+        for stream in self.streams:
+            floor = await unread_floor(self.redis, stream)
+            if floor is not None:
+                await self.redis.xtrim(stream, minid=floor, approximate=True)
+
     async def run(self) -> None:
         backoff = self.poll_seconds
         while True:
             try:
+                if time.monotonic() - self._trimmed_at > TRIM_EVERY_SECONDS:
+                    self._trimmed_at = time.monotonic()
+                    await self.trim()
                 published = await self.publish_pending()
                 backoff = self.poll_seconds
                 if published:
@@ -130,3 +154,21 @@ class OutboxRelay:
                 log.warning("outbox_relay_failed", error=type(exc).__name__)
                 backoff = min(backoff * 2, 30.0)
             await asyncio.sleep(backoff)
+
+
+async def unread_floor(redis: Redis, stream: str) -> str | None:
+    """The oldest entry id of `stream` that some consumer group has not read or not
+    acknowledged (entries below it are done with); None while no group reads the stream."""
+    floors: list[str] = []
+    for group in await redis.xinfo_groups(stream):
+        if group["pending"]:
+            floors.append((await redis.xpending(stream, group["name"]))["min"])
+        else:
+            # Everything up to it is read and acknowledged; it stays, harmlessly.
+            floors.append(group["last-delivered-id"])
+    return min(floors, key=_entry_order, default=None)
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    milliseconds, sequence = entry_id.split("-")
+    return int(milliseconds), int(sequence)
