@@ -83,7 +83,13 @@ def test_exec_runs_a_command_with_the_running_services_settings(local_stack: Loc
     assert settings["DATABASE_URL"] and settings["DATA_DIR"]
 
 
-SHARED_SETTINGS = ("DATABASE_URL", "REDIS_URL", "DATA_DIR", "CLASSIFIER_HEADS_DIR", "STORAGE_BACKEND")
+SHARED_SETTINGS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "DATA_DIR",
+    "CLASSIFIER_HEADS_DIR",
+    "STORAGE_BACKEND",
+)
 PRINT_SETTINGS = (
     f"import json, os; print(json.dumps({{n: os.environ.get(n) for n in {SHARED_SETTINGS!r}}}))"
 )
