@@ -144,9 +144,15 @@ def worker_runtime() -> WorkerRuntime:
 
 @app.task(name=TASK_NAME, bind=True, max_retries=MAX_TASK_RETRIES)
 def analyse(self: Task, analysis_id: str) -> str:
+    try:
+        parsed = uuid.UUID(analysis_id)
+    except (TypeError, ValueError, AttributeError):
+        # No analysis can ever match it: retrying would only delay dropping it.
+        log.error("task.bad_analysis_id", analysis_id=repr(analysis_id))
+        return "skipped"
     runtime = worker_runtime()
     try:
-        outcome = runtime.run(pipeline.run_analysis(runtime.deps, uuid.UUID(analysis_id)))
+        outcome = runtime.run(pipeline.run_analysis(runtime.deps, parsed))
     except Exception as exc:  # the database or Redis unreachable: retry later, then give up
         if self.request.retries >= MAX_TASK_RETRIES:
             log.error("task.gave_up", analysis_id=analysis_id, error=repr(exc))

@@ -245,6 +245,13 @@ def test_the_celery_app_is_set_for_redelivery() -> None:
     assert visibility > conf.task_time_limit > get_settings().analysis_deadline_seconds
 
 
+@pytest.mark.parametrize("analysis_id", ["not-a-uuid", 42, None])
+def test_a_message_naming_no_possible_analysis_is_dropped_at_once(analysis_id: object) -> None:
+    result = worker.app.tasks[TASK_NAME].apply(args=[analysis_id])
+    assert result.get() == "skipped"
+    assert result.info == "skipped" and result.state == "SUCCESS"  # no retry scheduled
+
+
 def test_the_visibility_timeout_must_exceed_the_tasks_time_limit(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="VISIBILITY"):
         worker.create_celery_app(
