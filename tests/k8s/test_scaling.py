@@ -187,6 +187,30 @@ def test_scaled_object_refuses_a_queue_the_worker_does_not_consume(render_with: 
         render_with("waste", "prod", overrides)
 
 
+@pytest.mark.parametrize(
+    "queue_arguments", [["-Q", "analyses"], ["--queues=analyses"], ["-Qanalyses"]]
+)
+def test_every_spelling_of_the_workers_queue_is_understood(
+    queue_arguments: list[str], render_with: Any
+) -> None:
+    command = ["celery", "-A", "ecosort_waste.worker", "worker", *queue_arguments]
+    manifests = render_with("waste", "prod", {"workers": {"worker": {"command": command}}})
+    (scaled,) = of_kind(manifests, "ScaledObject")
+    assert scaled["spec"]["triggers"][0]["metadata"]["listName"] == "analyses"
+
+
+def test_without_network_policies_the_redis_address_is_not_judged_by_them(
+    render_with: Any,
+) -> None:
+    address = "redis-master.ecosort-data.svc.cluster.local:6379"
+    overrides = {
+        "networkPolicy": {"enabled": False},
+        "workers": {"worker": {"keda": {"redis": {"address": address}}}},
+    }
+    (scaled,) = of_kind(render_with("waste", "prod", overrides), "ScaledObject")
+    assert scaled["spec"]["triggers"][0]["metadata"]["address"] == address
+
+
 def test_keda_polls_the_managed_redis_in_prod(rendered: Rendered, render_with: Any) -> None:
     """Prod's Redis is outside the cluster (an ipBlock egress): the dev Service name would have
     KEDA poll a Redis nobody uses, and scale on a queue that is always empty."""

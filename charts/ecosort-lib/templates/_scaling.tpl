@@ -51,7 +51,10 @@ Arguments (dict): root, worker, fullname, spec.
 {{- $consumed := "" -}}
 {{- $previous := "" -}}
 {{- range .spec.command }}
-{{- if eq $previous "-Q" }}{{ $consumed = . }}{{ end }}
+{{- if or (eq $previous "-Q") (eq $previous "--queues") }}{{ $consumed = . }}
+{{- else if hasPrefix "--queues=" . }}{{ $consumed = trimPrefix "--queues=" . }}
+{{- else if and (hasPrefix "-Q" .) (gt (len .) 2) }}{{ $consumed = trimPrefix "-Q" . }}
+{{- end }}
 {{- $previous = . }}
 {{- end }}
 {{- if ne $consumed $r.queue }}
@@ -61,9 +64,11 @@ Arguments (dict): root, worker, fullname, spec.
 {{- $listName := printf "%s%s" (get $root.Values.config "CELERY_KEY_PREFIX" | toString) $r.queue -}}
 {{- /* With the Redis egress on an ipBlock (a managed Redis outside the cluster), an in-cluster
 Service name is the dev default left in place: KEDA would poll a Redis the workers do not use. */ -}}
+{{- if $root.Values.networkPolicy.enabled }}
 {{- range $root.Values.networkPolicy.egress.redis.to }}
 {{- if and (hasKey . "ipBlock") (regexMatch "\\.svc(\\.cluster\\.local)?:[0-9]+$" $r.address) }}
 {{- fail (printf "workers.%s.keda.redis.address %q is an in-cluster Service, but networkPolicy.egress.redis allows only %s: set the address of the Redis that REDIS_URL names" $.worker $r.address .ipBlock.cidr) }}
+{{- end }}
 {{- end }}
 {{- end }}
 apiVersion: keda.sh/v1alpha1

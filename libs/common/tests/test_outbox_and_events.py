@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import uuid
+from unittest.mock import AsyncMock
 
+import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.events import Event, EventConsumer
-from ecosort_common.outbox import OutboxRelay, add_event, stream_name
+from ecosort_common.outbox import OutboxRelay, add_event, stream_name, unread_floor
 
 from .conftest import notes, outbox, processed_events
 
@@ -169,3 +171,21 @@ async def test_a_stream_no_group_reads_is_not_trimmed_below_its_cap(app: FastAPI
     await relay.trim()
 
     assert await redis.xlen(stream_name("note.unread")) == 1
+
+
+async def test_a_group_acknowledging_its_last_entry_meanwhile_does_not_stop_the_trim(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis: Redis = app.state.redis
+    stream = stream_name("note.raced")
+    await redis.xgroup_create(stream, "racer", id="0", mkstream=True)
+    async with app.state.sessionmaker() as session, session.begin():
+        await add_event(session, outbox, "note.raced", {"text": "x"})
+    relay = _relay(app)
+    await relay.publish_pending()
+    read = await redis.xreadgroup("racer", "r", {stream: ">"})
+    groups = await redis.xinfo_groups(stream)  # says 1 pending
+    await redis.xack(stream, "racer", read[0][1][0][0])  # ... which is acknowledged now
+    monkeypatch.setattr(redis, "xinfo_groups", AsyncMock(return_value=groups))
+
+    assert await unread_floor(redis, stream) == read[0][1][0][0]

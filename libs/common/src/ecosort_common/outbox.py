@@ -137,13 +137,19 @@ class OutboxRelay:
             if floor is not None:
                 await self.redis.xtrim(stream, minid=floor, approximate=True)
 
+    async def _trim_safely(self) -> None:
+        try:
+            await self.trim()
+        except Exception as exc:  # the next round trims; publishing must not wait for it
+            log.warning("outbox_trim_failed", error=type(exc).__name__)
+
     async def run(self) -> None:
         backoff = self.poll_seconds
         while True:
             try:
                 if time.monotonic() - self._trimmed_at > TRIM_EVERY_SECONDS:
                     self._trimmed_at = time.monotonic()
-                    await self.trim()
+                    await self._trim_safely()
                 published = await self.publish_pending()
                 backoff = self.poll_seconds
                 if published:
@@ -161,11 +167,12 @@ async def unread_floor(redis: Redis, stream: str) -> str | None:
     acknowledged (entries below it are done with); None while no group reads the stream."""
     floors: list[str] = []
     for group in await redis.xinfo_groups(stream):
-        if group["pending"]:
-            floors.append((await redis.xpending(stream, group["name"]))["min"])
-        else:
-            # Everything up to it is read and acknowledged; it stays, harmlessly.
-            floors.append(group["last-delivered-id"])
+        # None when the last pending entry was acknowledged since XINFO answered.
+        oldest_pending = (
+            (await redis.xpending(stream, group["name"]))["min"] if group["pending"] else None
+        )
+        # Else everything up to the last delivered entry is done; that one stays, harmlessly.
+        floors.append(oldest_pending or group["last-delivered-id"])
     return min(floors, key=_entry_order, default=None)
 
 

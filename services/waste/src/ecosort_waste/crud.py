@@ -57,10 +57,6 @@ async def find_earlier(
     return list((await session.execute(stmt)).scalars())
 
 
-# A transaction-scoped advisory lock on a 64-bit hash of a name.
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
-
-
 # The account's lock: shared by every request creating an analysis for it, exclusive for its
 # deletion. A creation that got it first is committed, and seen by the deletion's DELETE; one
 # that waited sees the tombstone (its next statement reads after the deletion committed).

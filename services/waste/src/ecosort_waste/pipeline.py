@@ -11,7 +11,7 @@ OOM). A second message while the run lives (kombu restores a worker's unacknowle
 when its broker connection drops, and the running task goes on) is retried later instead: taking
 over would cost the live run its attempt and, on the last one, fail an analysis about to
 complete. A `queued` analysis (re-queued by the reaper, which decides by the database deadline)
-is claimed whatever the lease says.
+is claimed whatever a run's lease says, but not while another delivery is claiming it.
 
 The database is written twice per analysis (the claim, then the result with its outbox event);
 the stages in between go to Redis only, which is where the API reads live progress. Statements
@@ -61,11 +61,25 @@ LEASE_SECONDS = 10.0
 LEASE_RENEW_SECONDS = 3.0
 # The lease's value between taking the key and the database claim, whose attempt it then holds.
 CLAIMING = "claiming"
-# KEYS: the lease. ARGV: the run's attempt, the TTL in ms. Only while the lease is still this
-# run's: a run given up on must not keep its successor's lease alive.
+# KEYS: the lease. ARGV: the run's attempt, the TTL in ms. Only while the lease is this run's
+# or gone (expired after a stall, or lost with a Redis restart): a run given up on must not keep
+# its successor's lease alive.
 _RENEW_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+# KEYS: the lease. ARGV: the run's attempt. A finished run frees its lease at once, so that its
+# own retry (a transient error) need not wait it out; a successor's stays.
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -149,11 +163,10 @@ async def run_analysis(deps: PipelineDeps, analysis_id: uuid.UUID) -> Outcome:
         log.warning("pipeline.retrying", analysis_id=str(analysis_id), detail=str(exc))
         return "retry"
     finally:
-        # Not deleted: a finished or re-queued analysis is claimed by its status, whatever its
-        # lease, and the key expires on its own.
         renewal.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewal
+        await _release_lease(deps, claim)
     await progress.publish_final(
         deps.redis, analysis_id, status="completed", stage="save", progress=100, result=result
     )
@@ -241,7 +254,16 @@ async def _claim(deps: PipelineDeps, analysis_id: uuid.UUID) -> Claim | None:
     # Taken before the database claim, so that two deliveries at once cannot both find the
     # lease free and both take over.
     free = await deps.redis.set(key, CLAIMING, nx=True, px=int(LEASE_SECONDS * 1000))
-    claimable = UNFINISHED_STATUSES if free else ("queued",)
+    claimable: tuple[str, ...]
+    if free:
+        claimable = UNFINISHED_STATUSES
+    elif await deps.redis.get(key) in (CLAIMING, None):
+        # Another delivery is claiming it right now: claiming `queued` here could leave that
+        # one to take over this run and spend an attempt. Its outcome decides.
+        return None
+    else:
+        # A run's lease: that run lives, or was given up on by the reaper, which re-queued it.
+        claimable = ("queued",)
     now = datetime.now(UTC)
     async with deps.sessionmaker() as session, session.begin():
         row = (
@@ -285,6 +307,20 @@ async def _renew_lease(deps: PipelineDeps, claim: Claim) -> None:
             continue
         if not renewed:
             return
+
+
+async def _release_lease(deps: PipelineDeps, claim: Claim) -> None:
+    try:
+        await cast(
+            Awaitable[int],
+            deps.redis.eval(_RELEASE_SCRIPT, 1, lease_key(claim.analysis_id), str(claim.attempt)),
+        )
+    except Exception as exc:  # it expires on its own
+        log.warning(
+            "pipeline.lease_not_released",
+            analysis_id=str(claim.analysis_id),
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
 
 async def _enter_stage(deps: PipelineDeps, claim: Claim, stage: str) -> None:

@@ -19,7 +19,8 @@ would give every waiting analysis a duplicate per period, and the duplicates wou
 queue that KEDA scales on. The count can still run high for a moment (an upload between its
 commit and its enqueue). An extra message is harmless but not free: the task is idempotent (one
 result, one event), and one that arrives while the analysis runs waits out that run's lease
-(pipeline.py), retried until the run ends.
+(pipeline.py), retried with backoff until the run ends (or, after the task's last retry,
+dropped: the run, or this reaper, still finishes the analysis).
 
 The same loop deletes direct uploads that no analysis was made from (the API deletes those
 analyses are made from, and those it refuses for good), an hour after their form expired: they

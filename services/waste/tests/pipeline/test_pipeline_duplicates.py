@@ -188,9 +188,48 @@ async def test_a_requeued_analysis_is_claimed_whatever_the_old_runs_lease(
     assert await pipeline.run_analysis(deps, analysis.id) == "completed"
 
     assert (await load(deps, analysis.id)).attempts == 2
-    assert await redis.get(pipeline.lease_key(analysis.id)) in ("2", b"2")
+    assert await redis.get(pipeline.lease_key(analysis.id)) is None  # freed when it ended
     events = await progress.read_events(redis, analysis.id)
     assert events[-1].event == "completed"
+
+
+async def test_a_delivery_waits_while_another_is_claiming(
+    deps: pipeline.PipelineDeps, redis: Redis
+) -> None:
+    """Two messages for one queued analysis: the one that took the free lease may take over a
+    `processing` row, so the other must not claim meanwhile (it would start a run the first then
+    takes over, spending an attempt: on the last one, failing it)."""
+    analysis = await new_analysis(deps, status="queued", attempts=deps.max_attempts - 1)
+    await redis.set(pipeline.lease_key(analysis.id), pipeline.CLAIMING, ex=60)
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "retry"
+
+    row = await load(deps, analysis.id)
+    assert (row.status, row.attempts) == ("queued", deps.max_attempts - 1)
+
+
+async def test_a_live_run_takes_its_lease_back_when_redis_lost_it(
+    deps: pipeline.PipelineDeps,
+    redis: Redis,
+    third_parties: FakeThirdParties,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline, "LEASE_RENEW_SECONDS", 0.1)
+    analysis = await new_analysis(deps)
+    third_parties.hang_openai.set()
+    sent = len(third_parties.chat_requests())
+    first = asyncio.create_task(pipeline.run_analysis(deps, analysis.id))
+    try:
+        await wait_until_classifying(third_parties, sent)
+        await redis.delete(pipeline.lease_key(analysis.id))  # a Redis restart without it
+        await asyncio.sleep(0.5)
+
+        assert await redis.get(pipeline.lease_key(analysis.id)) == "1"
+        assert await pipeline.run_analysis(deps, analysis.id) == "retry"
+    finally:
+        third_parties.release.set()
+    assert await first == "completed"
+    assert (await load(deps, analysis.id)).attempts == 1
 
 
 def test_a_broker_connection_loss_does_not_kill_the_running_task(settings: Settings) -> None:

@@ -43,6 +43,7 @@ from ecosort_waste.api.schemas import (
 )
 from ecosort_waste.api.view_cache import AnalysisViewCache
 from ecosort_waste.idempotency import (
+    AccountDeleted,
     NewAnalysis,
     UploadAlreadyUsed,
     create_or_replay,
@@ -150,9 +151,9 @@ async def _create_analysis(
 
     try:
         outcome = await create_or_replay(session, storage, new, load)
-    except (images.ImageRejected, UploadAlreadyUsed):
-        # Refused for its bytes, or spent: nothing will ever read this original again, and it
-        # may carry GPS and other metadata.
+    except (images.ImageRejected, UploadAlreadyUsed, AccountDeleted):
+        # Refused for its bytes, spent, or its owner gone: nothing will ever read this original
+        # again, and it may carry GPS and other metadata.
         if original is not None:
             await _discard_original(storage, original)
         raise
