@@ -17,10 +17,17 @@ from typing import Any
 import pytest
 from PIL import Image
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.migrations import upgrade
 from ecosort_common.redis import create_redis
 from ecosort_common.testing import free_port, temporary_database, temporary_redis_db
+from ecosort_waste import pipeline
+from ecosort_waste.classifier.registry import ClassifierRegistry, registry_from_settings
+from ecosort_waste.config import Settings
+from ecosort_waste.guidance import create_guidance_client
+from ecosort_waste.storage import storage_from_settings
 
 RECORDINGS = Path(__file__).parent / "recordings"
 SHARED_PHOTOS = Path(__file__).resolve().parents[4].parent / "shared" / "data" / "waste-images"
@@ -185,3 +192,48 @@ def photo_bytes(name: str = "metal/metal1.jpg") -> bytes:
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
+
+
+@pytest.fixture
+async def sessionmaker(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(database_url, pool_size=2)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, third_parties: FakeThirdParties) -> Settings:
+    return Settings(
+        data_dir=str(tmp_path),
+        recycling_url=third_parties.url,
+        classifier_provider="openai",
+        openai_api_key="sk-test",
+        openai_base_url=f"{third_parties.url}/v1",
+        openai_max_retries=0,
+        guidance_cache_seconds=0,
+    )
+
+
+def make_deps(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    classifiers: ClassifierRegistry | None = None,
+) -> pipeline.PipelineDeps:
+    return pipeline.PipelineDeps(
+        sessionmaker=sessionmaker,
+        redis=redis,
+        storage=storage_from_settings(settings),
+        classifiers=classifiers or registry_from_settings(settings),
+        guidance=create_guidance_client(
+            settings.recycling_url, timeout_seconds=1, attempts=2, cache_seconds=0
+        ),
+        max_attempts=settings.analysis_max_attempts,
+    )
+
+
+@pytest.fixture
+def deps(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> pipeline.PipelineDeps:
+    return make_deps(settings, sessionmaker, redis)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,59 +23,13 @@ from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.openai_provider import create_openai_classifier
 from ecosort_waste.classifier.registry import ClassifierRegistry, registry_from_settings
 from ecosort_waste.config import Settings
-from ecosort_waste.guidance import GuidanceClient, create_guidance_client
+from ecosort_waste.guidance import GuidanceClient
 from ecosort_waste.models import Analysis, outbox
-from ecosort_waste.storage import storage_from_settings
 
-from .conftest import FakeThirdParties, photo_bytes
+from .conftest import FakeThirdParties, make_deps, photo_bytes
 
 # The contract the API documents (test_openapi.py holds its field list).
 RESULT_KEYS = set(AnalysisResult.model_fields)
-
-
-@pytest.fixture
-async def sessionmaker(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(database_url, pool_size=2)
-    yield create_sessionmaker(engine)
-    await engine.dispose()
-
-
-@pytest.fixture
-def settings(tmp_path: Path, third_parties: FakeThirdParties) -> Settings:
-    return Settings(
-        data_dir=str(tmp_path),
-        recycling_url=third_parties.url,
-        classifier_provider="openai",
-        openai_api_key="sk-test",
-        openai_base_url=f"{third_parties.url}/v1",
-        openai_max_retries=0,
-        guidance_cache_seconds=0,
-    )
-
-
-def make_deps(
-    settings: Settings,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    redis: Redis,
-    classifiers: ClassifierRegistry | None = None,
-) -> pipeline.PipelineDeps:
-    return pipeline.PipelineDeps(
-        sessionmaker=sessionmaker,
-        redis=redis,
-        storage=storage_from_settings(settings),
-        classifiers=classifiers or registry_from_settings(settings),
-        guidance=create_guidance_client(
-            settings.recycling_url, timeout_seconds=1, attempts=2, cache_seconds=0
-        ),
-        max_attempts=settings.analysis_max_attempts,
-    )
-
-
-@pytest.fixture
-def deps(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
-) -> pipeline.PipelineDeps:
-    return make_deps(settings, sessionmaker, redis)
 
 
 async def new_analysis(deps: pipeline.PipelineDeps, *, store: bool = True, **values: Any) -> Any:

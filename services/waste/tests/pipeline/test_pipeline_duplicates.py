@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -23,35 +21,8 @@ from ecosort_waste.classifier.remote import ProviderError
 from ecosort_waste.config import Settings
 from ecosort_waste.queue import configure_celery
 
-from .conftest import FakeThirdParties
-from .test_pipeline import BrokenLocal, completed_events, load, make_deps, new_analysis
-
-
-@pytest.fixture
-async def sessionmaker(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(database_url, pool_size=2)
-    yield create_sessionmaker(engine)
-    await engine.dispose()
-
-
-@pytest.fixture
-def settings(tmp_path: Path, third_parties: FakeThirdParties) -> Settings:
-    return Settings(
-        data_dir=str(tmp_path),
-        recycling_url=third_parties.url,
-        classifier_provider="openai",
-        openai_api_key="sk-test",
-        openai_base_url=f"{third_parties.url}/v1",
-        openai_max_retries=0,
-        guidance_cache_seconds=0,
-    )
-
-
-@pytest.fixture
-def deps(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
-) -> pipeline.PipelineDeps:
-    return make_deps(settings, sessionmaker, redis)
+from .conftest import FakeThirdParties, make_deps
+from .test_pipeline import BrokenLocal, completed_events, load, new_analysis
 
 
 class ReapedThenFails:

@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_waste import progress, reaper
 from ecosort_waste.models import Analysis
 from ecosort_waste.reaper import DID_NOT_FINISH, BrokerQueue, reap_once, sweep_unread_uploads
@@ -29,13 +28,6 @@ DEADLINE = 60.0
 UNSENT_AFTER = 10.0
 LIVE_HOLD = DEADLINE + 60
 MAX_ATTEMPTS = 3
-
-
-@pytest.fixture
-async def sessionmaker(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(database_url, pool_size=2)
-    yield create_sessionmaker(engine)
-    await engine.dispose()
 
 
 async def add(

@@ -12,14 +12,11 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_waste.classifier.head import load_head
 from ecosort_waste.classifier.local import MODELS_DIR, LocalClassifier
 from ecosort_waste.config import Settings
@@ -28,13 +25,6 @@ from ecosort_waste.retrain import export_corrections
 from ecosort_waste.storage import storage_from_settings
 
 from .conftest import SHARED_PHOTOS, photo_bytes
-
-
-@pytest.fixture
-async def sessionmaker(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(database_url, pool_size=2)
-    yield create_sessionmaker(engine)
-    await engine.dispose()
 
 
 async def corrected_analysis(
