@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from PIL import Image
@@ -86,6 +88,21 @@ async def wait_until_classifying(third_parties: FakeThirdParties, sent_before: i
     raise AssertionError("the run never called the provider")
 
 
+@asynccontextmanager
+async def run_held_in_classify(
+    deps: pipeline.PipelineDeps, third_parties: FakeThirdParties, analysis_id: uuid.UUID
+) -> AsyncIterator[asyncio.Task[pipeline.Outcome]]:
+    """A run of the analysis, held while it classifies; the provider answers on leaving."""
+    third_parties.hang_openai.set()
+    sent = len(third_parties.chat_requests())
+    run = asyncio.create_task(pipeline.run_analysis(deps, analysis_id))
+    try:
+        await wait_until_classifying(third_parties, sent)
+        yield run
+    finally:
+        third_parties.release.set()
+
+
 async def test_a_duplicate_while_the_run_lives_neither_counts_an_attempt_nor_fails_it(
     deps: pipeline.PipelineDeps, third_parties: FakeThirdParties
 ) -> None:
@@ -93,18 +110,11 @@ async def test_a_duplicate_while_the_run_lives_neither_counts_an_attempt_nor_fai
     worker gets it, and the first run goes on. Here on the last attempt, which a takeover
     failed ("gave up after 3 attempts") although the run was about to complete."""
     analysis = await new_analysis(deps, status="queued", attempts=deps.max_attempts - 1)
-    third_parties.hang_openai.set()
-    sent = len(third_parties.chat_requests())
-    first = asyncio.create_task(pipeline.run_analysis(deps, analysis.id))
-    try:
-        await wait_until_classifying(third_parties, sent)
-
+    async with run_held_in_classify(deps, third_parties, analysis.id) as first:
         assert await pipeline.run_analysis(deps, analysis.id) == "retry"  # later, not now
 
         row = await load(deps, analysis.id)
         assert (row.status, row.attempts) == ("processing", deps.max_attempts)
-    finally:
-        third_parties.release.set()
     assert await first == "completed"
     row = await load(deps, analysis.id)
     assert (row.status, row.attempts, row.error) == ("completed", deps.max_attempts, None)
@@ -119,16 +129,10 @@ async def test_a_run_keeps_its_lease_past_its_ttl(
     monkeypatch.setattr(pipeline, "LEASE_SECONDS", 0.6)
     monkeypatch.setattr(pipeline, "LEASE_RENEW_SECONDS", 0.1)
     analysis = await new_analysis(deps)
-    third_parties.hang_openai.set()
-    sent = len(third_parties.chat_requests())
-    first = asyncio.create_task(pipeline.run_analysis(deps, analysis.id))
-    try:
-        await wait_until_classifying(third_parties, sent)
+    async with run_held_in_classify(deps, third_parties, analysis.id) as first:
         await asyncio.sleep(1.5)  # over twice the TTL
 
         assert await pipeline.run_analysis(deps, analysis.id) == "retry"
-    finally:
-        third_parties.release.set()
     assert await first == "completed"
     assert (await load(deps, analysis.id)).attempts == 1
 
@@ -187,18 +191,12 @@ async def test_a_live_run_takes_its_lease_back_when_redis_lost_it(
 ) -> None:
     monkeypatch.setattr(pipeline, "LEASE_RENEW_SECONDS", 0.1)
     analysis = await new_analysis(deps)
-    third_parties.hang_openai.set()
-    sent = len(third_parties.chat_requests())
-    first = asyncio.create_task(pipeline.run_analysis(deps, analysis.id))
-    try:
-        await wait_until_classifying(third_parties, sent)
+    async with run_held_in_classify(deps, third_parties, analysis.id) as first:
         await redis.delete(pipeline.lease_key(analysis.id))  # a Redis restart without it
         await asyncio.sleep(0.5)
 
         assert await redis.get(pipeline.lease_key(analysis.id)) == "1"
         assert await pipeline.run_analysis(deps, analysis.id) == "retry"
-    finally:
-        third_parties.release.set()
     assert await first == "completed"
     assert (await load(deps, analysis.id)).attempts == 1
 

@@ -100,24 +100,31 @@ async def test_a_photo_counts_once_under_its_most_frequent_correction(
     assert len({path.read_bytes() for path, _ in examples}) == 2
 
 
+async def train_head(heads: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m ecosort_waste train-head` on two photos per class, publishing to `heads`."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "ecosort_waste", "train-head", "--limit-per-class", "2"],
+        env={
+            **os.environ,
+            "CLASSIFIER_HEADS_DIR": str(heads),
+            "WASTE_PHOTOS_DIR": str(SHARED_PHOTOS),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 async def test_train_head_stops_when_the_corrections_cannot_be_read(tmp_path: Path) -> None:
     """Publishing a head without them would undo every correction people made."""
     heads = tmp_path / "heads"
     shutil.copytree(MODELS_DIR / "heads", heads)
     before = sorted(path.name for path in heads.iterdir())
 
-    finished = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "ecosort_waste", "train-head", "--limit-per-class", "2"],
-        env={
-            **os.environ,
-            "DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/nothing",
-            "CLASSIFIER_HEADS_DIR": str(heads),
-            "WASTE_PHOTOS_DIR": str(SHARED_PHOTOS),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
+    finished = await train_head(
+        heads, DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/nothing"
     )
 
     assert finished.returncode == 2, finished.stdout[-2000:]
@@ -137,20 +144,7 @@ async def test_train_head_publishes_a_new_version_the_classifier_picks_up(
     photo = Image.open(SHARED_PHOTOS / "metal/metal3.jpg")
     assert classifier.classify(photo).head_version == Path(before).stem
 
-    finished = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "ecosort_waste", "train-head", "--limit-per-class", "2"],
-        env={
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "DATA_DIR": settings.data_dir,
-            "CLASSIFIER_HEADS_DIR": str(heads),
-            "WASTE_PHOTOS_DIR": str(SHARED_PHOTOS),
-        },
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    finished = await train_head(heads, DATABASE_URL=database_url, DATA_DIR=settings.data_dir)
 
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "stored corrections with their photos: 1" in finished.stdout
