@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from unittest.mock import AsyncMock
 
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ecosort_common.events import Event, EventConsumer
-from ecosort_common.outbox import OutboxRelay, add_event, stream_name, unread_floor
+from ecosort_common.events import PROCESSED_RETENTION, Event, EventConsumer
+from ecosort_common.outbox import (
+    PUBLISHED_RETENTION,
+    OutboxRelay,
+    add_event,
+    stream_name,
+    unread_floor,
+)
 
 from .conftest import notes, outbox, processed_events
 
@@ -189,3 +196,41 @@ async def test_a_group_acknowledging_its_last_entry_meanwhile_does_not_stop_the_
     monkeypatch.setattr(redis, "xinfo_groups", AsyncMock(return_value=groups))
 
     assert await unread_floor(redis, stream) == read[0][1][0][0]
+
+
+async def test_published_events_leave_the_outbox_after_their_retention(app: FastAPI) -> None:
+    async with app.state.sessionmaker() as session, session.begin():
+        kept = await add_event(session, outbox, "note.kept", {"text": "published yesterday"})
+        old = await add_event(session, outbox, "note.old", {"text": "published long ago"})
+        unsent = await add_event(session, outbox, "note.unsent", {"text": "never published"})
+        ago = {kept: timedelta(days=1), old: PUBLISHED_RETENTION + timedelta(hours=1)}
+        for event_id, age in ago.items():
+            await session.execute(
+                update(outbox)
+                .where(outbox.c.id == event_id)
+                .values(published_at=datetime.now(UTC) - age)
+            )
+
+    assert await _relay(app).prune() >= 1
+
+    async with app.state.sessionmaker() as session:
+        left = set((await session.execute(select(outbox.c.id))).scalars())
+    assert {kept, unsent} <= left and old not in left
+
+
+async def test_records_of_processed_events_go_after_their_retention(app: FastAPI) -> None:
+    recent, old = uuid.uuid4().hex, uuid.uuid4().hex
+    async with app.state.sessionmaker() as session, session.begin():
+        long_ago = datetime.now(UTC) - PROCESSED_RETENTION - timedelta(hours=1)
+        for event_id, processed_at in ((recent, datetime.now(UTC)), (old, long_ago)):
+            await session.execute(
+                insert(processed_events).values(
+                    event_id=event_id, event_type="note.added", processed_at=processed_at
+                )
+            )
+
+    assert await _consumer(app, "pruner", "p").prune() >= 1
+
+    async with app.state.sessionmaker() as session:
+        left = set((await session.execute(select(processed_events.c.event_id))).scalars())
+    assert recent in left and old not in left

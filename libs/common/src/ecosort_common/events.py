@@ -7,20 +7,28 @@ import asyncio
 import json
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from sqlalchemy import Column, DateTime, MetaData, String, Table, func
+from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.outbox import stream_name
 
 DEAD_LETTER_STREAM = "events:dead-letter"
+# A record of a processed event is what makes a redelivery harmless. Redelivery happens within
+# minutes (a pending message is claimed once idle for claim_idle_ms, dead-lettered after
+# max_deliveries), so after a month the record only takes space.
+PROCESSED_RETENTION = timedelta(days=30)
+PRUNE_EVERY_SECONDS = 3600.0
+PRUNE_BATCH = 1_000
 log = structlog.get_logger("ecosort.events")
 
 
@@ -43,6 +51,7 @@ def processed_events_table(metadata: MetaData) -> Table:
         Column("event_id", String(64), primary_key=True),
         Column("event_type", String(100), nullable=False),
         Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Index("ix_processed_events_processed_at", "processed_at"),
     )
 
 
@@ -158,8 +167,22 @@ class EventConsumer:
                 handled += 1
         return handled
 
+    async def prune(self) -> int:
+        """Delete a batch of records of events processed longer than PROCESSED_RETENTION ago;
+        how many."""
+        t = self.processed
+        old = (
+            select(t.c.event_id)
+            .where(t.c.processed_at < datetime.now(UTC) - PROCESSED_RETENTION)
+            .limit(PRUNE_BATCH)
+        )
+        async with self.sessionmaker() as session, session.begin():
+            deleted = await session.execute(delete(t).where(t.c.event_id.in_(old)))
+        return int(deleted.rowcount)  # type: ignore[attr-defined]
+
     async def run(self) -> None:
         backoff = 1.0
+        pruned_at = time.monotonic()
         while True:
             try:
                 await self.ensure_groups()
@@ -167,6 +190,9 @@ class EventConsumer:
                 while True:
                     await self.poll_once()
                     await self.recover_pending()
+                    if time.monotonic() - pruned_at > PRUNE_EVERY_SECONDS:
+                        pruned_at = time.monotonic()
+                        await self.prune()
                     backoff = 1.0
             except asyncio.CancelledError:
                 raise

@@ -101,6 +101,34 @@ def create_event_tables() -> None:
     )
 
 
+def add_event_retention_indexes() -> None:
+    """The indexes by which old published events and old processed-event records are deleted
+    (ecosort_common.outbox / events). Built concurrently: the outbox takes an insert with every
+    change a service announces, and a plain CREATE INDEX would hold those off for the build."""
+    with op.get_context().autocommit_block():
+        # A concurrent build that failed leaves an invalid index behind: a retry starts over.
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_outbox_published_at")
+        op.create_index(
+            "ix_outbox_published_at",
+            "outbox",
+            ["published_at"],
+            postgresql_where="published_at IS NOT NULL",
+            postgresql_concurrently=True,
+        )
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_processed_events_processed_at")
+        op.create_index(
+            "ix_processed_events_processed_at",
+            "processed_events",
+            ["processed_at"],
+            postgresql_concurrently=True,
+        )
+
+
+def drop_event_retention_indexes() -> None:
+    op.drop_index("ix_processed_events_processed_at", table_name="processed_events")
+    op.drop_index("ix_outbox_published_at", table_name="outbox")
+
+
 def drop_event_tables() -> None:
     op.drop_table("processed_events")
     op.drop_index("ix_outbox_unpublished", table_name="outbox")

@@ -7,6 +7,7 @@ the oldest events unread while a consumer is down long enough, and their outbox 
 already marked published, so nothing would send them again. A stream no group reads yet (its
 consumers have not started) and a group that stopped reading for good are bounded by
 STREAM_MAXLEN, the guard of Redis's memory, far above what a day's outage accumulates.
+Published rows leave the outbox table after PUBLISHED_RETENTION.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -27,6 +28,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
     func,
     insert,
     select,
@@ -37,7 +39,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 STREAM_PREFIX = "events:"
 STREAM_MAXLEN = 1_000_000
-TRIM_EVERY_SECONDS = 60.0
+HOUSEKEEPING_EVERY_SECONDS = 60.0
+# Published rows stay a while, to look into what was sent; then they go, a batch per round.
+PUBLISHED_RETENTION = timedelta(days=7)
+PRUNE_BATCH = 1_000
 log = structlog.get_logger("ecosort.outbox")
 
 
@@ -55,6 +60,9 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("occurred_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Column("published_at", DateTime(timezone=True), nullable=True),
         Index("ix_outbox_unpublished", "occurred_at", postgresql_where="published_at IS NULL"),
+        Index(
+            "ix_outbox_published_at", "published_at", postgresql_where="published_at IS NOT NULL"
+        ),
     )
 
 
@@ -137,19 +145,32 @@ class OutboxRelay:
             if floor is not None:
                 await self.redis.xtrim(stream, minid=floor, approximate=True)
 
-    async def _trim_safely(self) -> None:
+    async def prune(self) -> int:
+        """Delete a batch of rows published longer than PUBLISHED_RETENTION ago; how many."""
+        t = self.table
+        old = (
+            select(t.c.id)
+            .where(t.c.published_at < datetime.now(UTC) - PUBLISHED_RETENTION)
+            .limit(PRUNE_BATCH)
+        )
+        async with self.sessionmaker() as session, session.begin():
+            deleted = await session.execute(delete(t).where(t.c.id.in_(old)))
+        return int(deleted.rowcount)  # type: ignore[attr-defined]
+
+    async def _housekeeping(self) -> None:
         try:
             await self.trim()
-        except Exception as exc:  # the next round trims; publishing must not wait for it
-            log.warning("outbox_trim_failed", error=type(exc).__name__)
+            await self.prune()
+        except Exception as exc:  # the next round does it; publishing must not wait for it
+            log.warning("outbox_housekeeping_failed", error=type(exc).__name__)
 
     async def run(self) -> None:
         backoff = self.poll_seconds
         while True:
             try:
-                if time.monotonic() - self._trimmed_at > TRIM_EVERY_SECONDS:
+                if time.monotonic() - self._trimmed_at > HOUSEKEEPING_EVERY_SECONDS:
                     self._trimmed_at = time.monotonic()
-                    await self._trim_safely()
+                    await self._housekeeping()
                 published = await self.publish_pending()
                 backoff = self.poll_seconds
                 if published:

@@ -1,0 +1,23 @@
+"""indexes for deleting old events
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-27 21:40:00.000000
+"""
+
+from collections.abc import Sequence
+
+from ecosort_common.migrations import add_event_retention_indexes, drop_event_retention_indexes
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    add_event_retention_indexes()
+
+
+def downgrade() -> None:
+    drop_event_retention_indexes()
