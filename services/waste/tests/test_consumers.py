@@ -137,16 +137,18 @@ async def test_an_upload_during_the_deletion_waits_for_it_and_is_refused(
 
 
 @pytest.mark.usefixtures("enqueued")
-async def test_a_direct_upload_after_the_deletion_is_refused_and_its_original_deleted(
+async def test_a_direct_upload_of_a_deleted_account_is_refused_and_its_original_deleted(
     app: FastAPI, client: AsyncClient, token_issuer: TokenIssuer, settings: Settings
 ) -> None:
     leaving = User(token_issuer)
-    async with app.state.sessionmaker() as session, session.begin():
-        await crud.delete_account(session, leaving.id)  # as the user.deleted consumer does
     issued = await ticket(client, leaving.headers)
     assert (await post_form(client, issued, gps_png())).status_code == 204
     original = Path(settings.data_dir) / "uploads" / issued["fields"]["key"]
+    async with app.state.sessionmaker() as session, session.begin():
+        await crud.delete_account(session, leaving.id)  # the rows, as the consumer does
     assert original.exists()
+    # No new form either: nothing could be made from it.
+    assert_problem(await client.post(f"{API}/uploads", headers=leaving.headers), 410)
 
     refused = await client.post(
         f"{API}/analyses", headers=leaving.headers, json={"upload_id": issued["upload_id"]}

@@ -15,22 +15,31 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ecosort_common.errors import Problem
-from ecosort_waste import images
+from ecosort_waste import crud, images
 from ecosort_waste.api.body_limit import capped_body
-from ecosort_waste.api.deps import CurrentUser, SettingsDep, StorageDep
+from ecosort_waste.api.deps import CurrentUser, ReadSession, SettingsDep, StorageDep
 from ecosort_waste.api.schemas import UploadRequest, UploadTicket
+from ecosort_waste.idempotency import AccountDeleted
 from ecosort_waste.storage import LocalStorage, UploadFormRejected, incoming_key
 
 router = APIRouter(tags=["uploads"])
 
 
-@router.post("/uploads", status_code=201, response_model=UploadTicket)
+@router.post(
+    "/uploads",
+    status_code=201,
+    response_model=UploadTicket,
+    responses={410: {"description": "The account was deleted (its token is not revoked yet)."}},
+)
 async def create_upload(
     user: CurrentUser,
     storage: StorageDep,
     settings: SettingsDep,
+    session: ReadSession,
     body: Annotated[UploadRequest | None, Body()] = None,
 ) -> UploadTicket:
+    if await crud.is_deleted(session, user.user_id):
+        raise AccountDeleted()  # no analysis could be made from the upload
     request = body or UploadRequest()
     upload_id = uuid.uuid4()
     url, fields = await run_in_threadpool(
