@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from zlib import crc32
 
 import pytest
 import sqlalchemy as sa
@@ -104,3 +110,65 @@ def test_waste_failed_analyses_get_when_they_finished() -> None:
                 assert dict(map(tuple, rows)) == {failed: failed_at, queued: None}
         finally:
             engine.dispose()
+
+
+def test_migrators_started_together_both_succeed() -> None:
+    """Replicas starting at once: one migrates, the other waits for it and finds nothing to do
+    (its wait must not hold a snapshot the first one's concurrent index builds wait for)."""
+    with temporary_database("migrations_together") as url:
+        upgrade("ecosort_users", url, "0002")
+        env = {**os.environ, "DATABASE_URL": url}
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with engine.connect() as holder:
+            # Both wait behind a third, so that they are waiting when the first one migrates.
+            holder.execute(sa.text("SELECT pg_advisory_lock(:id)"), {"id": crc32(b"ecosort_users")})
+            migrators = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "ecosort_users", "migrate"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+                for _ in range(2)
+            ]
+            # Each connects just before it asks for the lock.
+            waiting = sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+            deadline = time.monotonic() + 60
+            while holder.execute(waiting).scalar_one() < 2 and time.monotonic() < deadline:
+                holder.commit()  # a transaction sees pg_stat_activity as it first read it
+                time.sleep(0.1)
+        outputs = [migrator.communicate(timeout=120)[0] for migrator in migrators]
+        assert [migrator.returncode for migrator in migrators] == [0, 0], outputs
+        with engine.connect() as conn:
+            valid = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE c.relname IN ('ix_outbox_published_at', "
+                    "'ix_processed_events_processed_at') AND i.indisvalid"
+                )
+            ).scalar_one()
+        assert valid == 2
+
+
+def test_concurrent_index_builds_wait_out_long_transactions() -> None:
+    """A backup or a report holds a snapshot longer than LOCK_TIMEOUT: a concurrent index build
+    waits for it, since it blocks nobody meanwhile, instead of failing the release."""
+    with temporary_database("migrations_long_snapshot") as url:
+        upgrade("ecosort_users", url, "0002")
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+        def report() -> None:
+            with engine.begin() as transaction:  # 7 s, then it ends
+                transaction.execute(sa.text("SELECT pg_sleep(7)"))
+
+        running = threading.Thread(target=report, daemon=True)
+        running.start()
+        time.sleep(0.5)
+
+        upgrade("ecosort_users", url)  # raised LockNotAvailable after 5 s
+
+        running.join()

@@ -20,15 +20,14 @@ from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, delete,
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ecosort_common.outbox import stream_name
+from ecosort_common.outbox import PRUNE_BATCH, delete_in_batches, stream_name
 
 DEAD_LETTER_STREAM = "events:dead-letter"
 # A record of a processed event is what makes a redelivery harmless. Redelivery happens within
 # minutes (a pending message is claimed once idle for claim_idle_ms, dead-lettered after
 # max_deliveries), so after a month the record only takes space.
 PROCESSED_RETENTION = timedelta(days=30)
-PRUNE_EVERY_SECONDS = 3600.0
-PRUNE_BATCH = 1_000
+PRUNE_EVERY_SECONDS = 600.0
 log = structlog.get_logger("ecosort.events")
 
 
@@ -168,21 +167,19 @@ class EventConsumer:
         return handled
 
     async def prune(self) -> int:
-        """Delete a batch of records of events processed longer than PROCESSED_RETENTION ago;
-        how many."""
+        """Delete the records of events processed longer than PROCESSED_RETENTION ago (in
+        batches, for a few seconds at most); how many."""
         t = self.processed
         old = (
             select(t.c.event_id)
             .where(t.c.processed_at < datetime.now(UTC) - PROCESSED_RETENTION)
             .limit(PRUNE_BATCH)
         )
-        async with self.sessionmaker() as session, session.begin():
-            deleted = await session.execute(delete(t).where(t.c.event_id.in_(old)))
-        return int(deleted.rowcount)  # type: ignore[attr-defined]
+        return await delete_in_batches(self.sessionmaker, delete(t).where(t.c.event_id.in_(old)))
 
     async def run(self) -> None:
         backoff = 1.0
-        pruned_at = time.monotonic()
+        pruned_at = -PRUNE_EVERY_SECONDS  # the first round at start
         while True:
             try:
                 await self.ensure_groups()

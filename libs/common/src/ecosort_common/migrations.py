@@ -3,12 +3,13 @@ two lines (`run_migrations(Base.metadata)`)."""
 
 from __future__ import annotations
 
+import time
 import zlib
 
 import sqlalchemy as sa
 from alembic import command, context, op
 from alembic.config import Config
-from sqlalchemy import MetaData, create_engine, pool, text
+from sqlalchemy import Connection, MetaData, create_engine, pool, text
 from sqlalchemy.dialects import postgresql
 
 # A migration waiting for a lock (ALTER TABLE wants ACCESS EXCLUSIVE behind any open transaction
@@ -18,6 +19,7 @@ from sqlalchemy.dialects import postgresql
 # the Job's activeDeadlineSeconds (600 s) kills the client.
 LOCK_TIMEOUT = "5s"
 STATEMENT_TIMEOUT = "5min"
+LOCK_POLL_SECONDS = 0.2
 
 
 def alembic_config(package: str, database_url: str) -> Config:
@@ -45,9 +47,7 @@ def run_migrations(metadata: MetaData) -> None:
         return
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
-        connection.execute(
-            text("SELECT pg_advisory_lock(:id)"), {"id": config.attributes["lock_id"]}
-        )
+        _take_lock(connection, config.attributes["lock_id"])
         # Set after the advisory lock: a second migrator waits for the first one to finish.
         connection.execute(
             text(
@@ -67,6 +67,18 @@ def run_migrations(metadata: MetaData) -> None:
             )
             connection.commit()
     engine.dispose()
+
+
+def _take_lock(connection: Connection, lock_id: int) -> None:
+    """Wait for the migrations' advisory lock by asking again and again: a statement waiting in
+    pg_advisory_lock holds a snapshot, which the holder's CREATE INDEX CONCURRENTLY would wait
+    for in turn (a deadlock, one migrator failing)."""
+    while True:
+        taken = connection.execute(text("SELECT pg_try_advisory_lock(:id)"), {"id": lock_id})
+        connection.commit()
+        if taken.scalar_one():
+            return
+        time.sleep(LOCK_POLL_SECONDS)
 
 
 def create_event_tables() -> None:
@@ -106,6 +118,11 @@ def add_event_retention_indexes() -> None:
     (ecosort_common.outbox / events). Built concurrently: the outbox takes an insert with every
     change a service announces, and a plain CREATE INDEX would hold those off for the build."""
     with op.get_context().autocommit_block():
+        # Such a build blocks no reads or writes, but first waits for every transaction in the
+        # database older than it (a backup's, a report's): LOCK_TIMEOUT would fail it for that.
+        # The hook Job's deadline bounds it instead.
+        op.execute("SET lock_timeout = 0")
+        op.execute("SET statement_timeout = 0")
         # A concurrent build that failed leaves an invalid index behind: a retry starts over.
         op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_outbox_published_at")
         op.create_index(
@@ -122,6 +139,8 @@ def add_event_retention_indexes() -> None:
             ["processed_at"],
             postgresql_concurrently=True,
         )
+        op.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        op.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
 
 
 def drop_event_retention_indexes() -> None:

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy import (
     Column,
     DateTime,
+    Delete,
     Index,
     MetaData,
     String,
@@ -43,6 +44,7 @@ HOUSEKEEPING_EVERY_SECONDS = 60.0
 # Published rows stay a while, to look into what was sent; then they go, a batch per round.
 PUBLISHED_RETENTION = timedelta(days=7)
 PRUNE_BATCH = 1_000
+PRUNE_SECONDS = 5.0  # per round: a backlog goes over several rounds
 log = structlog.get_logger("ecosort.outbox")
 
 
@@ -100,7 +102,7 @@ class OutboxRelay:
         self.poll_seconds = poll_seconds
         self.batch_size = batch_size
         self.streams: set[str] = set()  # those this relay published to
-        self._trimmed_at = time.monotonic()
+        self._housekept_at = -HOUSEKEEPING_EVERY_SECONDS  # the first round at start
 
     async def publish_pending(self) -> int:
         """Publish one batch. Rows are locked with SKIP LOCKED so several relays can run."""
@@ -146,30 +148,32 @@ class OutboxRelay:
                 await self.redis.xtrim(stream, minid=floor, approximate=True)
 
     async def prune(self) -> int:
-        """Delete a batch of rows published longer than PUBLISHED_RETENTION ago; how many."""
+        """Delete the rows published longer than PUBLISHED_RETENTION ago, a batch per
+        transaction, for at most PRUNE_SECONDS; how many."""
         t = self.table
         old = (
             select(t.c.id)
             .where(t.c.published_at < datetime.now(UTC) - PUBLISHED_RETENTION)
             .limit(PRUNE_BATCH)
         )
-        async with self.sessionmaker() as session, session.begin():
-            deleted = await session.execute(delete(t).where(t.c.id.in_(old)))
-        return int(deleted.rowcount)  # type: ignore[attr-defined]
+        return await delete_in_batches(self.sessionmaker, delete(t).where(t.c.id.in_(old)))
 
     async def _housekeeping(self) -> None:
-        try:
-            await self.trim()
-            await self.prune()
-        except Exception as exc:  # the next round does it; publishing must not wait for it
-            log.warning("outbox_housekeeping_failed", error=type(exc).__name__)
+        # Each on its own: the next round retries what failed, and publishing never waits.
+        for step in (self.trim, self.prune):
+            try:
+                await step()
+            except Exception as exc:
+                log.warning(
+                    "outbox_housekeeping_failed", step=step.__name__, error=type(exc).__name__
+                )
 
     async def run(self) -> None:
         backoff = self.poll_seconds
         while True:
             try:
-                if time.monotonic() - self._trimmed_at > HOUSEKEEPING_EVERY_SECONDS:
-                    self._trimmed_at = time.monotonic()
+                if time.monotonic() - self._housekept_at > HOUSEKEEPING_EVERY_SECONDS:
+                    self._housekept_at = time.monotonic()
                     await self._housekeeping()
                 published = await self.publish_pending()
                 backoff = self.poll_seconds
@@ -200,3 +204,16 @@ async def unread_floor(redis: Redis, stream: str) -> str | None:
 def _entry_order(entry_id: str) -> tuple[int, int]:
     milliseconds, sequence = entry_id.split("-")
     return int(milliseconds), int(sequence)
+
+
+async def delete_in_batches(sessionmaker: async_sessionmaker[AsyncSession], batch: Delete) -> int:
+    """Run `batch` (a DELETE of at most PRUNE_BATCH rows) until it deletes fewer, or for
+    PRUNE_SECONDS; how many rows went. Short transactions: no long lock on a busy table."""
+    deleted, started = 0, time.monotonic()
+    while time.monotonic() - started < PRUNE_SECONDS:
+        async with sessionmaker() as session, session.begin():
+            count = int((await session.execute(batch)).rowcount)  # type: ignore[attr-defined]
+        deleted += count
+        if count < PRUNE_BATCH:
+            break
+    return deleted

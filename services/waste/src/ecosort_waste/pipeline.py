@@ -61,9 +61,10 @@ LEASE_SECONDS = 10.0
 LEASE_RENEW_SECONDS = 3.0
 # The lease's value between taking the key and the database claim, whose attempt it then holds.
 CLAIMING = "claiming"
-# KEYS: the lease. ARGV: the run's attempt, the TTL in ms. Only while the lease is this run's
-# or gone (expired after a stall, or lost with a Redis restart): a run given up on must not keep
-# its successor's lease alive.
+# KEYS: the lease. ARGV: the run's attempt, the TTL in ms, CLAIMING. Renewed while the lease is
+# this run's or gone (expired after a stall, or lost with a Redis restart); left alone, but
+# watched, while a delivery is claiming (it may fail, and its mark expire); given up (0) once
+# another run holds it: a run given up on must not keep its successor's lease alive.
 _RENEW_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
@@ -72,6 +73,9 @@ end
 if not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
+end
+if holder == ARGV[3] then
+  return 2
 end
 return 0
 """
@@ -296,7 +300,9 @@ async def _renew_lease(deps: PipelineDeps, claim: Claim) -> None:
         try:
             renewed = await cast(
                 Awaitable[int],
-                deps.redis.eval(_RENEW_SCRIPT, 1, key, attempt, str(int(LEASE_SECONDS * 1000))),
+                deps.redis.eval(
+                    _RENEW_SCRIPT, 1, key, attempt, str(int(LEASE_SECONDS * 1000)), CLAIMING
+                ),
             )
         except Exception as exc:  # Redis down for a moment: the next renewal may get through
             log.warning(

@@ -205,3 +205,21 @@ def test_a_broker_connection_loss_does_not_kill_the_running_task(settings: Setti
     # Celery 6 turns it on by default: the run would die and the duplicate start it over.
     celery = configure_celery(settings)
     assert celery.conf.worker_cancel_long_running_tasks_on_connection_loss is False
+
+
+async def test_a_live_run_outlasts_a_claim_that_came_to_nothing(
+    deps: pipeline.PipelineDeps,
+    redis: Redis,
+    third_parties: FakeThirdParties,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its lease expired in a stall, a duplicate marked the key as claiming, then its database
+    claim failed: once that mark expires, the live run must hold its lease again."""
+    monkeypatch.setattr(pipeline, "LEASE_RENEW_SECONDS", 0.1)
+    analysis = await new_analysis(deps)
+    async with run_held_in_classify(deps, third_parties, analysis.id) as first:
+        await redis.set(pipeline.lease_key(analysis.id), pipeline.CLAIMING, px=300)
+        await asyncio.sleep(0.8)
+
+        assert await redis.get(pipeline.lease_key(analysis.id)) == "1"
+    assert await first == "completed"
