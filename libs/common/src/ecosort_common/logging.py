@@ -27,3 +27,7 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=numeric, stream=sys.stdout, format="%(message)s", force=True)
+    # httpx logs every outbound request's full URL at INFO (httpcore its traffic at DEBUG), and
+    # some providers take their API key in the query string (Roboflow).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
