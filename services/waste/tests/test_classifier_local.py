@@ -30,10 +30,12 @@ from ecosort_waste.classifier.head import (
     load_head,
     publish_head,
     save_head,
+    seed_heads,
 )
 from ecosort_waste.classifier.imagenet_map import IMAGENET_TO_CATEGORY
 from ecosort_waste.classifier.local import MODELS_DIR, ONNX_FILES, LocalClassifier, OnnxBackbone
 from ecosort_waste.classifier.preprocess import to_rgb
+from ecosort_waste.classifier.registry import registry_from_settings
 from ecosort_waste.classifier.training import (
     NEVER,
     OutOfFold,
@@ -446,6 +448,31 @@ def test_trainers_publishing_together_leave_current_on_the_highest_version(
 
         assert publishing.result(timeout=30) == heads / "head-v2.npz"
     assert (heads / "current").read_text().strip() == "head-v2.npz"
+
+
+def test_a_heads_folder_of_its_own_starts_with_the_shipped_head(tmp_path: Path) -> None:
+    heads = tmp_path / "stack" / "heads"
+    shipped = current_head_path(MODELS_DIR / "heads")
+
+    seed_heads(heads, MODELS_DIR / "heads")
+
+    assert current_head_path(heads) == heads / shipped.name
+    assert (heads / shipped.name).read_bytes() == shipped.read_bytes()
+    # Once it has a current head, seeding leaves it alone (a retrained one stays current).
+    (heads / "current").write_text("head-v99.npz\n")
+    seed_heads(heads, MODELS_DIR / "heads")
+    assert (heads / "current").read_text() == "head-v99.npz\n"
+
+
+def test_the_service_seeds_its_configured_heads_folder(tmp_path: Path) -> None:
+    heads = tmp_path / "heads"
+    settings = Settings(classifier_provider="local", classifier_heads_dir=str(heads))
+    pixels = np.random.default_rng(3).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+
+    answer = registry_from_settings(settings).classify(Image.fromarray(pixels))
+
+    assert answer.classification.head_version == current_head_path(MODELS_DIR / "heads").stem
+    assert (heads / "current").exists()
 
 
 @needs_photos

@@ -73,7 +73,8 @@ class Settings(ServiceSettings):
     roboflow_timeout_seconds: float = Field(default=10.0, gt=0)
     # Local classifier: onnxruntime threads per worker process (one process per core), and
     # where `train-head` writes heads and the service reads the `current` one (empty: the
-    # packaged models/heads). The training photos come from WASTE_PHOTOS_DIR.
+    # package's artifacts/heads; a folder of its own starts with the packaged current head).
+    # The training photos come from WASTE_PHOTOS_DIR.
     classifier_threads: int = Field(default=1, gt=0)
     # Test-time augmentation (a flipped second view, half the throughput). None: follow the
     # head file, whose not-sure threshold was calibrated with or without it; true/false forces.

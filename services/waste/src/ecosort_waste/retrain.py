@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.db import create_engine, create_sessionmaker
+from ecosort_waste.classifier.head import MODELS_DIR, seed_heads
 from ecosort_waste.config import get_settings
 from ecosort_waste.models import Analysis, Correction
 from ecosort_waste.pipeline import decode_stored
@@ -143,6 +144,8 @@ def train_head_command(argv: Sequence[str]) -> int:
                 )
                 return 2
             print(f"stored corrections with their photos: {len(corrections)}")
+        if heads_dir is not None:  # numbered on from the shipped head, beside it
+            seed_heads(heads_dir, MODELS_DIR / "heads")
         path = train_head(
             corrections,
             photos=args.photos,

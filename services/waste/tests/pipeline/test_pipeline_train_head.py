@@ -137,19 +137,23 @@ async def test_train_head_publishes_a_new_version_the_classifier_picks_up(
 ) -> None:
     settings = Settings(data_dir=str(tmp_path / "data"))
     await corrected_analysis(sessionmaker, settings, "metal/metal2.jpg", "can")
+    packaged = {path.name: path.read_bytes() for path in (MODELS_DIR / "heads").iterdir()}
+    # A folder of its own, empty as the local stack's is at first: the shipped head is copied
+    # in, and the new version numbered on from it.
     heads = tmp_path / "heads"
-    shutil.copytree(MODELS_DIR / "heads", heads)
-    before = (heads / "current").read_text().strip()
-    classifier = LocalClassifier(heads_dir=heads)
+    before = (MODELS_DIR / "heads" / "current").read_text().strip()
     photo = Image.open(SHARED_PHOTOS / "metal/metal3.jpg")
-    assert classifier.classify(photo).head_version == Path(before).stem
 
     finished = await train_head(heads, DATABASE_URL=database_url, DATA_DIR=settings.data_dir)
+    classifier = LocalClassifier(heads_dir=heads)
 
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "stored corrections with their photos: 1" in finished.stdout
     after = (heads / "current").read_text().strip()
     assert after != before and (heads / after).exists() and (heads / before).exists()
+    assert Path(after).stem == f"head-v{int(Path(before).stem.removeprefix('head-v')) + 1}"
+    assert (heads / before).read_bytes() == packaged[before]
+    assert {path.name: path.read_bytes() for path in (MODELS_DIR / "heads").iterdir()} == packaged
     # It prints the validation figures it measured and recorded in the new head.
     (printed,) = [line for line in finished.stdout.splitlines() if line.startswith("validation: ")]
     figures = json.loads(printed.removeprefix("validation: "))

@@ -223,9 +223,11 @@ async def test_provider_errors_are_retried_with_backoff_then_fail_with_the_reaso
 ) -> None:
     """OpenAI answers 503 and the local fallback cannot load its head: every attempt is a
     provider error, retried by Celery after a backoff until the attempts are spent."""
+    heads = tmp_path_factory.mktemp("lost-head")
+    (heads / "current").write_text("head-v1.npz\n")  # a pointer to a head that is not there
     env = environment(settings) | {
         "ANALYSIS_MAX_ATTEMPTS": "2",
-        "CLASSIFIER_HEADS_DIR": str(tmp_path_factory.mktemp("no-heads")),
+        "CLASSIFIER_HEADS_DIR": str(heads),
     }
     fake.openai_responses = [(503, {"error": {"message": "overloaded", "type": "server"}})]
     data = photo_bytes()

@@ -62,7 +62,9 @@ def service_env(
         "RECYCLING_URL": f"http://127.0.0.1:{config.service_port('recycling')}",
         "PUBLIC_BASE_URL": gateway,  # waste: where local direct-upload forms post back
         "AUTH_PUBLIC_BASE_URL": gateway,  # auth: OAuth callbacks come back through the gateway
-        "DATA_DIR": str(config.data_dir(service)),  # uploads, signing keys, models
+        "DATA_DIR": str(config.data_dir(service)),  # waste: its stored photos
+        # waste: the heads `make train-head` publishes, outside the repository's tracked files
+        "CLASSIFIER_HEADS_DIR": str(config.data_dir(service) / "heads"),
         "LOG_LEVEL": "info",
     }
     seed = config.repo / ".." / "shared" / "data" / "collection-points"

@@ -4,12 +4,14 @@ not-sure threshold)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import re
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from numpy.typing import NDArray
 
 from .categories import CATEGORY_CODES, TRASHNET_CLASSES
 
+# The networks and heads shipped in the package; the heads folder is the default one.
+MODELS_DIR = Path(__file__).resolve().parent / "artifacts"
 CURRENT_POINTER = "current"
 _VERSION_FILE = re.compile(r"^head-v(\d+)\.npz$")
 
@@ -169,19 +173,51 @@ def publish_head(head: Head, heads_dir: Path) -> Path:
     try:
         save_head(head, staged)
         os.chmod(staged, 0o644)  # private as created; the service user must read it
-        folder = os.open(heads_dir, os.O_RDONLY)
-        try:
-            fcntl.flock(folder, fcntl.LOCK_EX)  # released when closed
+        with _folder_lock(heads_dir):
             path = _link_next_version(staged, heads_dir)
-            with tempfile.NamedTemporaryFile("w", dir=heads_dir, delete=False) as pointer:
-                pointer.write(path.name + "\n")
-            os.chmod(pointer.name, 0o644)
-            os.replace(pointer.name, heads_dir / CURRENT_POINTER)
-        finally:
-            os.close(folder)
+            _point_current_at(path)
     finally:
         staged.unlink()
     return path
+
+
+def seed_heads(heads_dir: Path, packaged: Path) -> None:
+    """Give a heads folder of its own (CLASSIFIER_HEADS_DIR) the packaged current head, once.
+
+    The service then answers as shipped, and `train-head` numbers its heads on from the
+    packaged one into this folder instead of writing into the package (in a checkout, files
+    the repository tracks)."""
+    if (heads_dir / CURRENT_POINTER).exists():
+        return
+    shipped = current_head_path(packaged)
+    heads_dir.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(heads_dir):
+        if (heads_dir / CURRENT_POINTER).exists():  # another process seeded it meanwhile
+            return
+        seeded = heads_dir / shipped.name
+        if not seeded.exists():  # else written by a seeding that stopped before the pointer
+            with tempfile.NamedTemporaryFile(suffix=".npz", dir=heads_dir, delete=False) as tmp:
+                tmp.write(shipped.read_bytes())
+            os.chmod(tmp.name, 0o644)
+            os.replace(tmp.name, seeded)
+        _point_current_at(seeded)
+
+
+@contextlib.contextmanager
+def _folder_lock(heads_dir: Path) -> Iterator[None]:
+    folder = os.open(heads_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when closed
+        yield
+    finally:
+        os.close(folder)
+
+
+def _point_current_at(path: Path) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as pointer:
+        pointer.write(path.name + "\n")
+    os.chmod(pointer.name, 0o644)
+    os.replace(pointer.name, path.parent / CURRENT_POINTER)
 
 
 def _link_next_version(staged: Path, heads_dir: Path) -> Path:

@@ -17,12 +17,11 @@ from . import preprocess
 from .base import Candidate, Classification
 from .categories import mapping_note
 from .decision import answer, is_sure
-from .head import Head, HeadError, current_head_path, load_head
+from .head import MODELS_DIR, Head, HeadError, current_head_path, load_head
 from .onnx_options import session_options
 
 log = structlog.get_logger(__name__)
 
-MODELS_DIR = Path(__file__).resolve().parent / "artifacts"
 # The head reads the pooled features of both networks side by side (MODEL_CARD.md, round 6:
 # validation 0.949 against 0.903 for Lite0 alone); the ImageNet outputs that answer for what
 # TrashNet lacks (textiles, appliances, food) come from the first. Both int8

@@ -14,6 +14,7 @@ import structlog
 from PIL import Image
 
 from .base import Classification, Classifier
+from .head import MODELS_DIR, seed_heads
 from .remote import ProviderError
 
 log = structlog.get_logger(__name__)
@@ -127,17 +128,20 @@ def registry_from_settings(
     """The registry CLASSIFIER_PROVIDER asks for; a remote provider without its key is a
     configuration error, reported at start-up rather than on the first photo."""
     provider = settings.classifier_provider
-    loader = local_loader or (
-        lambda: create_classifier(
+    heads_dir = Path(settings.classifier_heads_dir) if settings.classifier_heads_dir else None
+
+    def load_local() -> Classifier:
+        if heads_dir is not None:
+            seed_heads(heads_dir, MODELS_DIR / "heads")
+        return create_classifier(
             LOCAL,
             intra_op_threads=settings.classifier_threads,
             test_time_augmentation=settings.classifier_test_time_augmentation,
             cascade=settings.classifier_cascade,
-            heads_dir=Path(settings.classifier_heads_dir)
-            if settings.classifier_heads_dir
-            else None,
+            heads_dir=heads_dir,
         )
-    )
+
+    loader = local_loader or load_local
     if provider == LOCAL:
         return ClassifierRegistry(LOCAL, local_loader=loader)
     if provider == "openai":
