@@ -76,6 +76,18 @@ async def test_metrics_use_route_templates(client: AsyncClient) -> None:
     assert "http_request_duration_seconds_bucket" in metrics
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_metrics_are_not_under_the_prefix_the_ingress_forwards(
+    client: AsyncClient, method: str
+) -> None:
+    assert (await client.request(method, "/metrics")).status_code == 200
+    prefixed = await client.request(method, "/api/v1/demo/metrics")
+    assert (prefixed.status_code, prefixed.headers["content-type"]) == (404, PROBLEM)
+    assert "http_request" not in prefixed.text
+    # Health stays under the prefix: the gateway's checks call it there.
+    assert (await client.request(method, "/api/v1/demo/healthz")).status_code == 200
+
+
 async def test_ready_when_dependencies_answer(client: AsyncClient) -> None:
     response = await client.get("/api/v1/demo/readyz")
     assert response.status_code == 200

@@ -14,7 +14,7 @@ from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.errors import install_error_handlers
 from ecosort_common.events import EventConsumer, Handler
 from ecosort_common.head import HeadMiddleware
-from ecosort_common.health import DEFAULT_CHECKS, ReadinessCheck, health_router
+from ecosort_common.health import DEFAULT_CHECKS, ReadinessCheck, health_router, metrics_router
 from ecosort_common.logging import configure_logging
 from ecosort_common.observability import ObservabilityMiddleware
 from ecosort_common.openapi import ROUTER_RESPONSES, install_openapi
@@ -132,7 +132,10 @@ def create_service_app(
     checks = readiness_checks if readiness_checks is not None else DEFAULT_CHECKS
     health = health_router(checks, settings.readiness_timeout_seconds)
     app.include_router(health, responses=ROUTER_RESPONSES)
+    # Health under the prefix too, for checks through the gateway. /metrics only at the root:
+    # the ingress forwards the whole prefix to anyone, the root path stays on the pod's port.
     app.include_router(health, prefix=prefix, include_in_schema=False)
+    app.include_router(metrics_router())
     for router in routers:
         app.include_router(router, prefix=prefix, responses=ROUTER_RESPONSES)
     return app

@@ -1,4 +1,4 @@
-"""/healthz (alive: no I/O) and /readyz (this service's dependencies answer)."""
+"""/healthz (alive: no I/O) and /readyz (this service's dependencies answer), and /metrics."""
 
 from __future__ import annotations
 
@@ -52,5 +52,12 @@ def health_router(checks: dict[str, ReadinessCheck], timeout: float) -> APIRoute
             )
         return JSONResponse({"status": "ready", "dependencies": dict.fromkeys(names, True)})
 
+    return router
+
+
+def metrics_router() -> APIRouter:
+    """Prometheus metrics, for the root path only: the ingress forwards each service's whole
+    API prefix to the world, and the counters are for the scraper the NetworkPolicy lets in."""
+    router = APIRouter(tags=["health"])
     router.add_api_route("/metrics", metrics_endpoint, include_in_schema=False)
     return router

@@ -205,7 +205,8 @@ def service_fixtures(package: str, settings_cls: Any, create_app: Any) -> tuple[
 
 async def check_service_defaults(client: Any, service: str) -> None:
     """What every service promises (DESIGN.md §4): health and readiness at its root and under
-    its prefix, Prometheus metrics, its OpenAPI document, and problem+json for unknown routes."""
+    its prefix, Prometheus metrics at its root only (the ingress forwards the prefix to anyone),
+    its OpenAPI document, and problem+json for unknown routes."""
     prefix = f"/api/v1/{service}"
     for path in ("/healthz", f"{prefix}/healthz"):
         assert (await client.get(path)).json() == {"status": "ok"}
@@ -214,6 +215,7 @@ async def check_service_defaults(client: Any, service: str) -> None:
         assert ready.status_code == 200, ready.text
         assert ready.json()["dependencies"] == {"database": True, "redis": True}
     assert "http_request_duration_seconds" in (await client.get("/metrics")).text
+    assert (await client.get(f"{prefix}/metrics")).status_code == 404
     document = (await client.get(f"{prefix}/openapi.json")).json()
     assert document["info"]["title"] == f"EcoSort {service}"
     check_documented_errors(document)
