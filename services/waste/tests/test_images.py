@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pillow_heif
 import pytest
@@ -182,8 +184,16 @@ def test_decompression_bomb_is_refused_from_the_header() -> None:
 
 
 def test_huge_bomb_beyond_pillow_limit_is_422() -> None:
-    with pytest.raises(TooManyPixels):
+    with pytest.raises(TooManyPixels) as refused:
         sanitise(png_header_only(60000, 60000))
+    # Our limit, in our words: Pillow's message names its own, larger one.
+    assert refused.value.detail == f"The image has more than {images.MAX_PIXELS} pixels."
+
+
+def test_a_decoder_error_is_not_quoted_to_the_client() -> None:
+    with pytest.raises(CorruptImage) as refused:
+        sanitise(encode(photo(), "JPEG")[:2000])
+    assert refused.value.detail == "The JPEG image could not be decoded."
 
 
 def test_just_under_the_pixel_limit_is_not_a_bomb() -> None:
@@ -278,3 +288,82 @@ def test_colour_key_transparency_is_flattened_on_white(
     out = Image.open(io.BytesIO(sanitise(encode(image, "PNG", transparency=key)).data))
     assert min(out.convert("RGB").getpixel((5, 10))) > 240  # type: ignore[arg-type]
     assert max(out.convert("RGB").getpixel((35, 10))) < 15  # type: ignore[arg-type]
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def sixteen_bit_rgb_png(key: tuple[int, int, int], other: tuple[int, int, int]) -> bytes:
+    """40x8, 16 bits a channel: the left half is the tRNS colour key, the right half `other`.
+    Pillow cannot write one."""
+    row = b"\0" + b"".join(struct.pack(">3H", *(key if x < 20 else other)) for x in range(40))
+    header = struct.pack(">IIBBBBB", 40, 8, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"tRNS", struct.pack(">3H", *key))
+        + png_chunk(b"IDAT", zlib.compress(row * 8))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "other", "opaque"),
+    [
+        ((0xFF00, 0x1234, 0), (0, 0, 0xFFFF), (0, 0, 255)),
+        # The key's low bytes alone would name the other half's 8-bit colour.
+        ((0x00FF, 0, 0), (0xFFFF, 0, 0), (255, 0, 0)),
+    ],
+    ids=["key-in-high-bytes", "key-in-low-bytes"],
+)
+def test_sixteen_bit_rgb_colour_key_makes_the_right_pixels_transparent(
+    key: tuple[int, int, int], other: tuple[int, int, int], opaque: tuple[int, int, int]
+) -> None:
+    out = Image.open(io.BytesIO(sanitise(sixteen_bit_rgb_png(key, other)).data)).convert("RGB")
+    assert min(out.getpixel((5, 4))) > 240  # type: ignore[arg-type]
+    right = out.getpixel((35, 4))
+    assert all(abs(a - b) < 15 for a, b in zip(right, opaque, strict=True))  # type: ignore[arg-type]
+
+
+def progressive_jpeg_with_extra_scans(count: int) -> bytes:
+    """A small progressive JPEG followed by `count` more AC scans, each a run of end-of-band
+    codes (a Huffman table whose one code, "0", stands for EOB14): tiny, valid and, at 40 MP,
+    ~2.7 ms each to decode."""
+    base = encode(Image.new("L", (64, 64), 128), "JPEG", progressive=True)
+    table = bytes([0x11]) + bytes([1] + [0] * 15) + bytes([0xE0])  # AC table 1: "0" -> 0xE0
+    huffman = b"\xff\xc4" + struct.pack(">H", len(table) + 2) + table
+    header = bytes([1, 1, 0x01, 1, 63, 0])  # component 1, AC table 1, spectral 1-63
+    scan = b"\xff\xda" + struct.pack(">H", len(header) + 2) + header + b"\x7f\xff\x00"
+    return base[:-2] + huffman + scan * count + b"\xff\xd9"
+
+
+def test_progressive_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
+    allowed = progressive_jpeg_with_extra_scans(images.MAX_JPEG_SCANS - 20)
+    assert sanitise(allowed).width == 64  # such scans decode: only their number is refused
+    with pytest.raises(images.TooManyScans) as refused:
+        sanitise(progressive_jpeg_with_extra_scans(images.MAX_JPEG_SCANS))
+    assert refused.value.status == 422
+
+
+def test_a_codec_pillow_heif_lacks_is_422_not_a_crash() -> None:
+    # AV1 in a box whose brand says HEIC: pillow_heif opens it, then raises RuntimeError.
+    disguised = encode(photo(64, 48), "AVIF").replace(b"avif", b"heic")
+    assert images.sniff_format(disguised) == "HEIF"
+    with pytest.raises(CorruptImage):
+        sanitise(disguised)
+
+
+def test_decodes_share_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decode takes memory for its pixels from a budget the process shares: while others
+    hold most of it, a big PNG waits for its turn and a small photo goes ahead."""
+    budget = images.MemoryBudget(capacity=100 * 1024 * 1024)
+    monkeypatch.setattr(images, "_DECODES", budget)
+    big_png = encode(photo(3000, 2000), "PNG")  # 6 MP: 96 MB at 16 bytes a pixel
+    with ThreadPoolExecutor(1) as pool:
+        with budget.hold(60 * 1024 * 1024):
+            waiting = pool.submit(sanitise, big_png)
+            assert sanitise(encode(photo(), "JPEG")).width == 640  # 5 MB
+            time.sleep(0.3)
+            assert not waiting.done()
+        assert waiting.result(timeout=30).width == 1024  # once the budget was given back

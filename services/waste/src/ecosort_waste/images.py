@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
 import pillow_heif
 import structlog
-from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, PngImagePlugin, UnidentifiedImageError
 
 pillow_heif.register_heif_opener()
 log = structlog.get_logger(__name__)
@@ -24,9 +27,17 @@ MAX_UPLOAD_BYTES: Final = 10 * 1024 * 1024
 MAX_PIXELS: Final = 40_000_000
 MAX_LONG_SIDE: Final = 1024
 JPEG_QUALITY: Final = 85
+# libjpeg decodes a progressive JPEG scan by scan, and nothing else bounds how many there are:
+# at 40 MP each ~66-byte scan cost ~2.7 ms, so a 2 MB file held a core for 80 s. Encoders
+# write about ten.
+MAX_JPEG_SCANS: Final = 100
+# Decoding holds every pixel at full size, except for baseline JPEG (decoded at a reduced
+# scale): with the copies that follow, up to ~16 bytes a pixel, 620 MB for a 40 MP WebP.
+# Decodes share this budget so that a burst of them cannot take the API process past its
+# memory limit (1 GiB in the chart); one larger than the whole budget runs alone.
+DECODE_MEMORY_BUDGET: Final = 640 * 1024 * 1024
+_DECODE_BYTES_PER_PIXEL: Final = 16
 
-# Pillow plugin names for the formats we accept; anything else is refused by the sniffer first.
-_PILLOW_FORMATS: Final = ("JPEG", "PNG", "WEBP", "HEIF")
 # ISO-BMFF brands of HEIC/HEIF still images.
 _HEIF_BRANDS: Final = frozenset(
     {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
@@ -86,6 +97,36 @@ class TooManyPixels(ImageRejected):
     title = "Image has too many pixels"
 
 
+class TooManyScans(ImageRejected):
+    status = 422
+    title = "Image has too many scans"
+
+
+class MemoryBudget:
+    """Bytes that decodes running at once (on the API's threads) may hold between them."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._free = capacity
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, amount: int) -> Iterator[None]:
+        amount = min(amount, self._capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self._free >= amount)
+            self._free -= amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += amount
+                self._changed.notify_all()
+
+
+_DECODES: Final = MemoryBudget(DECODE_MEMORY_BUDGET)
+
+
 @dataclass(frozen=True, slots=True)
 class SanitisedImage:
     data: bytes
@@ -130,13 +171,24 @@ def sanitise(data: bytes) -> SanitisedImage:
     image = _open_header(data, fmt)
     try:
         _check_pixels(image)
+        pixels = image.width * image.height
+        if fmt == "JPEG":
+            _check_scans(data)
+        _eight_bit_colour_key(image)
         # For JPEG, let libjpeg decode at a reduced DCT scale: far less work for big photos.
         image.draft("RGB", (MAX_LONG_SIDE, MAX_LONG_SIDE))
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise CorruptImage(f"The {fmt} image could not be decoded: {exc}") from exc
-        return _clean(image, fmt)
+        if fmt == "JPEG" and not image.info.get("progressive"):
+            pixels = image.width * image.height  # the reduced size draft() chose
+        with _DECODES.hold(pixels * _DECODE_BYTES_PER_PIXEL):
+            try:
+                image.load()
+            # RuntimeError: pillow_heif's for anything (a codec it lacks, such as AV1 in a HEIF
+            # box; a stream larger than its header said).
+            except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:
+                # The decoder's own words go to the log: they name its internals and limits.
+                log.info("image.undecodable", format=fmt, error=f"{type(exc).__name__}: {exc}")
+                raise CorruptImage(f"The {fmt} image could not be decoded.") from exc
+            return _clean(image, fmt)
     finally:
         image.close()
 
@@ -148,9 +200,16 @@ def _open_header(data: bytes, fmt: str) -> Image.Image:
             # Our own pixel limit is stricter; Pillow's bomb warning would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data), formats=[fmt])
-    except Image.DecompressionBombError as exc:
-        raise TooManyPixels(str(exc)) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Image.DecompressionBombError as exc:  # its message quotes Pillow's limit, not ours
+        raise TooManyPixels(f"The image has more than {MAX_PIXELS} pixels.") from exc
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        RuntimeError,
+    ) as exc:
         # The magic bytes said this format, so a header Pillow cannot read means a broken file.
         raise CorruptImage(f"The {fmt} image header could not be read.") from exc
 
@@ -164,6 +223,26 @@ def _check_pixels(image: Image.Image) -> None:
             f"The image is {width}x{height} ({width * height} pixels); "
             f"the limit is {MAX_PIXELS} pixels."
         )
+
+
+def _check_scans(data: bytes) -> None:
+    # Counting the marker is exact enough: entropy-coded data never holds 0xFF 0xDA (an 0xFF
+    # there is followed by 0x00 or a restart marker); only metadata could add to the count.
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise TooManyScans(f"The JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS}.")
+
+
+def _eight_bit_colour_key(image: Image.Image) -> None:
+    """Pillow reads a 16-bit RGB PNG as 8-bit RGB (the high bytes) but keeps its tRNS colour
+    key at 16 bits, which then matches the wrong pixels or none: compare high bytes too. (Two
+    16-bit colours with the same high bytes become alike; that precision is gone with the
+    decode.)"""
+    key = image.info.get("transparency")
+    if not isinstance(image, PngImagePlugin.PngImageFile) or not isinstance(key, tuple):
+        return
+    if image.tile and image.tile[0].args == "RGB;16B":
+        image.info["transparency"] = tuple(value >> 8 for value in key)
 
 
 def _clean(image: Image.Image, fmt: str) -> SanitisedImage:
