@@ -7,10 +7,13 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import suppress
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,7 +22,10 @@ from httpx import AsyncClient
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey
 
+from ecosort_common import security
+from ecosort_common.errors import Problem
 from ecosort_common.revocation import REVOKED_SESSIONS, RevocationWatcher, revoke_sessions
+from ecosort_common.security import TokenVerifier
 from ecosort_common.subscription import Subscription
 from ecosort_common.testing import TokenIssuer
 
@@ -194,3 +200,101 @@ async def test_garbage_is_refused(client: AsyncClient) -> None:
     no_kid = jws.serialize_compact({"alg": "ES256"}, b"{}", ECKey.generate_key("P-256"))
     for token in ("abc", "a.b.c", "....", no_kid):
         assert (await _status(client, token))[0] == 401
+
+
+class FlakyJwks:
+    """Auth's JWKS route as verifiers see it when auth falls over: the keys while `healthy`,
+    503 after; every fetch counted."""
+
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        self.healthy = True
+        self.fetches = 0
+        body = json.dumps(jwks).encode()
+        flaky = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                flaky.fetches += 1
+                status, payload = (200, body) if flaky.healthy else (503, b"{}")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/jwks.json"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# Short enough to wait out in a test, long enough for a burst of rejections to fit inside it.
+TEST_REFRESH_INTERVAL = 1.0
+
+
+@pytest.fixture
+async def flaky(
+    token_issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[FlakyJwks, TokenVerifier]]:
+    monkeypatch.setattr(security, "MIN_REFRESH_INTERVAL_SECONDS", TEST_REFRESH_INTERVAL)
+    jwks = FlakyJwks(token_issuer.jwks())
+    verifier = TokenVerifier(
+        jwks_url=jwks.url, issuer=token_issuer.issuer, audience=token_issuer.audience
+    )
+    yield jwks, verifier
+    await verifier.aclose()
+    jwks.stop()
+
+
+async def _verified_status(verifier: TokenVerifier, token: str) -> int:
+    try:
+        await verifier.verify(token)
+    except Problem as exc:
+        return exc.status
+    return 200
+
+
+def _forged_kid(token_issuer: TokenIssuer, kid: str) -> str:
+    forger = ECKey.generate_key("P-256", parameters={"kid": kid})
+    claims = jwt.decode(token_issuer.token(), token_issuer.key).claims
+    return jwt.encode({"alg": "ES256", "kid": kid}, claims, forger)
+
+
+async def test_forged_kids_while_auth_is_down_cost_one_fetch_per_interval(
+    flaky: tuple[FlakyJwks, TokenVerifier], token_issuer: TokenIssuer
+) -> None:
+    jwks, verifier = flaky
+    assert await _verified_status(verifier, token_issuer.token()) == 200
+    assert jwks.fetches == 1
+    jwks.healthy = False
+    await asyncio.sleep(TEST_REFRESH_INTERVAL + 0.1)  # an unknown kid may now ask auth again
+    forged = [_forged_kid(token_issuer, f"forged-{i}") for i in range(20)]
+    statuses = await asyncio.gather(*(_verified_status(verifier, t) for t in forged))
+    assert statuses == [401] * 20
+    assert jwks.fetches == 2, "only the first forged kid reaches auth; the failure counts too"
+    # Known kids keep verifying from the keys already cached, without asking auth either.
+    assert await _verified_status(verifier, token_issuer.token()) == 200
+    assert jwks.fetches == 2
+    await asyncio.sleep(TEST_REFRESH_INTERVAL + 0.1)
+    assert await _verified_status(verifier, forged[0]) == 401
+    assert jwks.fetches == 3, "the next interval allows one more attempt"
+
+
+async def test_without_keys_a_down_auth_is_asked_once_per_interval(
+    flaky: tuple[FlakyJwks, TokenVerifier], token_issuer: TokenIssuer
+) -> None:
+    jwks, verifier = flaky
+    jwks.healthy = False
+    statuses = [await _verified_status(verifier, token_issuer.token()) for _ in range(5)]
+    assert statuses == [503] * 5
+    assert jwks.fetches == 1
+    jwks.healthy = True
+    await asyncio.sleep(TEST_REFRESH_INTERVAL + 0.1)
+    assert await _verified_status(verifier, token_issuer.token()) == 200
+    assert jwks.fetches == 2

@@ -93,6 +93,7 @@ def web_settings(base_settings: dict[str, Any], local_provider: LocalOAuthProvid
             f"{shape}_token_url": f"{base}/{shape}/token",
         }
     overrides |= {
+        "kakao_app_id": 1234,  # required with a Kakao client id; the web flow does not use it
         "kakao_userinfo_url": f"{base}/kakao/v2/user/me",
         "naver_userinfo_url": f"{base}/naver/v1/nid/me",
         "google_userinfo_url": f"{base}/google/userinfo",

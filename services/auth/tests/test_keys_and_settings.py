@@ -14,7 +14,12 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import select
 
-from ecosort_auth.config import MissingKeyEncryptionKeyError, Settings
+from ecosort_auth.config import (
+    DevLoginNotAllowedError,
+    MissingKakaoAppIdError,
+    MissingKeyEncryptionKeyError,
+    Settings,
+)
 from ecosort_auth.keys import KeyRing
 from ecosort_auth.main import create_app
 from ecosort_auth.models import SigningKey
@@ -67,6 +72,41 @@ def test_key_encryption_key_is_required() -> None:
         _ = Settings().key_encryption_key
     assert Settings(auth_key_encryption_key="k").key_encryption_key == "k"
     assert Settings().auth_dev_login_enabled is False
+
+
+@pytest.mark.parametrize("environment", ["production", "staging", "prod", "Dev", ""])
+def test_dev_login_is_refused_outside_local_dev_and_test(
+    monkeypatch: pytest.MonkeyPatch, environment: str
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT", environment)
+    monkeypatch.setenv("AUTH_DEV_LOGIN_ENABLED", "true")
+    with pytest.raises(DevLoginNotAllowedError, match="AUTH_DEV_LOGIN_ENABLED"):
+        Settings()
+    monkeypatch.setenv("AUTH_DEV_LOGIN_ENABLED", "false")
+    assert Settings().environment == environment
+
+
+@pytest.mark.parametrize("environment", ["local", "dev", "test"])
+def test_dev_login_is_allowed_in_local_dev_and_test(
+    monkeypatch: pytest.MonkeyPatch, environment: str
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT", environment)
+    monkeypatch.setenv("AUTH_DEV_LOGIN_ENABLED", "true")
+    assert Settings().auth_dev_login_enabled is True
+
+
+def test_kakao_needs_its_app_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAKAO_APP_ID", raising=False)
+    monkeypatch.setenv("KAKAO_CLIENT_ID", "kakao-rest-api-key")
+    monkeypatch.setenv("KAKAO_CLIENT_SECRET", "kakao-client-secret-value")
+    with pytest.raises(MissingKakaoAppIdError, match="KAKAO_APP_ID") as refused:
+        Settings()
+    assert "kakao-client-secret-value" not in str(refused.value)  # the error reaches the logs
+    monkeypatch.setenv("KAKAO_APP_ID", "1234")
+    assert Settings().kakao_app_id == 1234
+    monkeypatch.delenv("KAKAO_CLIENT_ID")
+    monkeypatch.delenv("KAKAO_APP_ID")
+    assert Settings().kakao_app_id is None  # Kakao disabled: nothing to check
 
 
 async def test_auth_refuses_to_start_without_key_encryption_key(

@@ -17,10 +17,15 @@ from fastapi import FastAPI
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from ecosort_auth.config import Settings
+from ecosort_auth.providers import GoogleKeys, ProviderRefused, provider_config, verify_mobile_token
+
 FIXTURES = Path(__file__).parent / "fixtures"
 KAKAO_ME = "https://kapi.kakao.com/v2/user/me"
 KAKAO_TOKEN_INFO = "https://kapi.kakao.com/v1/user/access_token_info"
 NAVER_ME = "https://openapi.naver.com/v1/nid/me"
+NAVER_VERIFY = "https://openapi.naver.com/v1/nid/verify?info=true"
+NAVER_CLIENT = "jyvqXeaVOVmV"  # the client id in naver_token_verify.json
 GOOGLE_CERTS = "https://www.googleapis.com/oauth2/v3/certs"
 GOOGLE_WEB_CLIENT = "1234987819200.apps.googleusercontent.com"
 GOOGLE_ANDROID_CLIENT = "555-android.apps.googleusercontent.com"
@@ -37,7 +42,7 @@ async def mobile_app(make_app: AppFactory) -> AsyncIterator[FastAPI]:
     async with make_app(
         kakao_client_id="kakao-rest-key",
         kakao_app_id=1234,
-        naver_client_id="naver-client",
+        naver_client_id=NAVER_CLIENT,
         naver_client_secret="naver-secret",
         google_client_id=GOOGLE_WEB_CLIENT,
         google_mobile_client_ids=[GOOGLE_ANDROID_CLIENT],
@@ -87,36 +92,98 @@ async def test_kakao_refusals(mobile_app: FastAPI) -> None:
         mock.get(KAKAO_TOKEN_INFO).respond(401, json=recorded("kakao_invalid_token.json"))
         assert_problem(await _exchange(mobile_app, "kakao", {"access_token": "bad"}), 401)
     other_app = {**recorded("kakao_access_token_info.json"), "app_id": 9999}
-    with respx.mock(assert_all_called=False) as mock:
-        mock.get(KAKAO_TOKEN_INFO).respond(json=other_app)
-        me = mock.get(KAKAO_ME).respond(json=recorded("kakao_user_me.json"))
-        assert_problem(await _exchange(mobile_app, "kakao", {"access_token": "x"}), 401)
-        assert not me.called
+    no_app = {k: v for k, v in recorded("kakao_access_token_info.json").items() if k != "app_id"}
+    for info in (other_app, no_app):
+        with respx.mock(assert_all_called=False) as mock:
+            mock.get(KAKAO_TOKEN_INFO).respond(json=info)
+            me = mock.get(KAKAO_ME).respond(json=recorded("kakao_user_me.json"))
+            assert_problem(await _exchange(mobile_app, "kakao", {"access_token": "x"}), 401)
+            assert not me.called
     with respx.mock() as mock:
         mock.get(KAKAO_TOKEN_INFO).mock(side_effect=httpx.ConnectError("down"))
         assert_problem(await _exchange(mobile_app, "kakao", {"access_token": "x"}), 502)
     assert_problem(await _exchange(mobile_app, "kakao", {"id_token": "wrong-field"}), 422)
 
 
+async def test_kakao_app_check_runs_even_when_settings_skipped_validation() -> None:
+    # model_copy skips validators: the check itself must not read a missing app id as "any app".
+    settings = Settings(kakao_client_id="kakao-rest-key", kakao_app_id=1234).model_copy(
+        update={"kakao_app_id": None}
+    )
+    config = provider_config(settings, "kakao")
+    assert config is not None
+    with respx.mock(assert_all_called=False) as mock:
+        info = mock.get(KAKAO_TOKEN_INFO).respond(json=recorded("kakao_access_token_info.json"))
+        me = mock.get(KAKAO_ME).respond(json=recorded("kakao_user_me.json"))
+        with pytest.raises(ProviderRefused, match="another app"):
+            await verify_mobile_token(settings, config, GoogleKeys(GOOGLE_CERTS), "kakao-token")
+    assert info.called
+    assert not me.called
+
+
+def naver_verified(**changes: Any) -> dict[str, Any]:
+    """Naver's documented token-verification answer (GET /v1/nid/verify?info=true)."""
+    answer = recorded("naver_token_verify.json")
+    answer["response"] |= changes
+    return answer
+
+
 async def test_naver_access_token_is_checked_with_naver(mobile_app: FastAPI) -> None:
-    with respx.mock() as mock:
-        mock.get(NAVER_ME).respond(json=recorded("naver_nid_me.json"))
+    with respx.mock(assert_all_called=True) as mock:
+        verify = mock.get(NAVER_VERIFY).respond(json=recorded("naver_token_verify.json"))
+        me = mock.get(NAVER_ME).respond(json=recorded("naver_nid_me.json"))
         answer = await _exchange(mobile_app, "naver", {"access_token": "naver-sdk-token"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["user"]["nickname"] == "OpenAPI"
+    assert verify.calls.last.request.headers["authorization"] == "Bearer naver-sdk-token"
+    assert verify.calls.last.request.url.params["info"] == "true"
+    assert me.calls.last.request.headers["authorization"] == "Bearer naver-sdk-token"
     with respx.mock() as mock:
+        mock.get(NAVER_VERIFY).respond(json=recorded("naver_token_verify.json"))
         mock.get(NAVER_ME).respond(401, json=recorded("naver_invalid_token.json"))
         assert_problem(await _exchange(mobile_app, "naver", {"access_token": "bad"}), 401)
     with respx.mock() as mock:
+        mock.get(NAVER_VERIFY).respond(json=recorded("naver_token_verify.json"))
         mock.get(NAVER_ME).respond(200, text="<html>maintenance</html>")
         assert_problem(await _exchange(mobile_app, "naver", {"access_token": "x"}), 401)
     with respx.mock() as mock:
+        mock.get(NAVER_VERIFY).respond(json=recorded("naver_token_verify.json"))
         mock.get(NAVER_ME).respond(200, json={"resultcode": "00", "response": {}})
         assert_problem(await _exchange(mobile_app, "naver", {"access_token": "x"}), 401)
     with respx.mock() as mock:
+        mock.get(NAVER_VERIFY).respond(json=recorded("naver_token_verify.json"))
         # Naver also reports refusals in the body of a 200.
         mock.get(NAVER_ME).respond(200, json=recorded("naver_invalid_token.json"))
         assert_problem(await _exchange(mobile_app, "naver", {"access_token": "bad"}), 401)
+
+
+@pytest.mark.parametrize(
+    ("status", "verified"),
+    [
+        (200, naver_verified(client_id="someone-elses-naver-app")),
+        (200, naver_verified(client_id=None)),
+        (200, {"resultcode": "00", "message": "success"}),
+        (200, recorded("naver_invalid_token.json")),  # a refusal in the body of a 200
+        (401, recorded("naver_invalid_token.json")),
+    ],
+    ids=["other-client", "no-client-id", "no-response", "refused-in-200", "refused-401"],
+)
+async def test_naver_token_of_another_app_is_refused(
+    mobile_app: FastAPI, status: int, verified: dict[str, Any]
+) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(NAVER_VERIFY).respond(status, json=verified)
+        me = mock.get(NAVER_ME).respond(json=recorded("naver_nid_me.json"))
+        assert_problem(await _exchange(mobile_app, "naver", {"access_token": "x"}), 401)
+    assert not me.called
+
+
+async def test_naver_verification_unreachable_is_a_502(mobile_app: FastAPI) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(NAVER_VERIFY).mock(side_effect=httpx.ConnectError("down"))
+        me = mock.get(NAVER_ME).respond(json=recorded("naver_nid_me.json"))
+        assert_problem(await _exchange(mobile_app, "naver", {"access_token": "x"}), 502)
+    assert not me.called
 
 
 async def test_google_id_token_is_checked_against_googles_keys(

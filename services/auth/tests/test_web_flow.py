@@ -239,6 +239,7 @@ async def test_unreachable_token_endpoint_is_a_502(
         make_app(
             kakao_client_id="kakao-client",
             kakao_client_secret="kakao-secret",
+            kakao_app_id=1234,
             kakao_authorize_url=f"{local_provider.base_url}/kakao/authorize",
             kakao_token_url="http://127.0.0.1:9/token",  # nothing listens on the discard port
         ) as broken,

@@ -12,6 +12,7 @@ are still checked on every request.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,8 +31,9 @@ from ecosort_common.errors import Problem
 from ecosort_common.revocation import RevocationWatcher
 
 ACCEPTED_ALGORITHMS = ("ES256",)
-# Unknown kids trigger a JWKS refresh, but no more often than this: forged kids must not turn
-# every request into a call to auth.
+# Unknown kids trigger a JWKS refresh, but no more often than this after the last attempt, failed
+# or not: forged kids must not turn every request into a call to auth, least of all while auth is
+# slow or down.
 MIN_REFRESH_INTERVAL_SECONDS = 10.0
 VERIFIED_TOKEN_CACHE_SIZE = 4096
 VERIFIED_TOKEN_CACHE_SECONDS = 60.0
@@ -83,6 +85,7 @@ class TokenVerifier:
         self._http = http or httpx.AsyncClient(timeout=3.0)
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
+        self._attempted_at = -math.inf  # when the last fetch ended, whatever its outcome
         self._lock = asyncio.Lock()
         self._verified: TTLCache[str, Principal] = TTLCache(
             VERIFIED_TOKEN_CACHE_SIZE, VERIFIED_TOKEN_CACHE_SECONDS
@@ -101,21 +104,30 @@ class TokenVerifier:
 
     async def _refresh(self, *, force: bool) -> KeySet:
         async with self._lock:
-            age = time.monotonic() - self._fetched_at
-            fresh = self._keys is not None and age < self.cache_seconds
-            if fresh and (not force or age < MIN_REFRESH_INTERVAL_SECONDS):
-                assert self._keys is not None
-                return self._keys
-            try:
-                response = await self._http.get(self.jwks_url)
-                response.raise_for_status()
-                self._keys = KeySet.import_key_set(response.json())
-                self._fetched_at = time.monotonic()
-            except (httpx.HTTPError, ValueError, JoseError) as exc:
-                log.warning("jwks_fetch_failed", error=type(exc).__name__)
-                if self._keys is None:
-                    raise Problem(503, "The token signing keys are unavailable.") from exc
+            if self._should_fetch(force=force):
+                await self._fetch()
+            if self._keys is None:
+                raise Problem(503, "The token signing keys are unavailable.")
             return self._keys
+
+    def _should_fetch(self, *, force: bool) -> bool:
+        now = time.monotonic()
+        if now - self._attempted_at < MIN_REFRESH_INTERVAL_SECONDS:
+            return False
+        return force or self._keys is None or now - self._fetched_at >= self.cache_seconds
+
+    async def _fetch(self) -> None:
+        """Fetch the JWKS; on failure keep the keys we had (their tokens keep verifying)."""
+        try:
+            response = await self._http.get(self.jwks_url)
+            response.raise_for_status()
+            self._keys = KeySet.import_key_set(response.json())
+            self._fetched_at = time.monotonic()
+        except (httpx.HTTPError, ValueError, JoseError) as exc:
+            log.warning("jwks_fetch_failed", error=type(exc).__name__)
+        finally:
+            # Measured from the answer (or the timeout): a slow auth gets the full interval.
+            self._attempted_at = time.monotonic()
 
     async def _key_for(self, kid: str) -> Any:
         keys = await self._refresh(force=False)

@@ -10,19 +10,23 @@ Beyond the shared ones (DATABASE_URL, REDIS_URL, JWT_ISSUER, JWT_AUDIENCE, …):
   (``{provider}`` is replaced by the provider's name).
 - ``AUTH_ACCESS_TOKEN_TTL_SECONDS`` (900), ``AUTH_REFRESH_TOKEN_TTL_SECONDS`` (30 days),
   ``AUTH_STATE_TTL_SECONDS`` (600).
-- ``AUTH_DEV_LOGIN_ENABLED`` (false): ``POST /api/v1/auth/dev/login``.
+- ``AUTH_DEV_LOGIN_ENABLED`` (false): ``POST /api/v1/auth/dev/login``, which signs anyone in as
+  anyone. Auth refuses to start with it on unless ``ENVIRONMENT`` is ``local``, ``dev`` or ``test``.
 - ``AUTH_RATE_WINDOW_SECONDS`` and the ``AUTH_RATE_*`` limits per window.
 - Per provider (``KAKAO_``, ``NAVER_``, ``GOOGLE_``): ``CLIENT_ID``, ``CLIENT_SECRET`` and the
   endpoint URLs (defaults: the real providers). A provider is enabled when its client id is set.
-  ``KAKAO_APP_ID`` makes the mobile exchange check that a Kakao token was issued to our app;
+  ``KAKAO_APP_ID`` (the app's numeric id, not a secret) is required with ``KAKAO_CLIENT_ID``: the
+  mobile exchange refuses Kakao tokens whose ``access_token_info`` names another app. Naver
+  tokens must name ``NAVER_CLIENT_ID`` in Naver's token verification (``NAVER_TOKEN_INFO_URL``).
   ``GOOGLE_MOBILE_CLIENT_IDS`` lists the Android/iOS client ids Google ID tokens may be issued to.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from ecosort_common.settings import ServiceSettings
 
@@ -32,6 +36,28 @@ class MissingKeyEncryptionKeyError(RuntimeError):
         super().__init__(
             "AUTH_KEY_ENCRYPTION_KEY is not set: it encrypts the token signing keys "
             "(create a Secret and reference it; the local stack generates one)"
+        )
+
+
+class MissingKakaoAppIdError(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__(
+            "KAKAO_APP_ID is not set: it is required with KAKAO_CLIENT_ID (Kakao Developers > "
+            "App > App ID; plain config, not a secret) so that the mobile sign-in refuses Kakao "
+            "tokens issued to other apps"
+        )
+
+
+# Where a sign-in as anyone may exist: never a shared or public deployment.
+DEV_LOGIN_ENVIRONMENTS = ("local", "dev", "test")
+
+
+class DevLoginNotAllowedError(RuntimeError):
+    def __init__(self, environment: str) -> None:
+        super().__init__(
+            f"AUTH_DEV_LOGIN_ENABLED is true with ENVIRONMENT={environment!r}: the dev login "
+            f"signs anyone in as anyone, so it is allowed only with ENVIRONMENT one of "
+            f"{', '.join(DEV_LOGIN_ENVIRONMENTS)}"
         )
 
 
@@ -67,6 +93,8 @@ class Settings(ServiceSettings):
     naver_authorize_url: str = "https://nid.naver.com/oauth2.0/authorize"
     naver_token_url: str = "https://nid.naver.com/oauth2.0/token"
     naver_userinfo_url: str = "https://openapi.naver.com/v1/nid/me"
+    # info=true: the answer then names the client id the token was issued to.
+    naver_token_info_url: str = "https://openapi.naver.com/v1/nid/verify?info=true"
     naver_scope: str = ""
 
     google_client_id: str | None = None
@@ -80,6 +108,20 @@ class Settings(ServiceSettings):
         default_factory=lambda: ["https://accounts.google.com", "accounts.google.com"]
     )
     google_scope: str = "openid email profile"
+
+    # The errors below are not ValueErrors on purpose: pydantic would wrap those in a
+    # ValidationError that quotes the settings it was given, secrets included, into the logs.
+    @model_validator(mode="after")
+    def _dev_login_only_where_harmless(self) -> Self:
+        if self.auth_dev_login_enabled and self.environment not in DEV_LOGIN_ENVIRONMENTS:
+            raise DevLoginNotAllowedError(self.environment)
+        return self
+
+    @model_validator(mode="after")
+    def _kakao_needs_its_app_id(self) -> Self:
+        if self.kakao_client_id and self.kakao_app_id is None:
+            raise MissingKakaoAppIdError()
+        return self
 
     @property
     def key_encryption_key(self) -> str:

@@ -266,16 +266,40 @@ async def verify_mobile_token(
             settings, google_keys, token, audiences=audiences, nonce=None
         )
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
-        if config.name == "kakao" and settings.kakao_app_id is not None:
-            # A Kakao token issued to another app must not sign anyone in here.
-            info = await _user_info(
-                replace(config, userinfo_url=settings.kakao_token_info_url),
-                http,
-                token,
-            )
-            if info.get("app_id") != settings.kakao_app_id:
-                raise ProviderRefused("The Kakao token was issued to another app")
+        # The user-info endpoints answer for a token issued to any app: without these checks,
+        # another Kakao/Naver login app could replay its users' tokens here and sign in as them.
+        if config.name == "kakao":
+            await _check_kakao_app(settings, config, http, token)
+        elif config.name == "naver":
+            await _check_naver_client(settings, config, http, token)
         return _identity_from_user_info(config.name, await _user_info(config, http, token))
+
+
+async def _token_info(
+    config: ProviderConfig, url: str, http: httpx.AsyncClient, token: str
+) -> dict[str, Any]:
+    """What the provider says about the token itself (refusals handled as for user info)."""
+    return await _user_info(replace(config, userinfo_url=url), http, token)
+
+
+async def _check_kakao_app(
+    settings: Settings, config: ProviderConfig, http: httpx.AsyncClient, token: str
+) -> None:
+    info = await _token_info(config, settings.kakao_token_info_url, http, token)
+    # Settings refuse to load without KAKAO_APP_ID; None here still must not match a missing id.
+    if settings.kakao_app_id is None or info.get("app_id") != settings.kakao_app_id:
+        raise ProviderRefused("The Kakao token was issued to another app")
+
+
+async def _check_naver_client(
+    settings: Settings, config: ProviderConfig, http: httpx.AsyncClient, token: str
+) -> None:
+    info = await _token_info(config, settings.naver_token_info_url, http, token)
+    if info.get("resultcode") != "00":
+        raise ProviderRefused(f"Naver refused the token: {info.get('message')}")
+    details = info.get("response")
+    if not isinstance(details, dict) or details.get("client_id") != config.client_id:
+        raise ProviderRefused("The Naver token was issued to another app")
 
 
 def provider_unavailable(exc: Exception, provider: str) -> Problem:

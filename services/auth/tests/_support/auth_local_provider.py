@@ -34,6 +34,10 @@ from starlette.routing import Route
 SHAPES = ("google", "kakao", "naver")
 
 
+# Who signs in when a test did not say: Kakao's user ids are numbers, the others' strings.
+DEFAULT_SUBJECTS = {"kakao": "4000000001", "naver": "naver-default", "google": "google-default"}
+
+
 @dataclass
 class RegisteredClient:
     client_id: str
@@ -94,7 +98,9 @@ class LocalOAuthProvider:
             return _redirect_error(redirect_uri, "unsupported_response_type", q.get("state"))
         if q.get("code_challenge_method") != "S256" or not q.get("code_challenge"):
             return _redirect_error(redirect_uri, "invalid_request", q.get("state"))
-        user = self.users.get(shape) or ProviderUser(subject=f"{shape}-default", nickname="기본")
+        user = self.users.get(shape) or ProviderUser(
+            subject=DEFAULT_SUBJECTS.get(shape, f"{shape}-default"), nickname="기본"
+        )
         code = secrets.token_urlsafe(24)
         self.codes[code] = _PendingCode(
             shape=shape,
