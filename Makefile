@@ -7,10 +7,10 @@ BOOTSTRAP := .bootstrap
 UV ?= $(shell command -v uv 2>/dev/null || echo $(BOOTSTRAP)/bin/uv)
 PYTHON ?= python3
 
-.PHONY: help install run stop test lint typecheck test-py lint-k8s train-head eval-search bench clean
+.PHONY: help install run stop test lint typecheck test-py lint-k8s train-head eval-search clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(BOOTSTRAP)/bin/uv:
 	$(PYTHON) -m venv $(BOOTSTRAP)
@@ -44,7 +44,7 @@ train-head: install  ## retrain the classifier head from the shared photos and s
 	$(UV) run --frozen ecosort-stack exec waste -- python -m ecosort_waste train-head $(ARGS)
 
 eval-search: install  ## top-1 accuracy of recycling item search over the query set
-	$(UV) run --frozen python -m ecosort_recycling eval-search
+	$(UV) run --frozen python -m ecosort_recycling eval-search $(ARGS)
 
 clean:  ## remove the virtual environment and the local stack's data
 	rm -rf .venv $(BOOTSTRAP) .local

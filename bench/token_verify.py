@@ -21,6 +21,7 @@ from contextlib import suppress
 from itertools import cycle
 
 import httpx
+import machine
 from redis.asyncio import Redis
 
 from ecosort_common.revocation import RevocationWatcher
@@ -55,6 +56,7 @@ def _verifier(issuer: TokenIssuer, revocations: RevocationWatcher | None) -> Tok
 
 
 async def main(seconds: float, redis_url: str) -> None:
+    print(f"machine: {machine.describe()}")
     issuer = TokenIssuer()
     fresh = (issuer.token(uuid.uuid4()) for _ in iter(int, 1))  # never the same token twice
     polling = cycle([issuer.token(uuid.uuid4()) for _ in range(64)])

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import select
 
+from ecosort_auth.__main__ import rotate_keys_command
 from ecosort_auth.config import (
     DevLoginNotAllowedError,
     MissingKakaoAppIdError,
@@ -140,3 +141,12 @@ async def test_auth_starts_alive_but_not_ready_with_its_database_down(
         ready = await http.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["dependencies"]["database"] is False
+
+
+def test_rotate_keys_help_describes_the_command_without_rotating(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        rotate_keys_command(["--help"])
+    assert exited.value.code == 0
+    assert "Rotate the token signing key" in capsys.readouterr().out

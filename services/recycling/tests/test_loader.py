@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_recycling import models
+from ecosort_recycling.__main__ import _load_knowledge
 from ecosort_recycling.catalog import read_catalog
 from ecosort_recycling.config import Settings
 from ecosort_recycling.knowledge_base import KnowledgeBase, read_knowledge_files
@@ -80,3 +82,12 @@ async def test_an_older_data_version_never_replaces_a_newer_one(settings: Settin
     finally:
         await load_knowledge(sessionmaker, knowledge)
         await engine.dispose()
+
+
+def test_load_knowledge_help_describes_the_command_without_loading(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _load_knowledge(["--help"])
+    assert exited.value.code == 0
+    assert "Load the knowledge-base data files" in capsys.readouterr().out

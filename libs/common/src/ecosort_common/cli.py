@@ -28,7 +28,11 @@ def run_cli(
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8000)
     for name, func in commands.items():
-        sub.add_parser(name, help=(func.__doc__ or "").strip().split("\n")[0] or None)
+        # No -h of its own: `<command> --help` goes, with the rest of the line, to the
+        # command's parser (every command parses its arguments), which lists its real options.
+        sub.add_parser(
+            name, help=(func.__doc__ or "").strip().split("\n")[0] or None, add_help=False
+        )
     args, rest = parser.parse_known_args(argv)
     if args.command == "migrate":
         upgrade(package, settings_factory().database_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections.abc import Sequence
 
@@ -23,6 +24,9 @@ async def _rotate() -> str:
 
 def rotate_keys_command(argv: Sequence[str]) -> int:
     """Rotate the token signing key; tokens signed with the old key stay valid until they expire."""
+    argparse.ArgumentParser(
+        prog="python -m ecosort_auth rotate-keys", description=rotate_keys_command.__doc__
+    ).parse_args(argv)
     kid = asyncio.run(_rotate())
     print(f"new signing key: {kid}")
     return 0

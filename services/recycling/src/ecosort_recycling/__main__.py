@@ -4,6 +4,7 @@
 local stack and the chart's migration job leave a ready database with one command.
 """
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +16,9 @@ from ecosort_recycling.loader import load_knowledge_command
 
 def _load_knowledge(argv: Sequence[str]) -> int:
     """Load the knowledge-base data files into the database (idempotent)."""
+    argparse.ArgumentParser(
+        prog="python -m ecosort_recycling load-knowledge", description=_load_knowledge.__doc__
+    ).parse_args(argv)
     return load_knowledge_command(argv, get_settings().database_url)
 
 

@@ -12,7 +12,6 @@ import logging
 import re
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from ecosort_devstack.errors import StackError
@@ -37,14 +36,6 @@ GATEWAY_ERRORS: dict[int, tuple[str, str]] = {
     503: ("Service Unavailable", "The $ecosort_service service is unavailable right now."),
     504: ("Gateway Timeout", "The $ecosort_service service did not answer in time."),
 }
-
-
-@dataclass(frozen=True)
-class Directive:
-    """One annotation translated into an nginx directive."""
-
-    annotation: str
-    directive: str
 
 
 def _seconds(value: str) -> str:

@@ -21,7 +21,7 @@ import helm_python as helm
 import yaml
 from helm_python import _native
 
-from ecosort_k8scheck.paths import ENVIRONMENTS, SERVICES, namespace_of, repo_root
+from ecosort_k8scheck.paths import namespace_of, repo_root
 
 LIBRARY_CHART = "ecosort-lib"
 
@@ -122,14 +122,6 @@ def render(service: str, environment: str, kube_version: str = "1.34") -> list[M
     """The objects `helm upgrade --install <svc> charts/<svc> -n ecosort-<svc> -f values-<env>`
     would create (hooks included)."""
     return list(_render_cached(service, environment, kube_version))
-
-
-def render_all(kube_version: str = "1.34") -> dict[tuple[str, str], list[Manifest]]:
-    return {
-        (service, env): render(service, env, kube_version)
-        for service in SERVICES
-        for env in ENVIRONMENTS
-    }
 
 
 def lint_chart(service: str, environment: str, kube_version: str) -> list[str]:
