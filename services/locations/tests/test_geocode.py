@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -14,8 +15,11 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from pydantic import SecretStr
 
+from ecosort_common.testing import TokenIssuer
 from ecosort_locations.config import Settings
 from ecosort_locations.main import create_app
+
+Headers = Callable[[], dict[str, str]]
 
 GEOCODE = "/api/v1/locations/geocode"
 KAKAO = "https://dapi.kakao.com/v2/local/search/address.json"
@@ -61,10 +65,18 @@ KAKAO_ANSWER: dict[str, Any] = {
 }
 
 
+LIMIT = 3  # lookups a minute per user, in keyed_app
+
+
 @pytest.fixture(scope="module")
 async def keyed_app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(
-        settings.model_copy(update={"kakao_rest_api_key": SecretStr("test-kakao-key")})
+        settings.model_copy(
+            update={
+                "kakao_rest_api_key": SecretStr("test-kakao-key"),
+                "geocode_rate_limit_per_minute": LIMIT,
+            }
+        )
     )
     async with LifespanManager(application, startup_timeout=30):
         yield application
@@ -76,19 +88,43 @@ async def keyed(keyed_app: FastAPI) -> AsyncIterator[AsyncClient]:
         yield http
 
 
-async def test_without_a_key_geocoding_is_503_not_configured(client: AsyncClient) -> None:
-    response = await client.get(GEOCODE, params={"query": "전북 삼성동 100"})
+def kakao_mock() -> respx.MockRouter:
+    """Kakao Local answers as recorded; the tokens' JWKS still comes from the real local issuer.
+    Each test counts Kakao's calls itself: the JWKS route is called only while uncached."""
+    router = respx.mock(assert_all_called=False)
+    router.route(host="127.0.0.1").pass_through()
+    return router
+
+
+@pytest.fixture
+def auth(token_issuer: TokenIssuer) -> Headers:
+    """Authorization headers for a new user each call (the rate limit is per user)."""
+    return lambda: {"Authorization": f"Bearer {token_issuer.token(uuid.uuid4())}"}
+
+
+@pytest.fixture
+def frozen_minute(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The limit's window is the clock's minute: one that ends mid-test would reset it."""
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now)
+    return now
+
+
+async def test_without_a_key_geocoding_is_503_not_configured(
+    client: AsyncClient, auth: Headers
+) -> None:
+    response = await client.get(GEOCODE, params={"query": "전북 삼성동 100"}, headers=auth())
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
     assert "not configured" in response.json()["detail"]
 
 
-async def test_an_address_is_found_and_cached(keyed: AsyncClient) -> None:
+async def test_an_address_is_found_and_cached(keyed: AsyncClient, auth: Headers) -> None:
     query = f"전북 삼성동 100 {uuid.uuid4().hex[:6]}"  # its own cache entry
-    with respx.mock(assert_all_called=True) as kakao:
+    with kakao_mock() as kakao:
         route = kakao.get(KAKAO).mock(return_value=httpx.Response(200, json=KAKAO_ANSWER))
-        first = await keyed.get(GEOCODE, params={"query": query})
-        second = await keyed.get(GEOCODE, params={"query": query})
+        first = await keyed.get(GEOCODE, params={"query": query}, headers=auth())
+        second = await keyed.get(GEOCODE, params={"query": query}, headers=auth())
     assert first.status_code == 200, first.text
     assert first.json() == second.json()
     item = first.json()["items"][0]
@@ -125,11 +161,13 @@ async def test_an_address_is_found_and_cached(keyed: AsyncClient) -> None:
     ],
 )
 async def test_kakao_failures_are_problems_not_stack_traces(
-    keyed: AsyncClient, kakao_answer: Any, status: int
+    keyed: AsyncClient, auth: Headers, kakao_answer: Any, status: int
 ) -> None:
-    with respx.mock() as kakao:
+    with kakao_mock() as kakao:
         kakao.get(KAKAO).mock(side_effect=[kakao_answer])
-        response = await keyed.get(GEOCODE, params={"query": f"어딘가 {uuid.uuid4().hex[:6]}"})
+        response = await keyed.get(
+            GEOCODE, params={"query": f"어딘가 {uuid.uuid4().hex[:6]}"}, headers=auth()
+        )
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert "Traceback" not in response.text
@@ -137,6 +175,52 @@ async def test_kakao_failures_are_problems_not_stack_traces(
         assert response.headers["retry-after"] == "60"
 
 
-async def test_a_too_short_query_is_a_422(keyed: AsyncClient) -> None:
-    response = await keyed.get(GEOCODE, params={"query": "a"})
+async def test_a_too_short_query_is_a_422(keyed: AsyncClient, auth: Headers) -> None:
+    response = await keyed.get(GEOCODE, params={"query": "a"}, headers=auth())
     assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer not-a-token", "Basic dXNlcjpwYXNz"], ids=str
+)
+async def test_anonymous_callers_cannot_spend_the_kakao_quota(
+    keyed: AsyncClient, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    with kakao_mock() as kakao:
+        route = kakao.get(KAKAO).mock(return_value=httpx.Response(200, json=KAKAO_ANSWER))
+        response = await keyed.get(
+            GEOCODE, params={"query": f"서울 {uuid.uuid4().hex[:6]}"}, headers=headers
+        )
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert route.call_count == 0
+
+
+async def test_new_queries_are_limited_per_user_and_cached_ones_are_not(
+    keyed: AsyncClient, auth: Headers, frozen_minute: float
+) -> None:
+    user, someone_else = auth(), auth()
+    queries = [f"서울 중구 세종대로 {uuid.uuid4().hex[:6]}" for _ in range(LIMIT + 1)]
+    with kakao_mock() as kakao:
+        route = kakao.get(KAKAO).mock(return_value=httpx.Response(200, json=KAKAO_ANSWER))
+        for query in queries[:LIMIT]:
+            assert (await keyed.get(GEOCODE, params={"query": query}, headers=user)).is_success
+        limited = await keyed.get(GEOCODE, params={"query": queries[LIMIT]}, headers=user)
+        cached = await keyed.get(GEOCODE, params={"query": queries[0]}, headers=user)
+        other = await keyed.get(GEOCODE, params={"query": queries[LIMIT]}, headers=someone_else)
+    assert limited.status_code == 429, limited.text
+    assert limited.headers["content-type"] == "application/problem+json"
+    assert limited.headers["retry-after"] == str(max(1, 60 - int(frozen_minute % 60)))
+    assert cached.status_code == 200
+    assert other.status_code == 200
+    assert route.call_count == LIMIT + 1  # the refused query reached Kakao once, for the other
+
+
+async def test_the_openapi_document_says_geocoding_needs_a_token(client: AsyncClient) -> None:
+    document = (await client.get("/api/v1/locations/openapi.json")).json()
+    operation = document["paths"][GEOCODE]["get"]
+    assert operation["security"]
+    assert {"401", "429"} <= set(operation["responses"])
+    assert "Retry-After" in operation["responses"]["429"]["headers"]

@@ -1,23 +1,39 @@
 """Address → coordinates through Kakao Local, when this deployment has a Kakao REST API key.
-Answers are cached in Redis: addresses do not move, and Kakao's quota is per day."""
+Answers are cached in Redis: addresses do not move, and Kakao's quota is per day. Every new query
+spends that quota, so only signed-in users may ask, each a limited number of times a minute."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from redis.asyncio import Redis
 
 from ecosort_common.errors import Problem
 from ecosort_common.redis import get_redis
+from ecosort_common.security import Principal, current_principal
 from ecosort_locations.config import Settings
 from ecosort_locations.kakao import KakaoLocalClient, KakaoLocalError
+from ecosort_locations.limits import enforce_geocode_rate_limit
 from ecosort_locations.schemas import GeocodeItem, GeocodeOut
 
 router = APIRouter(tags=["geocoding"])
 CACHE_KEY = "locations:geocode:{digest}"
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
+GEOCODE_ERRORS: dict[int | str, dict[str, Any]] = {
+    429: {
+        "description": "This user's lookups of new addresses are over the limit of a minute.",
+        "headers": RETRY_AFTER,
+    },
+    502: {"description": "Kakao Local failed or refused this service's API key."},
+    503: {
+        "description": "Geocoding is not configured here, or Kakao's quota is used up.",
+        "headers": RETRY_AFTER,
+    },
+    504: {"description": "Kakao Local did not answer in time."},
+}
 
 
 def _geocoder(request: Request) -> KakaoLocalClient:
@@ -31,19 +47,32 @@ def _geocoder(request: Request) -> KakaoLocalClient:
     return geocoder
 
 
-@router.get("/geocode", response_model=GeocodeOut, summary="Find an address's coordinates")
+@router.get(
+    "/geocode",
+    response_model=GeocodeOut,
+    responses=GEOCODE_ERRORS,
+    summary="Find an address's coordinates",
+)
 async def geocode(
     request: Request,
+    principal: Annotated[Principal, Depends(current_principal)],
     query: Annotated[str, Query(min_length=2, max_length=200, description="a Korean address")],
     geocoder: Annotated[KakaoLocalClient, Depends(_geocoder)],
     redis: Annotated[Redis, Depends(get_redis)],
 ) -> GeocodeOut:
+    """Kakao Local address search, for a signed-in user (a bearer token). Answers are cached;
+    a query not in the cache counts against the user's `GEOCODE_RATE_LIMIT_PER_MINUTE`, and over
+    it the answer is 429 with Retry-After."""
     settings: Settings = request.app.state.settings
     query = " ".join(query.split())
     key = CACHE_KEY.format(digest=hashlib.sha256(query.encode()).hexdigest()[:32])
     cached = await redis.get(key)
     if cached is not None:
         return GeocodeOut(query=query, items=[GeocodeItem(**i) for i in json.loads(cached)])
+    # Counted only here: a cached answer costs Kakao's daily quota nothing.
+    await enforce_geocode_rate_limit(
+        redis, principal.user_id, settings.geocode_rate_limit_per_minute
+    )
     try:
         found = await geocoder.search_address(query)
     except KakaoLocalError as exc:
