@@ -5,6 +5,7 @@ A real nginx runs the generated config; no service is behind it, so upstream err
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import httpx
@@ -63,3 +64,35 @@ def test_over_the_rate_limit_is_a_429_problem(gateway: Gateway, path: str) -> No
     limited = [response for response in responses if response.status_code == 429]
     assert limited, [response.status_code for response in responses]
     assert_problem(limited[0], 429, gateway)
+    assert limited[0].headers["retry-after"] == "1"
+
+
+def raw_request(gateway: Gateway, request_line: bytes) -> httpx.Response:
+    """Send a request line httpx would refuse to build, and read the answer with httpx."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request_line + b"\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+        raw = b"".join(iter(lambda: connection.recv(65536), b""))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = [tuple(line.split(": ", 1)) for line in header_lines]
+    return httpx.Response(int(status_line.split()[1]), headers=headers, content=body)
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [
+        (b"GET /api/v1/users/%00 HTTP/1.1", 400),  # nginx refuses a NUL in the path
+        (b"GET /api/v1/recycling/items?q=" + b"a" * 9000 + b" HTTP/1.1", 414),
+        (b"CONNECT /api/v1/users/me HTTP/1.1", 400),
+    ],
+    ids=["nul-in-path", "uri-too-long", "connect"],
+)
+def test_requests_nginx_cannot_parse_are_problems_too(
+    gateway: Gateway, request_line: bytes, status: int
+) -> None:
+    assert_problem(raw_request(gateway, request_line), status, gateway)
+
+
+def test_error_pages_cannot_be_requested_directly(gateway: Gateway) -> None:
+    assert_problem(httpx.get(gateway.url + "/.ecosort-problem/400"), 404, gateway)

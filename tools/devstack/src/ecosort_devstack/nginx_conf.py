@@ -151,20 +151,44 @@ def prepare_work_dir(work_dir: Path) -> str | None:
     return f"{user} {postgres.primary_group_name(user)}"
 
 
+# Statuses nginx may answer before it has a URI (a NUL byte in the path, a request line over
+# its buffers, CONNECT): error_page sends them to internal URI locations, since it can only jump
+# to a named location once the URI is parsed (before, they ended in nginx's HTML 500 page). The
+# others go to named locations, which keep what the route's location set ($ecosort_service, in
+# 502-504), where an internal redirect to a URI would run the server's `set` again.
+_BEFORE_ROUTING = frozenset({400, 405, 408, 414})
+PROBLEM_PREFIX = "/.ecosort-problem/"
+# The gateway's own rate limit (ingress-nginx's limit-rps) counts in one-second windows.
+_EXTRA_HEADERS = {429: {"Retry-After": "1"}}
+
+
+def _problem_target(status: int) -> str:
+    return f"{PROBLEM_PREFIX}{status}" if status in _BEFORE_ROUTING else f"@problem_{status}"
+
+
 def _problem_location(status: int) -> str:
     title, detail = GATEWAY_ERRORS[status]
     body = (
         f'{{"type":"about:blank","title":"{title}","status":{status},'
         f'"detail":"{detail}","request_id":"$ecosort_request_id"}}'
     )
-    return (
-        f"        location @problem_{status} {{\n"
-        f"            default_type application/problem+json;\n"
-        f"            add_header X-Request-ID $ecosort_request_id always;\n"
-        f"            add_header Cache-Control no-store always;\n"
-        f"            return {status} '{body}';\n"
-        f"        }}\n"
+    matcher = (
+        f"= {_problem_target(status)}" if status in _BEFORE_ROUTING else _problem_target(status)
     )
+    lines = [
+        f"location {matcher} {{",
+        *(["    internal;"] if status in _BEFORE_ROUTING else []),
+        "    default_type application/problem+json;",
+        "    add_header X-Request-ID $ecosort_request_id always;",
+        "    add_header Cache-Control no-store always;",
+        *(
+            f"    add_header {name} {value} always;"
+            for name, value in _EXTRA_HEADERS.get(status, {}).items()
+        ),
+        f"    return {status} '{body}';",
+        "}",
+    ]
+    return "".join(f"        {line}\n" for line in lines)
 
 
 def render_nginx_conf(
@@ -244,7 +268,9 @@ def render_nginx_conf(
         "        proxy_set_header X-Forwarded-Port $server_port;",
         "        proxy_buffering on;",
     ]
-    lines += [f"        error_page {status} @problem_{status};" for status in GATEWAY_ERRORS]
+    lines += [
+        f"        error_page {status} {_problem_target(status)};" for status in GATEWAY_ERRORS
+    ]
     for route in routes:
         body = [f"set $ecosort_service {route.service};", *translate_annotations(route)]
         if rate_limit:
@@ -265,14 +291,14 @@ _LOCATION = re.compile(r"^\s*location\s+(=\s+)?(/\S*)\s*\{", re.MULTILINE)
 
 
 def routed_paths(nginx_conf: str) -> set[str]:
-    """The API paths a generated config routes (its catch-all 404 and named locations excluded).
+    """The API paths a generated config routes (its catch-all 404 and error pages excluded).
 
     `location = /p` and `location /p/` are one Prefix path `/p`.
     """
     paths = set()
     for match in _LOCATION.finditer(nginx_conf):
         path = match.group(2)
-        if path == "/":
+        if path == "/" or path.startswith(PROBLEM_PREFIX):
             continue
         paths.add(path.rstrip("/") if not match.group(1) else path)
     return paths
