@@ -199,7 +199,7 @@ async def test_anonymous_callers_cannot_spend_the_kakao_quota(
 
 
 async def test_new_queries_are_limited_per_user_and_cached_ones_are_not(
-    keyed: AsyncClient, auth: Headers, frozen_minute: float
+    keyed: AsyncClient, keyed_app: FastAPI, auth: Headers, frozen_minute: float
 ) -> None:
     user, someone_else = auth(), auth()
     queries = [f"서울 중구 세종대로 {uuid.uuid4().hex[:6]}" for _ in range(LIMIT + 1)]
@@ -213,6 +213,8 @@ async def test_new_queries_are_limited_per_user_and_cached_ones_are_not(
     assert limited.status_code == 429, limited.text
     assert limited.headers["content-type"] == "application/problem+json"
     assert limited.headers["retry-after"] == str(max(1, 60 - int(frozen_minute % 60)))
+    assert "Too many geocoding requests" in limited.json()["detail"]
+    assert await keyed_app.state.redis.keys("locations:ratelimit:geocoding:*")
     assert cached.status_code == 200
     assert other.status_code == 200
     assert route.call_count == LIMIT + 1  # the refused query reached Kakao once, for the other

@@ -124,6 +124,8 @@ async def test_feedback_is_rate_limited_per_user(
     assert limited.status_code == 429
     assert limited.headers["content-type"] == "application/problem+json"
     assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert "Too many feedback requests" in limited.json()["detail"]
+    assert await redis.keys("recycling:ratelimit:feedback:*")  # recycling's own keys
     someone_else = await llm_client.post(
         f"{PREFIX}/feedback", json={"category": "battery"}, headers=auth()
     )

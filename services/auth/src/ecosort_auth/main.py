@@ -16,8 +16,8 @@ from ecosort_auth.config import Settings, get_settings
 from ecosort_auth.consumers import UserDeletedHandler
 from ecosort_auth.keys import KeyRing, ensure_current_key
 from ecosort_auth.providers import GoogleKeys
-from ecosort_auth.ratelimit import RateLimiter
 from ecosort_common.app import create_service_app
+from ecosort_common.ratelimit import RateLimiter
 from ecosort_common.security import TokenVerifier
 
 SELF_BASE_URL = "http://auth.internal"
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def start_auth(app: FastAPI) -> Awaitable[None] | None:
         app.state.keyring = KeyRing(settings.key_encryption_key)  # no key: refuse to start
         app.state.rate_limiter = RateLimiter(
-            app.state.redis, window_seconds=settings.auth_rate_window_seconds
+            app.state.redis, "auth", window_seconds=settings.auth_rate_window_seconds
         )
         app.state.google_keys = GoogleKeys(settings.google_jwks_url)
         on_user_deleted.redis = app.state.redis

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from ecosort_auth.config import Settings
-from ecosort_auth.ratelimit import RateLimiter
+from ecosort_common.ratelimit import RateLimiter
 
 
 def settings_of(request: Request) -> Settings:

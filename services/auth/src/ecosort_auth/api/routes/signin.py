@@ -26,10 +26,10 @@ from ecosort_auth.providers import (
     provider_unavailable,
     verify_mobile_token,
 )
-from ecosort_auth.ratelimit import RateLimiter
 from ecosort_auth.sessions import ProviderIdentity
 from ecosort_common.errors import Problem
 from ecosort_common.head import refuse_head
+from ecosort_common.ratelimit import RateLimiter
 
 router = APIRouter(tags=["sign-in"])
 SettingsDep = Annotated[Settings, Depends(settings_of)]

@@ -13,9 +13,9 @@ from ecosort_auth.api.schemas import LogoutIn, RefreshIn, TokenAnswer
 from ecosort_auth.config import Settings
 from ecosort_auth.issuance import tokens_for_refresh
 from ecosort_auth.keys import published_jwks
-from ecosort_auth.ratelimit import RateLimiter
 from ecosort_auth.sessions import owner_of_refresh_token, revoke_session, session_of_refresh_token
 from ecosort_common.errors import Problem
+from ecosort_common.ratelimit import RateLimiter
 from ecosort_common.revocation import revoke_sessions
 from ecosort_common.security import bearer_token
 

@@ -12,11 +12,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from redis.asyncio import Redis
 
 from ecosort_common.errors import Problem
+from ecosort_common.ratelimit import RateLimiter
 from ecosort_common.redis import get_redis
 from ecosort_common.security import Principal, current_principal
 from ecosort_locations.config import Settings
 from ecosort_locations.kakao import KakaoLocalClient, KakaoLocalError
-from ecosort_locations.limits import enforce_geocode_rate_limit
 from ecosort_locations.schemas import GeocodeItem, GeocodeOut
 
 router = APIRouter(tags=["geocoding"])
@@ -70,9 +70,8 @@ async def geocode(
     if cached is not None:
         return GeocodeOut(query=query, items=[GeocodeItem(**i) for i in json.loads(cached)])
     # Counted only here: a cached answer costs Kakao's daily quota nothing.
-    await enforce_geocode_rate_limit(
-        redis, principal.user_id, settings.geocode_rate_limit_per_minute
-    )
+    limiter = RateLimiter(redis, "locations", window_seconds=60)
+    await limiter.hit("geocoding", str(principal.user_id), settings.geocode_rate_limit_per_minute)
     try:
         found = await geocoder.search_address(query)
     except KakaoLocalError as exc:

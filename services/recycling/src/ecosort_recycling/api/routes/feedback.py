@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from redis.asyncio import Redis
 
+from ecosort_common.ratelimit import RateLimiter
 from ecosort_common.redis import get_redis
 from ecosort_common.security import Principal, current_principal
 from ecosort_recycling.catalog import Catalog, get_catalog
 from ecosort_recycling.config import Settings
 from ecosort_recycling.feedback import answer_feedback
-from ecosort_recycling.limits import enforce_rate_limit
 from ecosort_recycling.schemas import FeedbackIn, FeedbackOut
 
 router = APIRouter(prefix="/feedback", tags=["feedback"])
@@ -27,7 +27,8 @@ async def post_feedback(
     redis: Annotated[Redis, Depends(get_redis)],
 ) -> FeedbackOut:
     settings: Settings = request.app.state.settings
-    await enforce_rate_limit(redis, principal.user_id, settings.feedback_rate_limit_per_minute)
+    limiter = RateLimiter(redis, "recycling", window_seconds=60)
+    await limiter.hit("feedback", str(principal.user_id), settings.feedback_rate_limit_per_minute)
     return await answer_feedback(
         body,
         catalog=catalog,
