@@ -143,3 +143,84 @@ async def test_types_list_every_kind_with_its_categories_and_count(client: Async
     assert types["clothing"]["categories"] == ["textile"]
     assert types["clothing"]["name_ko"] == "의류수거함"
     assert types["medicine"]["count"] >= len(LAYOUT)
+
+
+# Pagination has neighbourhoods of its own, 8 km from the centre and from each other, so other
+# tests' points never fall inside their 1 km.
+PAGED = {
+    "near-100": (-8000 + 100, 0),
+    # Three bins at one spot: equal distances, so a page boundary between them needs the id.
+    "tie-a": (-8000 + 200, 0),
+    "tie-b": (-8000 + 200, 0),
+    "tie-c": (-8000 + 200, 0),
+    "east-400": (-8000, 400),
+}
+PAGED_CENTRE = offset(-8000, 0)
+
+
+def paged_params(**extra: Any) -> dict[str, Any]:
+    return {"lat": PAGED_CENTRE[0], "lng": PAGED_CENTRE[1], "type": "battery", **extra}
+
+
+@pytest.fixture(scope="module")
+async def paged(import_data_module: Importer) -> None:
+    await import_data_module("paged_battery.json", as_rows(PAGED), "battery")
+
+
+@pytest.mark.usefixtures("paged")
+async def test_next_cursor_walks_the_whole_list_across_equal_distances(
+    client: AsyncClient,
+) -> None:
+    whole = (await client.get(POINTS, params=paged_params(limit=100))).json()
+    assert len(whole["items"]) == len(PAGED) and whole["next_cursor"] is None
+    pages: list[list[str]] = []
+    cursor: str | None = None
+    for _ in range(len(PAGED)):
+        extra = {"cursor": cursor} if cursor else {}
+        response = await client.get(POINTS, params=paged_params(limit=2, **extra))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        pages.append([item["id"] for item in body["items"]])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert [len(page) for page in pages] == [2, 2, 1]
+    assert [point for page in pages for point in page] == [item["id"] for item in whole["items"]]
+
+
+async def test_a_point_added_between_pages_neither_repeats_nor_hides_one(
+    client: AsyncClient, import_data: Importer
+) -> None:
+    centre = offset(0, 8000)
+    layout = {f"bin-{m}": (m, 8000) for m in (100, 200, 300)}
+    await import_data("between_oil.json", as_rows(layout), "cooking_oil")
+    query = {"lat": centre[0], "lng": centre[1], "type": "cooking_oil", "limit": 2}
+    first = (await client.get(POINTS, params=query)).json()
+    assert [item["name"] for item in first["items"]] == ["bin-100", "bin-200"]
+
+    # Nearer than everything shown: an offset would now repeat bin-200.
+    await import_data("between_oil_late.json", as_rows({"late-10": (10, 8000)}), "cooking_oil")
+    second = (await client.get(POINTS, params=query | {"cursor": first["next_cursor"]})).json()
+    assert [item["name"] for item in second["items"]] == ["bin-300"]
+    assert second["next_cursor"] is None
+
+
+@pytest.mark.usefixtures("paged")
+async def test_a_cursor_from_another_search_or_malformed_is_a_400_problem(
+    client: AsyncClient,
+) -> None:
+    cursor = (await client.get(POINTS, params=paged_params(limit=1))).json()["next_cursor"]
+    assert cursor
+    for other in (
+        paged_params(lat=PAGED_CENTRE[0] + 0.001, cursor=cursor),
+        paged_params(lng=PAGED_CENTRE[1] + 0.001, cursor=cursor),
+        paged_params(radius_m=999, cursor=cursor),
+        paged_params(type="lamp", cursor=cursor),
+        {"lat": PAGED_CENTRE[0], "lng": PAGED_CENTRE[1], "cursor": cursor},
+        paged_params(cursor="garbage"),
+        paged_params(cursor="WzAsIDFd"),  # [0, 1]: well-formed, never handed out
+    ):
+        response = await client.get(POINTS, params=other)
+        assert response.status_code == 400, other
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["title"] == "Invalid cursor"

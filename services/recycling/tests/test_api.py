@@ -67,6 +67,38 @@ async def test_item_search_rejects_empty_and_oversized_queries(client: AsyncClie
         assert response.headers["content-type"] == "application/problem+json"
 
 
+async def test_item_search_pages_through_the_whole_ranking(client: AsyncClient) -> None:
+    whole = (await client.get(f"{PREFIX}/items", params={"q": "병", "limit": 50})).json()
+    assert len(whole["items"]) > 2 and whole["next_cursor"] is None
+    paged: list[str] = []
+    cursor: str | None = None
+    for _ in range(len(whole["items"])):
+        params = {"q": "병", "limit": 1} | ({"cursor": cursor} if cursor else {})
+        response = await client.get(f"{PREFIX}/items", params=params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        paged += [item["id"] for item in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert cursor is None
+    assert paged == [item["id"] for item in whole["items"]]
+
+
+async def test_item_search_refuses_a_foreign_or_malformed_cursor(client: AsyncClient) -> None:
+    first = (await client.get(f"{PREFIX}/items", params={"q": "병", "limit": 1})).json()
+    assert first["next_cursor"]
+    for params in (
+        {"q": "캔", "cursor": first["next_cursor"]},  # another query's ranking
+        {"q": "병", "cursor": "garbage"},
+        {"q": "병", "cursor": "WzAsICJ4Il0"},  # [0, "x"]: well-formed, never handed out
+    ):
+        response = await client.get(f"{PREFIX}/items", params=params)
+        assert response.status_code == 400, params
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["title"] == "Invalid cursor"
+
+
 async def test_feedback_needs_a_signed_in_user(client: AsyncClient) -> None:
     response = await client.post(f"{PREFIX}/feedback", json={"category": "battery"})
     assert response.status_code == 401

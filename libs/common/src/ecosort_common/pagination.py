@@ -1,10 +1,14 @@
-"""Cursor pagination over (created_at, id), newest first: stable under inserts, no OFFSET scans."""
+"""Cursor pagination: opaque cursors, and the usual list over (created_at, id), newest first
+(stable under inserts, no OFFSET scans). Lists ordered otherwise (by relevance, by distance)
+put their own position in a cursor with `encode_cursor_of`, bound to the query they page."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -23,9 +27,39 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = None
 
 
+def encode_cursor_of(position: Sequence[Any], *, query: Sequence[Any] = ()) -> str:
+    """`position` (JSON values) as an opaque cursor. With `query`, the parameters of the request
+    it pages, a digest of them rides along: a position means nothing in another query's list."""
+    values = [*position, _digest(query)] if query else list(position)
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def decode_cursor_of(cursor: str, shape: TypeAdapter[T], *, query: Sequence[Any] = ()) -> T:
+    """The position in `cursor`, validated as `shape`; 400 for a cursor this API did not hand
+    out for this query. With `query`, `shape` validates the position alone."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded))
+        if query and not (isinstance(values, list) and values and values.pop() == _digest(query)):
+            raise Problem(
+                400,
+                "The cursor belongs to another query: send it with the parameters of the page "
+                "it came with.",
+                title="Invalid cursor",
+            )
+        return shape.validate_python(values)
+    except ValueError as exc:  # bad base64 (binascii.Error), JSON, or contents (ValidationError)
+        raise Problem(
+            400, "The cursor is not one this API handed out.", title="Invalid cursor"
+        ) from exc
+
+
+def _digest(query: Sequence[Any]) -> str:
+    return hashlib.sha256(json.dumps(list(query), default=str).encode()).hexdigest()[:16]
+
+
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(row_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor_of([created_at.isoformat(), str(row_id)])
 
 
 # A cursor comes back from the client: whatever it holds is checked, not trusted (a naive time
@@ -34,13 +68,7 @@ _CURSOR = TypeAdapter(tuple[AwareDatetime, uuid.UUID])
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        return _CURSOR.validate_json(base64.urlsafe_b64decode(padded))
-    except ValueError as exc:  # bad base64 (binascii.Error) or contents (ValidationError)
-        raise Problem(
-            400, "The cursor is not one this API handed out.", title="Invalid cursor"
-        ) from exc
+    return decode_cursor_of(cursor, _CURSOR)
 
 
 def paginate(

@@ -39,6 +39,11 @@ class Center(BaseModel):
 
 class NearbyOut(BaseModel):
     items: list[NearbyPointOut] = Field(description="nearest first")
+    next_cursor: str | None = Field(
+        default=None,
+        description="Set while more points exist: pass it as `cursor`, with the same lat, lng, "
+        "radius_m and type.",
+    )
     center: Center
     radius_m: float
     type: str | None

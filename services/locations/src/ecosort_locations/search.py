@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_locations.geo import bounding_box, haversine_sql
@@ -20,7 +20,9 @@ async def nearest(
     radius_m: float,
     point_type: str | None,
     limit: int,
+    after: tuple[float, uuid.UUID] | None = None,
 ) -> list[tuple[CollectionPoint, float]]:
+    """Nearest first, ties by id; `after` is the (distance, id) of the last row already shown."""
     box = bounding_box(lat, lng, radius_m)
     distance = haversine_sql(lat, lng, CollectionPoint.lat, CollectionPoint.lng)
     stmt = (
@@ -35,6 +37,17 @@ async def nearest(
     )
     if point_type is not None:
         stmt = stmt.where(CollectionPoint.type == point_type)
+    if after is not None:
+        # Keyset, not offset: a point imported between two pages neither repeats a row nor
+        # hides one. The same expression with the same centre gives the same float again, so
+        # the row the cursor names compares equal and the id settles ties.
+        after_distance, after_id = after
+        stmt = stmt.where(
+            or_(
+                distance > after_distance,
+                and_(distance == after_distance, CollectionPoint.id > after_id),
+            )
+        )
     return [(row[0], float(row[1])) for row in (await session.execute(stmt)).all()]
 
 

@@ -81,7 +81,10 @@ class ItemHitOut(BaseModel):
 class ItemSearchOut(BaseModel):
     query: str
     items: list[ItemHitOut]
-    next_cursor: str | None = None
+    next_cursor: str | None = Field(
+        default=None,
+        description="Set while more results exist: pass it as `cursor`, with the same `q`.",
+    )
     data_version: str
 
 

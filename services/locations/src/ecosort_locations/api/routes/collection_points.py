@@ -6,10 +6,12 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import Field, TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.db import get_session
 from ecosort_common.errors import Problem
+from ecosort_common.pagination import decode_cursor_of, encode_cursor_of
 from ecosort_locations import search
 from ecosort_locations.point_types import POINT_TYPES
 from ecosort_locations.schemas import (
@@ -35,8 +37,18 @@ PointType = Annotated[
 ]
 
 
+# A cursor is the exact (unrounded) distance and id of the last point shown, bound to the
+# search it belongs to: a distance from another centre, radius or type would skip or repeat rows.
+_POSITION = TypeAdapter(tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], uuid.UUID])
+
+
 @router.get(
-    "/collection-points", response_model=NearbyOut, summary="Collection points near a place"
+    "/collection-points",
+    response_model=NearbyOut,
+    summary="Collection points near a place",
+    description="Nearest first, each with `distance_m`. Cursor-paginated: while `next_cursor` is "
+    "set, pass it back as `cursor` with the same `lat`, `lng`, `radius_m` and `type` for the next "
+    "`limit` points. A malformed cursor, or one from another search, is a 400 problem.",
 )
 async def nearby(
     session: SessionDep,
@@ -45,17 +57,37 @@ async def nearby(
     radius_m: Annotated[float, Query(gt=0, le=MAX_RADIUS_M)] = 1000,
     point_type: PointType = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=200, description="`next_cursor` of the previous page of this search"),
+    ] = None,
 ) -> NearbyOut:
+    query = [lat, lng, radius_m, point_type]
+    after = decode_cursor_of(cursor, _POSITION, query=query) if cursor else None
+    # One point more than the page shows, to know whether another page exists.
     found = await search.nearest(
-        session, lat=lat, lng=lng, radius_m=radius_m, point_type=point_type, limit=limit
+        session,
+        lat=lat,
+        lng=lng,
+        radius_m=radius_m,
+        point_type=point_type,
+        limit=limit + 1,
+        after=after,
+    )
+    page = found[:limit]
+    next_cursor = (
+        encode_cursor_of([page[-1][1], str(page[-1][0].id)], query=query)
+        if len(found) > limit
+        else None
     )
     return NearbyOut(
         items=[
             NearbyPointOut(
                 **CollectionPointOut.of(point).model_dump(), distance_m=round(distance, 1)
             )
-            for point, distance in found
+            for point, distance in page
         ],
+        next_cursor=next_cursor,
         center=Center(lat=lat, lng=lng),
         radius_m=radius_m,
         type=point_type,
