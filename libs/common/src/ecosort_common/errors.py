@@ -14,9 +14,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 PROBLEM_JSON = "application/problem+json"
 ABOUT_BLANK = "about:blank"
+# The methods a 405's Allow may name, in the order it names them.
+STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 PROBLEM_TYPE_PREFIX = "urn:ecosort:problem:"
 log = structlog.get_logger("ecosort.errors")
 
@@ -77,7 +81,11 @@ class ProblemBody(BaseModel):
     status: int
     # Left out, rather than null, when there is nothing to add to the title.
     detail: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_left_out)
-    instance: str = Field(description="The path of the request.")
+    # Optional in the schema, as in RFC 9457: the services always send it, the gateway's own
+    # problems (an unknown route, a body too large) cannot.
+    instance: str | SkipJsonSchema[None] = Field(
+        default=None, description="The path of the request.", json_schema_extra=_left_out
+    )
     request_id: str | SkipJsonSchema[None] = Field(
         default=None,
         description="The X-Request-ID of the request, to quote in a bug report.",
@@ -154,11 +162,45 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"No resource at {request.url.path}."
     headers = dict(exc.headers or {})
-    allow = headers.get("Allow", "").split(", ")
+    if exc.status_code == 405 and "Allow" in headers:
+        headers["Allow"] = _allow(request, headers["Allow"])
+    return problem_response(request, exc.status_code, detail=detail, headers=headers)
+
+
+def _allow(request: Request, named: str) -> str:
+    """Every method of the resource (RFC 9110 §15.5.6). The router's 405 names only the methods
+    of the first route on the path, though other routes on it may take other methods."""
+    allow = [method for method in named.split(", ") if method]
+    taken = _methods_routed(request)
+    # Unless a route took the request's method: then the 405 and its Allow are its handler's.
+    if request.method not in taken:
+        allow = [m for m in STANDARD_METHODS if m in taken or m in allow] + sorted(
+            set(allow) - set(STANDARD_METHODS)
+        )
     if "GET" in allow and "HEAD" not in allow:
         # HEAD is answered wherever GET is (ecosort_common.head), though no route says so.
-        headers["Allow"] = ", ".join([*allow, "HEAD"])
-    return problem_response(request, exc.status_code, detail=detail, headers=headers)
+        allow.insert(allow.index("GET") + 1, "HEAD")
+    return ", ".join(allow)
+
+
+def _methods_routed(request: Request) -> set[str]:
+    """The standard methods some route takes at the request's path. Asked of the routes with a
+    fresh scope per method, as the router would: FastAPI's included routers keep their routes
+    to themselves, and the request's scope carries what routing the 405 already wrote in it."""
+    scope = request.scope
+    taken: set[str] = set()
+    for method in STANDARD_METHODS:
+        probe: Scope = {
+            "type": "http",
+            "method": method,
+            "path": scope["path"],
+            "root_path": scope.get("root_path", ""),
+            "headers": scope.get("headers", []),
+            "query_string": b"",
+        }
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            taken.add(method)
+    return taken
 
 
 def _jsonable_error(error: Any) -> dict[str, Any]:

@@ -4,6 +4,8 @@ Google's JWKS, and the mobile exchange of a native SDK's token."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,6 +21,7 @@ from joserfc.jwk import KeySet
 from ecosort_auth.config import Settings
 from ecosort_auth.sessions import ProviderIdentity
 from ecosort_common.errors import Problem
+from ecosort_common.security import MIN_REFRESH_INTERVAL_SECONDS
 
 try:  # authlib's OAuth client runs on httpx2 when it is installed, else on httpx
     import httpx2
@@ -97,29 +100,56 @@ async def authorization_url(
     return str(url)
 
 
+class GoogleKeysUnavailable(httpx.HTTPError):
+    """No key of Google's to check an ID token with: Google is unreachable, as for a sign-in."""
+
+
 class GoogleKeys:
-    """Google's signing keys (JWKS), cached, fetched again on an unknown `kid`."""
+    """Google's signing keys (JWKS), cached, fetched again when stale or on an unknown `kid`: but
+    one fetch at a time and at most one per MIN_REFRESH_INTERVAL_SECONDS after any attempt,
+    failed or not (as ecosort_common.security.TokenVerifier), so forged kids cannot turn sign-in
+    attempts into calls to Google. An unknown kid within the interval is refused at once."""
 
     def __init__(self, jwks_url: str, cache_seconds: float = 3600) -> None:
         self.jwks_url = jwks_url
         self.cache_seconds = cache_seconds
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
-
-    async def _fetch(self) -> KeySet:
-        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
-            response = await http.get(self.jwks_url)
-            response.raise_for_status()
-        self._keys = KeySet.import_key_set(response.json())
-        self._fetched_at = time.monotonic()
-        return self._keys
+        self._attempted_at = -math.inf  # when the last fetch ended, whatever its outcome
+        self._lock = asyncio.Lock()
 
     async def key_set(self, kid: str | None) -> KeySet:
+        async with self._lock:
+            if self._should_fetch(kid):
+                await self._fetch()
+            if self._keys is None:
+                raise GoogleKeysUnavailable("Google's signing keys could not be fetched")
+            return self._keys
+
+    def _should_fetch(self, kid: str | None) -> bool:
+        now = time.monotonic()
+        if now - self._attempted_at < MIN_REFRESH_INTERVAL_SECONDS:
+            return False
         keys = self._keys
-        stale = keys is None or time.monotonic() - self._fetched_at > self.cache_seconds
-        if keys is None or stale or kid not in {k.kid for k in keys.keys}:
-            keys = await self._fetch()
-        return keys
+        return (
+            keys is None
+            or now - self._fetched_at >= self.cache_seconds
+            or kid not in {key.kid for key in keys.keys}
+        )
+
+    async def _fetch(self) -> None:
+        """Fetch the JWKS; on failure keep the keys we had (their tokens keep verifying)."""
+        try:
+            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
+                response = await http.get(self.jwks_url)
+                response.raise_for_status()
+            self._keys = KeySet.import_key_set(response.json())
+            self._fetched_at = time.monotonic()
+        except (httpx.HTTPError, ValueError, JoseError) as exc:
+            log.warning("google_jwks_fetch_failed", error=type(exc).__name__)
+        finally:
+            # Measured from the answer (or the timeout): a slow Google gets the full interval.
+            self._attempted_at = time.monotonic()
 
 
 async def verify_google_id_token(

@@ -75,6 +75,9 @@ class LocalOAuthProvider:
     signing_key: RSAKey = field(
         default_factory=lambda: RSAKey.generate_key(2048, parameters={"kid": "local-rsa-1"})
     )
+    # Every request to the JWKS, answered or not; while `jwks_down`, each is answered 503.
+    jwks_requests: int = 0
+    jwks_down: bool = False
 
     def sign_in_as(self, shape: str, subject: str, nickname: str) -> None:
         self.users[shape] = ProviderUser(subject=subject, nickname=nickname)
@@ -194,6 +197,9 @@ class LocalOAuthProvider:
         )
 
     async def google_jwks(self, request: Request) -> Response:
+        self.jwks_requests += 1
+        if self.jwks_down:
+            return JSONResponse({"error": "unavailable"}, status_code=503)
         return JSONResponse(
             {"keys": [{**self.signing_key.as_dict(private=False), "alg": "RS256", "use": "sig"}]}
         )

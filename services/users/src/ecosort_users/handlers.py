@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.events import Event, Handler
 from ecosort_users import crud
 from ecosort_users.config import Settings
+from ecosort_users.schemas import cleaned_nickname
 
 USER_REGISTERED = "user.registered"
 ANALYSIS_COMPLETED = "analysis.completed"
@@ -27,6 +28,12 @@ class UserRegistered(BaseModel):
     provider: str | None = Field(default=None, max_length=20)
     nickname: str | None = None
     email: str | None = Field(default=None, max_length=320)
+
+    @field_validator("nickname")
+    @classmethod
+    def _nickname(cls, value: str | None) -> str | None:
+        # PATCH /me's rule: a nickname from sign-in must not hold what a person may not type.
+        return cleaned_nickname(value) if value is not None else None
 
 
 class AnalysisCompleted(BaseModel):

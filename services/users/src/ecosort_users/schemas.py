@@ -13,6 +13,39 @@ from ecosort_users.regions import Region, parse_region
 
 SUPPORTED_LOCALES = ("ko-KR", "en-US")
 NICKNAME_MAX = 30
+# Control characters, surrogates, private use and unassigned code points: nothing a person types
+# as a name, and what they render as depends on the font, when they render at all.
+_NICKNAME_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn"})
+# The bidirectional embeddings and overrides (U+202A-202E) and isolates (U+2066-2069) reorder the
+# text around them, so one name can pass for another. The other format characters (Cf) stay: the
+# zero-width joiners (U+200C, U+200D) hold emoji sequences (👨‍👩‍👧) and some scripts together.
+_BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+
+
+def _unfit_for_nickname(ch: str) -> bool:
+    return ch in _BIDI_CONTROLS or unicodedata.category(ch) in _NICKNAME_REFUSED_CATEGORIES
+
+
+def checked_nickname(value: str) -> str:
+    """A nickname the person typed (PATCH /me): what does not fit is refused, for them to fix."""
+    value = unicodedata.normalize("NFC", value.strip())
+    if not 1 <= len(value) <= NICKNAME_MAX:
+        raise ValueError(f"a nickname has 1 to {NICKNAME_MAX} characters")
+    if any(_unfit_for_nickname(ch) for ch in value):
+        raise ValueError(
+            "a nickname cannot contain control, private-use, unassigned or "
+            "bidirectional-override characters"
+        )
+    return value
+
+
+def cleaned_nickname(value: str) -> str | None:
+    """A nickname from sign-in (`user.registered`), as the provider had it: nobody is there to fix
+    a refusal, so what does not fit is dropped and the rest cut to length. None when nothing is
+    left."""
+    kept = "".join(ch for ch in value if not _unfit_for_nickname(ch))
+    kept = unicodedata.normalize("NFC", kept.strip())[:NICKNAME_MAX].strip()
+    return kept or None
 
 
 class RegionOut(BaseModel):
@@ -47,12 +80,7 @@ class ProfileUpdate(BaseModel):
     def _nickname(cls, value: str | None) -> str | None:
         if value is None:
             raise ValueError("the nickname cannot be removed, only changed")
-        value = unicodedata.normalize("NFC", value.strip())
-        if not 1 <= len(value) <= NICKNAME_MAX:
-            raise ValueError(f"a nickname has 1 to {NICKNAME_MAX} characters")
-        if any(unicodedata.category(ch).startswith("C") for ch in value):
-            raise ValueError("a nickname cannot contain control characters")
-        return value
+        return checked_nickname(value)
 
     @field_validator("locale")
     @classmethod

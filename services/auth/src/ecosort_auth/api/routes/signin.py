@@ -71,7 +71,8 @@ async def authorize(
     request: Request,
     settings: SettingsDep,
     redirect_uri: Annotated[str | None, Query(max_length=2048)] = None,
-    device: Annotated[str | None, Query(max_length=200)] = None,
+    # Kept until the callback stores it with the session: no NUL, which PostgreSQL refuses.
+    device: Annotated[str | None, Query(max_length=200, pattern="^[^\x00]*$")] = None,
 ) -> RedirectResponse:
     """Start the web flow: redirect to the provider with a fresh state and PKCE challenge."""
     config = _enabled(settings, provider)

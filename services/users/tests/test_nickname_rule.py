@@ -1,0 +1,109 @@
+"""One nickname rule for both ways a nickname arrives: PATCH /me refuses what does not fit, the
+`user.registered` event of a sign-in drops it. Emoji sequences and joined scripts fit; control,
+private-use, unassigned and bidirectional-override characters do not."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+from httpx import AsyncClient
+
+from ecosort_common.events import Event
+
+ME = "/api/v1/users/me"
+Auth = Callable[[uuid.UUID], dict[str, str]]
+Deliver = Callable[[Event], Awaitable[None]]
+
+FITTING = [
+    "👨\u200d👩\u200d👧",  # family: emoji joined by ZWJ
+    "🏳\ufe0f\u200d🌈",  # rainbow flag: variation selector and ZWJ
+    "می\u200cخواهم",  # Persian, with the ZWNJ its spelling needs
+    "☺\ufe0f 분리왕",
+]
+UNFIT = [
+    ("bell\x07", "a control character"),
+    ("a\ue000b", "private use"),
+    ("a\u0378b", "unassigned"),
+    ("a\uffffb", "a noncharacter"),
+    ("admin\u202egnp", "a right-to-left override"),
+    ("a\u2066b\u2069", "a left-to-right isolate"),
+]
+
+
+@pytest.mark.parametrize("nickname", FITTING)
+async def test_patch_takes_joined_emoji_and_scripts(
+    client: AsyncClient, auth: Auth, nickname: str
+) -> None:
+    headers = auth(uuid.uuid4())
+    response = await client.patch(ME, headers=headers, json={"nickname": nickname})
+    assert response.status_code == 200, response.text
+    assert (await client.get(ME, headers=headers)).json()["nickname"] == nickname
+
+
+@pytest.mark.parametrize(("nickname", "why"), UNFIT, ids=[why for _, why in UNFIT])
+async def test_patch_refuses_what_does_not_fit(
+    client: AsyncClient, auth: Auth, nickname: str, why: str
+) -> None:
+    response = await client.patch(ME, headers=auth(uuid.uuid4()), json={"nickname": nickname})
+    assert response.status_code == 422, f"{why}: {response.text}"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert [error["loc"] for error in response.json()["errors"]] == [["body", "nickname"]]
+
+
+async def test_patch_refuses_a_lone_surrogate(client: AsyncClient, auth: Auth) -> None:
+    # JSON can spell one, though no UTF-8 can: the escape reaches Python as it is.
+    body = '{"nickname": "a\\ud800b"}'
+    headers = {**auth(uuid.uuid4()), "content-type": "application/json"}
+    response = await client.patch(ME, headers=headers, content=body)
+    assert response.status_code == 422, response.text
+
+
+async def _registered(
+    client: AsyncClient,
+    auth: Auth,
+    make_event: Callable[..., Event],
+    apply_event: Deliver,
+    nickname: str,
+) -> str | None:
+    user_id = uuid.uuid4()
+    payload = {"user_id": str(user_id), "provider": "kakao", "nickname": nickname}
+    # Through JSON, as the event comes off the stream.
+    await apply_event(make_event("user.registered", json.loads(json.dumps(payload))))
+    stored: str | None = (await client.get(ME, headers=auth(user_id))).json()["nickname"]
+    return stored
+
+
+@pytest.mark.parametrize("nickname", FITTING)
+async def test_sign_in_keeps_a_fitting_nickname(
+    client: AsyncClient,
+    auth: Auth,
+    make_event: Callable[..., Event],
+    apply_event: Deliver,
+    nickname: str,
+) -> None:
+    assert await _registered(client, auth, make_event, apply_event, nickname) == nickname
+
+
+@pytest.mark.parametrize(
+    ("nickname", "stored"),
+    [
+        ("bell\x07", "bell"),
+        ("a\x00b\ue000c\u0378d", "abcd"),
+        ("admin\u202egnp.exe", "admingnp.exe"),
+        ("\u2066 분리왕 \u2069", "분리왕"),
+        ("\x07\x1b", None),
+        ("가" * 29 + "\x07" + "나나", "가" * 29 + "나"),  # cut to length after the cleaning
+    ],
+)
+async def test_sign_in_drops_what_does_not_fit(
+    client: AsyncClient,
+    auth: Auth,
+    make_event: Callable[..., Event],
+    apply_event: Deliver,
+    nickname: str,
+    stored: str | None,
+) -> None:
+    assert await _registered(client, auth, make_event, apply_event, nickname) == stored
