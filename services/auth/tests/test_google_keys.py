@@ -14,9 +14,10 @@ from auth_test_helpers import AppFactory, assert_problem, client_for_app
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from ecosort_auth import providers
 from ecosort_auth.config import Settings
-from ecosort_auth.providers import GoogleKeys, ProviderRefused, verify_google_id_token
+from ecosort_auth.providers import ProviderRefused, google_keys, verify_google_id_token
+from ecosort_common import security
+from ecosort_common.security import JwksCache
 
 # Short enough to wait out in a test, long enough for a burst of sign-ins to fit inside it.
 TEST_REFRESH_INTERVAL = 1.0
@@ -27,7 +28,7 @@ AUDIENCE = "google-client"
 def google(
     local_provider: LocalOAuthProvider, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[LocalOAuthProvider]:
-    monkeypatch.setattr(providers, "MIN_REFRESH_INTERVAL_SECONDS", TEST_REFRESH_INTERVAL)
+    monkeypatch.setattr(security, "MIN_REFRESH_INTERVAL_SECONDS", TEST_REFRESH_INTERVAL)
     yield local_provider
     local_provider.jwks_down = False
 
@@ -46,7 +47,7 @@ def _forged(google: LocalOAuthProvider, forger: RSAKey, kid: str) -> str:
     return jwt.encode({"alg": "RS256", "kid": kid}, claims, forger, algorithms=["RS256"])
 
 
-async def _outcome(settings: Settings, keys: GoogleKeys, id_token: str) -> str:
+async def _outcome(settings: Settings, keys: JwksCache, id_token: str) -> str:
     try:
         await verify_google_id_token(settings, keys, id_token, audiences=[AUDIENCE], nonce=None)
     except ProviderRefused:
@@ -59,7 +60,7 @@ async def _outcome(settings: Settings, keys: GoogleKeys, id_token: str) -> str:
 async def test_forged_kids_cost_one_fetch_per_interval(
     google: LocalOAuthProvider, forger: RSAKey, web_settings: Settings
 ) -> None:
-    keys = GoogleKeys(web_settings.google_jwks_url)
+    keys = google_keys(web_settings)
     before = google.jwks_requests
     assert await _outcome(web_settings, keys, _genuine(google)) == "signed in"
     assert google.jwks_requests - before == 1
@@ -79,7 +80,7 @@ async def test_forged_kids_cost_one_fetch_per_interval(
 async def test_without_keys_a_down_google_is_asked_once_per_interval(
     google: LocalOAuthProvider, web_settings: Settings
 ) -> None:
-    keys = GoogleKeys(web_settings.google_jwks_url)
+    keys = google_keys(web_settings)
     before = google.jwks_requests
     google.jwks_down = True
     outcomes = [await _outcome(web_settings, keys, _genuine(google)) for _ in range(5)]

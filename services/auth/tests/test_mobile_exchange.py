@@ -18,7 +18,8 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from ecosort_auth.config import Settings
-from ecosort_auth.providers import GoogleKeys, ProviderRefused, provider_config, verify_mobile_token
+from ecosort_auth.providers import ProviderRefused, provider_config, verify_mobile_token
+from ecosort_common.security import JwksCache
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KAKAO_ME = "https://kapi.kakao.com/v2/user/me"
@@ -116,7 +117,9 @@ async def test_kakao_app_check_runs_even_when_settings_skipped_validation() -> N
         info = mock.get(KAKAO_TOKEN_INFO).respond(json=recorded("kakao_access_token_info.json"))
         me = mock.get(KAKAO_ME).respond(json=recorded("kakao_user_me.json"))
         with pytest.raises(ProviderRefused, match="another app"):
-            await verify_mobile_token(settings, config, GoogleKeys(GOOGLE_CERTS), "kakao-token")
+            await verify_mobile_token(
+                settings, config, JwksCache(GOOGLE_CERTS, cache_seconds=3600), "kakao-token"
+            )
     assert info.called
     assert not me.called
 

@@ -66,6 +66,58 @@ def _unauthorized(detail: str) -> Problem:
     )
 
 
+class JwksCache:
+    """A JWKS, fetched when first needed and kept `cache_seconds`. An unknown `kid` fetches it
+    again early, but no fetch follows another attempt, failed or not, within
+    MIN_REFRESH_INTERVAL_SECONDS: forged kids must not turn every request into a call to the
+    keys' owner, least of all while it is slow or down. A failed fetch keeps the keys we had
+    (their tokens keep verifying)."""
+
+    def __init__(
+        self, url: str, *, cache_seconds: float, http: httpx.AsyncClient | None = None
+    ) -> None:
+        self.url = url
+        self.cache_seconds = cache_seconds
+        self._http = http or httpx.AsyncClient(timeout=3.0)
+        self._keys: KeySet | None = None
+        self._fetched_at = 0.0
+        self._attempted_at = -math.inf  # when the last fetch ended, whatever its outcome
+        self._lock = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def key_set(self, kid: str | None = None) -> KeySet | None:
+        """The keys, fresh enough and holding `kid` if they can be; None if never fetched."""
+        async with self._lock:
+            if self._should_fetch(kid):
+                await self._fetch()
+            return self._keys
+
+    def _should_fetch(self, kid: str | None) -> bool:
+        now = time.monotonic()
+        if now - self._attempted_at < MIN_REFRESH_INTERVAL_SECONDS:
+            return False
+        keys = self._keys
+        return (
+            keys is None
+            or now - self._fetched_at >= self.cache_seconds
+            or (kid is not None and kid not in {key.kid for key in keys.keys})
+        )
+
+    async def _fetch(self) -> None:
+        try:
+            response = await self._http.get(self.url)
+            response.raise_for_status()
+            self._keys = KeySet.import_key_set(response.json())
+            self._fetched_at = time.monotonic()
+        except (httpx.HTTPError, ValueError, JoseError) as exc:
+            log.warning("jwks_fetch_failed", url=self.url, error=type(exc).__name__)
+        finally:
+            # Measured from the answer (or the timeout): a slow owner gets the full interval.
+            self._attempted_at = time.monotonic()
+
+
 class TokenVerifier:
     def __init__(
         self,
@@ -77,16 +129,10 @@ class TokenVerifier:
         revocations: RevocationWatcher | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        self.jwks_url = jwks_url
         self.issuer = issuer
         self.audience = audience
-        self.cache_seconds = cache_seconds
         self.revocations = revocations
-        self._http = http or httpx.AsyncClient(timeout=3.0)
-        self._keys: KeySet | None = None
-        self._fetched_at = 0.0
-        self._attempted_at = -math.inf  # when the last fetch ended, whatever its outcome
-        self._lock = asyncio.Lock()
+        self._jwks = JwksCache(jwks_url, cache_seconds=cache_seconds, http=http)
         self._verified: TTLCache[str, Principal] = TTLCache(
             VERIFIED_TOKEN_CACHE_SIZE, VERIFIED_TOKEN_CACHE_SECONDS
         )
@@ -100,41 +146,12 @@ class TokenVerifier:
         )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def _refresh(self, *, force: bool) -> KeySet:
-        async with self._lock:
-            if self._should_fetch(force=force):
-                await self._fetch()
-            if self._keys is None:
-                raise Problem(503, "The token signing keys are unavailable.")
-            return self._keys
-
-    def _should_fetch(self, *, force: bool) -> bool:
-        now = time.monotonic()
-        if now - self._attempted_at < MIN_REFRESH_INTERVAL_SECONDS:
-            return False
-        return force or self._keys is None or now - self._fetched_at >= self.cache_seconds
-
-    async def _fetch(self) -> None:
-        """Fetch the JWKS; on failure keep the keys we had (their tokens keep verifying)."""
-        try:
-            response = await self._http.get(self.jwks_url)
-            response.raise_for_status()
-            self._keys = KeySet.import_key_set(response.json())
-            self._fetched_at = time.monotonic()
-        except (httpx.HTTPError, ValueError, JoseError) as exc:
-            log.warning("jwks_fetch_failed", error=type(exc).__name__)
-        finally:
-            # Measured from the answer (or the timeout): a slow auth gets the full interval.
-            self._attempted_at = time.monotonic()
+        await self._jwks.aclose()
 
     async def _key_for(self, kid: str) -> Any:
-        keys = await self._refresh(force=False)
-        try:
-            return keys.get_by_kid(kid)
-        except (ValueError, KeyError, JoseError):
-            keys = await self._refresh(force=True)
+        keys = await self._jwks.key_set(kid)
+        if keys is None:
+            raise Problem(503, "The token signing keys are unavailable.")
         try:
             return keys.get_by_kid(kid)
         except (ValueError, KeyError, JoseError) as exc:

@@ -15,7 +15,7 @@ from ecosort_auth.api import api_router
 from ecosort_auth.config import Settings, get_settings
 from ecosort_auth.consumers import UserDeletedHandler
 from ecosort_auth.keys import KeyRing, ensure_current_key
-from ecosort_auth.providers import GoogleKeys
+from ecosort_auth.providers import google_keys
 from ecosort_common.app import create_service_app
 from ecosort_common.ratelimit import RateLimiter
 from ecosort_common.security import TokenVerifier
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.rate_limiter = RateLimiter(
             app.state.redis, "auth", window_seconds=settings.auth_rate_window_seconds
         )
-        app.state.google_keys = GoogleKeys(settings.google_jwks_url)
+        app.state.google_keys = google_keys(settings)
         on_user_deleted.redis = app.state.redis
         # Auth checks its own access tokens (sessions, logout) with the same verifier as every
         # other service, fed from its own JWKS route in-process rather than over the network.
@@ -62,7 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         consumers={"user.deleted": on_user_deleted},
         processed_events=models.processed_events,
         on_startup=[start_auth],
+        on_shutdown=[_close_google_keys],
     )
+
+
+async def _close_google_keys(app: FastAPI) -> None:
+    await app.state.google_keys.aclose()
 
 
 async def _ensure_signing_key(app: FastAPI, key_encryption_key: str) -> bool:

@@ -4,9 +4,6 @@ Google's JWKS, and the mobile exchange of a native SDK's token."""
 
 from __future__ import annotations
 
-import asyncio
-import math
-import time
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
@@ -16,12 +13,11 @@ import structlog
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
 from ecosort_auth.config import Settings
 from ecosort_auth.sessions import ProviderIdentity
 from ecosort_common.errors import Problem
-from ecosort_common.security import MIN_REFRESH_INTERVAL_SECONDS
+from ecosort_common.security import JwksCache
 
 try:  # authlib's OAuth client runs on httpx2 when it is installed, else on httpx
     import httpx2
@@ -104,57 +100,20 @@ class GoogleKeysUnavailable(httpx.HTTPError):
     """No key of Google's to check an ID token with: Google is unreachable, as for a sign-in."""
 
 
-class GoogleKeys:
-    """Google's signing keys (JWKS), cached, fetched again when stale or on an unknown `kid`: but
-    one fetch at a time and at most one per MIN_REFRESH_INTERVAL_SECONDS after any attempt,
-    failed or not (as ecosort_common.security.TokenVerifier), so forged kids cannot turn sign-in
-    attempts into calls to Google. An unknown kid within the interval is refused at once."""
-
-    def __init__(self, jwks_url: str, cache_seconds: float = 3600) -> None:
-        self.jwks_url = jwks_url
-        self.cache_seconds = cache_seconds
-        self._keys: KeySet | None = None
-        self._fetched_at = 0.0
-        self._attempted_at = -math.inf  # when the last fetch ended, whatever its outcome
-        self._lock = asyncio.Lock()
-
-    async def key_set(self, kid: str | None) -> KeySet:
-        async with self._lock:
-            if self._should_fetch(kid):
-                await self._fetch()
-            if self._keys is None:
-                raise GoogleKeysUnavailable("Google's signing keys could not be fetched")
-            return self._keys
-
-    def _should_fetch(self, kid: str | None) -> bool:
-        now = time.monotonic()
-        if now - self._attempted_at < MIN_REFRESH_INTERVAL_SECONDS:
-            return False
-        keys = self._keys
-        return (
-            keys is None
-            or now - self._fetched_at >= self.cache_seconds
-            or kid not in {key.kid for key in keys.keys}
-        )
-
-    async def _fetch(self) -> None:
-        """Fetch the JWKS; on failure keep the keys we had (their tokens keep verifying)."""
-        try:
-            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
-                response = await http.get(self.jwks_url)
-                response.raise_for_status()
-            self._keys = KeySet.import_key_set(response.json())
-            self._fetched_at = time.monotonic()
-        except (httpx.HTTPError, ValueError, JoseError) as exc:
-            log.warning("google_jwks_fetch_failed", error=type(exc).__name__)
-        finally:
-            # Measured from the answer (or the timeout): a slow Google gets the full interval.
-            self._attempted_at = time.monotonic()
+def google_keys(settings: Settings) -> JwksCache:
+    """Google's signing keys, kept an hour (Google rotates them over days); an unknown `kid`
+    refetches them at most once per interval, so forged kids cannot turn sign-in attempts into
+    calls to Google."""
+    return JwksCache(
+        settings.google_jwks_url,
+        cache_seconds=3600,
+        http=httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS),
+    )
 
 
 async def verify_google_id_token(
     settings: Settings,
-    google_keys: GoogleKeys,
+    google_keys: JwksCache,
     id_token: str,
     *,
     audiences: list[str],
@@ -162,7 +121,10 @@ async def verify_google_id_token(
 ) -> ProviderIdentity:
     try:
         kid = jws.extract_compact(id_token.encode()).protected.get("kid")
-        decoded = jwt.decode(id_token, await google_keys.key_set(kid), algorithms=["RS256"])
+        keys = await google_keys.key_set(kid)
+        if keys is None:
+            raise GoogleKeysUnavailable("Google's signing keys could not be fetched")
+        decoded = jwt.decode(id_token, keys, algorithms=["RS256"])
         checks: dict[str, Any] = {
             "iss": {"essential": True, "values": settings.google_issuers},
             "aud": {"essential": True, "values": audiences},
@@ -246,7 +208,7 @@ def _parse_user_info(name: str, body: dict[str, Any]) -> ProviderIdentity:
 async def exchange_code(
     settings: Settings,
     config: ProviderConfig,
-    google_keys: GoogleKeys,
+    google_keys: JwksCache,
     *,
     code: str,
     state: str,
@@ -287,7 +249,7 @@ async def exchange_code(
 
 
 async def verify_mobile_token(
-    settings: Settings, config: ProviderConfig, google_keys: GoogleKeys, token: str
+    settings: Settings, config: ProviderConfig, google_keys: JwksCache, token: str
 ) -> ProviderIdentity:
     """Check a native SDK's token with its provider before trusting who it names."""
     if config.name == "google":
