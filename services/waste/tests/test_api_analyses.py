@@ -18,7 +18,7 @@ from starlette.routing import Match
 from ecosort_common.testing import TokenIssuer
 from ecosort_waste import crud, images
 from ecosort_waste.api.routes.analyses import poll_analysis
-from ecosort_waste.models import Analysis, Correction
+from ecosort_waste.models import Analysis, Correction, outbox
 from ecosort_waste.progress import publish_event
 
 from .conftest import Gate, stored_images
@@ -98,6 +98,18 @@ async def count_owned(app: FastAPI, owner: uuid.UUID) -> int:
 async def corrections_of(app: FastAPI, analysis_id: str) -> list[Correction]:
     async with app.state.sessionmaker() as session:
         stmt = select(Correction).where(Correction.analysis_id == uuid.UUID(analysis_id))
+        return list((await session.execute(stmt)).scalars())
+
+
+async def corrected_events(app: FastAPI, analysis_id: str) -> list[dict[str, Any]]:
+    """The payloads of the `analysis.corrected` events staged for users, oldest first."""
+    async with app.state.sessionmaker() as session:
+        stmt = (
+            select(outbox.c.payload)
+            .where(outbox.c.event_type == "analysis.corrected")
+            .where(outbox.c.payload["analysis_id"].astext == analysis_id)
+            .order_by(outbox.c.occurred_at)
+        )
         return list((await session.execute(stmt)).scalars())
 
 
@@ -400,6 +412,13 @@ async def test_a_second_correction_replaces_the_first(
     assert second.json()["created_at"] >= first.json()["created_at"]
     stored = await corrections_of(app, analysis_id)
     assert [(c.category, c.owner_id) for c in stored] == [("pet_clear", user.id)]
+    # Each correction tells users, which counts the analysis under it, the newest winning.
+    announced = await corrected_events(app, analysis_id)
+    assert [(e["category"], e["user_id"]) for e in announced] == [
+        ("general", str(user.id)),
+        ("pet_clear", str(user.id)),
+    ]
+    assert announced[-1]["corrected_at"] == second.json()["created_at"].replace("Z", "+00:00")
 
 
 async def test_concurrent_corrections_leave_one_and_never_fail(

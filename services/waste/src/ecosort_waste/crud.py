@@ -10,8 +10,11 @@ from sqlalchemy import Boolean, Row, delete, exists, literal, literal_column, or
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ecosort_common.outbox import add_event
 from ecosort_common.pagination import Page, page_of, paginate
-from ecosort_waste.models import Analysis, Correction, DeletedUser, analyses
+from ecosort_waste.models import Analysis, Correction, DeletedUser, analyses, outbox
+
+CORRECTED_EVENT = "analysis.corrected"
 
 
 async def get_owned(
@@ -161,8 +164,9 @@ CorrectionRow = Row[uuid.UUID, uuid.UUID, str, datetime, bool]
 async def set_correction(
     session: AsyncSession, analysis: Analysis, category: str
 ) -> tuple[CorrectionRow, bool]:
-    """Store the owner's correction of the analysis, replacing any earlier one; returns the
-    correction and whether it is the analysis's first.
+    """Store the owner's correction of the analysis, replacing any earlier one, with its
+    `analysis.corrected` event (users counts the analysis under the corrected category); returns
+    the correction and whether it is the analysis's first.
 
     One INSERT ... ON CONFLICT DO UPDATE: of concurrent corrections of one analysis exactly one
     inserts, the others wait for it and update, and none fails on the unique constraint.
@@ -183,4 +187,16 @@ async def set_correction(
         literal_column("xmax = 0", Boolean).label("inserted"),
     )
     row = (await session.execute(stmt)).one()
+    await add_event(
+        session,
+        outbox,
+        CORRECTED_EVENT,
+        {
+            "analysis_id": str(analysis.id),
+            "user_id": str(analysis.owner_id),
+            "category": row.category,
+            # Events can arrive again or out of order: the consumer keeps the newest.
+            "corrected_at": row.created_at.isoformat(),
+        },
+    )
     return row, bool(row.inserted)
