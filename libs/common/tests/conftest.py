@@ -11,11 +11,12 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from httpx import ASGITransport, AsyncClient
 from pydantic import BaseModel
-from sqlalchemy import Column, Integer, String, Table, create_engine
+from sqlalchemy import Column, Integer, String, Table, create_engine, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 from ecosort_common.app import create_service_app
-from ecosort_common.db import new_metadata
+from ecosort_common.db import get_session, new_metadata
 from ecosort_common.errors import Problem
 from ecosort_common.events import processed_events_table
 from ecosort_common.head import refuse_head
@@ -80,6 +81,10 @@ def demo_router() -> APIRouter:
     @router.get("/me")
     async def me(principal: Principal = Depends(current_principal)) -> dict[str, str]:
         return {"user_id": str(principal.user_id), "sid": principal.session_id}
+
+    @router.get("/rows")
+    async def rows(session: AsyncSession = Depends(get_session)) -> dict[str, int]:
+        return {"rows": int(await session.scalar(select(func.count()).select_from(outbox)))}
 
     return router
 

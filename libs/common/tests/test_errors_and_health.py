@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from http import HTTPStatus
 
 import pytest
@@ -12,6 +13,7 @@ from httpx import ASGITransport, AsyncClient
 
 from ecosort_common.errors import Problem, problem_response
 from ecosort_common.settings import ServiceSettings
+from ecosort_common.testing import TokenIssuer
 
 from .conftest import build_app
 
@@ -126,6 +128,29 @@ async def test_unreachable_redis_is_named(settings: ServiceSettings) -> None:
             ready = await http.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["dependencies"] == {"database": True, "redis": False}
+
+
+@pytest.mark.parametrize(
+    ("store", "path"),
+    [
+        ({"redis_url": "redis://127.0.0.1:9/0"}, "/api/v1/demo/me"),  # the revocation check
+        ({"database_url": "postgresql+psycopg://nobody@127.0.0.1:9/nowhere"}, "/api/v1/demo/rows"),
+    ],
+    ids=["redis", "postgresql"],
+)
+async def test_a_store_that_is_down_is_a_503_to_retry(
+    settings: ServiceSettings, token_issuer: TokenIssuer, store: dict[str, str], path: str
+) -> None:
+    """Not a 500: the request was fine and may succeed in a moment, which Retry-After says."""
+    app = build_app(settings.model_copy(update=store))
+    async with LifespanManager(app):
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            token = token_issuer.token(uuid.uuid4())
+            response = await http.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert (response.status_code, response.headers["content-type"]) == (503, PROBLEM)
+    assert int(response.headers["retry-after"]) > 0
+    assert "127.0.0.1" not in response.text and ":9" not in response.text
 
 
 def test_plain_postgres_urls_use_psycopg() -> None:

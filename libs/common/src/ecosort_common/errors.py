@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+import redis.exceptions
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -222,6 +224,30 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     )
 
 
+# A store that is down or not answering (refused, reset, timed out): the request was fine and
+# may succeed in a moment; its transaction, if any, was rolled back. OperationalError and
+# InterfaceError are SQLAlchemy's for a lost or refused connection and a cancelled statement;
+# IntegrityError and the like stay 500s, being bugs.
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
+)
+STORE_RETRY_AFTER_SECONDS = 5
+
+
+async def _on_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("store_unavailable", path=request.url.path, error_type=type(exc).__name__)
+    return problem_response(
+        request,
+        503,
+        detail="A data store of this service is not answering; retry in a few seconds.",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
     return problem_response(request, 500, detail="An unexpected error occurred.")
@@ -231,4 +257,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    for unavailable in STORE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _on_store_unavailable)
     app.add_exception_handler(Exception, _on_unexpected)

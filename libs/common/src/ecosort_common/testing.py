@@ -3,6 +3,7 @@ database number of its own, and a real local issuer of access tokens with a JWKS
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -87,6 +88,32 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def silent_server() -> Iterator[str]:
+    """`host:port` of a server that accepts connections and never answers: a store that hung
+    (or a failover that blackholes its old address), as no closed port can show."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        listener.close()
 
 
 class TokenIssuer:

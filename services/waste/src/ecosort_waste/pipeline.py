@@ -166,6 +166,14 @@ async def run_analysis(deps: PipelineDeps, analysis_id: uuid.UUID) -> Outcome:
             return "superseded"
         log.warning("pipeline.retrying", analysis_id=str(analysis_id), detail=str(exc))
         return "retry"
+    except Exception:
+        # Redis or the database failed mid-run. Celery retries the task, but its retry can be
+        # lost with the broker: back in `queued` (if the database answers), the analysis is
+        # sent again by the reaper within REQUEUE_UNSENT_AFTER_SECONDS, instead of sitting in
+        # `processing` until the deadline says its run is lost.
+        with contextlib.suppress(Exception):
+            await _requeue(deps, claim)
+        raise
     finally:
         renewal.cancel()
         with contextlib.suppress(asyncio.CancelledError):

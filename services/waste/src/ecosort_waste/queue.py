@@ -31,6 +31,8 @@ TASK_NAME = "ecosort_waste.analyse"
 # its index, scored by when each was taken. Named here, not left to kombu's defaults, because the
 # reaper counts the index.
 UNACKED_KEY = "unacked"
+# Longer than kombu's blocking reads (BRPOP waits 1 s), short enough to fail a publish fast.
+BROKER_SOCKET_TIMEOUT_SECONDS = 5.0
 UNACKED_INDEX_KEY = "unacked_index"
 
 
@@ -48,6 +50,10 @@ def configure_celery(settings: Settings) -> Celery:
     # prevent it, as send_task marks each message "do not ignore the result".
     celery = Celery("ecosort_waste", broker=settings.redis_url)
     transport = {
+        # A hung broker fails a publish in seconds (the API then leaves the analysis to the
+        # reaper) rather than holding the upload for the whole outage.
+        "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": 2.0,
         "visibility_timeout": settings.celery_visibility_timeout_seconds,
         "global_keyprefix": settings.celery_key_prefix,
         "unacked_key": UNACKED_KEY,
@@ -69,6 +75,13 @@ def configure_celery(settings: Settings) -> Celery:
         # longer than Celery's 4 s default, and a process killed for it never runs a task.
         worker_proc_alive_timeout=60,
         task_time_limit=task_time_limit,
+        # One quick retry of a failed publish: the reaper sends what was never sent.
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 0.5,
+        },
     )
     return celery
 

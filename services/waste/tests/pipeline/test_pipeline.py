@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.exceptions
 from PIL import Image
 from redis.asyncio import Redis
 from sqlalchemy import select, update
@@ -212,6 +213,32 @@ async def test_provider_errors_are_retried_then_fail_with_a_user_safe_reason(
     assert (last.data["stage"], last.data["progress"]) == (row.stage, row.progress)
     assert (row.stage, row.progress) == ("classify", pipeline.STAGE_PROGRESS["classify"])
     assert await completed_events(deps, analysis.id) == []
+
+
+async def test_a_store_failing_mid_run_leaves_the_analysis_queued_not_processing(
+    deps: pipeline.PipelineDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis dropped at the guide stage: Celery's retry may be lost with the broker, so the
+    analysis goes back to `queued`, which the reaper sends again within a minute, rather than
+    sit in `processing` until the deadline (minutes) says its run is lost."""
+    analysis = await new_analysis(deps)
+    enter_stage = pipeline._enter_stage
+
+    async def redis_drops_at_guide(
+        deps: pipeline.PipelineDeps, claim: pipeline.Claim, stage: str
+    ) -> None:
+        if stage == "guide":
+            raise redis.exceptions.ConnectionError("Connection reset by peer")
+        await enter_stage(deps, claim, stage)
+
+    monkeypatch.setattr(pipeline, "_enter_stage", redis_drops_at_guide)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await pipeline.run_analysis(deps, analysis.id)
+    row = await load(deps, analysis.id)
+    assert (row.status, row.attempts, row.error) == ("queued", 1, None)
+
+    monkeypatch.setattr(pipeline, "_enter_stage", enter_stage)
+    assert await pipeline.run_analysis(deps, analysis.id) == "completed"  # the next delivery
 
 
 async def test_a_missing_image_fails_with_the_reason(deps: pipeline.PipelineDeps) -> None:
