@@ -77,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     knowledge = read_knowledge_files()
-    index = SearchIndex(knowledge.items)
+    index = SearchIndex.from_knowledge(knowledge)
     queries = query_mix(knowledge.items)
     print(
         f"{machine.describe()}; "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 
+from fastapi import FastAPI
 from httpx import AsyncClient
 
+from ecosort_recycling.catalog import Catalog
 from ecosort_recycling.knowledge_base import CATEGORY_CODES
 
 PREFIX = "/api/v1/recycling"
@@ -97,6 +100,45 @@ async def test_item_search_refuses_a_foreign_or_malformed_cursor(client: AsyncCl
         assert response.status_code == 400, params
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["title"] == "Invalid cursor"
+
+
+async def test_item_search_takes_decomposed_hangul(client: AsyncClient) -> None:
+    decomposed = unicodedata.normalize("NFD", "건전지")
+    response = await client.get(f"{PREFIX}/items", params={"q": decomposed, "limit": 1})
+    assert response.status_code == 200, response.text
+    assert response.json()["items"][0]["id"] == "aa-battery"
+
+
+async def test_item_hit_carries_its_sources_with_dates(client: AsyncClient) -> None:
+    body = (await client.get(f"{PREFIX}/items", params={"q": "폐식용유", "limit": 1})).json()
+    item = body["items"][0]
+    assert item["id"] == "cooking-oil"
+    assert [source["key"] for source in item["sources"]] == ["S1", "S4"]
+    assert all(source["date"] and source["url"] for source in item["sources"])
+
+
+async def test_item_search_refuses_a_cursor_from_before_a_reload(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    first = (await client.get(f"{PREFIX}/items", params={"q": "병", "limit": 2})).json()
+    assert first["next_cursor"]
+    loaded: Catalog = app.state.catalog
+    # What a reload of newer data files puts in place: another version, another ranking.
+    knowledge = loaded.knowledge.model_copy(
+        update={"items": loaded.knowledge.items[2:], "data_version": "2099.01.01-1"}
+    )
+    app.state.catalog = Catalog(knowledge, "reloaded")
+    try:
+        params = {"q": "병", "limit": 2, "cursor": first["next_cursor"]}
+        response = await client.get(f"{PREFIX}/items", params=params)
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["title"] == "Invalid cursor"
+        fresh = (await client.get(f"{PREFIX}/items", params={"q": "병", "limit": 2})).json()
+        params["cursor"] = fresh["next_cursor"]
+        assert (await client.get(f"{PREFIX}/items", params=params)).status_code == 200
+    finally:
+        app.state.catalog = loaded
 
 
 async def test_feedback_needs_a_signed_in_user(client: AsyncClient) -> None:

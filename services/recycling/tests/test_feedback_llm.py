@@ -4,20 +4,42 @@ package) talks real HTTP to a local server replaying recorded Chat Completions b
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from httpx import AsyncClient
 from redis.asyncio import Redis
 
+from ecosort_recycling.limits import reserve_tokens, settle_tokens
+from ecosort_recycling.llm import estimate_prompt_tokens
+
 PREFIX = "/api/v1/recycling"
 # `model` (conftest): the local server replaying recordings; `model.requests` holds what the
 # service sent it.
 AuthHeaders = Callable[[], dict[str, str]]
 BATTERY_QUESTION = {"category": "battery", "item": "보조배터리", "question": "어떻게 버려요?"}
+# Model replies that were served as grounded answers before the check read destinations.
+AUDIT_REPLIES = json.loads(
+    (Path(__file__).parent / "recordings" / "audit_replies.json").read_text("utf-8")
+)
+
+
+def budget_key() -> str:
+    return f"recycling:llm-tokens:{datetime.now(UTC):%Y%m%d}"
+
+
+async def spent(redis: Redis) -> int:
+    return int(await redis.get(budget_key()) or 0)
+
+
+def reserved_for(sent: dict[str, Any]) -> int:
+    """What the service reserved for the request the model server received."""
+    return estimate_prompt_tokens(sent["messages"]) + int(sent["max_tokens"])
 
 
 async def ask(client: AsyncClient, headers: dict[str, str], **body: Any) -> dict[str, Any]:
@@ -40,7 +62,7 @@ async def test_a_grounded_answer_is_used_and_grounded_in_our_rules(
     grounding = json.loads(sent["messages"][1]["content"])
     assert grounding["allowed_categories"] == ["battery"]
     assert grounding["rules"]["steps"], "the model is given the retrieved rules"
-    assert int(await redis.get(next(iter(await redis.keys("recycling:llm-tokens:*"))))) == 976
+    assert await spent(redis) == 976, "the reservation is settled to the reported usage"
 
 
 @pytest.mark.parametrize(
@@ -75,6 +97,8 @@ async def test_a_timeout_falls_back_to_the_rules(
     body = await ask(llm_client, auth(), **BATTERY_QUESTION)
     assert body["source"] == "rules" and body["fallback_reason"] == "timeout"
     assert len(model.requests) == 1, "no retries while a person waits"
+    # The server may have generated the whole answer: its cost is unknown, not zero.
+    assert await spent(redis) == reserved_for(model.requests[0])
 
 
 async def test_a_server_error_falls_back_to_the_rules(
@@ -83,6 +107,43 @@ async def test_a_server_error_falls_back_to_the_rules(
     model.respond(503, {"error": {"message": "overloaded", "type": "server_error"}})
     body = await ask(llm_client, auth(), **BATTERY_QUESTION)
     assert body["source"] == "rules" and body["fallback_reason"] == "error"
+    assert await spent(redis) == 0, "an error status generated nothing: the reservation is returned"
+
+
+@pytest.mark.parametrize("case", AUDIT_REPLIES, ids=[case["name"] for case in AUDIT_REPLIES])
+async def test_replies_against_the_rules_fall_back_to_the_rules(
+    llm_client: AsyncClient, redis: Redis, auth: AuthHeaders, model: Any, case: dict[str, Any]
+) -> None:
+    model.respond(200, case["body"])
+    body = await ask(llm_client, auth(), **case["request"])
+    assert body["source"] == "rules", case["why"]
+    assert body["fallback_reason"] == case["fallback_reason"], case["why"]
+    assert await redis.keys("recycling:feedback-answer:*") == [], "fallbacks are not cached"
+    assert await spent(redis) == 900, "a refused answer still costs what the server reported"
+
+
+@pytest.mark.parametrize(
+    ("region", "sent_regions"),
+    [
+        (None, []),
+        ("남구", []),
+        ("서울", []),
+        ("강남구", ["11680"]),
+        ("서울특별시 강남구", ["11680"]),
+    ],
+)
+async def test_the_model_gets_only_the_rules_of_the_users_region(
+    llm_client: AsyncClient,
+    redis: Redis,
+    auth: AuthHeaders,
+    model: Any,
+    region: str | None,
+    sent_regions: list[str],
+) -> None:
+    model.replay("chat_completion_good_battery.json")
+    await ask(llm_client, auth(), category="pet_clear", **({"region": region} if region else {}))
+    grounding = json.loads(model.requests[-1]["messages"][1]["content"])
+    assert [rule["region_code"] for rule in grounding["rules"]["regional_rules"]] == sent_regions
 
 
 async def test_the_same_question_normalised_is_answered_from_the_cache(
@@ -109,6 +170,39 @@ async def test_the_daily_token_budget_stops_model_calls(
     body = await ask(llm_client, auth(), **BATTERY_QUESTION)
     assert body["source"] == "rules" and body["fallback_reason"] == "budget_exhausted"
     assert len(model.requests) == 0
+
+
+async def test_concurrent_calls_cannot_spend_past_the_budget(
+    llm_client: AsyncClient, redis: Redis, auth: AuthHeaders, model: Any
+) -> None:
+    model.replay("chat_completion_good_battery.json")
+    model.reply.delay_seconds = 0.2  # all five are in flight together
+    await redis.set(budget_key(), 9_999)  # llm_settings: 10,000 a day
+    bodies = await asyncio.gather(
+        *(ask(llm_client, auth(), category="battery", question=f"동시 {n}") for n in range(5))
+    )
+    assert [body["fallback_reason"] for body in bodies] == ["budget_exhausted"] * 5
+    assert model.requests == [] and await spent(redis) == 9_999
+
+
+async def test_reservations_are_atomic_and_settled(redis: Redis) -> None:
+    await redis.set(budget_key(), 9_000)
+    reservations = await asyncio.gather(*(reserve_tokens(redis, 10_000, 600) for _ in range(5)))
+    granted = [reservation for reservation in reservations if reservation is not None]
+    assert len(granted) == 1 and await spent(redis) == 9_600, "refused ones are handed back"
+    await settle_tokens(redis, granted[0], 250)
+    assert await spent(redis) == 9_250
+    await settle_tokens(redis, granted[0], None)
+    assert await spent(redis) == 9_250, "unknown usage keeps what was reserved"
+
+
+async def test_a_reply_without_usage_keeps_its_whole_reservation(
+    llm_client: AsyncClient, redis: Redis, auth: AuthHeaders, model: Any
+) -> None:
+    model.replay("chat_completion_no_usage.json")
+    body = await ask(llm_client, auth(), **BATTERY_QUESTION)
+    assert body["source"] == "llm"
+    assert await spent(redis) == reserved_for(model.requests[0]) > 600
 
 
 async def test_feedback_is_rate_limited_per_user(

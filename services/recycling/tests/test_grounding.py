@@ -1,40 +1,180 @@
-"""The checks a model's answer must pass before anyone sees it."""
+"""The checks a model's answer must pass before anyone sees it, against the packaged rules."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from ecosort_recycling.grounding import Grounding, ModelAnswer, Rejected, check_against_rules
+from ecosort_recycling.catalog import Catalog
+from ecosort_recycling.feedback import grounding_for, resolve_item, rules_answer
+from ecosort_recycling.grounding import ModelAnswer, Rejected, check_against_rules, mentions
+from ecosort_recycling.knowledge_base import read_knowledge_files
+from ecosort_recycling.schemas import FeedbackIn
 
-BATTERY = Grounding(
-    allowed_categories=["battery"],
-    forbidden_phrases=["종량제봉투에 넣", "일반쓰레기로 버리"],
-    rules={},
-    question=None,
-)
-
-
-def answer(text: str, *steps: str, category: str = "battery") -> ModelAnswer:
-    return ModelAnswer(category=category, answer=text, steps=list(steps) or ["절연합니다."])
+POWER_BANK = {"category": "battery", "item": "보조배터리"}
 
 
-def test_an_answer_within_the_rules_passes() -> None:
-    check_against_rules(answer("폐건전지 수거함에 넣으세요."), BATTERY)
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog(read_knowledge_files(), "test")
 
 
-def test_a_warning_may_name_what_is_forbidden() -> None:
-    check_against_rules(answer("종량제 봉투에 넣지 마세요. 수거함에 넣으세요."), BATTERY)
+def refusal(catalog: Catalog, reply: ModelAnswer, **request: Any) -> str | None:
+    """Why the reply to this request is refused, or None when it may be served."""
+    asked = FeedbackIn(**request)
+    rules = rules_answer(catalog, asked, resolve_item(catalog, asked.item))
+    try:
+        check_against_rules(reply, grounding_for(catalog, asked, rules))
+    except Rejected as refused:
+        return refused.reason
+    return None
+
+
+def reply(
+    answer: str, *steps: str, mistakes: tuple[str, ...] = (), category: str = "battery"
+) -> ModelAnswer:
+    return ModelAnswer(
+        category=category,
+        answer=answer,
+        steps=list(steps) or ["단자에 테이프를 붙입니다."],
+        mistakes=list(mistakes),
+    )
+
+
+def test_the_rules_pass_their_own_check(catalog: Catalog) -> None:
+    """A model that repeats our rules back, for any category, region or item, is served."""
+    requests = [
+        FeedbackIn(category=code, region=region)
+        for code in catalog.categories
+        for region in (None, *(rule.region_code for rule in catalog.regional_rules_out(code)))
+    ] + [
+        FeedbackIn(category=item.parts[0].category, item=item.name_ko)
+        for item in catalog.knowledge.items
+    ]
+    refused = []
+    for asked in requests:
+        rules = rules_answer(catalog, asked, resolve_item(catalog, asked.item))
+        echo = ModelAnswer(
+            category=rules.category, answer=rules.answer, steps=rules.steps, mistakes=rules.mistakes
+        )
+        try:
+            check_against_rules(echo, grounding_for(catalog, asked, rules))
+        except Rejected as exc:
+            refused.append((asked.category, asked.item, asked.region, exc.reason))
+    assert refused == []
 
 
 @pytest.mark.parametrize(
-    ("model_answer", "reason"),
+    "answer",
     [
-        (answer("수거함에 넣으세요.", category="lithium"), "invalid_category"),
-        (answer("작으니 종량제 봉투에 넣으면 됩니다."), "contradicts_rule"),
-        (answer("수거함에 넣으세요.", "없으면 일반쓰레기로 버리세요"), "contradicts_rule"),
+        "보조배터리는 종량제봉투에 넣지 마세요. 폐건전지 수거함에 넣으세요.",
+        "보조배터리는 종량제 봉투에 절대 넣으면 안 됩니다. 폐건전지 수거함에 넣으세요.",
+        "보조배터리는 일반 쓰레기가 아니라 폐건전지 수거함에 넣으세요.",
+        "보조배터리는 종량제봉투 말고 폐건전지 수거함에 넣으세요.",
     ],
 )
-def test_answers_against_the_rules_are_refused(model_answer: ModelAnswer, reason: str) -> None:
-    with pytest.raises(Rejected) as refused:
-        check_against_rules(model_answer, BATTERY)
-    assert refused.value.reason == reason
+def test_a_warning_on_the_destination_itself_passes(catalog: Catalog, answer: str) -> None:
+    assert refusal(catalog, reply(answer), **POWER_BANK) is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "망설이지 말고 보조배터리는 종량제봉투에 넣으세요.",
+        "보조배터리는 테이프도 붙이지 않고 종량제봉투에 넣으면 됩니다.",
+        "폐건전지 수거함이 없으면 보조배터리는 쓰레기봉투에 버리세요.",
+        "보조배터리는 폐건전지 수거함에 넣되, 급하면 일반쓰레기로 버려도 됩니다.",
+        "보조배터리는 폐건전지 수거함이나 캔류 수거함에 넣으세요.",
+        "보조배터리 전해액은 싱크대에 버리고 폐건전지 수거함에 넣으세요.",
+    ],
+)
+def test_a_negation_elsewhere_does_not_excuse_a_destination(catalog: Catalog, answer: str) -> None:
+    assert refusal(catalog, reply(answer), **POWER_BANK) == "contradicts_rule"
+
+
+@pytest.mark.parametrize(
+    "bag", ["종량제 봉투", "종량제쓰레기봉투", "일반 쓰레기봉투", "쓰레기 봉투", "종량제 봉지"]
+)
+def test_the_bag_is_the_bag_under_any_name_and_spacing(bag: str) -> None:
+    assert list(mentions(f"{bag}에 넣으세요")) == [("general", "positive")]
+    assert list(mentions(f"{bag}에 넣지 마세요")) == [("general", "negated")]
+
+
+def test_mistakes_may_name_the_wrong_place_but_not_advise_it(catalog: Catalog) -> None:
+    answer = "보조배터리는 폐건전지 수거함에 넣으세요."
+    for described in (
+        "종량제봉투에 넣으면 수거차 화재의 원인이 됩니다.",
+        "변기, 싱크대, 종량제봉투에 버리는 것.",
+    ):
+        assert refusal(catalog, reply(answer, mistakes=(described,)), **POWER_BANK) is None
+    advised = "폐건전지 수거함에 넣는 것은 위험하니 종량제봉투에 넣으세요"
+    assert refusal(catalog, reply(answer, mistakes=(advised,)), **POWER_BANK) == "contradicts_rule"
+
+
+@pytest.mark.parametrize(
+    ("request_", "answer", "reason"),
+    [
+        # The item's own rule decides, whatever category was picked (reference §15, §12).
+        (
+            {"category": "food", "item": "닭뼈"},
+            "닭뼈는 음식물 쓰레기로 버리세요.",
+            "contradicts_rule",
+        ),
+        (
+            {"category": "food", "item": "닭뼈"},
+            "닭뼈는 음식물 쓰레기가 아니라 종량제봉투에 버리세요.",
+            None,
+        ),
+        (
+            {"category": "lamp", "item": "깨진 형광등"},
+            "깨진 형광등은 수거함에 넣지 말고 신문지로 싸서 불연성 마대에 넣으세요.",
+            None,
+        ),
+        (
+            {"category": "lamp"},
+            "깨진 형광등도 폐형광등 수거함에 넣으면 됩니다.",
+            "contradicts_rule",
+        ),
+        # Medicine never goes in the bag (reference §14), except where the district's rule
+        # says so, and only when that is the person's district.
+        (
+            {"category": "medicine", "item": "알약"},
+            "알약은 종량제봉투에 넣으세요.",
+            "contradicts_rule",
+        ),
+        (
+            {"category": "medicine", "item": "알약", "region": "아산시"},
+            "아산시에서는 알약을 종량제봉투에 담아 내도 됩니다.",
+            None,
+        ),
+        (
+            {"category": "medicine", "item": "알약", "region": "강남구"},
+            "알약을 종량제봉투에 담아 내도 됩니다.",
+            "contradicts_rule",
+        ),
+    ],
+)
+def test_where_it_may_go_comes_from_the_rules_given(
+    catalog: Catalog, request_: dict[str, str], answer: str, reason: str | None
+) -> None:
+    category = request_["category"]
+    model_reply = reply(answer, "잘 싸서 냅니다.", category=category)
+    assert refusal(catalog, model_reply, **request_) == reason
+
+
+@pytest.mark.parametrize(
+    ("model_reply", "reason"),
+    [
+        (reply("폐건전지 수거함에 넣으세요.", category="lithium"), "invalid_category"),
+        (reply(" ", ""), "empty_answer"),
+        (reply("보조배터리는 폐건전지 수거함에 넣으세요.", "  "), "empty_answer"),
+        (reply("보조배터리는 폐건전지 수거함에 넣으세요.", mistakes=("",)), "empty_answer"),
+        (reply("오늘은 맑고, 삼성전자 주식을 추천합니다.", "주식을 사세요."), "off_topic"),
+        (reply("보조배터리는 단자에 테이프를 붙여 절연하세요."), "no_destination"),
+    ],
+)
+def test_unusable_answers_are_refused(
+    catalog: Catalog, model_reply: ModelAnswer, reason: str
+) -> None:
+    assert refusal(catalog, model_reply, **POWER_BANK) == reason

@@ -42,7 +42,7 @@ class Catalog:
         self.knowledge = knowledge
         self.checksum = checksum
         self.data_version = knowledge.data_version
-        self.index = SearchIndex(knowledge.items)
+        self.index = SearchIndex.from_knowledge(knowledge)
         self.categories: dict[str, Category] = {c.code: c for c in knowledge.categories}
         self.category_bodies: dict[str, CategoryOut] = {
             c.code: self._category_out(c) for c in knowledge.categories
@@ -56,15 +56,19 @@ class Catalog:
         return out
 
     def regional_rules_out(self, code: str, region: str | None = None) -> list[RegionalRuleOut]:
+        """The category's regional rules; with `region`, only that region's: its 5-digit
+        code, its full name or one of its aliases, spacing ignored ("서울특별시 강남구",
+        "강남구", "11680"). Nothing partial: "남구" is not 강남구, nor "서울" all of Seoul."""
         rules = self.knowledge.regions_for(code)
         if region is not None:
-            wanted = region.replace(" ", "")
+            wanted = "".join(region.split())
             rules = [
                 rule
                 for rule in rules
-                if wanted == rule.region_code
-                or wanted in rule.region_name.replace(" ", "")
-                or wanted in rule.aliases
+                if any(
+                    wanted == "".join(name.split())
+                    for name in (rule.region_code, rule.region_name, *rule.aliases)
+                )
             ]
         return [
             RegionalRuleOut(
@@ -121,6 +125,7 @@ class Catalog:
                 for part in item.parts
             ],
             synonyms=item.synonyms,
+            sources=self.sources_out(item.src),
             score=hit.score,
             matched=hit.matched,
             match=hit.how,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import TYPE_CHECKING
 
 import structlog
@@ -13,9 +14,9 @@ from redis.asyncio import Redis
 
 from ecosort_recycling.catalog import Catalog
 from ecosort_recycling.config import Settings
-from ecosort_recycling.grounding import Grounding, Rejected
+from ecosort_recycling.grounding import STREAMS, Grounding, Rejected, plain, streams_sent_to
 from ecosort_recycling.hangul import normalize
-from ecosort_recycling.limits import budget_left, spend_tokens
+from ecosort_recycling.limits import reserve_tokens, settle_tokens
 from ecosort_recycling.schemas import FeedbackIn, FeedbackOut, ItemHitOut
 
 if TYPE_CHECKING:
@@ -76,21 +77,54 @@ def rules_answer(catalog: Catalog, request: FeedbackIn, item: ItemHitOut | None)
     )
 
 
-def _grounding(catalog: Catalog, request: FeedbackIn, rules: FeedbackOut) -> Grounding:
+def _vocabulary(catalog: Catalog, codes: list[str], item: ItemHitOut | None) -> tuple[str, ...]:
+    words = [
+        word for code in codes for word in re.split(r"[·()\s]+", catalog.categories[code].name_ko)
+    ]
+    # "폐건전지" is also asked about as "건전지", "폐식용유" as "식용유".
+    words += [word[1:] for word in words if word.startswith("폐") and len(word) > 2]
+    if item is not None:
+        words += [item.name_ko, *item.synonyms, *(part.part for part in item.parts if part.part)]
+    for code in codes:
+        places, materials = STREAMS[code]
+        words += [*places, *materials]
+    return tuple(dict.fromkeys(w for w in (plain(word) for word in words) if len(w) >= 2))
+
+
+def grounding_for(catalog: Catalog, request: FeedbackIn, rules: FeedbackOut) -> Grounding:
     allowed: list[str] = [request.category]
     if rules.item is not None:
         allowed += [c for c in rules.item.categories if c not in allowed]
-    forbidden = [phrase for code in allowed for phrase in catalog.categories[code].forbidden]
+    # The item's own parts say where it goes, whatever category was picked: a chicken bone
+    # asked about under "food" goes to the 종량제봉투, a broken lamp not to the lamp box.
+    own = rules.item.categories if rules.item is not None else [request.category]
+    notes = [part.note for part in rules.item.parts if part.note] if rules.item else []
+    # Another district's rule is no rule for this person, and none applies without a region.
+    local = rules.regional_rules if request.region else []
+    destinations = frozenset(own) | streams_sent_to(
+        [
+            *(catalog.categories[code].disposal.text for code in own),
+            *notes,
+            *(rule.text for rule in local),
+        ],
+        framed_too=True,
+    )
     return Grounding(
         allowed_categories=allowed,
-        forbidden_phrases=forbidden,
+        destinations=destinations,
+        also_named=streams_sent_to(rules.steps, framed_too=True),
+        in_mistakes=streams_sent_to(rules.mistakes, framed_too=False),
+        vocabulary=_vocabulary(catalog, allowed, rules.item),
+        conditions=tuple(
+            plain(phrase) for code in allowed for phrase in catalog.categories[code].forbidden
+        ),
         rules={
             "category": {"code": rules.category, "name": rules.category_name_ko},
             "item": rules.item.model_dump(include={"name_ko", "parts"}) if rules.item else None,
             "disposal": catalog.categories[request.category].disposal.text,
             "steps": rules.steps,
             "mistakes": rules.mistakes,
-            "regional_rules": [rule.model_dump(mode="json") for rule in rules.regional_rules],
+            "regional_rules": [rule.model_dump(mode="json") for rule in local],
             "varies_by_region": rules.varies_by_region,
         },
         question=request.question,
@@ -126,12 +160,16 @@ async def answer_feedback(
     cached = await redis.get(key)
     if cached is not None:
         return FeedbackOut.model_validate_json(cached).model_copy(update={"cached": True})
-    if not await budget_left(redis, settings.llm_daily_token_budget):
+    grounding = grounding_for(catalog, request, rules)
+    reservation = await reserve_tokens(
+        redis, settings.llm_daily_token_budget, model.tokens_needed(grounding)
+    )
+    if reservation is None:
         return rules.model_copy(update={"fallback_reason": "budget_exhausted"})
     try:
-        answer, tokens = await model.answer(_grounding(catalog, request, rules))
+        answer, tokens = await model.answer(grounding)
     except Rejected as exc:
-        await spend_tokens(redis, exc.tokens)
+        await settle_tokens(redis, reservation, exc.tokens)
         log.warning(
             "llm_answer_refused",
             reason=exc.reason,
@@ -140,7 +178,7 @@ async def answer_feedback(
             category=request.category,
         )
         return rules.model_copy(update={"fallback_reason": exc.reason})
-    await spend_tokens(redis, tokens)
+    await settle_tokens(redis, reservation, tokens)
     result = rules.model_copy(
         update={
             "answer": answer.answer,

@@ -58,7 +58,11 @@ def _fold(char: str) -> str:
 
 def normalize(text: str) -> str:
     """Lower-case, width-folded, with spacing and punctuation removed."""
-    folded = "".join(_fold(char) for char in text).lower()
+    # Decomposed input (macOS keyboards may send 건 as ㄱ+ㅓ+ㄴ conjoining jamo) recombines only
+    # across characters, so the whole string is composed before the per-character folding,
+    # which would otherwise see lone jamo and drop them.
+    composed = unicodedata.normalize("NFC", text)
+    folded = "".join(_fold(char) for char in composed).lower()
     return _NOT_KEY_CHAR.sub("", folded)
 
 

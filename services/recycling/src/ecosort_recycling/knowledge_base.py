@@ -47,8 +47,9 @@ class Category(_Strict):
     steps: list[Rule] = Field(min_length=1)
     mistakes: list[Rule] = Field(min_length=1)
     marks: list[Text]
-    # Phrases that, said as advice for this category, contradict its rule (used to reject a
-    # model's answer); "don't …" sentences are exempt.
+    # Conditions no disposal destination shows (mixing, gas, a label left on, a broken lamp in
+    # its box) that contradict this category's rule when a model's answer advises them; where
+    # an answer sends the item is checked apart (grounding.py).
     forbidden: list[Text]
 
 

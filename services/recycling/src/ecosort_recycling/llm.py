@@ -8,6 +8,7 @@ import asyncio
 import json
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 from pydantic import ValidationError
 
 from ecosort_recycling.config import Settings
@@ -16,6 +17,9 @@ from ecosort_recycling.grounding import Grounding, ModelAnswer, Rejected, check_
 SYSTEM_PROMPT = (
     "You are EcoSort's assistant for household waste separation in South Korea (분리배출). "
     "Answer in Korean, using ONLY the rules in the user message; do not add rules of your own. "
+    "'answer' must say where it goes, naming the destination the rules give (for an item, the "
+    "destination of its parts), and must name no other destination except to warn against it "
+    "('…에 넣지 마세요'). "
     "Reply with one JSON object and nothing else: "
     '{"category": <one of allowed_categories>, "answer": <2-3 sentences>, '
     '"steps": [<preparation steps>], "mistakes": [<common mistakes>]}. '
@@ -39,30 +43,42 @@ class GroundedModel:
     async def aclose(self) -> None:
         await self.client.close()
 
-    async def answer(self, grounding: Grounding) -> tuple[ModelAnswer, int]:
-        """The checked answer and the tokens it cost; raises Rejected."""
+    def messages(self, grounding: Grounding) -> list[ChatCompletionMessageParam]:
         user = {
             "allowed_categories": grounding.allowed_categories,
             "rules": grounding.rules,
             "question": grounding.question or "이 품목은 어떻게 버리나요?",
         }
+        return [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": json.dumps(user, ensure_ascii=False)},
+        ]
+
+    def tokens_needed(self, grounding: Grounding) -> int:
+        """The most a call can cost: the prompt (estimated) and every token it may write."""
+        return estimate_prompt_tokens(self.messages(grounding)) + self.max_tokens
+
+    async def answer(self, grounding: Grounding) -> tuple[ModelAnswer, int | None]:
+        """The checked answer and the tokens it cost (None when the server did not say);
+        raises Rejected."""
         try:
             async with asyncio.timeout(self.timeout):
                 response = await self.client.chat.completions.create(
                     model=self.model,
-                    messages=[
-                        {"role": "system", "content": SYSTEM_PROMPT},
-                        {"role": "user", "content": json.dumps(user, ensure_ascii=False)},
-                    ],
+                    messages=self.messages(grounding),
                     response_format={"type": "json_object"},
                     temperature=0,
                     max_tokens=self.max_tokens,
                 )
         except (TimeoutError, openai.APITimeoutError) as exc:
+            # The server may have generated the whole answer: its cost is unknown, not zero.
             raise Rejected("timeout") from exc
+        except openai.APIStatusError as exc:
+            # An error status instead of a completion: nothing was generated.
+            raise Rejected("error", 0) from exc
         except openai.OpenAIError as exc:
             raise Rejected("error") from exc
-        tokens = response.usage.total_tokens if response.usage else 0
+        tokens = response.usage.total_tokens if response.usage else None
         content = response.choices[0].message.content if response.choices else None
         try:
             answer = ModelAnswer.model_validate_json(content or "")
@@ -73,3 +89,10 @@ class GroundedModel:
         except Rejected as exc:
             raise Rejected(exc.reason, tokens) from exc
         return answer, tokens
+
+
+def estimate_prompt_tokens(messages: list[ChatCompletionMessageParam]) -> int:
+    """An over-estimate: tokenizers spend one to two tokens on a Hangul syllable (3 UTF-8
+    bytes) and about a quarter of one on an ASCII character, so half the bytes stays above
+    both; the reservation is settled to the real count when the server reports it."""
+    return sum(len(str(message.get("content") or "").encode()) // 2 + 8 for message in messages)

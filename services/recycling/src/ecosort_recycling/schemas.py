@@ -73,8 +73,13 @@ class ItemHitOut(BaseModel):
     categories: list[str]
     parts: list[ItemPartOut]
     synonyms: list[str]
+    # A default, so that an answer cached before this field existed still reads back.
+    sources: list[SourceOut] = Field(
+        default_factory=list,
+        description="The sources the item's notes rest on, each with its date.",
+    )
     score: float
-    matched: str = Field(description="The name or synonym the query matched.")
+    matched: str = Field(description="The name, synonym or category name the query matched.")
     match: str = Field(description="exact, prefix, contains, within, words, initials, typo…")
 
 
@@ -113,5 +118,6 @@ class FeedbackOut(BaseModel):
     fallback_reason: str | None = Field(
         default=None,
         description="Why a configured model's answer was not used (timeout, error, "
-        "invalid_category, contradicts_rule, invalid_json, budget_exhausted).",
+        "invalid_json, invalid_category, empty_answer, off_topic, no_destination, "
+        "contradicts_rule, budget_exhausted).",
     )

@@ -16,9 +16,10 @@ from ecosort_recycling.search import SearchIndex
 router = APIRouter(prefix="/items", tags=["items"])
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 
-# The ranking is computed in memory and is the same for the same query, so a cursor is a
-# position in it, bound to the query.
-_POSITION = TypeAdapter(tuple[PositiveInt])
+# The ranking is computed in memory and is the same for the same query and the same knowledge
+# base, so a cursor is a position in it, bound to the query and to the loaded data version: after
+# a reload (new items, new synonyms) the same position is another item.
+_POSITION = TypeAdapter(tuple[PositiveInt, str])
 
 
 @router.get(
@@ -26,8 +27,8 @@ _POSITION = TypeAdapter(tuple[PositiveInt])
     response_model=ItemSearchOut,
     summary="Search items, best match first",
     description="Cursor-paginated: while `next_cursor` is set, pass it back as `cursor` with the "
-    "same `q` for the next `limit` items of the same ranking. A malformed cursor, or one from "
-    "another query, is a 400 problem.",
+    "same `q` for the next `limit` items of the same ranking. A malformed cursor, one from "
+    "another query, or one from before a reload of the knowledge base is a 400 problem.",
 )
 async def search_items(
     catalog: CatalogDep,
@@ -44,10 +45,23 @@ async def search_items(
             "The query has no letters or digits to search for.",
             title="Request validation failed",
         )
-    (start,) = decode_cursor_of(cursor, _POSITION, query=[q]) if cursor else (0,)
+    start = 0
+    if cursor:
+        start, version = decode_cursor_of(cursor, _POSITION, query=[q])
+        if version != catalog.data_version:
+            raise Problem(
+                400,
+                "The rules knowledge base was updated since this cursor was handed out: "
+                "search again without a cursor.",
+                title="Invalid cursor",
+            )
     # One hit more than the page shows, to know whether another page exists.
     hits = catalog.index.search(q, limit=start + limit + 1)[start:]
-    next_cursor = encode_cursor_of([start + limit], query=[q]) if len(hits) > limit else None
+    next_cursor = (
+        encode_cursor_of([start + limit, catalog.data_version], query=[q])
+        if len(hits) > limit
+        else None
+    )
     return ItemSearchOut(
         query=q,
         items=[catalog.item_out(hit) for hit in hits[:limit]],
