@@ -157,6 +157,7 @@ async def test_an_address_is_found_and_cached(keyed: AsyncClient, auth: Headers)
         ),
         (httpx.Response(500, text="<html>oops</html>"), 502),
         (httpx.Response(200, json={"unexpected": True}), 502),
+        (httpx.Response(500, json=["not", "an", "error", "object"]), 502),
         (httpx.ReadTimeout("slow"), 504),
     ],
 )
@@ -175,9 +176,67 @@ async def test_kakao_failures_are_problems_not_stack_traces(
         assert response.headers["retry-after"] == "60"
 
 
-async def test_a_too_short_query_is_a_422(keyed: AsyncClient, auth: Headers) -> None:
-    response = await keyed.get(GEOCODE, params={"query": "a"}, headers=auth())
-    assert response.status_code == 422
+def odd(document: Any) -> dict[str, Any]:
+    return {"meta": {"total_count": 1}, "documents": [document]}
+
+
+WELL_FORMED = KAKAO_ANSWER["documents"][0]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        odd("x"),
+        odd({**WELL_FORMED, "address": "a string"}),
+        odd({**WELL_FORMED, "road_address": ["a list"]}),
+        odd({**WELL_FORMED, "address": {**WELL_FORMED["address"], "b_code": 4514013400}}),
+        odd({**WELL_FORMED, "y": "NaN"}),
+        odd({**WELL_FORMED, "y": "Infinity"}),
+        odd({**WELL_FORMED, "x": None}),
+        odd({**WELL_FORMED, "y": "0", "x": "0"}),  # not in Korea: Kakao Local has only Korea
+        {"documents": None},
+        {"documents": {"a": 1}},
+        [1],
+    ],
+    ids=[
+        "document-string",
+        "address-string",
+        "road-address-list",
+        "b-code-number",
+        "lat-nan",
+        "lat-infinity",
+        "lng-missing",
+        "outside-korea",
+        "documents-null",
+        "documents-object",
+        "top-level-list",
+    ],
+)
+async def test_odd_answers_from_kakao_are_a_502_and_not_cached(
+    keyed: AsyncClient, auth: Headers, answer: Any
+) -> None:
+    query = f"어딘가 {uuid.uuid4().hex[:6]}"
+    with kakao_mock() as kakao:
+        route = kakao.get(KAKAO).mock(return_value=httpx.Response(200, json=answer))
+        first = await keyed.get(GEOCODE, params={"query": query}, headers=auth())
+        second = await keyed.get(GEOCODE, params={"query": query}, headers=auth())
+    for response in (first, second):
+        assert response.status_code == 502, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "unexpected format" in response.json()["detail"]
+    assert route.call_count == 2
+
+
+@pytest.mark.parametrize("query", ["a", "   ", " a  ", "\t\t"], ids=repr)
+async def test_a_too_short_query_is_a_422_before_kakao(
+    keyed: AsyncClient, auth: Headers, query: str
+) -> None:
+    with kakao_mock() as kakao:
+        route = kakao.get(KAKAO).mock(return_value=httpx.Response(200, json=KAKAO_ANSWER))
+        response = await keyed.get(GEOCODE, params={"query": query}, headers=auth())
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert route.call_count == 0
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -17,7 +19,9 @@ from sqlalchemy import func, select
 
 from ecosort_locations.commands import import_files, seed_files
 from ecosort_locations.config import Settings
-from ecosort_locations.importer.load import ImportReport, point_id
+from ecosort_locations.geo import METRES_PER_DEGREE_LAT
+from ecosort_locations.importer.cleaning import address_key
+from ecosort_locations.importer.load import LNG_SCALE, ImportReport, _Grid, point_id
 from ecosort_locations.importer.readers import UnknownLayout, read_points
 from ecosort_locations.kakao import KakaoLocalClient
 from ecosort_locations.models import CollectionPoint
@@ -133,7 +137,7 @@ async def test_rows_without_coordinates_are_geocoded_through_kakao(
         await geocoder.aclose()
     assert report.layout == "standard-csv"
     assert report.counts["geocoded"] == 183
-    assert report.counts["skipped_geocode_failed"] == 1
+    assert report.counts["skipped_address_not_found"] == 1
     assert report.counts["imported"] == 183
     assert route.calls[0].request.headers["authorization"] == "KakaoAK test-key"
     async with app.state.sessionmaker() as session:
@@ -189,18 +193,32 @@ async def test_a_bin_another_dataset_already_lists_is_not_added_twice(
 
 
 async def test_the_shipped_nationwide_file_imports_with_its_quirks_handled(
-    import_data: Importer, shared_data: Path
+    app: FastAPI, import_data: Importer, shared_data: Path
 ) -> None:
     data = (shared_data / "clothing-bins-nationwide.json").read_bytes()
     report = await import_data("clothing-bins-nationwide.json", data, "clothing")
     counts = report.counts
     assert counts["rows_read"] == 12_947
-    assert counts["duplicate_rows"] == 410
+    # 410 rows repeat another's words, but 12 of them are further bins (the alley below).
+    assert (counts["duplicate_rows"], counts["same_words_other_place"]) == (398, 12)
     # PROVENANCE.md: 안양시's 136 rows at one point and 중랑구's 29 are placeholders; the one
     # 대구 중구 row in another city is caught.
     assert counts["placeholder_coordinates"] >= 136 + 29
     assert counts["far_from_region"] == 1
-    assert counts["imported"] + counts["same_as_other_source"] == 12_947 - 410 - 266
+    assert counts["imported"] + counts["same_as_other_source"] == 12_947 - 398 - 266
+    async with app.state.sessionmaker() as session:
+        alley = select(func.count()).where(
+            CollectionPoint.type == "clothing",
+            CollectionPoint.address == "서울특별시 노원구 동일로239다길",
+        )
+        # 14 rows, five of them "주택가 골목" up to ~600 m apart: 14 bins.
+        assert await session.scalar(alley) == 14
+
+    # The Mapo file lists 53 of its 60 bins where the nationwide file does, and two more at
+    # the same addresses, geocoded ~60 m away (마포대로20길 6-11, 마포대로16나길 25).
+    mapo = (shared_data / "seoul_mapo_clothing_bins_EXCERPT_rows1-60.csv").read_bytes()
+    mapo_report = await import_data("mapo.csv", mapo, "clothing")
+    assert (mapo_report.counts["same_as_other_source"], mapo_report.counts["imported"]) == (55, 5)
 
 
 async def test_seeding_imports_each_file_once(
@@ -209,10 +227,11 @@ async def test_seeding_imports_each_file_once(
     mapo = shared_data / "seoul_mapo_clothing_bins_EXCERPT_rows1-60.csv"
     (tmp_path / "mapo_medicine_bins.csv").write_bytes(mapo.read_bytes())
     (tmp_path / "notes.csv").write_text("no type in this name\n")
-    files = seed_files(tmp_path)
+    files, failures = seed_files(tmp_path)
     assert [(name, point_type) for name, _, point_type in files] == [
         ("mapo_medicine_bins.csv", "medicine")
     ]
+    assert failures == []
     first = await import_files(settings, files, skip_known=True)
     second = await import_files(settings, files, skip_known=True)
     assert first[0]["counts"]["imported"] == 60  # type: ignore[index]
@@ -224,7 +243,7 @@ async def test_seeding_retries_rows_left_out_once_a_geocoder_is_configured(
 ) -> None:
     junggu = shared_data / "seoul_junggu_clothing_bins_20241126.csv"
     (tmp_path / "junggu_battery.csv").write_bytes(junggu.read_bytes())
-    files = seed_files(tmp_path)
+    files, _ = seed_files(tmp_path)
     without_key = await import_files(settings, files, skip_known=True)
     assert without_key[0]["counts"]["skipped_no_coordinates"] == 184  # type: ignore[index]
     assert (await import_files(settings, files, skip_known=True))[0]["skipped"]
@@ -235,3 +254,194 @@ async def test_seeding_retries_rows_left_out_once_a_geocoder_is_configured(
         again = await import_files(keyed, files, skip_known=True)
     assert with_key[0]["counts"]["imported"] == 183  # type: ignore[index]
     assert again[0] == {"file": "junggu_battery.csv", "skipped": "already imported"}
+
+
+def metres_east(lat: float, lng: float, metres: float) -> float:
+    return lng + metres / (METRES_PER_DEGREE_LAT * math.cos(math.radians(lat)))
+
+
+async def test_bins_listed_in_the_same_words_elsewhere_are_kept_as_other_bins(
+    app: FastAPI, import_data: Importer
+) -> None:
+    lat, lng = 37.21, 127.61
+    alley = [
+        row("골목", lat, lng, "반복시"),
+        row("골목", lat, metres_east(lat, lng, 5), "반복시"),  # the same bin, listed twice
+        row("골목", lat, metres_east(lat, lng, 300), "반복시"),  # another bin
+        row("골목", lat, metres_east(lat, lng, 303), "반복시"),  # that one again
+        row("골목", lat, metres_east(lat, lng, 600), "반복시"),  # a third
+    ]
+    first = await import_data("alley.json", standard_json(alley), "medicine")
+    assert (first.counts["duplicate_rows"], first.counts["imported"]) == (2, 3)
+    again = await import_data("alley.json", standard_json(alley), "medicine")
+    assert again.counts["imported"] == 3 and "retired" not in again.counts
+    async with app.state.sessionmaker() as session:
+        stored = (
+            await session.scalars(
+                select(CollectionPoint.lng).where(CollectionPoint.region == "경기도 반복시")
+            )
+        ).all()
+    assert sorted(stored) == [alley[0]["x"], alley[2]["x"], alley[4]["x"]]
+
+
+def located_row(name: str, address: str, lat: float, lng: float | None) -> dict[str, Any]:
+    return {"p": "전북특별자치도", "g": "교정시", "n": name, "a": address, "y": lat, "x": lng}
+
+
+async def test_a_new_version_of_a_file_replaces_the_earlier_one(
+    app: FastAPI, import_data: Importer
+) -> None:
+    lat, lng = 35.81, 127.11
+    typo = located_row("답십리25", "전북특별자치도 교정시 답십리로59길 57 (동대무동)", lat, lng)
+    kept = located_row("정상 1", "전북특별자치도 교정시 정상로 1", lat + 0.01, lng)
+    gone = located_row("철거 1", "전북특별자치도 교정시 철거로 1", lat + 0.02, lng)
+    moved_out = located_row("좌표 잃음", "전북특별자치도 교정시 좌표로 1", lat + 0.03, lng)
+    neighbour = {**kept, "g": "이웃시", "a": "전북특별자치도 이웃시 정상로 1", "y": lat - 0.05}
+    await import_data("neighbour_lamp.json", standard_json([neighbour]), "lamp")
+    first = await import_data("lamp_v1.json", standard_json([typo, kept, gone, moved_out]), "lamp")
+    assert first.counts["imported"] == 4
+    _, (typo_point,) = read_points("v1.json", standard_json([typo]), "lamp")
+    old_id = point_id("standard-json", typo_point.source_id)
+
+    fixed = {**typo, "a": "전북특별자치도 교정시 답십리로59길 57 (동대문동)"}
+    # Upstream corrected an address, removed a bin, and lost one's coordinates (still listed).
+    second = await import_data(
+        "lamp_v2.json", standard_json([fixed, kept, {**moved_out, "y": None}]), "lamp"
+    )
+    assert (second.counts["corrected"], second.counts["retired"]) == (1, 1)
+    assert second.counts["imported"] == 2
+    async with app.state.sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(CollectionPoint.id, CollectionPoint.name, CollectionPoint.address).where(
+                    CollectionPoint.type == "lamp", CollectionPoint.source == "standard-json"
+                )
+            )
+        ).all()
+    # The corrected bin is its old self (same id); a listed bin left without coordinates keeps
+    # its stored ones; the neighbouring district's bin is not this file's to retire.
+    assert sorted((name, address) for _, name, address in rows) == sorted(
+        [
+            ("답십리25", fixed["a"]),
+            ("정상 1", kept["a"]),
+            ("좌표 잃음", moved_out["a"]),
+            ("정상 1", neighbour["a"]),
+        ]
+    )
+    assert {row_id: name for row_id, name, _ in rows}[old_id] == "답십리25"
+
+
+def district_csv(rows: list[tuple[str, float, float]]) -> bytes:
+    lines = ["연번,도로명주소,위도,경도,데이터기준일자"]
+    lines += [f"{i},{address},{lat},{lng},44911" for i, (address, lat, lng) in enumerate(rows, 1)]
+    return "\n".join(lines).encode()
+
+
+async def test_a_bin_another_dataset_lists_at_the_same_address_is_not_added_twice(
+    import_data: Importer,
+) -> None:
+    lat, lng = 37.45, 127.15
+    nationwide = {
+        "p": "서울특별시",
+        "g": "시험구",
+        "n": "시험대로20길 6-11",
+        "a": "서울특별시 시험구 시험대로20길 6-11",
+        "y": lat,
+        "x": lng,
+    }
+    await import_data("nationwide.json", standard_json([nationwide]), "small_appliance")
+    district = district_csv(
+        [
+            # The same bin, geocoded ~60 m away by the district, which adds its 동.
+            ("서울특별시 시험구 시험동 시험대로20길 6-11", lat, metres_east(lat, lng, 60)),
+            # The same words 400 m away: another bin on a long street, not this one.
+            ("서울특별시 시험구 시험동 시험대로20길 6-11", lat, metres_east(lat, lng, 400)),
+        ]
+    )
+    report = await import_data("district.csv", district, "small_appliance")
+    assert (report.counts["same_as_other_source"], report.counts["imported"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("서울특별시 마포구 공덕동 마포대로20길 6-11", "마포대로20길6-11"),
+        ("서울특별시 마포구 마포대로20길 6-11 (공덕동)", "마포대로20길6-11"),
+        ("서울 종로구 종로 1", "종로1"),
+        ("경기도 안양시 만안구 충훈로로71번길16", "충훈로로71번길16"),
+        ("서울특별시 중구 남창동 186", "서울특별시중구남창동186"),
+    ],
+)
+def test_address_keys_match_the_ways_datasets_write_one_address(address: str, key: str) -> None:
+    assert address_key(address) == key
+
+
+def _kakao_far_south(request: httpx.Request) -> httpx.Response:
+    offset = (sum(request.url.params["query"].encode()) % 500) / 10_000
+    document = {"address_name": "어딘가", "y": str(34.9 + offset), "x": str(127.9 + offset)}
+    return httpx.Response(200, json={"documents": [document]})
+
+
+async def test_seeding_retries_rows_kakao_failed_on(settings: Settings, tmp_path: Path) -> None:
+    header = "관리번호,설치장소명,시도명,시군구명,소재지도로명주소,위도,경도"
+    lines = [header] + [f"{i},곳 {i},경상남도,재시도군,재시도로 {i},," for i in range(3)]
+    (tmp_path / "retry_battery.csv").write_text("\n".join(lines))
+    files, _ = seed_files(tmp_path)
+    keyed = settings.model_copy(update={"kakao_rest_api_key": SecretStr("test-key")})
+    with respx.mock() as kakao:
+        quota = {"errorType": "RequestThrottled", "message": "API limit has been exceeded."}
+        kakao.get(KAKAO).mock(return_value=httpx.Response(429, json=quota))
+        out_of_quota = await import_files(keyed, files, skip_known=True)
+    assert out_of_quota[0]["counts"] == {
+        "rows_read": 3,
+        "skipped_geocode_failed": 3,
+        "imported": 0,
+    }
+    with respx.mock() as kakao:
+        kakao.get(KAKAO).mock(side_effect=_kakao_far_south)
+        next_start = await import_files(keyed, files, skip_known=True)
+        again = await import_files(keyed, files, skip_known=True)
+    assert next_start[0]["counts"]["imported"] == 3  # type: ignore[index]
+    assert again[0] == {"file": "retry_battery.csv", "skipped": "already imported"}
+
+
+@pytest.mark.parametrize(
+    "documents",
+    [
+        ["x"],
+        [{"address_name": "a", "y": "37.5", "x": "127", "address": "a string"}],
+        [{"address_name": "a", "y": "37.5", "x": "127", "road_address": ["a list"]}],
+        [{"address_name": "a", "y": "NaN", "x": "127"}],
+    ],
+    ids=["string", "address-string", "road-list", "nan"],
+)
+async def test_odd_kakao_answers_skip_the_row_not_the_import(
+    import_data: Importer, documents: list[Any]
+) -> None:
+    header = "관리번호,설치장소명,시도명,시군구명,소재지도로명주소,위도,경도"
+    data = f"{header}\n1,곳,경상남도,이상군,이상로 1,,\n2,곳,경상남도,이상군,,,\n".encode()
+    geocoder = KakaoLocalClient("test-key", base_url="https://dapi.kakao.com", timeout=2)
+    try:
+        with respx.mock() as kakao:
+            kakao.get(KAKAO).mock(return_value=httpx.Response(200, json={"documents": documents}))
+            report = await import_data("odd.csv", data, "battery", geocoder=geocoder)
+    finally:
+        await geocoder.aclose()
+    assert report.counts == {
+        "rows_read": 2,
+        "skipped_geocode_failed": 1,
+        "skipped_no_address": 1,
+        "imported": 0,
+    }
+
+
+@pytest.mark.parametrize("lat", [36.0, 37.5, 37.9, 38.3, 38.7])
+def test_a_neighbour_across_a_cell_edge_is_found_at_every_korean_latitude(lat: float) -> None:
+    cell = _Grid[SimpleNamespace]([]).cell
+    misses = 0
+    for k in range(200):
+        # A point at the east edge of a cell, and one 14.95 m due east of it in the next.
+        west = ((745_000 + k) + 1) * cell / LNG_SCALE - 1e-9
+        east = SimpleNamespace(lat=lat, lng=metres_east(lat, west, 14.95))
+        misses += not _Grid([east]).has_neighbour(lat, west)
+    assert misses == 0

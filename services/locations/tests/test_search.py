@@ -192,14 +192,16 @@ async def test_a_point_added_between_pages_neither_repeats_nor_hides_one(
     client: AsyncClient, import_data: Importer
 ) -> None:
     centre = offset(0, 8000)
-    layout = {f"bin-{m}": (m, 8000) for m in (100, 200, 300)}
+    layout: dict[str, tuple[float, float]] = {f"bin-{m}": (m, 8000) for m in (100, 200, 300)}
     await import_data("between_oil.json", as_rows(layout), "cooking_oil")
     query = {"lat": centre[0], "lng": centre[1], "type": "cooking_oil", "limit": 2}
     first = (await client.get(POINTS, params=query)).json()
     assert [item["name"] for item in first["items"]] == ["bin-100", "bin-200"]
 
-    # Nearer than everything shown: an offset would now repeat bin-200.
-    await import_data("between_oil_late.json", as_rows({"late-10": (10, 8000)}), "cooking_oil")
+    # Nearer than everything shown: an offset would now repeat bin-200. (The file's next
+    # version: it replaces the first, so it lists the earlier bins too.)
+    layout["late-10"] = (10, 8000)
+    await import_data("between_oil.json", as_rows(layout), "cooking_oil")
     second = (await client.get(POINTS, params=query | {"cursor": first["next_cursor"]})).json()
     assert [item["name"] for item in second["items"]] == ["bin-300"]
     assert second["next_cursor"] is None

@@ -11,15 +11,27 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.logging import configure_logging
 from ecosort_locations.config import Settings, get_settings
 from ecosort_locations.importer.load import already_imported, import_file
 from ecosort_locations.importer.readers import UnknownLayout
 from ecosort_locations.kakao import KakaoLocalClient
-from ecosort_locations.point_types import POINT_TYPES, type_from_file_name
+from ecosort_locations.point_types import POINT_TYPES, AmbiguousFileName, type_from_file_name
 
 SEED_SUFFIXES = (".csv", ".json")
+log = structlog.get_logger("ecosort.locations.import")
+
+
+def _failure(file_name: str, exc: Exception) -> dict[str, object]:
+    """The report of a file that could not be imported, logged as an error. Data errors (the
+    file's own fault) need no traceback; anything else may be ours, so it keeps one."""
+    expected = isinstance(exc, (UnknownLayout, AmbiguousFileName, OSError))
+    error = str(exc) if not isinstance(exc, OSError) else exc.strerror or str(exc)
+    log.error("collection_points_import_failed", file=file_name, error=error, exc_info=not expected)
+    return {"file": file_name, "error": error}
 
 
 def _geocoder(settings: Settings) -> KakaoLocalClient | None:
@@ -43,22 +55,25 @@ async def import_files(
     reports: list[dict[str, object]] = []
     try:
         for file_name, data, point_type in files:
-            async with sessionmaker() as session, session.begin():
-                digest = hashlib.sha256(data).hexdigest()
-                if skip_known and await already_imported(
-                    session, digest, point_type, can_geocode=geocoder is not None
-                ):
-                    reports.append({"file": file_name, "skipped": "already imported"})
-                    continue
-                report = await import_file(
-                    session,
-                    file_name,
-                    data,
-                    point_type,
-                    geocoder=geocoder,
-                    geocode_concurrency=settings.geocode_concurrency,
-                )
-                reports.append(report.as_json())
+            try:
+                async with sessionmaker() as session, session.begin():
+                    digest = hashlib.sha256(data).hexdigest()
+                    if skip_known and await already_imported(
+                        session, digest, point_type, can_geocode=geocoder is not None
+                    ):
+                        reports.append({"file": file_name, "skipped": "already imported"})
+                        continue
+                    report = await import_file(
+                        session,
+                        file_name,
+                        data,
+                        point_type,
+                        geocoder=geocoder,
+                        geocode_concurrency=settings.geocode_concurrency,
+                    )
+                    reports.append(report.as_json())
+            except Exception as exc:  # its transaction is rolled back; the next files still count
+                reports.append(_failure(file_name, exc))
     finally:
         if geocoder is not None:
             await geocoder.aclose()
@@ -67,39 +82,57 @@ async def import_files(
 
 
 def _type_of(path: Path, given: str | None) -> str:
-    point_type = given or type_from_file_name(path.name)
+    try:
+        point_type = given or type_from_file_name(path.name)
+    except AmbiguousFileName as exc:
+        raise SystemExit(str(exc)) from exc
     if point_type is None:
         raise SystemExit(f"{path.name}: say what it lists with --type ({', '.join(POINT_TYPES)})")
     return point_type
 
 
 def import_command(argv: Sequence[str]) -> int:
-    """import public collection-point files (CSV/JSON); idempotent: upsert by source id"""
+    """import public collection-point files (CSV/JSON); a file replaces its earlier version"""
     parser = argparse.ArgumentParser(prog="python -m ecosort_locations import")
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--type", choices=sorted(POINT_TYPES), help="default: from the file name")
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)
-    try:
-        files = [(p.name, p.read_bytes(), _type_of(p, args.type)) for p in args.files]
-        reports = asyncio.run(import_files(settings, files, skip_known=False))
-    except (OSError, UnknownLayout) as exc:
-        print(f"import failed: {exc}", file=sys.stderr)
-        return 1
+    # Every file's type first: a name that says none (or two) stops the import before it starts.
+    typed = [(path, _type_of(path, args.type)) for path in args.files]
+    files, reports = [], []
+    for path, point_type in typed:
+        try:
+            files.append((path.name, path.read_bytes(), point_type))
+        except OSError as exc:
+            reports.append(_failure(path.name, exc))
+    reports += asyncio.run(import_files(settings, files, skip_known=False))
     print(json.dumps(reports, ensure_ascii=False, indent=2))
-    return 0
+    failed = [report for report in reports if "error" in report]
+    for report in failed:
+        print(f"import failed: {report['file']}: {report['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
-def seed_files(seed_dir: Path) -> list[tuple[str, bytes, str]]:
-    """The seed folder's data files whose names say what they list (others are left out)."""
-    files = sorted(p for p in seed_dir.iterdir() if p.suffix.lower() in SEED_SUFFIXES)
-    typed = [(p, type_from_file_name(p.name)) for p in files]
-    return [(p.name, p.read_bytes(), t) for p, t in typed if t is not None]
+def seed_files(seed_dir: Path) -> tuple[list[tuple[str, bytes, str]], list[dict[str, object]]]:
+    """The seed folder's data files whose names say what they list (others are left out), and
+    the reports of those that cannot be read or whose names say two kinds."""
+    files, failures = [], []
+    for path in sorted(p for p in seed_dir.iterdir() if p.suffix.lower() in SEED_SUFFIXES):
+        try:
+            point_type = type_from_file_name(path.name)
+            if point_type is not None:
+                files.append((path.name, path.read_bytes(), point_type))
+        except (AmbiguousFileName, OSError) as exc:
+            failures.append(_failure(path.name, exc))
+    return files, failures
 
 
 def seed(settings: Settings) -> int:
-    """Import the files of COLLECTION_POINTS_SEED_DIR that were not imported before."""
+    """Import the files of COLLECTION_POINTS_SEED_DIR that were not imported before. A file
+    that fails is logged as an error and left out, never a failed start: the schema is up to
+    date, and the other files (and the service) are fine without it."""
     seed_dir = settings.collection_points_seed_dir
     if seed_dir is None:
         return 0
@@ -107,6 +140,7 @@ def seed(settings: Settings) -> int:
         print(f"COLLECTION_POINTS_SEED_DIR={seed_dir} is not a folder", file=sys.stderr)
         return 1
     configure_logging(settings.log_level, json=settings.log_json)
-    reports = asyncio.run(import_files(settings, seed_files(seed_dir), skip_known=True))
+    files, reports = seed_files(seed_dir)
+    reports += asyncio.run(import_files(settings, files, skip_known=True))
     print(json.dumps(reports, ensure_ascii=False))
     return 0

@@ -3,11 +3,14 @@ GET /v2/local/search/address.json?query=… with `Authorization: KakaoAK <REST A
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import structlog
+
+from ecosort_locations.geo import in_korea
 
 ADDRESS_SEARCH_PATH = "/v2/local/search/address.json"
 log = structlog.get_logger("ecosort.locations.kakao")
@@ -37,18 +40,49 @@ class KakaoLocalError(Exception):
         self.retry_after = retry_after
 
 
-def _document(doc: dict[str, Any]) -> GeocodedAddress:
-    region = doc.get("address") or doc.get("road_address") or {}
-    road = doc.get("road_address") or {}
+def _document(doc: Any) -> GeocodedAddress:
+    """One of Kakao's documents, checked: any other shape raises TypeError or ValueError, which
+    the caller reports as an unexpected format rather than letting a 500 or a null through."""
+    if not isinstance(doc, dict):
+        raise TypeError(f"a document is a {type(doc).__name__}")
+    address, road = _part(doc, "address"), _part(doc, "road_address")
+    region = address or road
+    lat, lng = _coordinate(doc.get("y")), _coordinate(doc.get("x"))
+    # Kakao Local covers Korea only: anything else is a wrong answer, not a place.
+    if not in_korea(lat, lng):
+        raise ValueError(f"coordinates outside Korea: {lat}, {lng}")
     return GeocodedAddress(
-        address=str(doc.get("address_name", "")),
-        road_address=road.get("address_name") or None,
-        lat=float(doc["y"]),
-        lng=float(doc["x"]),
-        region_1depth=region.get("region_1depth_name") or None,
-        region_2depth=region.get("region_2depth_name") or None,
-        b_code=(doc.get("address") or {}).get("b_code") or None,
+        address=_text(doc, "address_name") or "",
+        road_address=_text(road, "address_name"),
+        lat=lat,
+        lng=lng,
+        region_1depth=_text(region, "region_1depth_name"),
+        region_2depth=_text(region, "region_2depth_name"),
+        b_code=_text(address, "b_code"),
     )
+
+
+def _part(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"{key} is a {type(value).__name__}")
+    return value
+
+
+def _text(part: dict[str, Any], key: str) -> str | None:
+    value = part.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{key} is a {type(value).__name__}")
+    return value or None
+
+
+def _coordinate(value: Any) -> float:
+    number = float(value)  # Kakao sends strings; a missing one (None) is a TypeError
+    if not math.isfinite(number):
+        raise ValueError(f"not a coordinate: {value!r}")
+    return number
 
 
 class KakaoLocalClient:
@@ -76,15 +110,18 @@ class KakaoLocalClient:
         try:
             return [_document(doc) for doc in response.json()["documents"]]
         except (ValueError, KeyError, TypeError) as exc:
+            log.warning("kakao_local_unexpected_answer", error=str(exc))
             raise KakaoLocalError(502, "Kakao Local answered in an unexpected format.") from exc
 
     @staticmethod
     def _error(response: httpx.Response) -> KakaoLocalError:
         try:
             body = response.json()
-            kind, message = body.get("errorType"), body.get("message")
         except ValueError:
-            kind, message = None, None
+            body = None
+        if not isinstance(body, dict):  # an HTML error page, or JSON of another shape
+            body = {}
+        kind, message = body.get("errorType"), body.get("message")
         log.warning("kakao_local_error", status=response.status_code, type=kind, message=message)
         if response.status_code == 429:
             return KakaoLocalError(

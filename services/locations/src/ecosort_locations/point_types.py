@@ -31,7 +31,8 @@ POINT_TYPES: dict[str, PointType] = {
 # Words in a public file's name that tell what it lists (Korean portals name files this way).
 FILE_NAME_HINTS: dict[str, tuple[str, ...]] = {
     "clothing": ("clothing", "의류"),
-    "battery": ("battery", "건전지", "전지"),
+    # Not the bare "전지": it is also in 전지역 ("every area") and 안전지도 ("safety map").
+    "battery": ("battery", "건전지", "폐전지"),
     "lamp": ("lamp", "형광등"),
     "medicine": ("medicine", "의약품"),
     "small_appliance": ("appliance", "가전"),
@@ -39,9 +40,19 @@ FILE_NAME_HINTS: dict[str, tuple[str, ...]] = {
 }
 
 
+class AmbiguousFileName(ValueError):
+    """The file's name names more than one kind of point."""
+
+
 def type_from_file_name(name: str) -> str | None:
+    """The kind a file's name says it lists, None if it names none. A name naming several
+    (폐형광등_폐건전지.csv) is refused: taking one would file the other kind's bins under it."""
     lowered = name.lower()
-    for code, hints in FILE_NAME_HINTS.items():
-        if any(hint in lowered for hint in hints):
-            return code
-    return None
+    codes = [
+        code for code, hints in FILE_NAME_HINTS.items() if any(hint in lowered for hint in hints)
+    ]
+    if len(codes) > 1:
+        raise AmbiguousFileName(
+            f"{name}: the name says more than one kind ({', '.join(codes)}); say which with --type"
+        )
+    return codes[0] if codes else None

@@ -4,6 +4,7 @@ Korea. Such coordinates are dropped (the row is then geocoded or skipped), never
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -11,6 +12,8 @@ from collections.abc import Iterable
 from ecosort_locations.geo import haversine_m, in_korea
 from ecosort_locations.importer.readers import RawPoint
 
+# Two rows of a bin this close together are one bin (two listings of one spot).
+SAME_BIN_M = 15.0
 # A pair of coordinates given to this many different addresses is a placeholder, not a place.
 PLACEHOLDER_MIN_ADDRESSES = 5
 # A 시·군·구 spans at most ~60 km; further than this from its district's median is misplaced.
@@ -67,13 +70,42 @@ def _far_from_region(points: list[RawPoint]) -> list[RawPoint]:
 
 
 def drop_repeated_rows(points: list[RawPoint], counts: Counter[str]) -> list[RawPoint]:
-    """Keep the first row of each source id (public files repeat rows)."""
-    seen: set[str] = set()
+    """Keep one row per bin. Public files repeat rows, but they also list separate bins in the
+    same words (five "주택가 골목" bins along one 노원구 alley): a repeat is the same bin only
+    within SAME_BIN_M of a row kept under its identity. Another bin gets that identity with its
+    occurrence number, so importing the file again gives each bin its id again."""
+    kept_by_identity: dict[str, list[RawPoint]] = defaultdict(list)
     kept = []
     for point in points:
-        if point.source_id in seen:
+        same_words = kept_by_identity[point.source_id]
+        if any(_same_place(point, other) for other in same_words):
             counts["duplicate_rows"] += 1
             continue
-        seen.add(point.source_id)
+        if same_words:
+            counts["same_words_other_place"] += 1
+            point.source_id = f"{point.source_id}#{len(same_words) + 1}"
+        same_words.append(point)
         kept.append(point)
     return kept
+
+
+def _same_place(a: RawPoint, b: RawPoint) -> bool:
+    if a.lat is None or a.lng is None or b.lat is None or b.lng is None:
+        return True  # nothing tells them apart: the same words are the same bin
+    return haversine_m(a.lat, a.lng, b.lat, b.lng) <= SAME_BIN_M
+
+
+_PARENTHESES = re.compile(r"\([^)]*\)")
+# A road name (마포대로, 마포대로20길, 충훈로71번길16), not a district (종로구) or 동 (을지로동).
+_ROAD_NAME = re.compile(r"(?:로|길)(?:\d|$)")
+
+
+def address_key(address: str) -> str:
+    """An address reduced to what two datasets write alike: from the road name on, without
+    spaces or parentheses. One writes "서울특별시 마포구 공덕동 마포대로20길 6-11", another
+    "서울특별시 마포구 마포대로20길 6-11" or "서울 마포구 마포대로20길 6-11 (공덕동)"."""
+    words = _PARENTHESES.sub(" ", address).split()
+    for i, word in enumerate(words):
+        if _ROAD_NAME.search(word):
+            return "".join(words[i:])
+    return "".join(words)

@@ -96,7 +96,8 @@ def _from_standard_json(rows: Iterable[dict[str, Any]], point_type: str) -> Iter
         name, address = _text(row.get("n")), _text(row.get("a"))
         yield RawPoint(
             source="standard-json",
-            # No row id upstream: the row's own words identify it (coordinates may be corrected).
+            # No row id upstream: the row's own words identify it (coordinates may be corrected);
+            # cleaning.drop_repeated_rows numbers other bins listed in the same words.
             source_id=f"{point_type}|{province}|{district}|{_digest(name, address)}",
             name=name or address,
             address=address,

@@ -56,7 +56,16 @@ def _geocoder(request: Request) -> KakaoLocalClient:
 async def geocode(
     request: Request,
     principal: Annotated[Principal, Depends(current_principal)],
-    query: Annotated[str, Query(min_length=2, max_length=200, description="a Korean address")],
+    query: Annotated[
+        str,
+        # Two characters besides spaces: a query of spaces would reach Kakao empty (its 400).
+        Query(
+            min_length=2,
+            max_length=200,
+            pattern=r"\S\s*\S",
+            description="a Korean address (at least two characters besides spaces)",
+        ),
+    ],
     geocoder: Annotated[KakaoLocalClient, Depends(_geocoder)],
     redis: Annotated[Redis, Depends(get_redis)],
 ) -> GeocodeOut:
