@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from httpx import AsyncClient
+from sqlalchemy import func, select
 
 from ecosort_common.events import Event
+from ecosort_users import handlers
 from ecosort_users.handlers import MalformedEvent
+from ecosort_users.models import AnalysisRecord, Profile
 
 ME = "/api/v1/users/me"
+_SECOND = timedelta(seconds=1)
 Auth = Callable[[uuid.UUID], dict[str, str]]
 Deliver = Callable[[Event], Awaitable[None]]
 
@@ -127,3 +132,145 @@ async def test_malformed_events_are_refused_not_half_applied(
 ) -> None:
     with pytest.raises(MalformedEvent):
         await apply_event(make_event("analysis.completed", payload))
+
+
+async def test_registration_filling_a_profile_moves_updated_at(
+    client: AsyncClient, auth: Auth, make_event: Callable[..., Event], apply_event: Deliver
+) -> None:
+    user_id = uuid.uuid4()
+    created = (await client.get(ME, headers=auth(user_id))).json()
+    registered = {"user_id": str(user_id), "provider": "kakao", "nickname": "늦게"}
+    await apply_event(make_event("user.registered", registered))
+    filled = (await client.get(ME, headers=auth(user_id))).json()
+    assert filled["nickname"] == "늦게"
+    assert filled["updated_at"] > created["updated_at"]
+    # Again, under another event id: nothing left to fill, nothing changes.
+    await apply_event(make_event("user.registered", registered))
+    assert (await client.get(ME, headers=auth(user_id))).json() == filled
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.lines.append((event, fields))
+
+
+async def test_a_malformed_event_is_logged_without_its_content(
+    make_event: Callable[..., Event], apply_event: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log line is written at every redelivery: what was sent may be personal data."""
+    recorder = _Recorder()
+    monkeypatch.setattr(handlers, "log", recorder)
+    email = "hong.gildong@example.com" + "m" * 320
+    with pytest.raises(MalformedEvent):
+        await apply_event(make_event("user.registered", {"user_id": "x", "email": email}))
+    [(event, fields)] = recorder.lines
+    assert event == "malformed_event"
+    assert fields["errors"] == [
+        {"loc": ("user_id",), "type": "uuid_parsing"},
+        {"loc": ("email",), "type": "string_too_long"},
+    ]
+    assert "hong.gildong" not in repr(fields)
+
+
+def corrected(
+    analysis: dict[str, Any], category: str, at: datetime, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "analysis_id": analysis["analysis_id"],
+        "user_id": analysis["user_id"],
+        "category": category,
+        "corrected_at": at.isoformat(),
+        **extra,
+    }
+
+
+async def _categories(client: AsyncClient, headers: dict[str, str]) -> dict[str, int]:
+    stats = (await client.get(f"{ME}/stats", headers=headers)).json()
+    return {c["category"]: c["count"] for c in stats["by_category"]}
+
+
+async def test_a_correction_counts_the_analysis_under_the_newest_category(
+    client: AsyncClient, auth: Auth, make_event: Callable[..., Event], apply_event: Deliver
+) -> None:
+    user_id = uuid.uuid4()
+    headers = auth(user_id)
+    wrong, right = completed(user_id, "pet_clear"), completed(user_id, "can")
+    for payload in (wrong, right):
+        await apply_event(make_event("analysis.completed", payload))
+    at = datetime.now(UTC)
+    first = make_event("analysis.corrected", corrected(wrong, "vinyl", at))
+    await apply_event(first)
+    items = (await client.get(f"{ME}/history", headers=headers)).json()["items"]
+    assert {i["analysis_id"]: i["category"] for i in items} == {
+        wrong["analysis_id"]: "vinyl",
+        right["analysis_id"]: "can",
+    }
+    assert await _categories(client, headers) == {"vinyl": 1, "can": 1}
+    # An older correction arriving late, and the same one under another event id, change
+    # nothing; a newer one wins.
+    await apply_event(make_event("analysis.corrected", corrected(wrong, "paper", at - _SECOND)))
+    await apply_event(make_event("analysis.corrected", first.payload))
+    assert await _categories(client, headers) == {"vinyl": 1, "can": 1}
+    await apply_event(make_event("analysis.corrected", corrected(wrong, "general", at + _SECOND)))
+    assert await _categories(client, headers) == {"general": 1, "can": 1}
+
+
+async def test_a_correction_without_a_history_row_is_ignored(
+    client: AsyncClient,
+    auth: Auth,
+    app: FastAPI,
+    make_event: Callable[..., Event],
+    apply_event: Deliver,
+) -> None:
+    never_completed, deleted = uuid.uuid4(), uuid.uuid4()
+    analysis = completed(deleted)
+    await apply_event(make_event("analysis.completed", analysis))
+    assert (await client.delete(ME, headers=auth(deleted))).status_code == 204
+    now = datetime.now(UTC)
+    await apply_event(make_event("analysis.corrected", corrected(analysis, "can", now)))
+    await apply_event(
+        make_event("analysis.corrected", corrected(completed(never_completed), "can", now))
+    )
+    async with app.state.sessionmaker() as session:
+        for user_id in (never_completed, deleted):
+            for table in (Profile, AnalysisRecord):
+                mine = select(func.count()).select_from(table).where(table.user_id == user_id)
+                assert await session.scalar(mine) == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"category": None},
+        {"category": ""},
+        {"corrected_at": "2026-11-28T09:00:00"},  # no offset: when was that?
+        {"corrected_at": None},
+        {"user_id": "not-a-uuid"},
+    ],
+)
+async def test_malformed_corrections_are_refused(
+    make_event: Callable[..., Event], apply_event: Deliver, change: dict[str, Any]
+) -> None:
+    payload = corrected(completed(uuid.uuid4()), "can", datetime.now(UTC)) | change
+    with pytest.raises(MalformedEvent):
+        await apply_event(make_event("analysis.corrected", payload))
+
+
+async def test_streamed_corrections_reach_the_history(
+    client: AsyncClient, auth: Auth, make_event: Callable[..., Event], publish: Deliver
+) -> None:
+    user_id = uuid.uuid4()
+    headers = auth(user_id)
+    analysis = completed(user_id, "pet_clear")
+
+    async def history_reads(categories: list[str]) -> bool:
+        items = (await client.get(f"{ME}/history", headers=headers)).json()["items"]
+        return [i["category"] for i in items] == categories
+
+    await publish(make_event("analysis.completed", analysis))
+    assert await eventually(lambda: history_reads(["pet_clear"]))
+    await publish(make_event("analysis.corrected", corrected(analysis, "can", datetime.now(UTC))))
+    assert await eventually(lambda: history_reads(["can"])), "the correction was never applied"

@@ -6,7 +6,9 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from fastapi import FastAPI
 from httpx import AsyncClient
+from sqlalchemy import text
 
 from ecosort_users.regions import InvalidRegion, parse_region
 
@@ -90,6 +92,29 @@ async def test_people_only_ever_see_their_own_profile(client: AsyncClient, auth:
     await client.patch(ME, headers=auth(alice), json={"nickname": "alice"})
     bobs = (await client.get(ME, headers=auth(bob))).json()
     assert bobs["id"] == str(bob) and bobs["nickname"] is None
+
+
+async def _row_version(app: FastAPI, user_id: uuid.UUID) -> str | None:
+    async with app.state.sessionmaker() as session:
+        version: str | None = await session.scalar(
+            text("SELECT xmin::text FROM profiles WHERE user_id = :user_id"), {"user_id": user_id}
+        )
+    return version
+
+
+async def test_reading_does_not_write_the_profile(
+    client: AsyncClient, auth: Auth, app: FastAPI
+) -> None:
+    """Every request reads the profile: rewritten each time, it took a new row version per
+    request, and one person's concurrent requests queued on its row lock."""
+    user_id = uuid.uuid4()
+    await client.get(ME, headers=auth(user_id))  # creates it
+    created = await _row_version(app, user_id)
+    for path in ("", "/history", "/stats", "/export"):
+        assert (await client.get(ME + path, headers=auth(user_id))).status_code == 200
+    assert await _row_version(app, user_id) == created
+    await client.patch(ME, headers=auth(user_id), json={"nickname": "바뀜"})
+    assert await _row_version(app, user_id) != created
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,11 +20,66 @@ from ecosort_users.schemas import HistoryItem
 USER_DELETED = "user.deleted"
 
 
+# The account's lock: shared by every transaction creating the person's data (a profile, a
+# history row) or changing the profile, exclusive for its deletion. A writer that got it first
+# has committed before the deletion's DELETEs run, so they see its rows (a DELETE misses rows of
+# transactions still open); one that waited sees the tombstone, its next statement reading after
+# the deletion committed. Deletions exclude one another: one deletes, the others see its
+# tombstone. (Corrections only update rows: they cannot bring back what a deletion removed.)
+_ACCOUNT = "hashtextextended('account:' || :user_id, 0)"
+_HOLD_ACCOUNT = text(f"SELECT pg_advisory_xact_lock_shared({_ACCOUNT})")
+_LOCK_ACCOUNT = text(f"SELECT pg_advisory_xact_lock({_ACCOUNT})")
+
+
 async def is_deleted(session: AsyncSession, user_id: uuid.UUID) -> bool:
     return bool(await session.scalar(select(exists().where(DeletedUser.user_id == user_id))))
 
 
-async def upsert_profile(
+async def hold_account(session: AsyncSession, user_id: uuid.UUID) -> bool:
+    """Until the transaction ends, the account cannot be deleted; False when it already was.
+    Call it before creating any of the person's data or changing the profile."""
+    # Its own statement: the tombstone check must read after the lock was granted.
+    await session.execute(_HOLD_ACCOUNT, {"user_id": str(user_id)})
+    return not await is_deleted(session, user_id)
+
+
+async def _profile(session: AsyncSession, user_id: uuid.UUID) -> Profile | None:
+    stmt = select(Profile).where(Profile.user_id == user_id)
+    result = await session.execute(stmt, execution_options={"populate_existing": True})
+    return result.scalar_one_or_none()
+
+
+async def _create_profile(session: AsyncSession, user_id: uuid.UUID, locale: str) -> None:
+    """The profile unless it exists (`hold_account` first). DO NOTHING writes nothing to an
+    existing row, so concurrent creators do not queue on it."""
+    await session.execute(
+        insert(Profile).values(user_id=user_id, locale=locale).on_conflict_do_nothing()
+    )
+
+
+async def my_profile(session: AsyncSession, user_id: uuid.UUID, *, locale: str) -> Profile | None:
+    """The person's profile, created on first use (the app may ask before auth's
+    user.registered arrives); None when the account was deleted. Once it exists this only reads:
+    every request of the person comes here."""
+    profile = await _profile(session, user_id)
+    if profile is not None:
+        return profile
+    if not await hold_account(session, user_id):
+        return None
+    await _create_profile(session, user_id, locale)
+    return await _profile(session, user_id)
+
+
+async def ensure_profile(session: AsyncSession, user_id: uuid.UUID, *, locale: str) -> bool:
+    """Create the profile if it is missing, and hold the account (`hold_account`) for the
+    transaction's further writes; False when the account was deleted."""
+    if not await hold_account(session, user_id):
+        return False
+    await _create_profile(session, user_id, locale)
+    return True
+
+
+async def fill_profile(
     session: AsyncSession,
     user_id: uuid.UUID,
     *,
@@ -31,12 +87,12 @@ async def upsert_profile(
     nickname: str | None = None,
     provider: str | None = None,
     email: str | None = None,
-) -> Profile | None:
+) -> bool:
     """Create the profile if it is missing, or fill in what it lacks; never overwrite what the
     person chose (a lazily created profile may get its nickname from a late user.registered).
-    None when the account was deleted."""
-    if await is_deleted(session, user_id):
-        return None
+    False when the account was deleted."""
+    if not await hold_account(session, user_id):
+        return False
     stmt = insert(Profile).values(
         user_id=user_id,
         nickname=nickname[:30] if nickname else None,
@@ -44,31 +100,57 @@ async def upsert_profile(
         email=email,
         locale=locale,
     )
-    upsert = stmt.on_conflict_do_update(
-        index_elements=[Profile.user_id],
-        set_={
-            "nickname": func.coalesce(Profile.nickname, stmt.excluded.nickname),
-            "provider": func.coalesce(Profile.provider, stmt.excluded.provider),
-            "email": func.coalesce(Profile.email, stmt.excluded.email),
-        },
-    ).returning(Profile)
-    result = await session.execute(upsert, execution_options={"populate_existing": True})
-    return result.scalar_one()
+    fillable = (Profile.nickname, Profile.provider, Profile.email)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Profile.user_id],
+            # ON CONFLICT skips the column's `onupdate`: updated_at is set here, and only when
+            # something is filled in (otherwise the row is left as it is, not rewritten).
+            set_={
+                **{
+                    column.key: func.coalesce(column, stmt.excluded[column.key])
+                    for column in fillable
+                },
+                "updated_at": func.now(),
+            },
+            where=or_(
+                *(
+                    and_(column.is_(None), stmt.excluded[column.key].is_not(None))
+                    for column in fillable
+                )
+            ),
+        )
+    )
+    return True
 
 
 async def update_profile(
-    session: AsyncSession, profile: Profile, changes: dict[str, Any], region: Region | None
-) -> Profile:
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    changes: dict[str, Any],
+    region: Region | None,
+    *,
+    locale: str,
+) -> Profile | None:
+    """Apply PATCH /me's changes to the profile (created first if missing) and return it; None
+    when the account was deleted. One statement under the account's lock: a deletion cannot
+    come between reading the profile and changing it."""
+    if not await hold_account(session, user_id):
+        return None
     values: dict[str, Any] = {k: v for k, v in changes.items() if k in ("nickname", "locale")}
     if "region" in changes:
         values["region_code"] = region.code if region else None
         values["region_name"] = region.name if region else None
-    if values:
-        await session.execute(
-            update(Profile).where(Profile.user_id == profile.user_id).values(**values)
-        )
-        await session.refresh(profile)
-    return profile
+    if not values:
+        await _create_profile(session, user_id, locale)
+        return await _profile(session, user_id)
+    stmt = insert(Profile).values({"user_id": user_id, "locale": locale, **values})
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[Profile.user_id],
+        set_={**{key: stmt.excluded[key] for key in values}, "updated_at": func.now()},
+    ).returning(Profile)
+    result = await session.execute(upsert, execution_options={"populate_existing": True})
+    return result.scalar_one()
 
 
 async def record_analysis(
@@ -94,6 +176,33 @@ async def record_analysis(
         .returning(AnalysisRecord.id)
     )
     return inserted.first() is not None
+
+
+async def correct_analysis(
+    session: AsyncSession,
+    *,
+    analysis_id: uuid.UUID,
+    user_id: uuid.UUID,
+    category: str,
+    corrected_at: datetime,
+) -> bool:
+    """Count an analysis of the history under the owner's correction, unless a correction made
+    later was applied already (events arrive again, or out of order); False when nothing changed,
+    the analysis not in the history included (never completed, or the account deleted).
+
+    No account lock: an UPDATE cannot bring back a row the account's deletion removed."""
+    record = AnalysisRecord
+    updated = await session.execute(
+        update(record)
+        .where(
+            record.id == analysis_id,
+            record.user_id == user_id,
+            or_(record.corrected_at.is_(None), record.corrected_at < corrected_at),
+        )
+        .values(category=category, corrected_at=corrected_at)
+        .returning(record.id)
+    )
+    return updated.first() is not None
 
 
 def _history_select(user_id: uuid.UUID) -> Any:
@@ -129,17 +238,40 @@ async def history_page(
     return page_of(rows, limit, _history_item)
 
 
-async def full_history(session: AsyncSession, user_id: uuid.UUID) -> list[HistoryItem]:
-    stmt = _history_select(user_id).order_by(
-        AnalysisRecord.completed_at.desc(), AnalysisRecord.id.desc()
+# Rows a round trip of the export's server-side cursor brings: ~140 kB of JSON.
+EXPORT_BATCH = 1000
+
+
+async def history_batches(
+    session: AsyncSession, user_id: uuid.UUID
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """The whole history, newest first, in batches of HistoryItem's fields, from a server-side
+    cursor: an export holds one batch in memory, not the history (in the caller's transaction)."""
+    stmt = (
+        select(
+            AnalysisRecord.id.label("analysis_id"),
+            AnalysisRecord.category,
+            AnalysisRecord.confidence,
+            AnalysisRecord.completed_at,
+        )
+        .where(AnalysisRecord.user_id == user_id)
+        .order_by(AnalysisRecord.completed_at.desc(), AnalysisRecord.id.desc())
+        .execution_options(yield_per=EXPORT_BATCH)
     )
-    return [_history_item(row) for row in (await session.execute(stmt)).all()]
+    result = await session.stream(stmt)
+    async for rows in result.mappings().partitions():
+        yield [dict(row) for row in rows]
 
 
-async def delete_account(session: AsyncSession, user_id: uuid.UUID) -> None:
+async def delete_account(session: AsyncSession, user_id: uuid.UUID) -> bool:
     """Erase the person's data, leave a tombstone and announce `user.deleted`: all in the
-    caller's transaction, so either everything happens or nothing does."""
+    caller's transaction, so either everything happens or nothing does. False, and nothing done,
+    when the account was already deleted. Waits for writers in flight to commit first."""
+    await session.execute(_LOCK_ACCOUNT, {"user_id": str(user_id)})
+    if await is_deleted(session, user_id):
+        return False
     await session.execute(delete(AnalysisRecord).where(AnalysisRecord.user_id == user_id))
     await session.execute(delete(Profile).where(Profile.user_id == user_id))
-    await session.execute(insert(DeletedUser).values(user_id=user_id).on_conflict_do_nothing())
+    await session.execute(insert(DeletedUser).values(user_id=user_id))
     await add_event(session, outbox, USER_DELETED, {"user_id": str(user_id)})
+    return True

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.events import Event, Handler
@@ -18,6 +18,7 @@ from ecosort_users.schemas import cleaned_nickname
 
 USER_REGISTERED = "user.registered"
 ANALYSIS_COMPLETED = "analysis.completed"
+ANALYSIS_CORRECTED = "analysis.corrected"
 UNCERTAIN = "uncertain"  # waste's answer when the classifier is not sure
 log = structlog.get_logger("ecosort.users.events")
 Payload = TypeVar("Payload", bound=BaseModel)
@@ -44,6 +45,13 @@ class AnalysisCompleted(BaseModel):
     completed_at: datetime | None = None
 
 
+class AnalysisCorrected(BaseModel):
+    analysis_id: uuid.UUID
+    user_id: uuid.UUID
+    category: str = Field(min_length=1, max_length=40)
+    corrected_at: AwareDatetime
+
+
 class MalformedEvent(ValueError):
     """Raised so the event stays pending and ends in the dead-letter stream, for a person to
     look at, instead of being silently dropped."""
@@ -53,7 +61,10 @@ def _parse(model: type[Payload], event: Event) -> Payload:
     try:
         return model.model_validate(event.payload)
     except ValidationError as exc:
-        log.error("malformed_event", event_id=event.id, type=event.type, errors=exc.errors())
+        # Where and what kind, never the input: it may be personal data (an e-mail address), and
+        # this line is written again at every redelivery.
+        errors = [{"loc": error["loc"], "type": error["type"]} for error in exc.errors()]
+        log.error("malformed_event", event_id=event.id, type=event.type, errors=errors)
         raise MalformedEvent(f"{event.type} {event.id}: {exc.error_count()} errors") from exc
 
 
@@ -67,7 +78,7 @@ def _occurred_at(event: Event) -> datetime:
 def event_handlers(settings: Settings) -> dict[str, Handler]:
     async def on_user_registered(session: AsyncSession, event: Event) -> None:
         payload = _parse(UserRegistered, event)
-        await crud.upsert_profile(
+        await crud.fill_profile(
             session,
             payload.user_id,
             locale=settings.default_locale,
@@ -79,10 +90,7 @@ def event_handlers(settings: Settings) -> dict[str, Handler]:
     async def on_analysis_completed(session: AsyncSession, event: Event) -> None:
         payload = _parse(AnalysisCompleted, event)
         # The profile may not exist yet (user.registered not processed): create it lazily.
-        profile = await crud.upsert_profile(
-            session, payload.user_id, locale=settings.default_locale
-        )
-        if profile is None:
+        if not await crud.ensure_profile(session, payload.user_id, locale=settings.default_locale):
             log.info("analysis_of_deleted_user_ignored", analysis_id=str(payload.analysis_id))
             return
         completed_at = payload.completed_at or _occurred_at(event)
@@ -97,4 +105,21 @@ def event_handlers(settings: Settings) -> dict[str, Handler]:
             completed_at=completed_at,
         )
 
-    return {USER_REGISTERED: on_user_registered, ANALYSIS_COMPLETED: on_analysis_completed}
+    async def on_analysis_corrected(session: AsyncSession, event: Event) -> None:
+        payload = _parse(AnalysisCorrected, event)
+        if not await crud.correct_analysis(
+            session,
+            analysis_id=payload.analysis_id,
+            user_id=payload.user_id,
+            category=payload.category,
+            corrected_at=payload.corrected_at,
+        ):
+            # Not in the history (never completed, or the account deleted), or a later
+            # correction is there already.
+            log.info("analysis_correction_ignored", analysis_id=str(payload.analysis_id))
+
+    return {
+        USER_REGISTERED: on_user_registered,
+        ANALYSIS_COMPLETED: on_analysis_completed,
+        ANALYSIS_CORRECTED: on_analysis_corrected,
+    }

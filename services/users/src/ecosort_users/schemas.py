@@ -139,9 +139,6 @@ class ExportOut(BaseModel):
     stats: StatsOut
     format_version: int = 1
 
-    def as_attachment_name(self) -> str:
-        return f"ecosort-export-{self.profile.id}.json"
-
 
 def profile_out(profile: Any) -> ProfileOut:
     region = (

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.db import get_session
@@ -16,6 +16,7 @@ from ecosort_common.pagination import MAX_PAGE_SIZE, Page
 from ecosort_common.security import Principal, current_principal
 from ecosort_users import crud
 from ecosort_users.config import Settings
+from ecosort_users.export import attachment_name, export_document
 from ecosort_users.models import Profile
 from ecosort_users.schemas import (
     ExportOut,
@@ -40,17 +41,19 @@ def _settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
+def _deleted() -> Problem:
+    return Problem(410, "This account has been deleted.", title="Account deleted")
+
+
 async def _my_profile(
     principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> Profile:
     """The caller's profile, created on first use: the app may ask before auth's
     user.registered event has reached us."""
     async with session.begin():
-        profile = await crud.upsert_profile(
-            session, principal.user_id, locale=settings.default_locale
-        )
+        profile = await crud.my_profile(session, principal.user_id, locale=settings.default_locale)
     if profile is None:
-        raise Problem(410, "This account has been deleted.", title="Account deleted")
+        raise _deleted()
     return profile
 
 
@@ -63,19 +66,28 @@ async def get_me(profile: ProfileDep) -> ProfileOut:
 
 
 @router.patch("", response_model=ProfileOut, summary="Change nickname, region or locale")
-async def patch_me(body: ProfileUpdate, profile: ProfileDep, session: SessionDep) -> ProfileOut:
+async def patch_me(
+    body: ProfileUpdate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> ProfileOut:
     changes = body.model_dump(include=body.model_fields_set)
     async with session.begin():
-        profile = await crud.update_profile(session, profile, changes, body.parsed_region())
+        profile = await crud.update_profile(
+            session,
+            principal.user_id,
+            changes,
+            body.parsed_region(),
+            locale=settings.default_locale,
+        )
+    if profile is None:
+        raise _deleted()
     return profile_out(profile)
 
 
 @router.delete("", status_code=204, summary="Delete my account and all my data")
 async def delete_me(principal: PrincipalDep, session: SessionDep) -> Response:
     async with session.begin():
-        if await crud.is_deleted(session, principal.user_id):
-            raise Problem(410, "This account has been deleted.", title="Account deleted")
-        await crud.delete_account(session, principal.user_id)
+        if not await crud.delete_account(session, principal.user_id):
+            raise _deleted()
     return Response(status_code=204)
 
 
@@ -98,18 +110,17 @@ async def get_stats(profile: ProfileDep, session: SessionDep, settings: Settings
 
 @router.get("/export", response_model=ExportOut, summary="All my data, as one JSON document")
 async def export_me(
-    profile: ProfileDep, session: SessionDep, settings: SettingsDep
-) -> JSONResponse:
-    now = datetime.now(UTC)
-    export = ExportOut(
-        exported_at=now,
-        profile=profile_out(profile),
-        history=await crud.full_history(session, profile.user_id),
-        stats=await compute_stats(
-            session, profile.user_id, timezone=settings.stats_timezone, now=now
-        ),
+    profile: ProfileDep, request: Request, settings: SettingsDep
+) -> StreamingResponse:
+    mine = profile_out(profile)
+    document = export_document(
+        request.app.state.sessionmaker,
+        mine,
+        timezone=settings.stats_timezone,
+        now=datetime.now(UTC),
     )
-    return JSONResponse(
-        export.model_dump(mode="json"),
-        headers={"Content-Disposition": f'attachment; filename="{export.as_attachment_name()}"'},
+    return StreamingResponse(
+        document,
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{attachment_name(mine)}"'},
     )
