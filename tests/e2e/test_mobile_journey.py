@@ -98,12 +98,21 @@ def test_photo_to_guidance_history_and_deletion(http: httpx.Client) -> None:
     assert _eventually(history), "the analysis never reached the user's history"
     assert http.get("/api/v1/users/me/stats", headers=headers).json()["total_analyses"] == 1
 
+    corrected = "battery" if result["category"] != "battery" else "glass_bottle"
     feedback = http.post(
         f"/api/v1/waste/analyses/{analysis['id']}/feedback",
         headers=headers,
-        json={"category": "glass_bottle"},
+        json={"category": corrected},
     )
     assert feedback.status_code == 201, feedback.text
+
+    # analysis.corrected travelled the same way: history and statistics count the correction.
+    def counted_as_corrected() -> bool:
+        stats = http.get("/api/v1/users/me/stats", headers=headers).json()
+        counted = {c["category"]: c["count"] for c in stats["by_category"]}
+        return [i["category"] for i in history()] == [corrected] and counted == {corrected: 1}
+
+    assert _eventually(counted_as_corrected), "the correction never reached the user's history"
 
     stranger = _sign_in(http, f"stranger-{uuid.uuid4().hex[:8]}")
     assert http.get(analysis["links"]["self"], headers=stranger).status_code == 404
