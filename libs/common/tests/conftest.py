@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from httpx import ASGITransport, AsyncClient
 from pydantic import BaseModel
-from sqlalchemy import Column, Integer, String, Table, create_engine, func, select
+from sqlalchemy import Column, Integer, String, Table, create_engine, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
@@ -85,6 +85,11 @@ def demo_router() -> APIRouter:
     @router.get("/rows")
     async def rows(session: AsyncSession = Depends(get_session)) -> dict[str, int]:
         return {"rows": int(await session.scalar(select(func.count()).select_from(outbox)))}
+
+    @router.get("/too-big")
+    async def too_big(session: AsyncSession = Depends(get_session)) -> None:
+        # A statement over a program limit: psycopg's OperationalError, and a bug, not an outage.
+        await session.execute(text("SELECT array_fill(0, ARRAY[200000000])"))
 
     return router
 

@@ -153,6 +153,16 @@ async def test_a_store_that_is_down_is_a_503_to_retry(
     assert "127.0.0.1" not in response.text and ":9" not in response.text
 
 
+async def test_a_statement_the_database_refuses_is_a_500_not_an_outage(
+    client: AsyncClient,
+) -> None:
+    """psycopg files "program limit exceeded" under OperationalError, as it does a lost
+    connection; retrying it would fail the same way, so no Retry-After."""
+    response = await client.get("/api/v1/demo/too-big")
+    assert (response.status_code, response.headers["content-type"]) == (500, PROBLEM)
+    assert "retry-after" not in response.headers
+
+
 def test_plain_postgres_urls_use_psycopg() -> None:
     settings = ServiceSettings(database_url="postgresql://u@h:5432/d")
     assert settings.database_url == "postgresql+psycopg://u@h:5432/d"

@@ -37,6 +37,7 @@ def b64(raw: str) -> str:
         b64(f'["2024-01-01T00:00:00", "{A_ROW}"]'),  # no time zone
         b64(f'["2024-01-01T00:00:00+00:00", "{A_ROW}", 3]'),
         b64('{"a": 1}'),
+        b64("[" * 3000),  # nested beyond the JSON parser's depth: once a 500
     ],
 )
 def test_foreign_cursor_is_a_400_problem(cursor: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -356,14 +357,45 @@ def test_a_codec_pillow_heif_lacks_is_422_not_a_crash() -> None:
 
 def test_decodes_share_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """A decode takes memory for its pixels from a budget the process shares: while others
-    hold most of it, a big PNG waits for its turn and a small photo goes ahead."""
+    hold most of it, a small photo still fits and a big PNG waits for its turn."""
     budget = images.MemoryBudget(capacity=100 * 1024 * 1024)
     monkeypatch.setattr(images, "_DECODES", budget)
     big_png = encode(photo(3000, 2000), "PNG")  # 6 MP: 96 MB at 16 bytes a pixel
     with ThreadPoolExecutor(1) as pool:
         with budget.hold(60 * 1024 * 1024):
-            waiting = pool.submit(sanitise, big_png)
             assert sanitise(encode(photo(), "JPEG")).width == 640  # 5 MB
+            waiting = pool.submit(sanitise, big_png)
             time.sleep(0.3)
             assert not waiting.done()
         assert waiting.result(timeout=30).width == 1024  # once the budget was given back
+
+
+def large_decode(budget: images.MemoryBudget) -> bool:
+    with budget.hold(100):
+        return True
+
+
+def test_a_large_decode_is_not_overtaken_for_ever_by_small_ones() -> None:
+    """Small decodes that overlap one another never leave the whole budget free at once; the
+    large one, once waiting, goes next."""
+    budget = images.MemoryBudget(capacity=100)
+    stop = threading.Event()
+    started = threading.Barrier(3)
+
+    def small_decodes() -> None:
+        started.wait()
+        while not stop.is_set():
+            with budget.hold(30):
+                time.sleep(0.02)
+
+    with ThreadPoolExecutor(3) as pool:
+        smalls = [pool.submit(small_decodes) for _ in range(2)]
+        started.wait()
+        time.sleep(0.05)
+        large = pool.submit(large_decode, budget)
+        try:
+            assert large.result(timeout=2)  # admitted once the decodes before it finished
+        finally:
+            stop.set()
+            for small in smalls:
+                small.result(timeout=5)

@@ -85,8 +85,10 @@ def raw_request(gateway: Gateway, request_line: bytes) -> httpx.Response:
         (b"GET /api/v1/users/%00 HTTP/1.1", 400),  # nginx refuses a NUL in the path
         (b"GET /api/v1/recycling/items?q=" + b"a" * 9000 + b" HTTP/1.1", 414),
         (b"CONNECT /api/v1/users/me HTTP/1.1", 400),
+        (b"GET /api/v1/users/me HTTP/1.1\r\nX-Big: " + b"x" * 20_000, 400),  # nginx's 494
+        (b"GET /api/v1/users/me HTTP/2.5", 505),
     ],
-    ids=["nul-in-path", "uri-too-long", "connect"],
+    ids=["nul-in-path", "uri-too-long", "connect", "header-too-large", "http-2.5"],
 )
 def test_requests_nginx_cannot_parse_are_problems_too(
     gateway: Gateway, request_line: bytes, status: int

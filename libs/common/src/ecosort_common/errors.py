@@ -224,21 +224,43 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     )
 
 
-# A store that is down or not answering (refused, reset, timed out): the request was fine and
-# may succeed in a moment; its transaction, if any, was rolled back. OperationalError and
-# InterfaceError are SQLAlchemy's for a lost or refused connection and a cancelled statement;
-# IntegrityError and the like stay 500s, being bugs.
-STORE_UNAVAILABLE: tuple[type[Exception], ...] = (
+# A store that is down or not answering (refused, reset, timed out, a replica after a
+# failover): the request was fine and may succeed in a moment; its transaction, if any, was
+# rolled back. Decided by SQLSTATE for the database, not by class: psycopg files a statement
+# over a program limit or a full disk under OperationalError too, and retrying those is futile.
+STORE_RETRY_AFTER_SECONDS = 5
+_REDIS_UNAVAILABLE = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
+    redis.exceptions.ReadOnlyError,  # a replica since a failover
 )
-STORE_RETRY_AFTER_SECONDS = 5
+_UNAVAILABLE_SQLSTATES = frozenset(
+    {
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (starting up)
+        "53300",  # too_many_connections
+        "25006",  # read_only_sql_transaction (a standby after a failover)
+    }
+)
 
 
-async def _on_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+def store_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, (*_REDIS_UNAVAILABLE, sqlalchemy.exc.TimeoutError)):
+        return True  # sqlalchemy's TimeoutError: no pooled connection came free in time
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, sqlalchemy.exc.InterfaceError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is None:  # no answer from the server at all: refused, reset, timed out
+        return isinstance(exc, sqlalchemy.exc.OperationalError)
+    return sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES  # 08: connection
+
+
+async def _on_store_error(request: Request, exc: Exception) -> JSONResponse:
+    if not store_unavailable(exc):
+        return await _on_unexpected(request, exc)
     log.warning("store_unavailable", path=request.url.path, error_type=type(exc).__name__)
     return problem_response(
         request,
@@ -257,6 +279,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
-    for unavailable in STORE_UNAVAILABLE:
-        app.add_exception_handler(unavailable, _on_store_unavailable)
+    for store_error in (
+        *_REDIS_UNAVAILABLE,
+        sqlalchemy.exc.TimeoutError,
+        sqlalchemy.exc.DBAPIError,
+    ):
+        app.add_exception_handler(store_error, _on_store_error)
     app.add_exception_handler(Exception, _on_unexpected)

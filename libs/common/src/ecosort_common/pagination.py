@@ -48,7 +48,9 @@ def decode_cursor_of(cursor: str, shape: TypeAdapter[T], *, query: Sequence[Any]
                 title="Invalid cursor",
             )
         return shape.validate_python(values)
-    except ValueError as exc:  # bad base64 (binascii.Error), JSON, or contents (ValidationError)
+    # Bad base64 (binascii.Error), JSON, or contents (ValidationError); JSON nested too deep
+    # for the parser (RecursionError).
+    except (ValueError, RecursionError) as exc:
         raise Problem(
             400, "The cursor is not one this API handed out.", title="Invalid cursor"
         ) from exc

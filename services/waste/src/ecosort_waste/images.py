@@ -103,19 +103,27 @@ class TooManyScans(ImageRejected):
 
 
 class MemoryBudget:
-    """Bytes that decodes running at once (on the API's threads) may hold between them."""
+    """Bytes that decodes running at once (on the API's threads) may hold between them. Taken
+    in arrival order: a large decode waiting for room is not overtaken by smaller ones that
+    would otherwise keep the budget from ever being free enough for it."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._free = capacity
         self._changed = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0  # the ticket whose turn it is to take from the budget
 
     @contextmanager
     def hold(self, amount: int) -> Iterator[None]:
         amount = min(amount, self._capacity)
         with self._changed:
-            self._changed.wait_for(lambda: self._free >= amount)
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._changed.wait_for(lambda: self._serving == ticket and self._free >= amount)
             self._free -= amount
+            self._serving += 1
+            self._changed.notify_all()
         try:
             yield
         finally:

@@ -32,6 +32,7 @@ GATEWAY_ERRORS: dict[int, tuple[str, str]] = {
     414: ("URI Too Long", "The request URI is too long."),
     429: ("Too Many Requests", "Too many requests from this client; slow down and retry."),
     500: ("Internal Server Error", "The gateway failed to handle this request."),
+    505: ("HTTP Version Not Supported", "The gateway speaks HTTP/1.0 and HTTP/1.1."),
     502: ("Bad Gateway", "The $ecosort_service service is not reachable right now."),
     503: ("Service Unavailable", "The $ecosort_service service is unavailable right now."),
     504: ("Gateway Timeout", "The $ecosort_service service did not answer in time."),
@@ -156,7 +157,10 @@ def prepare_work_dir(work_dir: Path) -> str | None:
 # to a named location once the URI is parsed (before, they ended in nginx's HTML 500 page). The
 # others go to named locations, which keep what the route's location set ($ecosort_service, in
 # 502-504), where an internal redirect to a URI would run the server's `set` again.
-_BEFORE_ROUTING = frozenset({400, 405, 408, 414})
+_BEFORE_ROUTING = frozenset({400, 405, 408, 414, 505})
+# nginx's own codes for requests it refuses as 400 ("Request Header Or Cookie Too Large" is
+# 494): error_page matches these, not the 400 the client gets.
+_ANSWERED_AS = {494: 400}
 PROBLEM_PREFIX = "/.ecosort-problem/"
 # The gateway's own rate limit (ingress-nginx's limit-rps) counts in one-second windows.
 _EXTRA_HEADERS = {429: {"Retry-After": "1"}}
@@ -270,6 +274,10 @@ def render_nginx_conf(
     ]
     lines += [
         f"        error_page {status} {_problem_target(status)};" for status in GATEWAY_ERRORS
+    ]
+    lines += [
+        f"        error_page {internal} ={status} {_problem_target(status)};"
+        for internal, status in _ANSWERED_AS.items()
     ]
     for route in routes:
         body = [f"set $ecosort_service {route.service};", *translate_annotations(route)]
