@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from ecosort_common.events import Event
-from ecosort_users import handlers
+from ecosort_users import crud, handlers
 from ecosort_users.handlers import MalformedEvent
-from ecosort_users.models import AnalysisRecord, Profile
+from ecosort_users.models import AnalysisRecord, PendingCorrection, Profile
 
 ME = "/api/v1/users/me"
 _SECOND = timedelta(seconds=1)
@@ -218,25 +218,27 @@ async def test_a_correction_counts_the_analysis_under_the_newest_category(
     assert await _categories(client, headers) == {"general": 1, "can": 1}
 
 
-async def test_a_correction_without_a_history_row_is_ignored(
+async def test_a_correction_of_a_deleted_account_is_ignored(
     client: AsyncClient,
     auth: Auth,
     app: FastAPI,
     make_event: Callable[..., Event],
     apply_event: Deliver,
 ) -> None:
-    never_completed, deleted = uuid.uuid4(), uuid.uuid4()
+    deleted, deleted_first = uuid.uuid4(), uuid.uuid4()
     analysis = completed(deleted)
     await apply_event(make_event("analysis.completed", analysis))
     assert (await client.delete(ME, headers=auth(deleted))).status_code == 204
+    assert (await client.delete(ME, headers=auth(deleted_first))).status_code == 204
     now = datetime.now(UTC)
     await apply_event(make_event("analysis.corrected", corrected(analysis, "can", now)))
+    # Nor kept for an analysis that could only arrive for a deleted account.
     await apply_event(
-        make_event("analysis.corrected", corrected(completed(never_completed), "can", now))
+        make_event("analysis.corrected", corrected(completed(deleted_first), "can", now))
     )
     async with app.state.sessionmaker() as session:
-        for user_id in (never_completed, deleted):
-            for table in (Profile, AnalysisRecord):
+        for user_id in (deleted, deleted_first):
+            for table in (Profile, AnalysisRecord, PendingCorrection):
                 mine = select(func.count()).select_from(table).where(table.user_id == user_id)
                 assert await session.scalar(mine) == 0
 
@@ -274,3 +276,119 @@ async def test_streamed_corrections_reach_the_history(
     assert await eventually(lambda: history_reads(["pet_clear"]))
     await publish(make_event("analysis.corrected", corrected(analysis, "can", datetime.now(UTC))))
     assert await eventually(lambda: history_reads(["can"])), "the correction was never applied"
+
+
+async def _pending(app: FastAPI, user_id: uuid.UUID) -> list[tuple[str, str]]:
+    async with app.state.sessionmaker() as session:
+        rows = await session.execute(
+            select(PendingCorrection.analysis_id, PendingCorrection.category).where(
+                PendingCorrection.user_id == user_id
+            )
+        )
+        return [(str(analysis_id), category) for analysis_id, category in rows]
+
+
+@pytest.mark.parametrize("correction_first", [True, False], ids=["corrected-first", "in-order"])
+async def test_a_correction_counts_whichever_event_arrives_first(
+    client: AsyncClient,
+    auth: Auth,
+    app: FastAPI,
+    make_event: Callable[..., Event],
+    apply_event: Deliver,
+    correction_first: bool,
+) -> None:
+    """analysis.corrected and analysis.completed travel on different streams: a completed event
+    waiting for its redelivery lets the correction through first."""
+    user_id = uuid.uuid4()
+    headers = auth(user_id)
+    analysis = completed(user_id, "pet_clear")
+    at = datetime.now(UTC)
+    fix = make_event("analysis.corrected", corrected(analysis, "can", at))
+    older = make_event("analysis.corrected", corrected(analysis, "paper", at - _SECOND))
+    done = make_event("analysis.completed", analysis)
+    events = [fix, fix, older, done] if correction_first else [done, fix, fix, older]
+    for ev in events:  # the correction redelivered, an older one arriving late
+        await apply_event(ev)
+    await apply_event(done)  # and the analysis redelivered
+    items = (await client.get(f"{ME}/history", headers=headers)).json()["items"]
+    assert [(i["analysis_id"], i["category"]) for i in items] == [(analysis["analysis_id"], "can")]
+    assert await _categories(client, headers) == {"can": 1}
+    assert await _pending(app, user_id) == []
+    # The correction was recorded as one: an older one still changes nothing, a newer one wins.
+    await apply_event(make_event("analysis.corrected", older.payload))
+    assert await _categories(client, headers) == {"can": 1}
+    await apply_event(make_event("analysis.corrected", corrected(analysis, "vinyl", at + _SECOND)))
+    assert await _categories(client, headers) == {"vinyl": 1}
+
+
+async def test_a_pending_correction_keeps_the_newest(
+    client: AsyncClient,
+    auth: Auth,
+    app: FastAPI,
+    make_event: Callable[..., Event],
+    apply_event: Deliver,
+) -> None:
+    user_id = uuid.uuid4()
+    analysis = completed(user_id, "pet_clear")
+    at = datetime.now(UTC)
+    for category, when in [("paper", at), ("can", at + _SECOND), ("vinyl", at - _SECOND)]:
+        await apply_event(make_event("analysis.corrected", corrected(analysis, category, when)))
+    assert await _pending(app, user_id) == [(analysis["analysis_id"], "can")]
+    await apply_event(make_event("analysis.completed", analysis))
+    assert await _categories(client, auth(user_id)) == {"can": 1}
+    assert await _pending(app, user_id) == []
+
+
+@pytest.mark.parametrize("correction_first", [True, False], ids=["corrected-first", "in-order"])
+async def test_a_correction_racing_its_analysis_is_applied(
+    client: AsyncClient,
+    auth: Auth,
+    app: FastAPI,
+    settings: Any,
+    make_event: Callable[..., Event],
+    apply_event: Deliver,
+    correction_first: bool,
+) -> None:
+    """One event's transaction still open while the other is handled: the second must wait for
+    it, or the correction would look for an uncommitted row (or the analysis for an uncommitted
+    pending correction) and miss it."""
+    user_id = uuid.uuid4()
+    analysis = completed(user_id, "pet_clear")
+    fix = make_event("analysis.corrected", corrected(analysis, "can", datetime.now(UTC)))
+    done = make_event("analysis.completed", analysis)
+    first, second = (fix, done) if correction_first else (done, fix)
+    on = handlers.event_handlers(settings)
+    async with app.state.sessionmaker() as session, session.begin():
+        await on[first.type](session, first)
+        racing = asyncio.create_task(apply_event(second))
+        await asyncio.sleep(0.5)  # the second event's handler meets this open transaction
+    await asyncio.wait_for(racing, 10)
+    assert await _categories(client, auth(user_id)) == {"can": 1}
+    assert await _pending(app, user_id) == []
+
+
+async def test_pending_corrections_go_with_the_account_and_in_time(
+    client: AsyncClient,
+    auth: Auth,
+    app: FastAPI,
+    make_event: Callable[..., Event],
+    apply_event: Deliver,
+) -> None:
+    gone, failed, recent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC)
+    for user_id in (gone, failed, recent):
+        await apply_event(
+            make_event("analysis.corrected", corrected(completed(user_id), "can", now))
+        )
+    assert (await client.delete(ME, headers=auth(gone))).status_code == 204
+    assert await _pending(app, gone) == []
+    # `failed`'s analysis never completes: once kept long enough, the next kept one prunes it.
+    async with app.state.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(PendingCorrection)
+            .where(PendingCorrection.user_id == failed)
+            .values(received_at=func.now() - crud.PENDING_CORRECTION_RETENTION - _SECOND)
+        )
+    await apply_event(make_event("analysis.corrected", corrected(completed(recent), "can", now)))
+    assert await _pending(app, failed) == []
+    assert len(await _pending(app, recent)) == 2

@@ -22,6 +22,10 @@ FITTING = [
     "🏳\ufe0f\u200d🌈",  # rainbow flag: variation selector and ZWJ
     "می\u200cخواهم",  # Persian, with the ZWNJ its spelling needs
     "☺\ufe0f 분리왕",
+    "👩🏽\u200d💻",  # skin tone modifier, then ZWJ
+    "क्\u200dष",  # Devanagari: ZWJ after a virama
+    "1\ufe0f\u20e3",  # keycap
+    "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",  # Scotland: tags
 ]
 UNFIT = [
     ("bell\x07", "a control character"),
@@ -30,6 +34,20 @@ UNFIT = [
     ("a\uffffb", "a noncharacter"),
     ("admin\u202egnp", "a right-to-left override"),
     ("a\u2066b\u2069", "a left-to-right isolate"),
+    ("\u200b", "a zero-width space alone"),
+    ("\u2060\u2060", "word joiners alone"),
+    ("\ufeff", "a byte order mark alone"),
+    ("\xad", "a soft hyphen alone"),
+    ("admin\u200b", "a zero-width space after a name"),
+    ("ad\u200bmin", "a zero-width space inside a name"),
+    ("\u200d", "a ZWJ alone"),
+    ("\u200c분리왕", "a ZWNJ at the start"),
+    ("분리왕\u200d", "a ZWJ at the end"),
+    ("a\u200d\u200db", "two ZWJ in a row"),
+    ("\u3164", "a Hangul filler alone"),
+    ("\ufe0f", "a variation selector alone"),
+    ("a\U000e0067b", "a tag character without a flag"),
+    ("🏴\U000e0067\U000e0062", "flag tags without their cancel tag"),
 ]
 
 
@@ -95,6 +113,15 @@ async def test_sign_in_keeps_a_fitting_nickname(
         ("admin\u202egnp.exe", "admingnp.exe"),
         ("\u2066 분리왕 \u2069", "분리왕"),
         ("\x07\x1b", None),
+        ("\u200b", None),
+        ("\u2060\u2060", None),
+        ("\ufeff", None),
+        ("\xad", None),
+        ("\u3164", None),
+        ("admin\u200b", "admin"),
+        ("\u200d분리왕\u200c", "분리왕"),
+        ("a\U000e0067b", "ab"),
+        ("가" * 29 + "\u200d👩", "가" * 29),  # the cut leaves a joiner at the end
         ("가" * 29 + "\x07" + "나나", "가" * 29 + "나"),  # cut to length after the cleaning
     ],
 )

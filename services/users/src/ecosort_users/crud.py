@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -13,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.outbox import add_event
 from ecosort_common.pagination import Page, page_of, paginate
-from ecosort_users.models import AnalysisRecord, DeletedUser, Profile, outbox
+from ecosort_users.models import (
+    AnalysisRecord,
+    DeletedUser,
+    PendingCorrection,
+    Profile,
+    outbox,
+)
 from ecosort_users.regions import Region
 from ecosort_users.schemas import HistoryItem
 
@@ -25,10 +31,19 @@ USER_DELETED = "user.deleted"
 # has committed before the deletion's DELETEs run, so they see its rows (a DELETE misses rows of
 # transactions still open); one that waited sees the tombstone, its next statement reading after
 # the deletion committed. Deletions exclude one another: one deletes, the others see its
-# tombstone. (Corrections only update rows: they cannot bring back what a deletion removed.)
+# tombstone. (A correction applied to the history only updates a row: it cannot bring back what
+# a deletion removed; one kept for later, in pending_corrections, is created data.)
 _ACCOUNT = "hashtextextended('account:' || :user_id, 0)"
 _HOLD_ACCOUNT = text(f"SELECT pg_advisory_xact_lock_shared({_ACCOUNT})")
 _LOCK_ACCOUNT = text(f"SELECT pg_advisory_xact_lock({_ACCOUNT})")
+# An analysis's lock, taken after the account's: recording the analysis and keeping a correction
+# of it for later exclude one another. Without it, a correction could look for the history row
+# while the analysis's insert is not committed yet (not seen), and keep itself for later after
+# the analysis looked for pending corrections (none yet): the correction would never be applied.
+_LOCK_ANALYSIS = text("SELECT pg_advisory_xact_lock(hashtextextended('analysis:' || :id, 0))")
+# A correction whose analysis never arrives (it failed) is deleted after this long.
+PENDING_CORRECTION_RETENTION = timedelta(days=14)
+_PRUNE_PENDING_BATCH = 100
 
 
 async def is_deleted(session: AsyncSession, user_id: uuid.UUID) -> bool:
@@ -162,35 +177,51 @@ async def record_analysis(
     confidence: float | None,
     completed_at: datetime,
 ) -> bool:
-    """Add an analysis to the history; False when it was already there."""
+    """Add an analysis to the history (`hold_account` first), under the owner's correction when
+    one arrived before it; False when it was already there."""
+    await session.execute(_LOCK_ANALYSIS, {"id": str(analysis_id)})
+    pending = (
+        await session.execute(
+            delete(PendingCorrection)
+            .where(PendingCorrection.analysis_id == analysis_id)
+            .returning(
+                PendingCorrection.user_id,
+                PendingCorrection.category,
+                PendingCorrection.corrected_at,
+            )
+        )
+    ).first()
+    if pending is not None and pending.user_id != user_id:
+        pending = None  # not the owner's: ignored, as correct_analysis ignores it
     inserted = await session.execute(
         insert(AnalysisRecord)
         .values(
             id=analysis_id,
             user_id=user_id,
-            category=category,
+            category=pending.category if pending else category,
             confidence=confidence,
             completed_at=completed_at,
+            corrected_at=pending.corrected_at if pending else None,
         )
         .on_conflict_do_nothing(index_elements=[AnalysisRecord.id])
         .returning(AnalysisRecord.id)
     )
-    return inserted.first() is not None
+    if inserted.first() is not None:
+        return True
+    if pending is not None:  # already recorded (kept before this lock existed): apply it now
+        await _apply_correction(
+            session, analysis_id, user_id, pending.category, pending.corrected_at
+        )
+    return False
 
 
-async def correct_analysis(
+async def _apply_correction(
     session: AsyncSession,
-    *,
     analysis_id: uuid.UUID,
     user_id: uuid.UUID,
     category: str,
     corrected_at: datetime,
 ) -> bool:
-    """Count an analysis of the history under the owner's correction, unless a correction made
-    later was applied already (events arrive again, or out of order); False when nothing changed,
-    the analysis not in the history included (never completed, or the account deleted).
-
-    No account lock: an UPDATE cannot bring back a row the account's deletion removed."""
     record = AnalysisRecord
     updated = await session.execute(
         update(record)
@@ -203,6 +234,70 @@ async def correct_analysis(
         .returning(record.id)
     )
     return updated.first() is not None
+
+
+Correction = Literal["applied", "pending", "ignored"]
+
+
+async def correct_analysis(
+    session: AsyncSession,
+    *,
+    analysis_id: uuid.UUID,
+    user_id: uuid.UUID,
+    category: str,
+    corrected_at: datetime,
+) -> Correction:
+    """Count an analysis of the history under the owner's correction, unless a correction made
+    later was applied already (events arrive again, or out of order). An analysis not in the
+    history yet (its `analysis.completed` comes on another stream, maybe after a redelivery) gets
+    the correction when it is recorded: the newest is kept until then.
+
+    "applied"; "pending" when kept for later; "ignored" when nothing changed: a later
+    correction there already, the analysis someone else's, or the account deleted."""
+    # Most corrections find their row: an UPDATE needs no lock (it cannot bring back a row the
+    # account's deletion removed).
+    if await _apply_correction(session, analysis_id, user_id, category, corrected_at):
+        return "applied"
+    if not await hold_account(session, user_id):
+        return "ignored"
+    await session.execute(_LOCK_ANALYSIS, {"id": str(analysis_id)})
+    # Again, under the lock: the analysis may have been recorded in between.
+    if await _apply_correction(session, analysis_id, user_id, category, corrected_at):
+        return "applied"
+    recorded = select(exists().where(AnalysisRecord.id == analysis_id))
+    if await session.scalar(recorded):
+        return "ignored"
+    stmt = insert(PendingCorrection).values(
+        analysis_id=analysis_id, user_id=user_id, category=category, corrected_at=corrected_at
+    )
+    kept = await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[PendingCorrection.analysis_id],
+            set_={
+                "user_id": stmt.excluded.user_id,
+                "category": stmt.excluded.category,
+                "corrected_at": stmt.excluded.corrected_at,
+                "received_at": func.now(),
+            },
+            where=PendingCorrection.corrected_at < stmt.excluded.corrected_at,
+        ).returning(PendingCorrection.analysis_id)
+    )
+    await _prune_pending_corrections(session)
+    return "pending" if kept.first() is not None else "ignored"
+
+
+async def _prune_pending_corrections(session: AsyncSession) -> None:
+    """Delete a batch of corrections kept longer than PENDING_CORRECTION_RETENTION: their
+    analyses failed. Done as corrections are kept, so the table stays as small as they are
+    rare; rows another transaction holds are skipped, not waited for."""
+    pending = PendingCorrection
+    expired = (
+        select(pending.analysis_id)
+        .where(pending.received_at < func.now() - PENDING_CORRECTION_RETENTION)
+        .limit(_PRUNE_PENDING_BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    await session.execute(delete(pending).where(pending.analysis_id.in_(expired.scalar_subquery())))
 
 
 def _history_select(user_id: uuid.UUID) -> Any:
@@ -271,6 +366,7 @@ async def delete_account(session: AsyncSession, user_id: uuid.UUID) -> bool:
     if await is_deleted(session, user_id):
         return False
     await session.execute(delete(AnalysisRecord).where(AnalysisRecord.user_id == user_id))
+    await session.execute(delete(PendingCorrection).where(PendingCorrection.user_id == user_id))
     await session.execute(delete(Profile).where(Profile.user_id == user_id))
     await session.execute(insert(DeletedUser).values(user_id=user_id))
     await add_event(session, outbox, USER_DELETED, {"user_id": str(user_id)})

@@ -107,15 +107,19 @@ def event_handlers(settings: Settings) -> dict[str, Handler]:
 
     async def on_analysis_corrected(session: AsyncSession, event: Event) -> None:
         payload = _parse(AnalysisCorrected, event)
-        if not await crud.correct_analysis(
+        outcome = await crud.correct_analysis(
             session,
             analysis_id=payload.analysis_id,
             user_id=payload.user_id,
             category=payload.category,
             corrected_at=payload.corrected_at,
-        ):
-            # Not in the history (never completed, or the account deleted), or a later
-            # correction is there already.
+        )
+        if outcome == "pending":
+            # analysis.completed has not arrived yet: recording it applies the correction.
+            log.info("analysis_correction_pending", analysis_id=str(payload.analysis_id))
+        elif outcome == "ignored":
+            # A later correction is there already, the analysis is someone else's, or the
+            # account was deleted.
             log.info("analysis_correction_ignored", analysis_id=str(payload.analysis_id))
 
     return {

@@ -65,6 +65,25 @@ class AnalysisRecord(Base):
     corrected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class PendingCorrection(Base):
+    """An owner's correction (`analysis.corrected`) that arrived before its analysis
+    (`analysis.completed`, on another stream, may wait for a redelivery): kept, the newest per
+    analysis, until `crud.record_analysis` applies it. A correction of an analysis that never
+    completes is pruned after `crud.PENDING_CORRECTION_RETENTION`."""
+
+    __tablename__ = "pending_corrections"
+
+    analysis_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    # Indexed: the account's deletion deletes them.
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False, index=True)
+    category: Mapped[str] = mapped_column(String(40), nullable=False)
+    corrected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # When it arrived (not the owner's clock): what the pruning goes by.
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False, index=True
+    )
+
+
 class DeletedUser(Base):
     """Tombstone of a deleted account: late or redelivered events for it must not bring a
     profile back. Holds nothing but the id and the time."""

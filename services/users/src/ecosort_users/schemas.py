@@ -16,14 +16,75 @@ NICKNAME_MAX = 30
 # Control characters, surrogates, private use and unassigned code points: nothing a person types
 # as a name, and what they render as depends on the font, when they render at all.
 _NICKNAME_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn"})
-# The bidirectional embeddings and overrides (U+202A-202E) and isolates (U+2066-2069) reorder the
-# text around them, so one name can pass for another. The other format characters (Cf) stay: the
-# zero-width joiners (U+200C, U+200D) hold emoji sequences (👨‍👩‍👧) and some scripts together.
-_BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+# Format characters (Cf) are invisible: a zero-width space, a word joiner, a byte order mark or a
+# soft hyphen make a blank nickname, or "admin\u200b" that reads as "admin"; the bidirectional
+# embeddings, overrides and isolates reorder the text around them. They are all refused but the
+# zero-width joiners, which hold emoji sequences (👨‍👩‍👧) and some scripts (Persian's ZWNJ)
+# together, and only between visible characters; and the tag characters of a subdivision flag
+# (🏴 + tags + CANCEL TAG: 🏴󠁧󠁢󠁳󠁣󠁴󠁿).
+_JOINERS = frozenset({"\u200c", "\u200d"})
+_FLAG_BASE = "\U0001f3f4"
+_TAG_FIRST, _TAG_LAST, _CANCEL_TAG = 0xE0020, 0xE007E, "\U000e007f"
+# Default_Ignorable_Code_Point (Unicode's DerivedCoreProperties) outside Cf: rendered as nothing,
+# so they do not make a nickname visible (U+3164 HANGUL FILLER, the variation selectors, ...).
+_IGNORABLE = frozenset(
+    chr(c)
+    for c in (
+        0x034F,
+        0x115F,
+        0x1160,
+        0x17B4,
+        0x17B5,
+        *range(0x180B, 0x1810),
+        0x3164,
+        *range(0xFE00, 0xFE10),
+        0xFFA0,
+        *range(0x1BCA0, 0x1BCA4),
+        *range(0xE0100, 0xE01F0),
+    )
+)
 
 
-def _unfit_for_nickname(ch: str) -> bool:
-    return ch in _BIDI_CONTROLS or unicodedata.category(ch) in _NICKNAME_REFUSED_CATEGORIES
+def _visible(ch: str) -> bool:
+    """A character that shows on its own: a letter, digit, punctuation or symbol (emoji)."""
+    return unicodedata.category(ch)[0] in "LNPS" and ch not in _IGNORABLE
+
+
+def _attaches(ch: str) -> bool:
+    """What may come before a joiner: a visible character or a mark on one (the variation
+    selector of 🏳️‍🌈, the virama of Indic conjuncts)."""
+    return _visible(ch) or unicodedata.category(ch)[0] == "M"
+
+
+def _flag_tags_end(value: str, start: int) -> int:
+    """The end of the tag characters of a subdivision flag whose base is at `start`, or `start`
+    + 1 when no well-formed tag sequence (one tag or more, then CANCEL TAG) follows it."""
+    end = start + 1
+    while end < len(value) and _TAG_FIRST <= ord(value[end]) <= _TAG_LAST:
+        end += 1
+    if end > start + 1 and end < len(value) and value[end] == _CANCEL_TAG:
+        return end + 1
+    return start + 1
+
+
+def _unfit_positions(value: str) -> set[int]:
+    """Where `value` holds a character that does not fit a nickname, in its context."""
+    unfit: set[int] = set()
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == _FLAG_BASE:
+            i = _flag_tags_end(value, i)  # its tags, if any, fit
+            continue
+        category = unicodedata.category(ch)
+        if category in _NICKNAME_REFUSED_CATEGORIES:
+            unfit.add(i)
+        elif category == "Cf":
+            between = 0 < i < len(value) - 1 and _attaches(value[i - 1]) and _visible(value[i + 1])
+            if ch not in _JOINERS or not between:
+                unfit.add(i)
+        i += 1
+    return unfit
 
 
 def checked_nickname(value: str) -> str:
@@ -31,21 +92,27 @@ def checked_nickname(value: str) -> str:
     value = unicodedata.normalize("NFC", value.strip())
     if not 1 <= len(value) <= NICKNAME_MAX:
         raise ValueError(f"a nickname has 1 to {NICKNAME_MAX} characters")
-    if any(_unfit_for_nickname(ch) for ch in value):
+    if _unfit_positions(value):
         raise ValueError(
-            "a nickname cannot contain control, private-use, unassigned or "
-            "bidirectional-override characters"
+            "a nickname cannot contain control, private-use, unassigned or invisible formatting "
+            "characters (zero-width joiners only between visible characters)"
         )
+    if not any(_visible(ch) for ch in value):
+        raise ValueError("a nickname needs at least one visible character")
     return value
 
 
 def cleaned_nickname(value: str) -> str | None:
     """A nickname from sign-in (`user.registered`), as the provider had it: nobody is there to fix
-    a refusal, so what does not fit is dropped and the rest cut to length. None when nothing is
-    left."""
-    kept = "".join(ch for ch in value if not _unfit_for_nickname(ch))
-    kept = unicodedata.normalize("NFC", kept.strip())[:NICKNAME_MAX].strip()
-    return kept or None
+    a refusal, so what does not fit is dropped and the rest cut to length. None when nothing
+    visible is left."""
+    kept = None
+    while kept != value:  # dropping or cutting may leave a joiner at an end: again until stable
+        kept = value
+        unfit = _unfit_positions(value)
+        value = "".join(ch for i, ch in enumerate(value) if i not in unfit)
+        value = unicodedata.normalize("NFC", value.strip())[:NICKNAME_MAX].strip()
+    return value if any(_visible(ch) for ch in value) else None
 
 
 class RegionOut(BaseModel):
