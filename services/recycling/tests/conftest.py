@@ -39,6 +39,8 @@ class Reply:
     status: int = 200
     body: dict[str, Any] = field(default_factory=dict)
     delay_seconds: float = 0.0
+    # Read the request, then close the connection without a response.
+    drop: bool = False
 
 
 class RecordedModelServer:
@@ -74,6 +76,9 @@ class RecordedModelServer:
                 server.requests.append(json.loads(self.rfile.read(length)))
                 reply = server.reply
                 time.sleep(reply.delay_seconds)
+                if reply.drop:
+                    self.close_connection = True
+                    return
                 payload = json.dumps(reply.body).encode()
                 try:
                     self.send_response(reply.status)

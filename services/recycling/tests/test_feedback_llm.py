@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from httpx import AsyncClient
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
 from redis.asyncio import Redis
 
+from ecosort_common.testing import free_port
 from ecosort_recycling.limits import reserve_tokens, settle_tokens
 from ecosort_recycling.llm import estimate_prompt_tokens
+from ecosort_recycling.main import create_app
 
 PREFIX = "/api/v1/recycling"
 # `model` (conftest): the local server replaying recordings; `model.requests` holds what the
@@ -224,3 +228,88 @@ async def test_feedback_is_rate_limited_per_user(
         f"{PREFIX}/feedback", json={"category": "battery"}, headers=auth()
     )
     assert someone_else.status_code == 200
+
+
+@pytest.fixture
+async def unreachable_client(llm_settings: Any) -> AsyncIterator[AsyncClient]:
+    """A model configured on a port nothing listens on: connection refused."""
+    application = create_app(
+        llm_settings.model_copy(update={"llm_base_url": f"http://127.0.0.1:{free_port()}/v1"})
+    )
+    async with (
+        LifespanManager(application, startup_timeout=30),
+        AsyncClient(transport=ASGITransport(app=application), base_url="http://test") as c,
+    ):
+        yield c
+
+
+async def test_an_unreachable_model_costs_nothing(
+    unreachable_client: AsyncClient, redis: Redis, auth: AuthHeaders
+) -> None:
+    for n in range(3):
+        body = await ask(unreachable_client, auth(), category="battery", question=f"질문 {n}")
+        assert body["source"] == "rules" and body["fallback_reason"] == "error"
+    assert await spent(redis) == 0, "no request reached a server: every reservation is returned"
+
+
+async def test_a_connection_lost_after_sending_keeps_its_reservation(
+    llm_client: AsyncClient, redis: Redis, auth: AuthHeaders, model: Any
+) -> None:
+    model.reply.drop = True  # reads the request, closes without a reply
+    body = await ask(llm_client, auth(), **BATTERY_QUESTION)
+    assert body["source"] == "rules" and body["fallback_reason"] == "error"
+    assert len(model.requests) == 1
+    # The server had the request and may have generated the answer: its cost is unknown.
+    assert await spent(redis) == reserved_for(model.requests[0])
+
+
+async def settled(redis: Redis, expected: int) -> int:
+    """The budget once the (shielded) settlement of a cancelled call has run."""
+    for _ in range(50):
+        if await spent(redis) == expected:
+            break
+        await asyncio.sleep(0.02)
+    return await spent(redis)
+
+
+async def test_a_request_cancelled_after_sending_keeps_its_reservation(
+    llm_client: AsyncClient, redis: Redis, auth: AuthHeaders, model: Any
+) -> None:
+    model.replay("chat_completion_good_battery.json")
+    model.reply.delay_seconds = 0.8  # llm_settings: 1 s timeout
+    task = asyncio.create_task(ask(llm_client, auth(), **BATTERY_QUESTION))
+    for _ in range(100):
+        if model.requests:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()  # the client is gone while the model works
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(model.requests) == 1
+    reserved = reserved_for(model.requests[0])
+    assert await settled(redis, reserved) == reserved
+
+
+async def test_a_request_cancelled_before_sending_returns_its_reservation(
+    llm_app: FastAPI,
+    llm_client: AsyncClient,
+    redis: Redis,
+    auth: AuthHeaders,
+    model: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connecting = asyncio.Event()
+
+    async def still_connecting(grounding: Any, call: Any = None) -> Any:
+        connecting.set()
+        await asyncio.sleep(30)  # e.g. a slow connect: nothing has gone out yet
+
+    monkeypatch.setattr(llm_app.state.llm, "answer", still_connecting)
+    task = asyncio.create_task(ask(llm_client, auth(), **BATTERY_QUESTION))
+    await asyncio.wait_for(connecting.wait(), 5)
+    assert await spent(redis) > 0, "the call holds a reservation"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await settled(redis, 0) == 0, "a request that never left cost nothing"
+    assert model.requests == []

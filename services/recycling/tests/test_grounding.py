@@ -79,6 +79,46 @@ def test_a_warning_on_the_destination_itself_passes(catalog: Catalog, answer: st
 
 
 @pytest.mark.parametrize(
+    ("request_", "answer", "steps"),
+    [
+        (
+            {"category": "battery", "item": "건전지"},
+            "다 쓴 건전지는 폐건전지 수거함에 넣으세요. 종량제봉투에 넣으면 화재가 날 수 있습니다.",
+            ["단자에 테이프를 붙입니다."],
+        ),
+        (
+            {"category": "battery", "item": "건전지"},
+            "건전지는 폐건전지 수거함에 넣어야 하며, 종량제봉투에 버리는 것은 금지되어 있습니다.",
+            ["단자에 테이프를 붙입니다."],
+        ),
+        (
+            {"category": "medicine", "item": "영양제"},
+            "알약은 포장을 벗겨 약국의 폐의약품 수거함에 넣으세요. "
+            "변기나 싱크대에 버리면 수질이 오염됩니다.",
+            ["포장을 벗깁니다."],
+        ),
+        (
+            POWER_BANK,
+            "보조배터리는 폐건전지 수거함에 넣으세요. "
+            "일반쓰레기로 버리면 폭발할 수 있어 위험합니다.",
+            ["단자에 테이프를 붙입니다."],
+        ),
+        (
+            POWER_BANK,
+            "보조배터리를 종량제봉투에 넣는 것은 안 됩니다. 폐건전지 수거함에 넣으세요.",
+            ["단자에 테이프를 붙입니다."],
+        ),
+    ],
+)
+def test_a_warning_told_as_a_consequence_or_a_ban_passes(
+    catalog: Catalog, request_: dict[str, str], answer: str, steps: list[str]
+) -> None:
+    """Recorded good answers: "…에 넣으면 <a harm>" and "…것은 금지" warn against the place."""
+    good = reply(answer, *steps, category=request_["category"])
+    assert refusal(catalog, good, **request_) is None
+
+
+@pytest.mark.parametrize(
     "answer",
     [
         "망설이지 말고 보조배터리는 종량제봉투에 넣으세요.",
@@ -87,6 +127,10 @@ def test_a_warning_on_the_destination_itself_passes(catalog: Catalog, answer: st
         "보조배터리는 폐건전지 수거함에 넣되, 급하면 일반쓰레기로 버려도 됩니다.",
         "보조배터리는 폐건전지 수거함이나 캔류 수거함에 넣으세요.",
         "보조배터리 전해액은 싱크대에 버리고 폐건전지 수거함에 넣으세요.",
+        # A consequence is a warning only when it is a harm, and not one denied.
+        "보조배터리는 종량제봉투에 버리면 되지만 화재가 날 수 있으니 테이프를 붙이세요.",
+        "보조배터리는 테이프만 붙여 종량제봉투에 넣으면 화재 위험이 없습니다.",
+        "보조배터리는 종량제봉투에 버리는 것은 금지되지 않습니다.",
     ],
 )
 def test_a_negation_elsewhere_does_not_excuse_a_destination(catalog: Catalog, answer: str) -> None:

@@ -176,8 +176,12 @@ def test_an_item_name_beats_its_category_name() -> None:
 @pytest.mark.parametrize(
     ("query", "item_id"),
     [
-        ("약병", "liquid-medicine"),  # a syrup bottle goes with its syrup to the medicine box
+        # 약병 alone is the empty PE pill bottle the reference sends to plastic; only a bottle
+        # named for its syrup goes with the syrup to the medicine box.
+        ("약병", "pill-bottle"),
         ("시럽 약병", "liquid-medicine"),
+        ("시럽병", "liquid-medicine"),
+        ("물약병", "liquid-medicine"),
         ("연고 튜브", "ointment"),  # an ointment tube goes to the medicine box, not plastic
         ("빈 약통", "pill-bottle"),  # an emptied PE pill bottle is plastic
     ],

@@ -4,6 +4,7 @@ input (and data version, so a new knowledge base never serves stale advice)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -16,7 +17,7 @@ from ecosort_recycling.catalog import Catalog
 from ecosort_recycling.config import Settings
 from ecosort_recycling.grounding import STREAMS, Grounding, Rejected, plain, streams_sent_to
 from ecosort_recycling.hangul import normalize
-from ecosort_recycling.limits import reserve_tokens, settle_tokens
+from ecosort_recycling.limits import Call, reserve_tokens, settle_tokens
 from ecosort_recycling.schemas import FeedbackIn, FeedbackOut, ItemHitOut
 
 if TYPE_CHECKING:
@@ -166,10 +167,13 @@ async def answer_feedback(
     )
     if reservation is None:
         return rules.model_copy(update={"fallback_reason": "budget_exhausted"})
+    call = Call()
+    # What to settle the reservation to; None (unknown) keeps it all, as for a timeout.
+    used: int | None = None
     try:
-        answer, tokens = await model.answer(grounding)
+        answer, used = await model.answer(grounding, call)
     except Rejected as exc:
-        await settle_tokens(redis, reservation, exc.tokens)
+        used = exc.tokens
         log.warning(
             "llm_answer_refused",
             reason=exc.reason,
@@ -178,7 +182,14 @@ async def answer_feedback(
             category=request.category,
         )
         return rules.model_copy(update={"fallback_reason": exc.reason})
-    await settle_tokens(redis, reservation, tokens)
+    except asyncio.CancelledError:
+        # The client went away mid-call: a request the server received may have been
+        # answered (keep the reservation); one that never left cost nothing.
+        used = None if call.sent else 0
+        raise
+    finally:
+        # Shielded: a cancelled request must still settle, or its reservation leaks.
+        await asyncio.shield(settle_tokens(redis, reservation, used))
     result = rules.model_copy(
         update={
             "answer": answer.answer,

@@ -112,6 +112,17 @@ _FRAMED = re.compile(
     rf"^{_LIST}{_PARTICLE}{_ADVERB}[가-힣]{{1,5}}?"
     r"(?:는것|는일|은것|던것|는경우|기|다가|으면|면)(?!됩|돼|되|좋|괜찮|편|안전|충분)"
 )
+# A warning told as a consequence: "종량제봉투에 넣으면 화재가 날 수 있습니다", "변기에
+# 버리면 수질이 오염됩니다" (but not "…버리면 됩니다", nor a harm denied: "…위험이 없습니다").
+_IF = rf"^{_LIST}{_PARTICLE}{_ADVERB}[가-힣]{{1,5}}?(?:으면|면)(?!됩|돼|되|좋|괜찮|편|안전|충분)"
+_HARMFUL_IF = re.compile(
+    rf"{_IF}.*?(?:화재|폭발|위험|오염|불이|다칠)(?![가-힣]{{0,6}}?(?:없|않|아니))"
+)
+# "종량제봉투에 버리는 것은 금지되어 있습니다", "…넣는 것은 안 됩니다".
+_FORBIDDEN = re.compile(
+    rf"^{_LIST}{_PARTICLE}{_ADVERB}[가-힣]{{1,5}}?(?:는|은|던)것(?:은|이|도)?"
+    rf"[가-힣]{{0,8}}?(?:금지(?!되지않|하지않|는아니|가아니)|안{_NOT_OK})"
+)
 SENTENCE_END = re.compile(r"[.!?\n。;]+")
 
 Polarity = Literal["positive", "negated", "framed"]
@@ -162,7 +173,7 @@ def plain(text: str) -> str:
 
 
 def _polarity(rest: str) -> Polarity:
-    if _NEGATED.match(rest):
+    if _NEGATED.match(rest) or _FORBIDDEN.match(rest) or _HARMFUL_IF.match(rest):
         return "negated"
     if _FRAMED.match(rest):
         return "framed"

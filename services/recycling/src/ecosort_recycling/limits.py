@@ -22,6 +22,14 @@ class Reservation:
     tokens: int
 
 
+@dataclass
+class Call:
+    """One model call, as far as the budget cares: whether any of the request left for the
+    server. Until then a failed or cancelled call cost nothing; after, it may have cost it all."""
+
+    sent: bool = False
+
+
 def _budget_key() -> str:
     return BUDGET_KEY.format(day=datetime.now(UTC).strftime("%Y%m%d"))
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextvars import ContextVar
+from typing import Any
 
+import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import ValidationError
 
 from ecosort_recycling.config import Settings
 from ecosort_recycling.grounding import Grounding, ModelAnswer, Rejected, check_against_rules
+from ecosort_recycling.limits import Call
 
 SYSTEM_PROMPT = (
     "You are EcoSort's assistant for household waste separation in South Korea (분리배출). "
@@ -27,6 +31,23 @@ SYSTEM_PROMPT = (
 )
 
 
+# The call the current task is making, for the HTTP client's hooks (they run in its task).
+_current_call: ContextVar[Call | None] = ContextVar("recycling_llm_call", default=None)
+
+
+async def _trace(event: str, info: dict[str, Any]) -> None:
+    # httpcore: "http11.send_request_headers.started" (or http2.): the first byte of the request
+    # is about to go out on an open connection.
+    if event.endswith("send_request_headers.started"):
+        call = _current_call.get()
+        if call is not None:
+            call.sent = True
+
+
+async def _watch_sending(request: httpx.Request) -> None:
+    request.extensions["trace"] = _trace
+
+
 class GroundedModel:
     def __init__(self, settings: Settings) -> None:
         self.model = str(settings.llm_model)
@@ -38,6 +59,8 @@ class GroundedModel:
             timeout=settings.llm_timeout_seconds,
             # One attempt: a retry would double the wait of a person holding the app.
             max_retries=0,
+            # Tells Call.sent: whether a failed or cancelled call reached the server.
+            http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [_watch_sending]}),
         )
 
     async def aclose(self) -> None:
@@ -58,9 +81,14 @@ class GroundedModel:
         """The most a call can cost: the prompt (estimated) and every token it may write."""
         return estimate_prompt_tokens(self.messages(grounding)) + self.max_tokens
 
-    async def answer(self, grounding: Grounding) -> tuple[ModelAnswer, int | None]:
+    async def answer(
+        self, grounding: Grounding, call: Call | None = None
+    ) -> tuple[ModelAnswer, int | None]:
         """The checked answer and the tokens it cost (None when the server did not say);
-        raises Rejected."""
+        raises Rejected. `call` records whether the request was sent, for a caller that is
+        cancelled meanwhile."""
+        call = call if call is not None else Call()
+        token = _current_call.set(call)
         try:
             async with asyncio.timeout(self.timeout):
                 response = await self.client.chat.completions.create(
@@ -76,8 +104,14 @@ class GroundedModel:
         except openai.APIStatusError as exc:
             # An error status instead of a completion: nothing was generated.
             raise Rejected("error", 0) from exc
+        except openai.APIConnectionError as exc:
+            # Refused, unresolvable, unreachable: no request reached a server, nothing to pay.
+            # A connection lost after the request went out may have been processed: unknown.
+            raise Rejected("error", None if call.sent else 0) from exc
         except openai.OpenAIError as exc:
             raise Rejected("error") from exc
+        finally:
+            _current_call.reset(token)
         tokens = response.usage.total_tokens if response.usage else None
         content = response.choices[0].message.content if response.choices else None
         try:
