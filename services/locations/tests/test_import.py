@@ -445,3 +445,49 @@ def test_a_neighbour_across_a_cell_edge_is_found_at_every_korean_latitude(lat: f
         east = SimpleNamespace(lat=lat, lng=metres_east(lat, west, 14.95))
         misses += not _Grid([east]).has_neighbour(lat, west)
     assert misses == 0
+
+
+async def _ids_by_lng(app: FastAPI, region: str) -> dict[float, Any]:
+    async with app.state.sessionmaker() as session:
+        stored = await session.execute(
+            select(CollectionPoint.lng, CollectionPoint.id).where(
+                CollectionPoint.region == f"경기도 {region}"
+            )
+        )
+    return {lng: row_id for lng, row_id in stored.all()}
+
+
+async def test_a_district_file_leaves_a_same_named_bin_across_the_border_alone(
+    app: FastAPI, import_data: Importer
+) -> None:
+    lat, lng = 37.41, 127.41
+    gap = row("주민센터 앞", lat, lng, "경계갑시")
+    eul = row("주민센터 앞", lat, metres_east(lat, lng, 8), "경계을시")
+    await import_data("gap.json", standard_json([gap]), "lamp")
+    gap_ids = await _ids_by_lng(app, "경계갑시")
+    report = await import_data("eul.json", standard_json([eul]), "lamp")
+    # 8 m apart and of one name, but in another 시·군·구: not a correction of 갑시's row.
+    assert "corrected" not in report.counts and "retired" not in report.counts
+    assert await _ids_by_lng(app, "경계갑시") == gap_ids == {gap["x"]: gap_ids[gap["x"]]}
+    assert list(await _ids_by_lng(app, "경계을시")) == [eul["x"]]
+
+
+async def test_a_bin_removed_upstream_does_not_pass_its_id_to_one_in_the_same_words(
+    app: FastAPI, import_data: Importer
+) -> None:
+    lat, lng = 37.31, 127.31
+    alley = [row("골목", lat, metres_east(lat, lng, d), "순번시") for d in (0, 300, 600, 900)]
+    await import_data("v1.json", standard_json(alley[:3]), "lamp")
+    before = await _ids_by_lng(app, "순번시")
+    # The first bin is removed upstream; the other two are listed again, one moved 5 m.
+    moved = {**alley[2], "x": metres_east(lat, lng, 605)}
+    second = await import_data("v2.json", standard_json([alley[1], moved]), "lamp")
+    assert (second.counts["retired"], second.counts["imported"]) == (1, 2)
+    after = await _ids_by_lng(app, "순번시")
+    assert after == {alley[1]["x"]: before[alley[1]["x"]], moved["x"]: before[alley[2]["x"]]}
+    # A bin added later is a new bin: neither a kept nor the removed bin's id.
+    third = await import_data("v3.json", standard_json([alley[1], moved, alley[3]]), "lamp")
+    assert "retired" not in third.counts
+    latest = await _ids_by_lng(app, "순번시")
+    assert {k: v for k, v in latest.items() if k != alley[3]["x"]} == after
+    assert latest[alley[3]["x"]] not in set(before.values())

@@ -73,7 +73,8 @@ def drop_repeated_rows(points: list[RawPoint], counts: Counter[str]) -> list[Raw
     """Keep one row per bin. Public files repeat rows, but they also list separate bins in the
     same words (five "주택가 골목" bins along one 노원구 alley): a repeat is the same bin only
     within SAME_BIN_M of a row kept under its identity. Another bin gets that identity with its
-    occurrence number, so importing the file again gives each bin its id again."""
+    occurrence number in the file, provisionally: on import, load.py matches same-words rows to
+    the stored ones by position, so a bin keeps its number when an earlier one is removed."""
     kept_by_identity: dict[str, list[RawPoint]] = defaultdict(list)
     kept = []
     for point in points:

@@ -209,6 +209,11 @@ async def _replace_previous_version(
             ).where(CollectionPoint.source == source, CollectionPoint.type == point_type)
         )
     ).all()
+    # The file speaks for the 시·군·구 it lists only: a row elsewhere is neither taken over by a
+    # bin of the same name across the border nor retired.
+    regions = {_region(p) for p in points}
+    everywhere, stored = stored, [row for row in stored if row.region in regions]
+    _number_same_words(points, stored)
     ids = {row.source_id: row.id for row in stored}
     listed = {p.source_id for p in points}
     unlisted = _Grid(row for row in stored if row.source_id not in listed)
@@ -229,12 +234,7 @@ async def _replace_previous_version(
             [{"id": row_id, "source_id": sid[:200]} for row_id, sid in adopted.items()],
         )
         counts["corrected"] += len(adopted)
-    regions = {_region(p) for p in points}
-    retired = [
-        row.id
-        for row in stored
-        if row.source_id not in listed and row.id not in adopted and row.region in regions
-    ]
+    retired = [row.id for row in stored if row.source_id not in listed and row.id not in adopted]
     for start in range(0, len(retired), UPSERT_BATCH):
         await session.execute(
             delete(CollectionPoint).where(
@@ -243,12 +243,61 @@ async def _replace_previous_version(
         )
     if retired:
         counts["retired"] += len(retired)
-    taken = {row.id for row in stored} - set(retired)
+    taken = {row.id for row in everywhere} - set(retired)
     for point in located:
         if point.source_id not in ids:
             ids[point.source_id] = _new_id(source, point.source_id, taken)
             taken.add(ids[point.source_id])
     return ids
+
+
+def _labelled(words: str, occurrence: int) -> str:
+    return words if occurrence == 1 else f"{words}#{occurrence}"
+
+
+def _number_same_words(points: list[RawPoint], stored: list[Any]) -> None:
+    """Give each row the occurrence number (source_id) its bin was stored under, by position,
+    not by its place in the file: a bin removed upstream must not pass its id to the next one
+    listed in the same words. A row within SAME_BIN_M of a stored bin of its words (nearest
+    first) is that bin; any other row gets the next number not used yet. A row alone in its
+    words, stored alone, stays that bin wherever it moved (as an unnumbered row always did);
+    a row without coordinates keeps a stored bin of its words no row claimed."""
+    groups: dict[str, list[RawPoint]] = defaultdict(list)
+    for point in points:
+        groups[point.words].append(point)
+    by_words: dict[str, dict[int, Any]] = defaultdict(dict)
+    for row in stored:
+        words, hash_sign, number = row.source_id.rpartition("#")
+        if hash_sign and words in groups and number.isdigit() and int(number) > 1:
+            by_words[words][int(number)] = row
+        elif row.source_id in groups:
+            by_words[row.source_id][1] = row
+    for words, members in groups.items():
+        rows = by_words.get(words, {})
+        if len(members) == 1 and len(rows) <= 1:
+            members[0].source_id = _labelled(words, next(iter(rows), 1))
+            continue
+        pairs = sorted(
+            (haversine_m(p.lat, p.lng, row.lat, row.lng), i, number)
+            for i, p in enumerate(members)
+            if p.lat is not None and p.lng is not None
+            for number, row in rows.items()
+        )
+        numbers: dict[int, int] = {}
+        for distance, i, number in pairs:
+            if distance > SAME_BIN_M:
+                break
+            if i not in numbers and number not in set(numbers.values()):
+                numbers[i] = number
+        unclaimed = sorted(set(rows) - set(numbers.values()))
+        for i, p in enumerate(members):
+            if i not in numbers and (p.lat is None or p.lng is None) and unclaimed:
+                numbers[i] = unclaimed.pop(0)
+        next_number = max([*rows, *numbers.values(), 0]) + 1
+        for i, p in enumerate(members):
+            if i not in numbers:
+                numbers[i], next_number = next_number, next_number + 1
+            p.source_id = _labelled(words, numbers[i])
 
 
 def _new_id(source: str, source_id: str, taken: set[uuid.UUID]) -> uuid.UUID:

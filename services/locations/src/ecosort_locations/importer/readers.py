@@ -40,6 +40,12 @@ class RawPoint:
     lat: float | None
     lng: float | None
     source_date: date | None
+    # The identity the file's words give the row, kept when cleaning.drop_repeated_rows numbers
+    # another bin listed in the same words (source_id then ends in #n).
+    words: str = ""
+
+    def __post_init__(self) -> None:
+        self.words = self.words or self.source_id
 
 
 class UnknownLayout(ValueError):
