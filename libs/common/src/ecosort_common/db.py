@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 
 from fastapi import Request
-from sqlalchemy import DateTime, MetaData, func
+from sqlalchemy import DateTime, MetaData, func, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -58,3 +59,24 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
     async with sessionmaker() as session:
         yield session
+
+
+# One advisory lock per person's account, in each service's own database: shared by every
+# transaction creating the person's data there, exclusive for the account's deletion. A creator
+# that got it first has committed before the deletion's DELETEs run, so they see its rows (a
+# DELETE misses those of transactions still open); one that waited reads the tombstone, its next
+# statement starting after the deletion committed. Deletions exclude one another.
+ACCOUNT_LOCK_KEY = "hashtextextended('account:' || :account, 0)"
+_HOLD_ACCOUNT = text(f"SELECT pg_advisory_xact_lock_shared({ACCOUNT_LOCK_KEY})")
+_LOCK_ACCOUNT = text(f"SELECT pg_advisory_xact_lock({ACCOUNT_LOCK_KEY})")
+
+
+async def hold_account_lock(session: AsyncSession, account_id: uuid.UUID) -> None:
+    """The account's lock, shared, until the transaction ends; check the tombstone after it, in
+    a statement of its own."""
+    await session.execute(_HOLD_ACCOUNT, {"account": str(account_id)})
+
+
+async def take_account_lock(session: AsyncSession, account_id: uuid.UUID) -> None:
+    """The account's lock, exclusive, until the transaction ends: for its deletion."""
+    await session.execute(_LOCK_ACCOUNT, {"account": str(account_id)})

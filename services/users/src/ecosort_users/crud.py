@@ -11,6 +11,7 @@ from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ecosort_common.db import hold_account_lock, take_account_lock
 from ecosort_common.outbox import add_event
 from ecosort_common.pagination import Page, page_of, paginate
 from ecosort_users.models import (
@@ -26,16 +27,10 @@ from ecosort_users.schemas import HistoryItem
 USER_DELETED = "user.deleted"
 
 
-# The account's lock: shared by every transaction creating the person's data (a profile, a
-# history row) or changing the profile, exclusive for its deletion. A writer that got it first
-# has committed before the deletion's DELETEs run, so they see its rows (a DELETE misses rows of
-# transactions still open); one that waited sees the tombstone, its next statement reading after
-# the deletion committed. Deletions exclude one another: one deletes, the others see its
-# tombstone. (A correction applied to the history only updates a row: it cannot bring back what
-# a deletion removed; one kept for later, in pending_corrections, is created data.)
-_ACCOUNT = "hashtextextended('account:' || :user_id, 0)"
-_HOLD_ACCOUNT = text(f"SELECT pg_advisory_xact_lock_shared({_ACCOUNT})")
-_LOCK_ACCOUNT = text(f"SELECT pg_advisory_xact_lock({_ACCOUNT})")
+# The account's lock (ecosort_common.db) is held by every transaction creating the person's data
+# (a profile, a history row, a correction kept for later) or changing the profile, and taken
+# alone by its deletion. (A correction applied to the history only updates a row: it cannot
+# bring back what a deletion removed.)
 # An analysis's lock, taken after the account's: recording the analysis and keeping a correction
 # of it for later exclude one another. Without it, a correction could look for the history row
 # while the analysis's insert is not committed yet (not seen), and keep itself for later after
@@ -54,7 +49,7 @@ async def hold_account(session: AsyncSession, user_id: uuid.UUID) -> bool:
     """Until the transaction ends, the account cannot be deleted; False when it already was.
     Call it before creating any of the person's data or changing the profile."""
     # Its own statement: the tombstone check must read after the lock was granted.
-    await session.execute(_HOLD_ACCOUNT, {"user_id": str(user_id)})
+    await hold_account_lock(session, user_id)
     return not await is_deleted(session, user_id)
 
 
@@ -362,7 +357,7 @@ async def delete_account(session: AsyncSession, user_id: uuid.UUID) -> bool:
     """Erase the person's data, leave a tombstone and announce `user.deleted`: all in the
     caller's transaction, so either everything happens or nothing does. False, and nothing done,
     when the account was already deleted. Waits for writers in flight to commit first."""
-    await session.execute(_LOCK_ACCOUNT, {"user_id": str(user_id)})
+    await take_account_lock(session, user_id)
     if await is_deleted(session, user_id):
         return False
     await session.execute(delete(AnalysisRecord).where(AnalysisRecord.user_id == user_id))

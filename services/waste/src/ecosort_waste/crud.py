@@ -10,6 +10,7 @@ from sqlalchemy import Boolean, Row, delete, exists, literal, literal_column, or
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ecosort_common.db import ACCOUNT_LOCK_KEY, take_account_lock
 from ecosort_common.outbox import add_event
 from ecosort_common.pagination import Page, page_of, paginate
 from ecosort_waste.models import Analysis, Correction, DeletedUser, analyses, outbox
@@ -60,37 +61,27 @@ async def find_earlier(
     return list((await session.execute(stmt)).scalars())
 
 
-# The account's lock: shared by every request creating an analysis for it, exclusive for its
-# deletion. A creation that got it first is committed, and seen by the deletion's DELETE; one
-# that waited sees the tombstone (its next statement reads after the deletion committed).
-_ACCOUNT = "hashtextextended('account:' || :owner, 0)"
-_HOLD_ACCOUNT = text(f"SELECT pg_advisory_xact_lock_shared({_ACCOUNT})")
+# A key's lock and the account's (ecosort_common.db) in one statement: one round trip fewer on
+# the upload path.
 _LOCK_KEY_AND_HOLD_ACCOUNT = text(
     f"SELECT pg_advisory_xact_lock(hashtextextended(:name, 0)), "
-    f"pg_advisory_xact_lock_shared({_ACCOUNT})"
+    f"pg_advisory_xact_lock_shared({ACCOUNT_LOCK_KEY})"
 )
-_LOCK_ACCOUNT = text(f"SELECT pg_advisory_xact_lock({_ACCOUNT})")
 
 
 async def lock_idempotency_key(session: AsyncSession, owner_id: uuid.UUID, key: str) -> None:
     """Wait for, then hold until the transaction ends, the one lock of (owner, key), and the
-    owner's account lock (`hold_account`)."""
+    owner's account lock (`ecosort_common.db.hold_account_lock`)."""
     await session.execute(
         _LOCK_KEY_AND_HOLD_ACCOUNT,
-        {"name": f"idempotency-key:{owner_id}:{key}", "owner": str(owner_id)},
+        {"name": f"idempotency-key:{owner_id}:{key}", "account": str(owner_id)},
     )
-
-
-async def hold_account(session: AsyncSession, owner_id: uuid.UUID) -> None:
-    """Until the transaction ends, the owner's account cannot be deleted: call it before
-    inserting an analysis."""
-    await session.execute(_HOLD_ACCOUNT, {"owner": str(owner_id)})
 
 
 async def delete_account(session: AsyncSession, user_id: uuid.UUID) -> int:
     """Leave the account's tombstone and delete its analyses (corrections go with them); the
     number deleted. Waits for creations in flight to commit first."""
-    await session.execute(_LOCK_ACCOUNT, {"owner": str(user_id)})
+    await take_account_lock(session, user_id)
     await session.execute(insert(DeletedUser).values(user_id=user_id).on_conflict_do_nothing())
     deleted = await session.execute(
         delete(Analysis).where(Analysis.owner_id == user_id).returning(Analysis.id)
@@ -113,7 +104,7 @@ async def insert_analysis(
     upload_id: uuid.UUID | None,
 ) -> uuid.UUID | None:
     """Insert a queued analysis; None when (owner, idempotency key) or the upload id is taken,
-    or the owner's account was deleted (`hold_account` first).
+    or the owner's account was deleted (`hold_account_lock` first).
 
     ON CONFLICT DO NOTHING makes the database the arbiter: of any number of concurrent inserts
     with one key, or from one upload, exactly one succeeds; the others wait for it to commit and

@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
 
+from ecosort_common.db import hold_account_lock
 from ecosort_common.errors import Problem
 from ecosort_waste import crud
 from ecosort_waste.images import SanitisedImage
@@ -151,7 +152,7 @@ async def _store_and_insert(
     key = image_key(new.owner_id, clean.sha256)
     await run_in_threadpool(storage.put, key, clean.data, clean.content_type)
     if new.key is None:  # with a key, its lock holds the account already
-        await crud.hold_account(session, new.owner_id)
+        await hold_account_lock(session, new.owner_id)
     new_id = await crud.insert_analysis(
         session,
         owner_id=new.owner_id,
