@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from http import HTTPStatus
 
@@ -13,7 +15,7 @@ from httpx import ASGITransport, AsyncClient
 
 from ecosort_common.errors import Problem, problem_response
 from ecosort_common.settings import ServiceSettings
-from ecosort_common.testing import TokenIssuer
+from ecosort_common.testing import TokenIssuer, silent_server
 
 from .conftest import build_app
 
@@ -151,6 +153,30 @@ async def test_a_store_that_is_down_is_a_503_to_retry(
     assert (response.status_code, response.headers["content-type"]) == (503, PROBLEM)
     assert int(response.headers["retry-after"]) > 0
     assert "127.0.0.1" not in response.text and ":9" not in response.text
+
+
+async def test_a_hung_redis_is_a_503_within_the_socket_timeout(
+    settings: ServiceSettings, token_issuer: TokenIssuer
+) -> None:
+    """A Redis that accepts the connection and never answers used to hold every request that
+    checked a token for as long as it hung."""
+    with silent_server() as address:
+        hung = settings.model_copy(
+            update={"redis_url": f"redis://{address}/0", "redis_socket_timeout_seconds": 0.5}
+        )
+        app = build_app(hung)
+        async with asyncio.timeout(20), LifespanManager(app):
+            transport = ASGITransport(app=app, raise_app_exceptions=False)
+            async with AsyncClient(transport=transport, base_url="http://test") as http:
+                token = token_issuer.token(uuid.uuid4())
+                started = time.monotonic()
+                response = await http.get(
+                    "/api/v1/demo/me", headers={"Authorization": f"Bearer {token}"}
+                )
+                waited = time.monotonic() - started
+    assert (response.status_code, response.headers["content-type"]) == (503, PROBLEM)
+    assert int(response.headers["retry-after"]) > 0
+    assert waited < 5, waited
 
 
 async def test_a_statement_the_database_refuses_is_a_500_not_an_outage(

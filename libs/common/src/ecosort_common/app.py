@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import Table
 
+from ecosort_common.aio import cancel_and_wait
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.errors import install_error_handlers
 from ecosort_common.events import EventConsumer, Handler
@@ -63,7 +64,9 @@ def create_service_app(
             )
             stack.push_async_callback(app.state.engine.dispose)
             app.state.sessionmaker = create_sessionmaker(app.state.engine)
-            app.state.redis = create_redis(settings.redis_url)
+            app.state.redis = create_redis(
+                settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds
+            )
             stack.push_async_callback(app.state.redis.aclose)
             app.state.subscription = Subscription(app.state.redis)
             app.state.revocations = RevocationWatcher(app.state.redis, app.state.subscription)
@@ -105,9 +108,7 @@ def create_service_app(
             try:
                 yield
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_and_wait(*tasks)
                 for shutdown in on_shutdown:
                     await shutdown(app)
 

@@ -6,9 +6,13 @@ from fastapi import Request
 from redis.asyncio import Redis
 
 
-def create_redis(url: str) -> Redis:
+def create_redis(url: str, *, socket_timeout: float) -> Redis:
     return Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=2, health_check_interval=30
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
     )
 
 

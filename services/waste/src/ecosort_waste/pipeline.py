@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from sqlalchemy import Update, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ecosort_common.aio import cancel_and_wait
 from ecosort_common.outbox import add_event
 from ecosort_waste import progress
 from ecosort_waste.classifier.registry import LOCAL, ClassifierRegistry, ProviderAnswer
@@ -175,9 +176,7 @@ async def run_analysis(deps: PipelineDeps, analysis_id: uuid.UUID) -> Outcome:
             await _requeue(deps, claim)
         raise
     finally:
-        renewal.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewal
+        await cancel_and_wait(renewal)
         await _release_lease(deps, claim)
     await progress.publish_final(
         deps.redis, analysis_id, status="completed", stage="save", progress=100, result=result

@@ -1,0 +1,20 @@
+"""Stopping background tasks for certain."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any], recheck_seconds: float = 0.2) -> None:
+    """Cancel until done. Python 3.11's `asyncio.wait_for`, which redis-py wraps around every
+    send once a socket timeout is set, drops a cancellation that arrives as the send completes;
+    a loop that lost its cancellation would run on, and whoever waits for it would wait for
+    ever. Exceptions are retrieved, not raised: the caller is stopping the tasks, not running
+    them."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=recheck_seconds)
+    await asyncio.gather(*tasks, return_exceptions=True)
