@@ -12,6 +12,7 @@ from sqlalchemy import Table
 
 from ecosort_common.aio import cancel_and_wait
 from ecosort_common.db import create_engine, create_sessionmaker
+from ecosort_common.deadline import RequestDeadlineMiddleware
 from ecosort_common.errors import install_error_handlers
 from ecosort_common.events import EventConsumer, Handler
 from ecosort_common.head import HeadMiddleware
@@ -127,6 +128,9 @@ def create_service_app(
     app.state.settings = settings
     install_error_handlers(app)
     install_openapi(app)
+    # Inside the HEAD and observability middlewares: a deadline's 503 is logged and counted,
+    # and HEAD's is GET's.
+    app.add_middleware(RequestDeadlineMiddleware, seconds=settings.request_deadline_seconds)
     # Inside the observability middleware: the access log and metrics say HEAD, not GET.
     app.add_middleware(HeadMiddleware)
     app.add_middleware(ObservabilityMiddleware, service=settings.service_name)

@@ -45,6 +45,9 @@ class ServiceSettings(BaseSettings):
     event_consumers_enabled: bool = True
 
     readiness_timeout_seconds: float = Field(default=2.0, gt=0)
+    # The service's own time for a request, from its body read to its answer's start
+    # (ecosort_common.deadline): past it, a 503 to retry.
+    request_deadline_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -1,0 +1,80 @@
+"""A deadline on the service's own time: a request held by a store that hangs gets a 503 to
+retry instead of waiting for as long as the store does.
+
+PostgreSQL gives a client no way to bound a statement's wait on a connection that has gone
+silent (a hung server, a failover that blackholes the old address), and the gateway's read
+timeout for waste is an hour, for the event streams. So the service bounds itself: the clock
+runs only while the request is the service's to answer, from the moment the app stops waiting
+for the client (its body read, or never asked for) until the response starts. A slow upload is
+the network's time, not the service's; an event stream, once started, may run for as long as
+it likes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ecosort_common.errors import STORE_RETRY_AFTER_SECONDS, problem_response
+
+log = structlog.get_logger("ecosort.deadline")
+
+
+class RequestDeadlineMiddleware:
+    def __init__(self, app: ASGIApp, *, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        clock = _Clock(asyncio.timeout(self.seconds), self.seconds, receive, send)
+        try:
+            async with clock.deadline:
+                await self.app(scope, clock.receive, clock.send)
+        except TimeoutError:
+            if clock.responding or not clock.deadline.expired():
+                raise  # the app's own, a 500 like any other error it lets through
+            log.warning("request_deadline_exceeded", path=scope["path"], seconds=self.seconds)
+            response = problem_response(
+                Request(scope),
+                503,
+                detail="This service did not finish the request in time; retry in a few seconds.",
+                headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+            )
+            await response(scope, receive, send)
+
+
+class _Clock:
+    """The request's deadline, stopped while the app waits for the client and for good once the
+    response starts. Slots and bound methods, not closures: an event stream keeps this for its
+    whole life, and a process holds thousands of them."""
+
+    __slots__ = ("_receive", "_seconds", "_send", "deadline", "responding")
+
+    def __init__(self, deadline: asyncio.Timeout, seconds: float, receive: Receive, send: Send):
+        self.deadline = deadline
+        self.responding = False
+        self._seconds = seconds
+        self._receive = receive
+        self._send = send
+
+    async def receive(self) -> Message:
+        if self.responding:  # a stream's disconnect listener: no deadline any more
+            return await self._receive()
+        self.deadline.reschedule(None)
+        try:
+            return await self._receive()
+        finally:
+            if not self.responding:
+                self.deadline.reschedule(asyncio.get_running_loop().time() + self._seconds)
+
+    async def send(self, message: Message) -> None:
+        if not self.responding and message["type"] == "http.response.start":
+            self.responding = True
+            self.deadline.reschedule(None)
+        await self._send(message)
