@@ -78,6 +78,10 @@ def demo_router() -> APIRouter:
         request.app.state.acts = getattr(request.app.state, "acts", 0) + 1
         return {"acts": request.app.state.acts}
 
+    @router.post("/my-echo")
+    async def my_echo(body: Echo, principal: Principal = Depends(current_principal)) -> Echo:
+        return body
+
     @router.get("/me")
     async def me(principal: Principal = Depends(current_principal)) -> dict[str, str]:
         return {"user_id": str(principal.user_id), "sid": principal.session_id}

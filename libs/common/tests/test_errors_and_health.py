@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import timedelta
 from http import HTTPStatus
 
 import pytest
@@ -46,6 +47,28 @@ async def test_malformed_json_is_problem_json(client: AsyncClient) -> None:
     )
     assert response.status_code == 422
     assert response.headers["content-type"] == PROBLEM
+
+
+@pytest.mark.parametrize("token", ["none", "expired"])
+async def test_an_unreadable_body_without_a_valid_token_is_a_401_first(
+    client: AsyncClient, token_issuer: TokenIssuer, token: str
+) -> None:
+    """FastAPI decodes JSON before it checks the token; a client told 422 would not know to
+    refresh its token, and the body may have been fine."""
+    headers = {"content-type": "application/json"}
+    if token == "expired":
+        headers["Authorization"] = (
+            f"Bearer {token_issuer.token(uuid.uuid4(), lifetime=timedelta(minutes=-1))}"
+        )
+    response = await client.post("/api/v1/demo/my-echo", content=b"{not json", headers=headers)
+    assert (response.status_code, response.headers["content-type"]) == (401, PROBLEM)
+    signed_in = {**headers, "Authorization": f"Bearer {token_issuer.token(uuid.uuid4())}"}
+    unreadable = await client.post("/api/v1/demo/my-echo", content=b"{not json", headers=signed_in)
+    assert unreadable.status_code == 422
+    assert unreadable.json()["errors"][0]["type"] == "json_invalid"
+    # A route without a token check still says 422 for the body.
+    anonymous = await client.post("/api/v1/demo/echo", content=b"{not json", headers=headers)
+    assert anonymous.status_code == 422
 
 
 async def test_unknown_route_and_wrong_method(client: AsyncClient) -> None:

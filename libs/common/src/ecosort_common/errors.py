@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -11,8 +11,10 @@ import redis.exceptions
 import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -215,6 +217,13 @@ def _jsonable_error(error: Any) -> dict[str, Any]:
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if any(error.get("type") == "json_invalid" for error in exc.errors()):
+        # FastAPI decodes a JSON body before it runs any dependency, the token check included.
+        # A client whose token expired would hear 422 for a body that was never the problem,
+        # where 401 tells it to refresh; so on an authenticated route the token comes first.
+        refused = await _token_refused(request)
+        if refused is not None:
+            return await _on_problem(request, refused)
     return problem_response(
         request,
         422,
@@ -222,6 +231,24 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
         detail="The request did not match what this endpoint accepts.",
         errors=[_jsonable_error(e) for e in exc.errors()],
     )
+
+
+async def _token_refused(request: Request) -> Problem | None:
+    # Imported here: security raises this module's Problem.
+    from ecosort_common.security import current_principal
+
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not _depends_on(route.dependant, current_principal):
+        return None
+    try:
+        await current_principal(request)
+    except Problem as problem:
+        return problem
+    return None
+
+
+def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
 
 
 # A store that is down or not answering (refused, reset, timed out, a replica after a
