@@ -4,6 +4,7 @@ retry; a slow client and a long stream are not the service's time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -34,6 +35,10 @@ def deadline_router() -> APIRouter:
     async def hang() -> None:
         await asyncio.Event().wait()  # a dependency that never answers
 
+    @router.post("/hang")
+    async def hang_after_acting() -> None:
+        await asyncio.Event().wait()
+
     @router.post("/upload")
     async def upload(request: Request) -> dict[str, int]:
         return {"received": len(await request.body())}
@@ -41,6 +46,13 @@ def deadline_router() -> APIRouter:
     @router.get("/slow-stream")
     async def slow_stream() -> Response:
         return SlowParts()
+
+    @router.get("/late")
+    async def late() -> dict[str, bool]:
+        # Lost on the way, as Python 3.11's wait_for can lose a cancellation.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+        return {"late": True}
 
     @router.get("/own-timeout")
     async def own_timeout() -> None:
@@ -125,7 +137,18 @@ async def test_a_request_the_service_cannot_finish_is_a_503_to_retry(client: Asy
     assert (response.status_code, response.headers["content-type"]) == (503, PROBLEM)
     assert int(response.headers["retry-after"]) > 0
     assert response.json()["instance"] == "/api/v1/demo/hang"
+    assert "may have taken effect" not in response.json()["detail"]
     assert DEADLINE <= waited < DEADLINE + 2
+
+
+async def test_a_write_that_ran_out_of_time_may_have_taken_effect(client: AsyncClient) -> None:
+    """Its commit may have gone through with only the answer lost: a client retrying blindly
+    would act twice."""
+    async with asyncio.timeout(10):
+        response = await client.post("/api/v1/demo/hang")
+    assert response.status_code == 503
+    assert "may have taken effect" in response.json()["detail"]
+    assert "Idempotency-Key" in response.json()["detail"]
 
 
 async def test_a_slow_upload_is_the_clients_time(client: AsyncClient) -> None:
@@ -144,6 +167,13 @@ async def test_a_stream_once_started_runs_past_the_deadline(client: AsyncClient)
     response = await client.get("/api/v1/demo/slow-stream")
     assert response.status_code == 200
     assert response.text == "first second"
+
+
+async def test_an_answer_after_a_lost_cancellation_goes_out(client: AsyncClient) -> None:
+    """Not a 500 from a deadline that can no longer be moved: the app answered, late."""
+    async with asyncio.timeout(10):
+        response = await client.get("/api/v1/demo/late")
+    assert (response.status_code, response.json()) == (200, {"late": True})
 
 
 async def test_the_apps_own_timeout_stays_an_error_of_its_own(client: AsyncClient) -> None:

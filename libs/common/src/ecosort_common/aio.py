@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
 
-async def cancel_and_wait(*tasks: asyncio.Task[Any], recheck_seconds: float = 0.2) -> None:
+log = structlog.get_logger("ecosort.aio")
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any], recheck_seconds: float = 1.0) -> None:
     """Cancel until done. Python 3.11's `asyncio.wait_for`, which redis-py wraps around every
     send once a socket timeout is set, drops a cancellation that arrives as the send completes;
     a loop that lost its cancellation would run on, and whoever waits for it would wait for
-    ever. Exceptions are retrieved, not raised: the caller is stopping the tasks, not running
-    them."""
+    ever. A task still running after `recheck_seconds` is cancelled again: long enough for the
+    cleanup a cancellation starts (closing a connection) not to be cut short as a rule.
+    Exceptions are retrieved, not raised: the caller is stopping the tasks, not running them."""
     pending = set(tasks)
     while pending:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=recheck_seconds)
+        if pending:
+            log.warning("tasks_cancelled_again", tasks=sorted(t.get_name() for t in pending))
     await asyncio.gather(*tasks, return_exceptions=True)
