@@ -1,11 +1,12 @@
 """Cross-service tests: one real local stack (`ecosort-stack up`) for the whole session.
 
 `gateway_url` is the fixture to use: every service behind the generated nginx gateway, with
-migrations applied, on the machine's PostgreSQL and Redis (ECOSORT_TEST_POSTGRES_URL /
-ECOSORT_TEST_REDIS_URL, set by the root conftest.py). Each run gets its own databases
-(`e2e_<run>_<service>`), a leased Redis database, its own ports and its own state folder, so
-it never meets a developer's `make run` or another test run. Teardown runs `ecosort-stack
-down` and fails the session if any process or port of the stack is left.
+migrations applied, on the machine's PostgreSQL (ECOSORT_TEST_POSTGRES_URL, set by the root
+conftest.py) and the stack's own embedded Valkey, so that each service runs as its own Redis
+ACL user as in `make run` (redis_acl.py): a rule that does not fit a service's real keys fails
+these tests. Each run gets its own databases (`e2e_<run>_<service>`), its own ports and its own
+state folder, so it never meets a developer's `make run` or another test run. Teardown runs
+`ecosort-stack down` and fails the session if any process or port of the stack is left.
 
 With pytest-xdist every test here is put in one xdist group, so with `--dist loadgroup` one
 worker runs them all against one stack.
@@ -28,11 +29,11 @@ from pathlib import Path
 
 import pytest
 
-from ecosort_common.testing import temporary_redis_db
 from ecosort_devstack.config import SERVICE_PORTS, StackConfig, find_repo_root
 from ecosort_devstack.postgres import drop_databases, parse_url
 from ecosort_devstack.processes import ProcessRecord, StateFile, group_members
 from ecosort_devstack.readiness import free_port_offset, port_is_listening
+from ecosort_devstack.testservers import free_port
 
 REPO = find_repo_root(Path(__file__).parent)
 STACK_COMMAND = Path(sys.executable).parent / "ecosort-stack"
@@ -106,60 +107,60 @@ def local_stack() -> Iterator[LocalStack]:
     offset = free_port_offset(10000, 17000)
     prefix = f"e2e_{run}_"
     server_url = os.environ["ECOSORT_TEST_POSTGRES_URL"]
-    with temporary_redis_db() as redis_url:
-        env = {
-            **os.environ,
-            "ECOSORT_STACK_HOME": str(home),
-            "ECOSORT_STACK_PORT_OFFSET": str(offset),
-            "ECOSORT_STACK_DB_PREFIX": prefix,
-            "ECOSORT_GATEWAY_RATE_LIMIT": "off",  # tests call faster than limit-rps allows
-            "DATABASE_URL": server_url,
-            "REDIS_URL": redis_url,
-            "CELERY_KEY_PREFIX": f"e2e-{run}:",
-            "PYTHONUNBUFFERED": "1",
-        }
-        config = StackConfig.from_env(REPO, env)
-        stack = LocalStack(
-            gateway_url=f"http://127.0.0.1:{config.gateway_port}",
-            service_urls={s: f"http://127.0.0.1:{config.service_port(s)}" for s in SERVICE_PORTS},
-            home=home,
-            env=env,
+    # No REDIS_URL: the launcher starts its Valkey with the ACL users. The Celery key prefix
+    # stays, so the ACL's grant of prefixed broker keys is exercised too.
+    inherited = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
+    env = {
+        **inherited,
+        "ECOSORT_STACK_HOME": str(home),
+        "ECOSORT_STACK_PORT_OFFSET": str(offset),
+        "ECOSORT_STACK_DB_PREFIX": prefix,
+        "ECOSORT_GATEWAY_RATE_LIMIT": "off",  # tests call faster than limit-rps allows
+        "DATABASE_URL": server_url,
+        "ECOSORT_STACK_VALKEY_PORT": str(free_port()),
+        "CELERY_KEY_PREFIX": f"e2e-{run}:",
+        "PYTHONUNBUFFERED": "1",
+    }
+    config = StackConfig.from_env(REPO, env)
+    stack = LocalStack(
+        gateway_url=f"http://127.0.0.1:{config.gateway_port}",
+        service_urls={s: f"http://127.0.0.1:{config.service_port(s)}" for s in SERVICE_PORTS},
+        home=home,
+        env=env,
+    )
+    launcher = subprocess.Popen(
+        [str(STACK_COMMAND), "up"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # our Ctrl-C must not reach it before teardown does
+    )
+    ready = threading.Event()
+    threading.Thread(target=_read_lines, args=(launcher, stack.output, ready), daemon=True).start()
+    started = time.monotonic()
+    try:
+        if not ready.wait(UP_TIMEOUT_S) or launcher.poll() is not None:
+            log = "\n".join(stack.output)
+            pytest.fail(f"`ecosort-stack up` did not come up in {UP_TIMEOUT_S:.0f} s:\n{log}")
+        _, stack.records = StateFile(config.state_file).read()
+        print(f"\nlocal stack up in {time.monotonic() - started:.1f} s at {stack.gateway_url}")
+        yield stack
+    finally:
+        stopping = time.monotonic()
+        problems = _stop(stack, launcher)
+        stopped = time.monotonic()
+        drop_databases(
+            parse_url(server_url, "ECOSORT_TEST_POSTGRES_URL"),
+            [config.database_name(s) for s in SERVICE_PORTS],
         )
-        launcher = subprocess.Popen(
-            [str(STACK_COMMAND), "up"],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # our Ctrl-C must not reach it before teardown does
-        )
-        ready = threading.Event()
-        threading.Thread(
-            target=_read_lines, args=(launcher, stack.output, ready), daemon=True
-        ).start()
-        started = time.monotonic()
-        try:
-            if not ready.wait(UP_TIMEOUT_S) or launcher.poll() is not None:
-                log = "\n".join(stack.output)
-                pytest.fail(f"`ecosort-stack up` did not come up in {UP_TIMEOUT_S:.0f} s:\n{log}")
-            _, stack.records = StateFile(config.state_file).read()
-            print(f"\nlocal stack up in {time.monotonic() - started:.1f} s at {stack.gateway_url}")
-            yield stack
-        finally:
-            stopping = time.monotonic()
-            problems = _stop(stack, launcher)
-            stopped = time.monotonic()
-            drop_databases(
-                parse_url(server_url, "ECOSORT_TEST_POSTGRES_URL"),
-                [config.database_name(s) for s in SERVICE_PORTS],
-            )
-        print(
-            f"\nlocal stack: down in {stopped - stopping:.1f} s, "
-            f"databases dropped in {time.monotonic() - stopped:.1f} s"
-        )
-        shutil.rmtree(home, ignore_errors=True)
-        assert not problems, "after `ecosort-stack down`: " + "; ".join(problems)
+    print(
+        f"\nlocal stack: down in {stopped - stopping:.1f} s, "
+        f"databases dropped in {time.monotonic() - stopped:.1f} s"
+    )
+    shutil.rmtree(home, ignore_errors=True)
+    assert not problems, "after `ecosort-stack down`: " + "; ".join(problems)
 
 
 @pytest.fixture(scope="session")

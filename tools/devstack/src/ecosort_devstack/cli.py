@@ -1,5 +1,5 @@
-"""`ecosort-stack up | down | exec | gateway-config`: the command behind `make run`, `make stop`
-and `make train-head`."""
+"""`ecosort-stack up | down | exec | gateway-config | redis-acl`: the command behind `make run`,
+`make stop` and `make train-head`."""
 
 from __future__ import annotations
 
@@ -104,6 +104,23 @@ def run_gateway_config(config: StackConfig) -> int:
     return 0
 
 
+def run_redis_acl(args: argparse.Namespace) -> int:
+    from ecosort_devstack.env import REDIS_PASSWORDS
+    from ecosort_devstack.redis_acl import render_acl_file, render_setuser_commands
+
+    # The platform's passwords come from the environment, never from arguments (shell history).
+    missing = [name for name in REDIS_PASSWORDS.values() if not os.environ.get(name)]
+    if missing:
+        raise StackError(f"redis-acl: set the password of each user first: {', '.join(missing)}")
+    passwords = {user: os.environ[name] for user, name in REDIS_PASSWORDS.items()}
+    render = render_setuser_commands if args.format == "commands" else render_acl_file
+    print(
+        render(passwords, celery_key_prefix=args.celery_key_prefix, celery_db=args.celery_db),
+        end="",
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ecosort-stack",
@@ -121,6 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("service", choices=SERVICE_PORTS)
     run.add_argument("program", nargs=argparse.REMAINDER, help="-- the command and its arguments")
     sub.add_parser("gateway-config", help="print the nginx.conf generated from ingress/")
+    acl = sub.add_parser(
+        "redis-acl",
+        help="print the Redis ACL users of every service (passwords from REDIS_ACL_PASSWORD_<USER>"
+        " variables, stored hashed), for a Redis you run",
+    )
+    acl.add_argument(
+        "--format",
+        choices=("file", "commands"),
+        default="file",
+        help="an aclfile (default), or ACL SETUSER commands for redis-cli",
+    )
+    acl.add_argument("--celery-key-prefix", default="", help="waste's CELERY_KEY_PREFIX, if any")
+    acl.add_argument(
+        "--celery-db", type=int, default=0, help="the database number of waste's REDIS_URL (its /N)"
+    )
     args = parser.parse_args(argv)
     try:
         config = StackConfig.from_env()
@@ -130,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return down(config, say=_say)
         if args.command == "exec":
             run_exec(config, args.service, args.program)
+        if args.command == "redis-acl":
+            return run_redis_acl(args)
         return run_gateway_config(config)
     except (StackError, FileNotFoundError, ValueError) as exc:
         print(f"ecosort-stack: error: {exc}", file=sys.stderr, flush=True)

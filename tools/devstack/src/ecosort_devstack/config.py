@@ -52,6 +52,12 @@ class StackConfig:
     database_prefix: str = "ecosort_"
     external_database_url: str | None = None  # DATABASE_URL: use that server, start none
     external_redis_url: str | None = None  # REDIS_URL: use that server, start none
+    # waste's CELERY_KEY_PREFIX (kombu's global_keyprefix): the Redis ACL grants the broker's
+    # keys under it.
+    celery_key_prefix: str = ""
+    # The embedded Valkey's port, when not the default plus the offset (a high offset would
+    # push 56379 past 65535).
+    valkey_port_setting: int | None = None
     rate_limit: bool = True  # the Ingress limit-rps annotations; benchmarks switch it off
     with_worker: bool = True
     always_migrate: bool = False  # else migrate only databases behind their migrations
@@ -71,9 +77,16 @@ class StackConfig:
             database_prefix=env.get("ECOSORT_STACK_DB_PREFIX", "ecosort_"),
             external_database_url=env.get("DATABASE_URL") or None,
             external_redis_url=env.get("REDIS_URL") or None,
+            # pydantic-settings reads names case-insensitively; so does this.
+            celery_key_prefix=next(
+                (value for name, value in env.items() if name.upper() == "CELERY_KEY_PREFIX"), ""
+            ),
             rate_limit=env.get("ECOSORT_GATEWAY_RATE_LIMIT", "on").lower() not in {"off", "0"},
             with_worker=env.get("ECOSORT_STACK_WORKER", "on").lower() not in {"off", "0"},
             always_migrate=env.get("ECOSORT_STACK_MIGRATE", "").lower() == "always",
+            valkey_port_setting=int(env["ECOSORT_STACK_VALKEY_PORT"])
+            if env.get("ECOSORT_STACK_VALKEY_PORT")
+            else None,
         )
 
     # Ports, all moved together by the offset so a second stack never collides with the first.
@@ -90,6 +103,8 @@ class StackConfig:
 
     @property
     def valkey_port(self) -> int:
+        if self.valkey_port_setting is not None:
+            return self.valkey_port_setting
         return EMBEDDED_VALKEY_PORT + self.port_offset
 
     # Folders under home.

@@ -14,11 +14,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ecosort_devstack.config import StackConfig
+from ecosort_devstack.redis_acl import USERS as REDIS_USERS
 
 # Secrets a service refuses to start without (or should not run on a shared default): made
 # once per stack home, kept in <home>/secrets.json (0600) so they survive restarts: the auth
 # signing keys stored in the database stay readable. A value in the environment wins.
 GENERATED_SECRETS = ("AUTH_KEY_ENCRYPTION_KEY", "UPLOAD_SIGNING_KEY")
+# The passwords of the embedded Valkey's ACL users (redis_acl.py), made and kept the same way.
+# They are no service's variables: each service gets its own password inside its REDIS_URL only.
+REDIS_PASSWORDS = {user: f"REDIS_ACL_PASSWORD_{user.upper()}" for user in REDIS_USERS}
 
 
 _SECRETS_LOCK = threading.Lock()  # the service pipelines start on parallel threads
@@ -29,9 +33,16 @@ def local_secrets(home: Path) -> dict[str, str]:
         return _load_or_create_secrets(home / "secrets.json")
 
 
+def redis_passwords(home: Path) -> dict[str, str]:
+    """Each Redis ACL user's password in the local stack (user -> password)."""
+    stored = local_secrets(home)
+    return {user: stored[name] for user, name in REDIS_PASSWORDS.items()}
+
+
 def _load_or_create_secrets(path: Path) -> dict[str, str]:
     stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    missing = [name for name in GENERATED_SECRETS if name not in stored]
+    wanted = (*GENERATED_SECRETS, *REDIS_PASSWORDS.values())
+    missing = [name for name in wanted if name not in stored]
     if missing:
         stored.update({name: secrets.token_urlsafe(32) for name in missing})
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +65,9 @@ def service_env(
     gateway = f"http://127.0.0.1:{config.gateway_port}"
     table = {
         "DATABASE_URL": database_url,  # this service's own database
-        "REDIS_URL": redis_url,  # one Redis DB for all: events travel on its Streams
+        # One Redis DB for all (events travel on its Streams); in the embedded Valkey, as the
+        # service's own ACL user.
+        "REDIS_URL": redis_url,
         "JWKS_URL": f"http://127.0.0.1:{config.service_port('auth')}/api/v1/auth/jwks.json",
         "JWT_ISSUER": gateway,
         "JWT_AUDIENCE": "ecosort",
@@ -71,9 +84,8 @@ def service_env(
     if seed.is_dir():  # locations imports the public collection-point data once, on migrate
         table["COLLECTION_POINTS_SEED_DIR"] = str(seed.resolve())
     environment = dict(os.environ if base is None else base)
-    generated = {
-        name: value for name, value in local_secrets(config.home).items() if name not in environment
-    }
+    stored = local_secrets(config.home)
+    generated = {name: stored[name] for name in GENERATED_SECRETS if name not in environment}
     environment.update(table)
     environment.update(generated)
     return environment

@@ -21,9 +21,9 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from ecosort_devstack import postgres, preload, valkey
+from ecosort_devstack import postgres, preload, redis_acl, valkey
 from ecosort_devstack.config import WORKER_MODULE, WORKER_QUEUE, WORKER_SERVICE, StackConfig
-from ecosort_devstack.env import per_service_database_url, service_env
+from ecosort_devstack.env import per_service_database_url, redis_passwords, service_env
 from ecosort_devstack.errors import StackError
 from ecosort_devstack.ingress import load_routes
 from ecosort_devstack.migrations import is_up_to_date
@@ -51,12 +51,23 @@ SERVER_READY_TIMEOUT_S = 30.0
 Say = Callable[[str], None]
 
 
-def _service_env(config: StackConfig, service: str, server: URL, redis_url: str) -> dict[str, str]:
+def redis_url(config: StackConfig, user: str) -> str:
+    """Where `user` (a service, or the launcher as redis_acl.KEDA_USER) reaches Redis: REDIS_URL
+    as it is when the stack uses a Redis you run (no ACL applied), else the embedded Valkey
+    logged in as that ACL user."""
+    if config.external_redis_url:
+        return config.external_redis_url
+    return valkey.embedded_url(config.valkey_port, user, redis_passwords(config.home)[user])
+
+
+def _service_env(config: StackConfig, service: str, server: URL) -> dict[str, str]:
     database_url = per_service_database_url(service) or postgres.service_url(
         server, config.database_name(service)
     )
     config.data_dir(service).mkdir(parents=True, exist_ok=True)
-    return service_env(config, service, database_url=database_url, redis_url=redis_url)
+    return service_env(
+        config, service, database_url=database_url, redis_url=redis_url(config, service)
+    )
 
 
 def running_service_env(config: StackConfig, service: str) -> dict[str, str]:
@@ -67,8 +78,7 @@ def running_service_env(config: StackConfig, service: str) -> dict[str, str]:
         server = postgres.parse_url(config.external_database_url, "DATABASE_URL")
     else:
         server = postgres.embedded_url(config.postgres_port)
-    redis_url = config.external_redis_url or valkey.embedded_url(config.valkey_port)
-    return _service_env(config, service, server, redis_url)
+    return _service_env(config, service, server)
 
 
 @dataclass
@@ -211,11 +221,31 @@ class Stack:
         self._progress(f"PostgreSQL ready on port {self.config.postgres_port}")
         return server.url
 
+    def _write_acl_file(self) -> Path:
+        """The ACL users of redis_acl.py with this stack's passwords (hashed), made anew at
+        each start so that a change of the rules takes effect on the next `up`."""
+        self.config.valkey_dir.mkdir(parents=True, exist_ok=True)
+        path = self.config.valkey_dir / "users.acl"
+        temporary = path.with_suffix(".tmp")
+        temporary.touch(mode=0o600)
+        temporary.write_text(
+            redis_acl.render_acl_file(
+                redis_passwords(self.config.home),
+                celery_key_prefix=self.config.celery_key_prefix,
+            )
+        )
+        temporary.replace(path)
+        return path
+
     def _start_redis(self) -> str:
+        """Starts the embedded Valkey (or checks REDIS_URL); returns the server, for messages."""
         if self.config.external_redis_url:
             valkey.require_reachable(self.config.external_redis_url)
-            return self.config.external_redis_url
-        server = valkey.EmbeddedValkey(self.config.valkey_dir, self.config.valkey_port)
+            return valkey.shown(self.config.external_redis_url)
+        server = valkey.EmbeddedValkey(
+            self.config.valkey_dir, self.config.valkey_port, self._write_acl_file()
+        )
+        launcher = redis_url(self.config, redis_acl.KEDA_USER)
         process = self.group.spawn(
             "valkey",
             server.command(),
@@ -226,7 +256,7 @@ class Stack:
             port=self.config.valkey_port,
         )
         wait_until(
-            lambda: valkey.ping(server.url),
+            lambda: valkey.ping(launcher),
             what=f"Valkey on port {self.config.valkey_port}",
             timeout=SERVER_READY_TIMEOUT_S,
             process=process,
@@ -234,7 +264,7 @@ class Stack:
             abort=self.group.stopping,
         )
         self._progress(f"Valkey ready on port {self.config.valkey_port}")
-        return server.url
+        return f"{server.url} (one ACL user per service, {server.acl_file})"
 
     def _start_gateway(self, conf: Path) -> None:
         work = self.config.nginx_dir
@@ -258,8 +288,8 @@ class Stack:
 
     # ------------------------------------------------------------ services
 
-    def _service_env(self, service: str, server: URL, redis_url: str) -> dict[str, str]:
-        return _service_env(self.config, service, server, redis_url)
+    def _service_env(self, service: str, server: URL) -> dict[str, str]:
+        return _service_env(self.config, service, server)
 
     def _migrate(self, service: str, env: dict[str, str]) -> None:
         if not self.config.always_migrate and is_up_to_date(service, env["DATABASE_URL"]):
@@ -362,19 +392,21 @@ class Stack:
         worker_info = "off"
         with ThreadPoolExecutor(max_workers=4 + 2 * len(self.config.services)) as pool:
             database = pool.submit(self._start_database)
-            redis_url = pool.submit(self._start_redis)
+            redis = pool.submit(self._start_redis)
             gateway = pool.submit(self._start_gateway, conf)
-            jobs: list[Future[Any]] = [database, redis_url, gateway]
+            jobs: list[Future[Any]] = [database, redis, gateway]
             migrated = {service: threading.Event() for service in self.config.services}
 
             def service_pipeline(service: str) -> None:
-                env = self._service_env(service, database.result(), redis_url.result())
+                redis.result()  # the services start once Redis answers
+                env = self._service_env(service, database.result())
                 self._migrate(service, env)
                 migrated[service].set()
                 self._start_service(service, env)
 
             def worker_pipeline() -> str:
-                env = self._service_env(WORKER_SERVICE, database.result(), redis_url.result())
+                redis.result()
+                env = self._service_env(WORKER_SERVICE, database.result())
                 while not migrated[WORKER_SERVICE].wait(0.1):
                     if self.group.stopping.is_set():
                         raise StackError("not starting the worker: the stack is stopping")
@@ -403,7 +435,7 @@ class Stack:
                 s: f"http://127.0.0.1:{self.config.service_port(s)}" for s in self.config.services
             },
             database=f"{postgres.shown(server)} (databases {self.config.database_prefix}<service>)",
-            redis=valkey.shown(redis_url.result()),
+            redis=str(redis.result()),
             worker=worker_info,
             seconds=time.monotonic() - started,
             notes=self.notes,

