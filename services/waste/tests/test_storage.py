@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import ReadTimeoutError
 from moto import mock_aws
 
+from ecosort_common.testing import silent_server
+from ecosort_waste.config import Settings
 from ecosort_waste.storage import (
     InvalidKey,
     LocalStorage,
@@ -17,6 +21,7 @@ from ecosort_waste.storage import (
     S3Storage,
     Storage,
     UploadFormRejected,
+    storage_from_settings,
 )
 
 BUCKET = "ecosort-test-images"
@@ -152,3 +157,25 @@ def test_s3_presigned_post_accepts_an_upload(s3: S3Storage) -> None:
     response = requests.post(url, data=fields, files={"file": ("x.jpg", b"abc")}, timeout=5)
     assert response.status_code == 204
     assert s3.get("incoming/u/2") == b"abc"
+
+
+def test_a_hung_s3_gives_up_in_seconds_not_minutes() -> None:
+    """The storage write of an upload runs in a thread the request deadline cannot stop; with
+    boto3's defaults (60 s per read, four retries) a hung S3 held it for minutes."""
+    with silent_server() as address:
+        settings = Settings(
+            storage_backend="s3",
+            s3_endpoint_url=f"http://{address}",
+            s3_region="ap-northeast-2",
+            s3_access_key_id="test",
+            s3_secret_access_key="test",
+            s3_timeout_seconds=0.3,
+        )
+        storage = storage_from_settings(settings)
+        started = time.monotonic()
+        with pytest.raises(ReadTimeoutError):
+            storage.put("photos/a.jpg", b"x", "image/jpeg")
+        waited = time.monotonic() - started
+    # Three attempts of 0.3 s and the standard retry mode's backoff between them (jittered,
+    # up to 2 s then 4 s).
+    assert waited < 8, waited

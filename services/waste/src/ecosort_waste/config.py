@@ -20,6 +20,10 @@ class Settings(ServiceSettings):
     s3_endpoint_url: str = ""
     s3_access_key_id: str = ""
     s3_secret_access_key: str = ""
+    # Each attempt's connect and read timeout (boto3's default is 60 s, retried 4 times): an
+    # upload's storage write runs in a thread that the request deadline cannot stop, and a hung
+    # S3 would hold the thread pool for minutes.
+    s3_timeout_seconds: float = Field(default=5.0, gt=0)
     # Direct uploads: how long a presigned form is valid; with local storage the form posts back
     # to this API at PUBLIC_BASE_URL and is signed with UPLOAD_SIGNING_KEY (set it in production).
     upload_expires_seconds: int = Field(default=900, gt=0)

@@ -40,7 +40,9 @@ __all__ = [
 def storage_from_settings(settings: Any) -> Storage:
     """The backend ``STORAGE_BACKEND`` names (``local`` or ``s3``), configured from settings."""
     if settings.storage_backend == "s3":
-        import boto3  # here, not at the top: a local deployment need not load botocore (~25 MB)
+        # Here, not at the top: a local deployment need not load botocore (~25 MB).
+        import boto3
+        from botocore.config import Config
 
         client = boto3.client(
             "s3",
@@ -48,6 +50,11 @@ def storage_from_settings(settings: Any) -> Storage:
             endpoint_url=settings.s3_endpoint_url or None,
             aws_access_key_id=settings.s3_access_key_id or None,
             aws_secret_access_key=settings.s3_secret_access_key or None,
+            config=Config(
+                connect_timeout=settings.s3_timeout_seconds,
+                read_timeout=settings.s3_timeout_seconds,
+                retries={"mode": "standard", "max_attempts": 3},
+            ),
         )
         return S3Storage(
             client,
