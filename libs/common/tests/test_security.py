@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import suppress
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,6 +22,7 @@ from joserfc import jws, jwt
 from joserfc.jwk import ECKey
 
 from ecosort_common import security
+from ecosort_common.aio import cancel_and_wait
 from ecosort_common.errors import Problem
 from ecosort_common.revocation import REVOKED_SESSIONS, RevocationWatcher, revoke_sessions
 from ecosort_common.security import TokenVerifier
@@ -179,9 +179,30 @@ async def test_revocations_made_before_start_and_without_a_subscription_count(
         assert not await watcher.is_revoked("fine-session")
         assert not await watcher.is_revoked("ended-session")
     finally:
-        following.cancel()
-        with suppress(asyncio.CancelledError):
-            await following
+        await cancel_and_wait(following)
+
+
+async def test_a_process_that_revokes_knows_at_once(app: FastAPI) -> None:
+    """Its next request must not pass on the revoked session's token while its own
+    announcement is still on the way back over the subscription (auth: sign a device out, and
+    that device's next call is a 401)."""
+    redis = app.state.redis
+
+    class AnnouncementsOnTheWay(Subscription):
+        def _dispatch(self, channel: str, data: str) -> None:
+            pass  # live, but no message has come back yet
+
+    subscription = AnnouncementsOnTheWay(redis)
+    watcher = RevocationWatcher(redis, subscription)
+    following = asyncio.create_task(subscription.run())
+    try:
+        await _until_live(subscription)
+        await watcher.revoke(["signed-out"], ttl_seconds=60)
+        assert await watcher.is_revoked("signed-out")
+        assert not await watcher.is_revoked("still-signed-in")
+        assert await redis.zscore(REVOKED_SESSIONS, "signed-out") is not None
+    finally:
+        await cancel_and_wait(following)
 
 
 async def test_a_revocation_keeps_the_later_end_and_drops_those_that_ended(app: FastAPI) -> None:

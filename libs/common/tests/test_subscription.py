@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from contextlib import suppress
 
 from redis.asyncio import Redis
 
+from ecosort_common.aio import cancel_and_wait
 from ecosort_common.settings import ServiceSettings
 from ecosort_common.subscription import Subscription
 
@@ -53,8 +53,6 @@ async def test_a_killed_connection_is_noticed_and_resubscribed(settings: Service
         await _until(lambda: len(received) == 2)
         assert received == ["one", "two"]
     finally:
-        following.cancel()
-        with suppress(asyncio.CancelledError):
-            await following
+        await cancel_and_wait(following)
         await redis.aclose()
         await admin.aclose()

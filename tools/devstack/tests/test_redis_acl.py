@@ -27,6 +27,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ecosort_common.aio import cancel_and_wait
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.events import Event, EventConsumer, Handler, processed_events_table
 from ecosort_common.outbox import OutboxRelay, add_event, outbox_table
@@ -154,7 +155,7 @@ async def test_a_service_follows_revocations_counts_rate_limits_and_answers_ping
             await asyncio.sleep(0.5)  # pings on the subscription go through
             assert subscription.live
         finally:
-            following.cancel()
+            await cancel_and_wait(following)
         # Without a live subscription the verifier asks Redis (ZSCORE).
         cold = RevocationWatcher(client, Subscription(client))
         assert await cold.is_revoked(sid)

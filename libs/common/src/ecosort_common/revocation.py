@@ -58,6 +58,14 @@ class RevocationWatcher:
         self._swept_at = 0.0
         subscription.add(REVOCATION_CHANNEL, self._announced, on_subscribed=self._load_existing)
 
+    async def revoke(self, session_ids: Iterable[uuid.UUID | str], *, ttl_seconds: int) -> None:
+        """`revoke_sessions`, and this process knows at once: the next request it serves must not
+        pass on a token whose revocation has not yet come back to it over the subscription."""
+        sids = [str(sid) for sid in session_ids]
+        await revoke_sessions(self._redis, sids, ttl_seconds=ttl_seconds)
+        for sid in sids:
+            self._remember(sid, ttl_seconds)
+
     async def is_revoked(self, sid: str) -> bool:
         if not self._subscription.live:
             ends_at = await cast(Awaitable[float | None], self._redis.zscore(REVOKED_SESSIONS, sid))

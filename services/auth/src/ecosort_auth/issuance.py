@@ -19,7 +19,6 @@ from ecosort_auth.sessions import (
 )
 from ecosort_auth.tokens import issue_access_token
 from ecosort_common.errors import Problem
-from ecosort_common.revocation import revoke_sessions
 
 
 async def _access_token(
@@ -80,8 +79,7 @@ async def tokens_for_refresh(app: FastAPI, refresh_token: str) -> TokenAnswer:
     # The transaction has committed here, a reuse's revocation included.
     if isinstance(rotated, RefreshRefused):
         if rotated.revoked_session is not None:
-            await revoke_sessions(
-                app.state.redis,
+            await app.state.revocations.revoke(
                 [rotated.revoked_session],
                 ttl_seconds=settings.auth_access_token_ttl_seconds,
             )

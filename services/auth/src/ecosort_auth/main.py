@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.redis, "auth", window_seconds=settings.auth_rate_window_seconds
         )
         app.state.google_keys = google_keys(settings)
-        on_user_deleted.redis = app.state.redis
+        on_user_deleted.revocations = app.state.revocations
         # Auth checks its own access tokens (sessions, logout) with the same verifier as every
         # other service, fed from its own JWKS route in-process rather than over the network.
         await app.state.token_verifier.aclose()

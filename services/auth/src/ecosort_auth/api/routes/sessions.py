@@ -14,7 +14,6 @@ from ecosort_auth.config import Settings
 from ecosort_auth.sessions import active_sessions, find_owned_session, revoke_session
 from ecosort_common.errors import Problem
 from ecosort_common.pagination import Page, page_of
-from ecosort_common.revocation import revoke_sessions
 from ecosort_common.security import Principal, current_principal
 
 router = APIRouter(tags=["sessions"])
@@ -62,8 +61,7 @@ async def delete_session(
         if owned is None:
             raise Problem(404, "No such session.")
         await revoke_session(db, session_id, reason="signed_out_by_user")
-    await revoke_sessions(
-        request.app.state.redis,
+    await request.app.state.revocations.revoke(
         [session_id],
         ttl_seconds=settings.auth_access_token_ttl_seconds,
     )

@@ -16,7 +16,6 @@ from ecosort_auth.keys import published_jwks
 from ecosort_auth.sessions import owner_of_refresh_token, revoke_session, session_of_refresh_token
 from ecosort_common.errors import Problem
 from ecosort_common.ratelimit import RateLimiter
-from ecosort_common.revocation import revoke_sessions
 from ecosort_common.security import bearer_token
 
 router = APIRouter(tags=["tokens"])
@@ -54,8 +53,7 @@ async def logout(request: Request, settings: SettingsDep, body: LogoutIn | None 
         session_id = uuid.UUID(principal.session_id)
     async with sessionmaker() as db, db.begin():
         await revoke_session(db, session_id, reason="logout")
-    await revoke_sessions(
-        request.app.state.redis,
+    await request.app.state.revocations.revoke(
         [session_id],
         ttl_seconds=settings.auth_access_token_ttl_seconds,
     )
