@@ -178,14 +178,14 @@ async def test_a_store_that_is_down_is_a_503_to_retry(
     assert "127.0.0.1" not in response.text and ":9" not in response.text
 
 
-async def test_a_hung_redis_is_a_503_within_the_socket_timeout(
+async def test_a_hung_redis_is_a_503_within_the_request_deadline(
     settings: ServiceSettings, token_issuer: TokenIssuer
 ) -> None:
     """A Redis that accepts the connection and never answers used to hold every request that
-    checked a token for as long as it hung."""
+    checked a token for as long as it hung; and the app must still shut down."""
     with silent_server() as address:
         hung = settings.model_copy(
-            update={"redis_url": f"redis://{address}/0", "redis_socket_timeout_seconds": 0.5}
+            update={"redis_url": f"redis://{address}/0", "request_deadline_seconds": 0.5}
         )
         app = build_app(hung)
         async with asyncio.timeout(20), LifespanManager(app):

@@ -20,7 +20,7 @@ WINDOW_START = WINDOW * 28_333_334.0  # a window's first instant (late 2023)
 
 @pytest.fixture
 async def redis(settings: ServiceSettings) -> AsyncIterator[Redis]:
-    client = create_redis(settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds)
+    client = create_redis(settings.redis_url)
     yield client
     await client.aclose()
 

@@ -63,7 +63,7 @@ class AclServer:
     @asynccontextmanager
     async def service(self, user: str) -> AsyncIterator[Redis]:
         """The client a service process makes (ecosort_common.redis), logged in as `user`."""
-        client = create_redis(self.url(user), socket_timeout=5)
+        client = create_redis(self.url(user))
         try:
             yield client
         finally:
@@ -193,7 +193,7 @@ async def test_events_go_from_each_producer_to_each_consumer(acl_server: AclServ
     with temporary_database("redis_acl") as database_url:
         engine = create_engine(database_url, pool_size=2, connect_timeout=5)
         sessionmaker = create_sessionmaker(engine)
-        clients = {s: create_redis(acl_server.url(s), socket_timeout=5) for s in SERVICES}
+        clients = {s: create_redis(acl_server.url(s)) for s in SERVICES}
         relays = {s: OutboxRelay(outbox, sessionmaker, clients[s], source=s) for s in producers}
         try:
             async with engine.begin() as connection:

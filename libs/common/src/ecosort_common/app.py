@@ -65,9 +65,7 @@ def create_service_app(
             )
             stack.push_async_callback(app.state.engine.dispose)
             app.state.sessionmaker = create_sessionmaker(app.state.engine)
-            app.state.redis = create_redis(
-                settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds
-            )
+            app.state.redis = create_redis(settings.redis_url)
             stack.push_async_callback(app.state.redis.aclose)
             app.state.subscription = Subscription(app.state.redis)
             app.state.revocations = RevocationWatcher(app.state.redis, app.state.subscription)

@@ -31,9 +31,6 @@ class ServiceSettings(BaseSettings):
     database_pool_size: int = 10
     database_connect_timeout_seconds: float = 3.0
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # A Redis that accepts connections and never answers (hung, or a failover blackholing the
-    # old address) fails a command after this long, a 503 to retry, instead of holding it.
-    redis_socket_timeout_seconds: float = Field(default=5.0, gt=0)
 
     jwks_url: str = "http://127.0.0.1:8101/api/v1/auth/jwks.json"
     jwt_issuer: str = "http://127.0.0.1:8080"

@@ -132,9 +132,7 @@ def worker_runtime() -> WorkerRuntime:
         )
         deps = pipeline.PipelineDeps(
             sessionmaker=create_sessionmaker(engine),
-            redis=create_redis(
-                settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds
-            ),
+            redis=create_redis(settings.redis_url),
             storage=storage_from_settings(settings),
             classifiers=registry_from_settings(settings),
             guidance=guidance,
@@ -219,9 +217,7 @@ def _reaper_thread() -> None:
 
     async def main() -> None:
         engine = create_engine(settings.database_url, pool_size=1)
-        redis = create_redis(
-            settings.redis_url, socket_timeout=settings.redis_socket_timeout_seconds
-        )
+        redis = create_redis(settings.redis_url)
         stop = asyncio.Event()
         watcher = asyncio.create_task(asyncio.to_thread(_reaper_stop.wait))
         watcher.add_done_callback(lambda _: stop.set())

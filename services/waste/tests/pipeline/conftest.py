@@ -174,7 +174,7 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = create_redis(redis_url, socket_timeout=5.0)
+    client = create_redis(redis_url)
     yield client
     await client.aclose()
 

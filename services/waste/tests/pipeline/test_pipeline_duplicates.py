@@ -39,7 +39,7 @@ class ReapedThenFails:
     def classify(self, image: Image.Image) -> Classification:
         async def reap() -> None:
             engine = create_engine(self.database_url, pool_size=1)
-            redis = create_redis(self.redis_url, socket_timeout=5.0)
+            redis = create_redis(self.redis_url)
             try:
                 report = await reaper.reap_once(
                     create_sessionmaker(engine),
