@@ -11,9 +11,10 @@ log = structlog.get_logger("ecosort.aio")
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any], recheck_seconds: float = 1.0) -> None:
-    """Cancel until done. Python 3.11's `asyncio.wait_for`, which redis-py wraps around every
-    send once a socket timeout is set, drops a cancellation that arrives as the send completes;
-    a loop that lost its cancellation would run on, and whoever waits for it would wait for
+    """Cancel until done. Python 3.11's `asyncio.wait_for` drops a cancellation that arrives as
+    the work it waits for completes, and libraries use it inside their own calls (redis-py
+    around every send when given a socket timeout: it held the services' shutdown in tests).
+    A loop that lost its cancellation would run on, and whoever waits for it would wait for
     ever. A task still running after `recheck_seconds` is cancelled again: long enough for the
     cleanup a cancellation starts (closing a connection) not to be cut short as a rule.
     Exceptions are retrieved, not raised: the caller is stopping the tasks, not running them."""
