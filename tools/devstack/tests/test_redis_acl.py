@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -21,6 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+import yaml
 from kombu.message import Message
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
@@ -47,6 +52,7 @@ from ecosort_devstack.valkey import EmbeddedValkey, embedded_url, ping
 
 REPO = find_repo_root(Path(__file__).parent)
 OTHERS_THAN_AUTH = [service for service in SERVICES if service != "auth"]
+ADMIN = "test-admin"
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,11 @@ class AclServer:
 
 @pytest.fixture(scope="module")
 def acl_server(open_tmp_path_module: Path) -> Iterator[AclServer]:
-    passwords = {user: secrets.token_urlsafe(16) for user in USERS}
+    passwords = {user: secrets.token_urlsafe(16) for user in (*USERS, ADMIN)}
     acl_file = open_tmp_path_module / "users.acl"
-    acl_file.write_text(render_acl_file(passwords))
+    # An administrator of the tests' own, to read what was refused (ACL LOG).
+    admin = f"user {ADMIN} on >{passwords[ADMIN]} ~* &* +@all\n"
+    acl_file.write_text(render_acl_file(passwords) + admin)
     server = EmbeddedValkey(open_tmp_path_module / "data", free_port(), acl_file)
     log = open_tmp_path_module / "valkey.log"
     with log.open("wb") as output:
@@ -286,6 +294,19 @@ async def test_waste_reports_progress_and_holds_leases(acl_server: AclServer) ->
             assert await pipe.execute() == [0, 0]
 
 
+# How KEDA's Redis scaler reads a list's length (kedacore/keda, pkg/scalers/redis_scaler.go):
+# one script, TYPE then the length command that fits the type.
+KEDA_LENGTH_SCRIPT = """
+local listType = redis.call('type', KEYS[1])["ok"]
+local cmd = {zset = 'zcard', set = 'scard', list = 'llen', hash = 'hlen', none = 'llen'}
+return redis.call(cmd[listType], KEYS[1])
+"""
+
+
+def keda_queue_length(keda: redis.Redis, queue: str) -> int:
+    return int(keda.eval(KEDA_LENGTH_SCRIPT, 1, queue))  # type: ignore[no-untyped-call]
+
+
 def test_waste_sends_and_takes_celery_tasks_and_keda_counts_them(acl_server: AclServer) -> None:
     from kombu import Queue
 
@@ -295,7 +316,7 @@ def test_waste_sends_and_takes_celery_tasks_and_keda_counts_them(acl_server: Acl
     celery = configure_celery(Settings(redis_url=acl_server.url("waste")))
     send_analysis(celery, uuid.uuid4())  # LPUSH, binding lookups
     keda = acl_server.client(KEDA_USER)
-    assert keda.llen(QUEUE) == 1
+    assert keda_queue_length(keda, QUEUE) == 1
     taken: list[str] = []
 
     def take(body: object, message: Message) -> None:
@@ -309,12 +330,57 @@ def test_waste_sends_and_takes_celery_tasks_and_keda_counts_them(acl_server: Acl
         # The restore of messages held too long: SET NX mutex, ZREVRANGEBYSCORE, EVALSHA.
         connection.default_channel.qos.restore_visible()
     assert taken == ["ecosort_waste.analyse"]
-    assert keda.llen(QUEUE) == 0
+    assert keda_queue_length(keda, QUEUE) == 0
     # The worker's remote control: a PSUBSCRIBE of the pidbox broadcasts.
     listener = acl_server.client("waste").pubsub()
     listener.psubscribe("/0.celery.pidbox")
     assert listener.get_message(timeout=5)["type"] == "psubscribe"  # type: ignore[index]
     listener.close()
+
+
+def test_the_charts_worker_command_runs_as_waste(
+    acl_server: AclServer, open_tmp_path_module: Path
+) -> None:
+    """The worker exactly as the chart starts it: with Celery's mingle it exited at start on
+    NOPERM, and its heartbeats were refused for as long as it ran."""
+    values = yaml.safe_load((REPO / "charts" / "waste" / "values.yaml").read_text())
+    command = values["workers"]["worker"]["command"]
+    assert command[0] == "celery"
+    admin = acl_server.client(ADMIN)
+    admin.acl_log_reset()
+    log = open_tmp_path_module / "worker.log"
+    with temporary_database("acl_worker") as database_url:
+        env = {
+            **os.environ,
+            "REDIS_URL": acl_server.url("waste"),
+            "DATABASE_URL": database_url,
+            "DATA_DIR": str(open_tmp_path_module / "waste-data"),
+            "WORKER_HEARTBEAT_FILE": str(open_tmp_path_module / "worker-heartbeat"),
+            "LOG_JSON": "false",
+        }
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", *command],
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_until(
+                lambda: " ready." in log.read_text(errors="replace"),
+                what="the worker",
+                timeout=60,
+                process=process,
+                log=log,
+            )
+            time.sleep(3)  # past a heartbeat's interval (2 s)
+            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+            refused = [(e["username"], e["object"]) for e in admin.acl_log()]
+            assert refused == []
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
 
 
 # ------------------------------------------------------------------ what each must not do
@@ -355,6 +421,9 @@ FORGED = [
     (KEDA_USER, "LPUSH", "analyses", "{}"),
     (KEDA_USER, "GET", "auth:oauth-state:x"),
     (KEDA_USER, "ZSCORE", "auth:revoked-sessions", "x"),
+    # Its scripts may only count the queue.
+    (KEDA_USER, "EVAL", "return redis.call('DEL', KEYS[1])", "1", "analyses"),
+    (KEDA_USER, "EVAL", "return redis.call('LLEN', KEYS[1])", "1", "waste:analysis:x"),
 ]
 
 

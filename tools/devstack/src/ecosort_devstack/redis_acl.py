@@ -12,8 +12,10 @@ share `waste`). A user may:
 Nothing else: no other service's keys, no admin or @dangerous command (FLUSHALL, CONFIG, KEYS,
 DEBUG...), no SCAN of the shared keyspace.
 
-The `default` user, the one a password-only AUTH logs in as, is the KEDA scaler's: PING and
-LLEN of the Celery queue, nothing else (the local launcher uses it for its readiness ping).
+The `default` user, the one a password-only AUTH logs in as, is the KEDA scaler's: PING, and
+the length of the Celery queue by KEDA's own Lua script (TYPE and LLEN of that one key; a
+leaked password can still run busy scripts), nothing else (the local launcher uses it for its
+readiness ping).
 
 Rules go in selectors (Redis >= 7, Valkey): a command passes when the user's root rules or one
 selector allow both the command and every key and channel it names, so "XADD" and
@@ -174,7 +176,9 @@ def keda_rules(*, celery_key_prefix: str = "") -> str:
         [
             "resetkeys resetchannels -@all",
             _CONNECTION,
-            _selector(f"%R~{queue}", "+llen"),
+            # KEDA's Redis scaler asks in a Lua script (TYPE, then LLEN): EVAL declares its
+            # keys read-write, so `~`, and a script can run no other command or key.
+            _selector(f"~{queue}", "+llen +type +eval +evalsha"),
         ]
     )
 

@@ -352,7 +352,7 @@ class Stack:
         argv = [
             sys.executable, "-m", "celery", "-A", WORKER_MODULE, "worker",
             "-Q", WORKER_QUEUE, "--prefetch-multiplier=1", "--concurrency=1",
-            "--loglevel=INFO", "--without-gossip", "--without-mingle",
+            "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
         process = self.group.spawn(
             "worker",
