@@ -39,7 +39,7 @@ class RequestDeadlineMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        clock = _Clock(asyncio.timeout(self.seconds), self.seconds, receive, send)
+        clock = _Clock(self.seconds, receive, send)
         try:
             async with clock.deadline:
                 await self.app(scope, clock.receive, clock.send)
@@ -71,8 +71,8 @@ class _Clock:
 
     __slots__ = ("_receive", "_seconds", "_send", "deadline", "responding")
 
-    def __init__(self, deadline: asyncio.Timeout, seconds: float, receive: Receive, send: Send):
-        self.deadline = deadline
+    def __init__(self, seconds: float, receive: Receive, send: Send) -> None:
+        self.deadline = asyncio.timeout(seconds)
         self.responding = False
         self._seconds = seconds
         self._receive = receive
