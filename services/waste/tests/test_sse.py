@@ -226,6 +226,33 @@ async def test_finished_analysis_without_a_log_answers_from_the_database(
     assert again.status_code == 204, again.text
 
 
+async def test_a_finished_analysis_whose_log_lacks_the_final_event_ends_at_once(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    """The reaper failed the analysis but could not publish its final event (Redis blinked
+    after the commit): the log has the run's progress and no end. The database, read as the
+    stream opens, already says how it ended: the stream ends with it, not a resync later."""
+    redis: Redis = app.state.redis
+    await publish_event(redis, analysis_id, "progress", progress("load", 5))
+    await publish_event(redis, analysis_id, "progress", progress("classify", 20))
+    async with app.state.sessionmaker() as session:
+        await session.execute(
+            update(Analysis)
+            .where(Analysis.id == uuid.UUID(analysis_id))
+            .values(status="failed", stage="classify", progress=20, error="did not finish")
+        )
+        await session.commit()
+    async with open_stream(live_url, analysis_id, user[1]) as stream:
+        events = await stream.rest()
+    assert [(e["id"], e["event"]) for e in events] == [
+        ("1", "progress"),
+        ("2", "progress"),
+        ("3", "failed"),
+    ]
+    assert json.loads(events[-1]["data"])["error"] == "did not finish"
+    assert stream.comments == 0  # no heartbeat: it did not wait for a resync
+
+
 async def test_an_id_from_a_lost_log_gets_this_log_from_its_start(
     app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
 ) -> None:

@@ -238,11 +238,12 @@ async def follow(
     mailbox = hub.join(analysis_id)
     try:
         pending = await read_events(redis, analysis_id, last)
-        if not pending and known_final:
+        if known_final and not any(event.event in TERMINAL_EVENTS for event in pending):
+            # Finished, but the log has no end (expired, or the final event never published):
+            # what it has, then the end from the database, rather than waiting for a resync.
             final = await final_state()
             if final is not None:
-                yield sse_fields(final)
-                return
+                pending = [*pending, final]
         quiet_seconds = 0.0
         while True:
             for event in pending:
