@@ -18,6 +18,7 @@ from starlette.routing import Match
 from ecosort_common.testing import TokenIssuer
 from ecosort_waste import crud, images
 from ecosort_waste.api.routes.analyses import poll_analysis
+from ecosort_waste.api.routes.events import stream_events
 from ecosort_waste.models import Analysis, Correction, outbox
 from ecosort_waste.progress import publish_event
 
@@ -474,30 +475,42 @@ async def test_a_correction_holds_its_analysis_against_an_account_deletion(
     assert deletion == ["waited"]
 
 
-async def test_status_read_checks_the_id_and_the_token_and_is_documented(
-    app: FastAPI, client: AsyncClient, user: User
+@pytest.mark.parametrize(
+    ("suffix", "handler", "parameters", "media_type"),
+    [
+        ("", poll_analysis, ["analysis_id"], "application/json"),
+        ("/events", stream_events, ["analysis_id", "Last-Event-ID"], "text/event-stream"),
+    ],
+)
+async def test_plain_routes_check_the_id_and_the_token_and_are_documented(
+    app: FastAPI,
+    client: AsyncClient,
+    user: User,
+    suffix: str,
+    handler: object,
+    parameters: list[str],
+    media_type: str,
 ) -> None:
-    """The polling read is served without FastAPI's routing and dependency resolution: it still
-    refuses what the other routes refuse, and the API description still lists it."""
+    """The status poll and the event stream are served without FastAPI's routing and
+    dependency resolution: they still refuse what the other routes refuse, and the API
+    description still lists them."""
     malformed = assert_problem(
-        await client.get(f"{API}/analyses/not-a-uuid", headers=user.headers), 422
+        await client.get(f"{API}/analyses/not-a-uuid{suffix}", headers=user.headers), 422
     )
     assert "analysis_id" in str(malformed)
-    assert_problem(await client.get(f"{API}/analyses/not-a-uuid"), 401)  # the token first
-    assert_problem(await client.get(f"{API}/analyses/{uuid.uuid4()}"), 401)
-    assert_problem(await client.get(f"{API}/analyses/{uuid.uuid4()}", headers=user.headers), 404)
-    path = f"{API}/analyses/{uuid.uuid4()}"
+    assert_problem(await client.get(f"{API}/analyses/not-a-uuid{suffix}"), 401)  # token first
+    assert_problem(await client.get(f"{API}/analyses/{uuid.uuid4()}{suffix}"), 401)
+    path = f"{API}/analyses/{uuid.uuid4()}{suffix}"
+    assert_problem(await client.get(path, headers=user.headers), 404)
     assert_problem(await client.delete(path, headers=user.headers), 405)
-    poll = {"type": "http", "method": "GET", "path": path, "root_path": ""}
-    served_by = next(r for r in app.router.routes if r.matches(poll)[0] == Match.FULL)
-    assert getattr(served_by, "endpoint", None) is poll_analysis  # the plain route, found first
+    request = {"type": "http", "method": "GET", "path": path, "root_path": ""}
+    served_by = next(r for r in app.router.routes if r.matches(request)[0] == Match.FULL)
+    assert getattr(served_by, "endpoint", None) is handler  # the plain route, found first
     operation = (await client.get(f"{API}/openapi.json")).json()["paths"][
-        f"{API}/analyses/{{analysis_id}}"
+        f"{API}/analyses/{{analysis_id}}{suffix}"
     ]["get"]
-    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/AnalysisView"
-    }
-    assert [p["name"] for p in operation["parameters"]] == ["analysis_id"]
+    assert media_type in operation["responses"]["200"]["content"]
+    assert [p["name"] for p in operation["parameters"]] == parameters
 
 
 async def test_a_conflict_with_a_row_since_deleted_is_a_409(

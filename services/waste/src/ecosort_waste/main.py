@@ -12,9 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ecosort_common.app import create_service_app
 from ecosort_waste import models
-from ecosort_waste.api import api_router
+from ecosort_waste.api import api_router, plain_routes
 from ecosort_waste.api.deps import Enqueue
-from ecosort_waste.api.routes.analyses import polling_route
 from ecosort_waste.api.view_cache import AnalysisViewCache
 from ecosort_waste.config import Settings, get_settings
 from ecosort_waste.consumers import UserDeletedHandler
@@ -66,8 +65,8 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         on_startup=[start_read_sessions, start_queue, start_progress_hub],
     )
     app.state.storage = storage
-    # The path every polling client hits, ahead of FastAPI's router (see polling_route).
-    app.router.routes.insert(0, polling_route(settings.api_prefix))
+    # The paths every polling client and event stream hits, ahead of FastAPI's router.
+    app.router.routes[0:0] = plain_routes(settings.api_prefix)
     return app
 
 

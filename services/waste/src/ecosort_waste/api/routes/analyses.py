@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.routing import Route
 
 from ecosort_common.errors import Problem
 from ecosort_common.pagination import MAX_PAGE_SIZE, Page
@@ -33,6 +30,7 @@ from ecosort_waste.api.deps import (
     StorageDep,
     analysis_links,
 )
+from ecosort_waste.api.plain_routes import path_uuid, served_by
 from ecosort_waste.api.schemas import (
     AnalysisAccepted,
     AnalysisSummary,
@@ -235,20 +233,7 @@ async def poll_analysis(request: Request) -> Response:
     handler: FastAPI's per-request dependency resolution was a third of its CPU time
     (bench/README.md). It runs the same authentication dependency, called directly."""
     user = await current_principal(request)  # first, as on every route: 401 before 422
-    raw_id = request.path_params["analysis_id"]
-    try:
-        analysis_id = uuid.UUID(raw_id)
-    except ValueError:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "uuid_parsing",
-                    "loc": ("path", "analysis_id"),
-                    "msg": "Input should be a valid UUID",
-                    "input": raw_id,
-                }
-            ]
-        ) from None
+    analysis_id = path_uuid(request, "analysis_id")
     state = request.app.state
     hub: ProgressHub = state.progress_hub
     views: AnalysisViewCache = state.analysis_views
@@ -265,13 +250,6 @@ async def poll_analysis(request: Request) -> Response:
     return Response(view.model_dump_json(), media_type="application/json")
 
 
-class _PollingRoute(APIRoute):
-    """Documented from `get_analysis`'s signature like any route; served by `poll_analysis`."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return poll_analysis
-
-
 async def get_analysis(analysis_id: uuid.UUID, user: CurrentUser) -> AnalysisView:
     """Status, progress (0-100), stage, result and error of one of your analyses."""
     raise NotImplementedError("served by poll_analysis")  # pragma: no cover
@@ -282,16 +260,8 @@ router.add_api_route(
     get_analysis,
     methods=["GET"],
     response_model=AnalysisView,
-    route_class_override=_PollingRoute,
+    route_class_override=served_by(poll_analysis),
 )
-
-
-def polling_route(prefix: str) -> Route:
-    """`poll_analysis` as a plain Starlette route, for the app to match before FastAPI's router:
-    finding a route through FastAPI's nested included routers cost a fifth of a poll's CPU
-    (bench/README.md). The route above documents the path, and serves it where this one is not
-    installed."""
-    return Route(f"{prefix}/analyses/{{analysis_id}}", poll_analysis, methods=["GET"])
 
 
 async def _live_state(hub: ProgressHub, redis: Redis, analysis_id: str) -> dict[str, str]:
