@@ -309,3 +309,15 @@ async def test_direct_upload_form_is_enforced(client: AsyncClient, headers: dict
     )
     assert refused_type.status_code == 422
     assert (await client.post(f"{API}/uploads")).status_code == 401
+
+
+async def test_a_forged_signature_of_any_characters_is_refused(
+    client: AsyncClient, headers: dict[str, str]
+) -> None:
+    # The route needs no login: whatever a stranger puts in the signature field is a 403, not
+    # a 500 (hmac.compare_digest refuses to compare str holding non-ASCII characters).
+    issued = await ticket(client, headers)
+    forged = {**issued, "fields": {**issued["fields"], "signature": "서명" * 32}}
+    refused = await post_form(client, forged, b"x")
+    assert refused.status_code == 403
+    assert refused.headers["content-type"] == "application/problem+json"

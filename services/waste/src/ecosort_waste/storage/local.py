@@ -106,7 +106,9 @@ class LocalStorage:
             int(signed["max_bytes"])
         except (KeyError, ValueError) as exc:
             raise UploadFormRejected("incomplete upload form") from exc
-        if not hmac.compare_digest(signature, self._sign(signed)):
+        # As bytes: compare_digest raises TypeError for str holding non-ASCII characters, and
+        # the signature is whatever the unauthenticated sender wrote.
+        if not hmac.compare_digest(signature.encode(), self._sign(signed).encode()):
             raise UploadFormRejected("bad upload signature")
         if expires < (time.time() if now is None else now):
             raise UploadFormRejected("upload form expired")
