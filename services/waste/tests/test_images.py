@@ -399,3 +399,62 @@ def test_a_large_decode_is_not_overtaken_for_ever_by_small_ones() -> None:
             stop.set()
             for small in smalls:
                 small.result(timeout=5)
+
+
+def heif_cropped_to(coded: tuple[int, int], shown: tuple[int, int]) -> bytes:
+    """A HEIF of ``coded`` pixels with a `clap` (clean aperture) property showing only the
+    centre ``shown`` of it: a small image to Pillow, a large one to decode."""
+    data = encode(Image.new("L", coded, 90), "HEIF", quality=1)
+
+    def box(kind: bytes, within: tuple[int, int]) -> tuple[int, int]:
+        at, end = within
+        while at < end:
+            size = int.from_bytes(data[at : at + 4], "big")
+            if data[at + 4 : at + 8] == kind:
+                return at, at + size
+            at += size
+        raise AssertionError(kind)
+
+    meta = box(b"meta", (0, len(data)))
+    iprp = box(b"iprp", (meta[0] + 12, meta[1]))
+    ipco = box(b"ipco", (iprp[0] + 8, iprp[1]))
+    ipma = box(b"ipma", (iprp[0] + 8, iprp[1]))
+    iloc = box(b"iloc", (meta[0] + 12, meta[1]))
+    properties, at = 0, ipco[0] + 8
+    while at < ipco[1]:
+        properties, at = properties + 1, at + int.from_bytes(data[at : at + 4], "big")
+    clap = struct.pack(">I4s8I", 40, b"clap", shown[0], 1, shown[1], 1, 0, 1, 0, 1)
+    # ipma (version 0, one item): item id, association count, then one byte per property.
+    entry = bytearray(data[ipma[0] : ipma[1]])
+    assert entry[8] == 0 and int.from_bytes(entry[12:16], "big") == 1
+    entry[18] += 1
+    entry[19 + entry[18] - 1 : 19 + entry[18] - 1] = bytes([0x80 | (properties + 1)])
+    struct.pack_into(">I", entry, 0, len(entry))
+    out = bytearray(
+        data[: ipco[1]] + clap + data[ipco[1] : ipma[0]] + bytes(entry) + data[ipma[1] :]
+    )
+    grown = len(clap) + 1
+    for start, more in ((meta[0], grown), (iprp[0], grown), (ipco[0], len(clap))):
+        struct.pack_into(">I", out, start, int.from_bytes(out[start : start + 4], "big") + more)
+    # The pixel data (mdat) comes after meta: its offset in iloc (version 0, one item, one
+    # extent, 4-byte base offset) moved by what was inserted.
+    assert data.index(b"mdat") > meta[1] and out[iloc[0] + 8] == 0 and out[iloc[0] + 13] >> 4 == 4
+    base = iloc[0] + 20  # after the sizes, the item count, its id and data reference index
+    struct.pack_into(">I", out, base, int.from_bytes(out[base : base + 4], "big") + grown)
+    return bytes(out)
+
+
+def test_a_heif_cropped_small_is_judged_by_the_pixels_it_decodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A `clap` crop applies after the whole coded image is decoded: an 11 kB file shown as
+    # 100x100 decoded all of its 8000x6000. (A lower limit here: a 48 MP HEIC takes x265 long.)
+    cropped = heif_cropped_to((1200, 1000), (100, 100))
+    with Image.open(io.BytesIO(cropped)) as opened:
+        assert opened.size == (100, 100)  # what Pillow, and so the size check, is told
+    assert sanitise(cropped).width == 100  # a valid file, under the usual limit
+    monkeypatch.setattr(images, "MAX_PIXELS", 1_000_000)
+    with pytest.raises(TooManyPixels) as refused:
+        sanitise(cropped)
+    assert "1200000 pixels" in refused.value.detail
+    assert sanitise(encode(photo(1000, 1000), "HEIF")).width == 1000  # at the limit: fine

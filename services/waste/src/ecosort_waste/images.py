@@ -178,8 +178,7 @@ def sanitise(data: bytes) -> SanitisedImage:
         raise UnsupportedImage("Only JPEG, PNG, WebP and HEIC/HEIF images are accepted.")
     image = _open_header(data, fmt)
     try:
-        _check_pixels(image)
-        pixels = image.width * image.height
+        pixels = _check_pixels(image, data, fmt)
         if fmt == "JPEG":
             _check_scans(data)
         _eight_bit_colour_key(image)
@@ -222,7 +221,8 @@ def _open_header(data: bytes, fmt: str) -> Image.Image:
         raise CorruptImage(f"The {fmt} image header could not be read.") from exc
 
 
-def _check_pixels(image: Image.Image) -> None:
+def _check_pixels(image: Image.Image, data: bytes, fmt: str) -> int:
+    """The pixels decoding makes, refused over the limit."""
     width, height = image.size
     if width <= 0 or height <= 0:
         raise CorruptImage("The image has no pixels.")
@@ -231,6 +231,55 @@ def _check_pixels(image: Image.Image) -> None:
             f"The image is {width}x{height} ({width * height} pixels); "
             f"the limit is {MAX_PIXELS} pixels."
         )
+    if fmt != "HEIF":
+        return width * height
+    # A HEIF's size is after its transformations, and a `clap` crop comes after decoding the
+    # whole coded image: an 11 kB file showing 100x100 decoded all of its 8000x6000. Its items'
+    # `ispe` properties give the coded sizes (libheif refuses a stream larger than its ispe).
+    coded = _heif_largest_item(data)
+    if coded > MAX_PIXELS:
+        raise TooManyPixels(
+            f"The image decodes to {coded} pixels before cropping; "
+            f"the limit is {MAX_PIXELS} pixels."
+        )
+    return max(width * height, coded)
+
+
+def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """The ISO-BMFF boxes between ``start`` and ``end``: (type, body start, box end)."""
+    while start + 8 <= end:
+        size, header = int.from_bytes(data[start : start + 4], "big"), 8
+        kind = data[start + 4 : start + 8]
+        if size == 1 and start + 16 <= end:  # a 64-bit size follows the type
+            size, header = int.from_bytes(data[start + 8 : start + 16], "big"), 16
+        elif size == 0:  # to the end
+            size = end - start
+        if size < header or start + size > end:
+            return
+        yield kind, start + header, start + size
+        start += size
+
+
+def _heif_largest_item(data: bytes) -> int:
+    """The most pixels any image item of a HEIF has as coded: the largest of the `ispe`
+    properties in meta/iprp/ipco (the primary image, its grid, tiles, thumbnails)."""
+    ranges = [(0, len(data))]
+    for container in (b"meta", b"iprp", b"ipco"):
+        skip = 4 if container == b"meta" else 0  # meta is a full box: version and flags first
+        ranges = [
+            (body + skip, end)
+            for start, stop in ranges
+            for kind, body, end in _boxes(data, start, stop)
+            if kind == container
+        ]
+    largest = 0
+    for start, stop in ranges:
+        for kind, body, end in _boxes(data, start, stop):
+            if kind == b"ispe" and end - body >= 12:  # version and flags, then the size
+                width = int.from_bytes(data[body + 4 : body + 8], "big")
+                height = int.from_bytes(data[body + 8 : body + 12], "big")
+                largest = max(largest, width * height)
+    return largest
 
 
 def _check_scans(data: bytes) -> None:
