@@ -38,6 +38,7 @@ from ecosort_waste.classifier.preprocess import to_rgb
 from ecosort_waste.classifier.registry import registry_from_settings
 from ecosort_waste.classifier.training import (
     NEVER,
+    HeadNotBetter,
     OutOfFold,
     first_stage_accept,
     load_split,
@@ -491,6 +492,7 @@ def test_train_head_writes_a_new_version_the_service_picks_up(tmp_path: Path) ->
         [(p, "glass_bottle") for p in glass] + [(glass[0], "not-a-code")],
         heads_dir=heads,
         limit_per_class=2,
+        allow_worse=True,  # two photos per class do not make a better head
         log=messages.append,
     )
     assert path == heads / "head-v2.npz"
@@ -502,3 +504,24 @@ def test_train_head_writes_a_new_version_the_service_picks_up(tmp_path: Path) ->
     assert any("not-a-code" in m for m in messages)
     # The running classifier switches to the new head without a restart.
     assert running.classify(Image.new("RGB", (64, 64), "white")).head_version == "head-v2"
+
+
+@needs_photos
+def test_train_head_does_not_publish_a_head_worse_than_the_current_one(tmp_path: Path) -> None:
+    """A retrain that does worse on the validation photos than the head the service runs (bad
+    or poisoned corrections) is not switched to; asked for explicitly, it is."""
+    heads = tmp_path / "heads"
+    seed_heads(heads, MODELS_DIR / "heads")
+    before = (heads / "current").read_text()
+    # Cans called paper: the head learns that metal is paper.
+    metal = sorted((PHOTOS / "metal").glob("*.jpg"))[10:16]
+    poisoned = [(p, "paper") for p in metal]
+    messages: list[str] = []
+
+    with pytest.raises(HeadNotBetter, match="validation"):
+        train_head(poisoned, heads_dir=heads, limit_per_class=2, log=messages.append)
+
+    assert (heads / "current").read_text() == before
+    assert sorted(p.name for p in heads.glob("head-v*.npz")) == [before.strip()]
+    path = train_head(poisoned, heads_dir=heads, limit_per_class=2, allow_worse=True)
+    assert (heads / "current").read_text().strip() == path.name != before.strip()

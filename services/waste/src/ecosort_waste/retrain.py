@@ -11,9 +11,9 @@ import argparse
 import asyncio
 import sys
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Sequence
-from itertools import groupby
 from pathlib import Path
 
 import structlog
@@ -32,6 +32,11 @@ from ecosort_waste.storage import ObjectNotFound, Storage, storage_from_settings
 log = structlog.get_logger(__name__)
 
 
+# One person's corrections count for at most this many photos (their newest): the head is
+# trained on a few hundred photos per class, and anyone can upload and correct thousands.
+MAX_PHOTOS_PER_OWNER = 20
+
+
 async def export_corrections(
     sessionmaker: async_sessionmaker[AsyncSession], storage: Storage, folder: Path
 ) -> list[tuple[Path, str]]:
@@ -39,25 +44,43 @@ async def export_corrections(
 
     An analysis has at most one correction (`corrections.analysis_id` is unique), but one photo
     can be uploaded and corrected many times: stored images are addressed by their bytes, so
-    such uploads share an `image_sha256`. Each photo counts once, under its most frequent
-    correction (a tie between categories drops it), so that one photo corrected five times
-    cannot make a new class on its own.
+    such uploads share an `image_sha256`. A photo is voted on by people, not uploads: each
+    owner's newest correction of it is one vote, and each owner votes on at most
+    MAX_PHOTOS_PER_OWNER photos (their newest), so that no one person can outvote others by
+    uploading a photo again and again, or flood the head with photos of their own. Each photo
+    counts once, under its most voted category (a tie between categories drops it).
     """
     query = (
-        select(Correction.category, Analysis.image_key, Analysis.image_sha256)
+        select(
+            Correction.owner_id,
+            Correction.category,
+            Analysis.image_key,
+            Analysis.image_sha256,
+        )
         .join(Analysis, Analysis.id == Correction.analysis_id)
-        .order_by(Analysis.image_sha256, Correction.created_at)
+        .order_by(Correction.created_at.desc(), Correction.id)
     )
     async with sessionmaker() as session:
         rows = (await session.execute(query)).all()
+    votes: dict[str, dict[uuid.UUID, str]] = {}  # photo → owner → their newest category
+    keys: dict[str, list[str]] = {}  # photo → its stored copies, newest first
+    photos_of: Counter[uuid.UUID] = Counter()
+    for row in rows:  # newest first
+        keys.setdefault(row.image_sha256, []).append(row.image_key)
+        owners = votes.setdefault(row.image_sha256, {})
+        if row.owner_id in owners or photos_of[row.owner_id] >= MAX_PHOTOS_PER_OWNER:
+            continue
+        owners[row.owner_id] = row.category
+        photos_of[row.owner_id] += 1
     examples: list[tuple[Path, str]] = []
-    for image_sha256, corrections in groupby(rows, key=lambda row: row.image_sha256):
-        group = list(corrections)
-        category = _agreed_category([row.category for row in group])
+    for image_sha256 in sorted(votes):
+        if not votes[image_sha256]:
+            continue  # only votes past their owners' caps
+        category = _agreed_category(list(votes[image_sha256].values()))
         if category is None:
             log.warning("train_head.photo_disputed", image_sha256=image_sha256)
             continue
-        data = await _readable_photo(storage, [row.image_key for row in group])
+        data = await _readable_photo(storage, keys[image_sha256])
         if data is None:
             continue
         path = folder / f"{image_sha256}.jpg"
@@ -122,8 +145,15 @@ def train_head_command(argv: Sequence[str]) -> int:
         action="store_true",
         help="train on the shared photos alone, without reading the database",
     )
+    parser.add_argument(
+        "--allow-worse",
+        action="store_true",
+        help="publish the new head even if it does worse on the validation photos than the "
+        "current one",
+    )
     args = parser.parse_args(argv)
-    from ecosort_waste.classifier.training import train_head  # onnxruntime: only when training
+    # onnxruntime: only when training
+    from ecosort_waste.classifier.training import HeadNotBetter, train_head
 
     settings = get_settings()
     heads_dir = args.heads_dir or (
@@ -146,11 +176,20 @@ def train_head_command(argv: Sequence[str]) -> int:
             print(f"stored corrections with their photos: {len(corrections)}")
         if heads_dir is not None:  # numbered on from the shipped head, beside it
             seed_heads(heads_dir, MODELS_DIR / "heads")
-        path = train_head(
-            corrections,
-            photos=args.photos,
-            heads_dir=heads_dir,
-            limit_per_class=args.limit_per_class,
-        )
+        try:
+            path = train_head(
+                corrections,
+                photos=args.photos,
+                heads_dir=heads_dir,
+                limit_per_class=args.limit_per_class,
+                allow_worse=args.allow_worse,
+            )
+        except HeadNotBetter as exc:
+            print(
+                f"{exc}; the service keeps its current head. To publish it anyway, pass "
+                "--allow-worse.",
+                file=sys.stderr,
+            )
+            return 3
     print(f"new head: {path} (the service loads it on its next classification)")
     return 0

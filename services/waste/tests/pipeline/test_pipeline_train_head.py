@@ -14,9 +14,11 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ecosort_waste import retrain
 from ecosort_waste.classifier.head import load_head
 from ecosort_waste.classifier.local import MODELS_DIR, LocalClassifier
 from ecosort_waste.config import Settings
@@ -34,8 +36,9 @@ async def corrected_analysis(
     category: str,
     *,
     store: bool = True,
+    owner_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    analysis_id, owner_id = uuid.uuid4(), uuid.uuid4()
+    analysis_id, owner_id = uuid.uuid4(), owner_id or uuid.uuid4()
     key = f"analyses/{analysis_id}.jpg"
     data = photo_bytes(photo)
     # Stored images are named by their bytes: the same photo uploaded again has the same sha256.
@@ -100,11 +103,58 @@ async def test_a_photo_counts_once_under_its_most_frequent_correction(
     assert len({path.read_bytes() for path, _ in examples}) == 2
 
 
-async def train_head(heads: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """`python -m ecosort_waste train-head` on two photos per class, publishing to `heads`."""
+async def test_one_person_cannot_outvote_others_or_flood_the_head(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Corrections are votes of people, not of uploads: one person uploading a photo again and
+    again has one vote on it, and one person's corrections of many photos count up to a cap."""
+    monkeypatch.setattr(retrain, "MAX_PHOTOS_PER_OWNER", 3)
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    bob, mallory = uuid.uuid4(), uuid.uuid4()
+    for _ in range(3):  # one can photo, uploaded three times by one person, called a battery
+        await corrected_analysis(
+            sessionmaker, settings, "metal/metal7.jpg", "battery", owner_id=bob
+        )
+    for _ in range(2):  # two other people call it a can
+        await corrected_analysis(sessionmaker, settings, "metal/metal7.jpg", "can")
+    for i in range(100, 106):  # and another person calls six cans batteries
+        await corrected_analysis(
+            sessionmaker, settings, f"metal/metal{i}.jpg", "battery", owner_id=mallory
+        )
+    folder = tmp_path / "export"
+    folder.mkdir()
+
+    examples = await export_corrections(sessionmaker, storage_from_settings(settings), folder)
+
+    by_photo = {path.name: code for path, code in examples}
+    metal7 = hashlib.sha256(photo_bytes("metal/metal7.jpg")).hexdigest()
+    assert by_photo.pop(f"{metal7}.jpg") == "can"
+    # At most three of the person's photos (their newest), each once.
+    assert list(by_photo.values()) == ["battery"] * 3
+    newest = {
+        hashlib.sha256(photo_bytes(f"metal/metal{i}.jpg")).hexdigest() for i in (103, 104, 105)
+    }
+    assert {name.removesuffix(".jpg") for name in by_photo} == newest
+
+
+async def train_head(
+    heads: Path, *, allow_worse: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ecosort_waste train-head` on two photos per class, publishing to `heads`
+    (`--allow-worse`: two photos per class do not make a better head than the shipped one)."""
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "ecosort_waste", "train-head", "--limit-per-class", "2"],
+        [
+            sys.executable,
+            "-m",
+            "ecosort_waste",
+            "train-head",
+            "--limit-per-class",
+            "2",
+            *(["--allow-worse"] if allow_worse else []),
+        ],
         env={
             **os.environ,
             "CLASSIFIER_HEADS_DIR": str(heads),
@@ -130,6 +180,23 @@ async def test_train_head_stops_when_the_corrections_cannot_be_read(tmp_path: Pa
     assert finished.returncode == 2, finished.stdout[-2000:]
     assert "--no-corrections" in finished.stderr
     assert sorted(path.name for path in heads.iterdir()) == before
+
+
+async def test_train_head_keeps_the_current_head_when_the_new_one_is_worse(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Two photos per class make a worse head than the shipped one: the service keeps its own."""
+    heads = tmp_path / "heads"
+    shipped = (MODELS_DIR / "heads" / "current").read_text()
+
+    finished = await train_head(
+        heads, allow_worse=False, DATABASE_URL=database_url, DATA_DIR=str(tmp_path / "data")
+    )
+
+    assert finished.returncode == 3, finished.stderr[-3000:]
+    assert "not published" in finished.stderr and "--allow-worse" in finished.stderr
+    assert (heads / "current").read_text() == shipped
+    assert sorted(path.name for path in heads.glob("head-v*.npz")) == [shipped.strip()]
 
 
 async def test_train_head_publishes_a_new_version_the_classifier_picks_up(

@@ -22,7 +22,7 @@ from PIL import Image
 
 from .categories import CATEGORY_CODES, TRASHNET_CLASSES
 from .decision import answer, class_code, decide, is_sure, sure_under
-from .head import Head, publish_head, save_head, softmax
+from .head import Head, HeadError, current_head_path, load_head, publish_head, save_head, softmax
 from .local import MODELS_DIR, Backbones, OnnxBackbone
 
 SPLIT_FILE = MODELS_DIR / "split.json"
@@ -43,8 +43,16 @@ CALIBRATION_FOLDS = 5
 STEPS = 400
 TARGET_SURE_ACCURACY = 0.96  # accepted calibration answers at least this accurate (see card)
 BATCH_IMAGES = 16
+# A new head whose category accuracy on the validation photos is lower than the current head's
+# on the same photos by more than this is not published unless asked for (`allow_worse`):
+# corrections that teach new categories may cost a TrashNet photo or two, not more.
+WORSE_TOLERANCE = 0.01
 
 Log = Callable[[str], None]
+
+
+class HeadNotBetter(RuntimeError):
+    """The new head does worse on the validation photos than the head the service runs."""
 
 
 @dataclass
@@ -402,10 +410,13 @@ def train_head(
     test_time_augmentation: bool = False,
     publish: bool = True,
     out_path: Path | None = None,
+    allow_worse: bool = False,
     log: Log = print,
 ) -> Path:
     """Train, calibrate and write a new head; `extra_examples` are stored corrections
-    (image path, category code). Returns the new head file, which `current` then names."""
+    (image path, category code). Returns the new head file, which `current` then names.
+    Raises HeadNotBetter, publishing nothing, when the new head does worse on the validation
+    photos than the current one in `heads_dir` (unless `allow_worse`)."""
     models_dir = models_dir or MODELS_DIR
     heads_dir = heads_dir or models_dir / "heads"
     photos = photos or photos_dir()
@@ -453,6 +464,7 @@ def train_head(
     )
     accept = first_stage_accept(alone, whole)
     head = replace(head, first_stage=first, first_stage_accept=accept)
+    all_views = validation
     # Scored on exactly the views the service will compute.
     if not test_time_augmentation:
         validation = centre_view_only(validation)
@@ -486,9 +498,39 @@ def train_head(
         return out_path
     if not publish:
         raise ValueError("publish=False needs out_path")
+    if not allow_worse:
+        _refuse_if_worse(metrics["validation"], heads_dir, backbones, all_views, log)
     path = publish_head(head, heads_dir)
     log(f"wrote {path} and pointed {heads_dir / 'current'} at it")
     return path
+
+
+def _refuse_if_worse(
+    figures: dict[str, Any],
+    heads_dir: Path,
+    backbones: Backbones,
+    validation: Examples,
+    log: Log,
+) -> None:
+    """HeadNotBetter when the current head of `heads_dir` answers the same validation photos
+    (both views: `validation`) better than `figures` say the new head does. A current head
+    that cannot be read or was made for other network files is nothing to compare with (the
+    service will not run it either)."""
+    try:
+        current = load_head(current_head_path(heads_dir))
+    except HeadError:
+        return
+    if current.backbone_sha256 != backbones.sha256 or "category_accuracy" not in figures:
+        return
+    served = validation if current.test_time_augmentation else centre_view_only(validation)
+    theirs = evaluate(current, served, [class_code(c) for c in current.classes])
+    log(f"validation, current {current.version}: {json.dumps(theirs)}")
+    if figures["category_accuracy"] < theirs["category_accuracy"] - WORSE_TOLERANCE:
+        raise HeadNotBetter(
+            f"not published: validation category accuracy {figures['category_accuracy']} "
+            f"against {theirs['category_accuracy']} for the current {current.version} on the "
+            "same photos"
+        )
 
 
 def _corrections_as_classes(
