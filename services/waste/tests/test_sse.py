@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from PIL import Image
 from redis.asyncio import Redis
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from ecosort_common.testing import TokenIssuer
 from ecosort_waste.config import Settings
@@ -251,6 +251,22 @@ async def test_a_finished_analysis_whose_log_lacks_the_final_event_ends_at_once(
     ]
     assert json.loads(events[-1]["data"])["error"] == "did not finish"
     assert stream.comments == 0  # no heartbeat: it did not wait for a resync
+
+
+async def test_a_stream_ends_once_its_analysis_is_deleted(
+    app: FastAPI, live_url: str, analysis_id: str, user: tuple[uuid.UUID, dict[str, str]]
+) -> None:
+    """The owner's account was deleted while the stream was open: no event will ever come, so
+    the stream ends at the next resync, and the EventSource's reconnection is told 404."""
+    async with open_stream(live_url, analysis_id, user[1]) as stream:
+        await wait_for_watchers(app, 1)
+        async with app.state.sessionmaker() as session:
+            await session.execute(delete(Analysis).where(Analysis.id == uuid.UUID(analysis_id)))
+            await session.commit()
+        assert await stream.rest(wait_seconds=4) == []  # SSE_RESYNC_SECONDS=2 in the tests
+    async with AsyncClient(base_url=live_url) as http:
+        again = await http.get(f"{API}/analyses/{analysis_id}/events", headers=user[1])
+    assert again.status_code == 404
 
 
 async def test_an_id_from_a_lost_log_gets_this_log_from_its_start(

@@ -38,6 +38,9 @@ log = structlog.get_logger(__name__)
 CLIENT_BACKLOG = 32
 # Sentinel telling a client to re-read the log: its mailbox overflowed or Redis reconnected.
 RESYNC = ProgressEvent(seq=-1, event="resync", data={})
+# What `final_state` answers for an analysis that no longer exists (its owner's account was
+# deleted): the stream ends, and the client's reconnection is told 404.
+GONE = ProgressEvent(seq=-2, event="gone", data={})
 # Live states of analyses polled in this process: a few hundred bytes each.
 LIVE_STATES = 20_000
 LIVE_STATE_SECONDS = 600
@@ -224,7 +227,8 @@ async def follow(
     It yields fields rather than events so that it can be the response's body itself: one
     generator per open stream instead of two.
     ``final_state()`` answers from the database when the analysis has finished: it covers a
-    log that expired or a final event that was never published.
+    log that expired or a final event that was never published. It answers GONE for an
+    analysis deleted meanwhile, which ends the stream.
     ``known_final`` says the caller already saw the analysis finished; if it did not, the
     database is not asked again up front (a finish after that point is in the log).
     ``resync_seconds`` bounds how long a lost pub/sub message can go unnoticed.
@@ -242,6 +246,8 @@ async def follow(
             # Finished, but the log has no end (expired, or the final event never published):
             # what it has, then the end from the database, rather than waiting for a resync.
             final = await final_state()
+            if final is GONE:
+                return
             if final is not None:
                 pending = [*pending, final]
         quiet_seconds = 0.0
@@ -271,6 +277,8 @@ async def follow(
                 pending = await read_events(redis, analysis_id, last)
                 if not pending and RESYNC in received:
                     final = await final_state()
+                    if final is GONE:
+                        return
                     if final is not None:
                         yield sse_fields(final)
                         return

@@ -17,7 +17,7 @@ from ecosort_waste.api.plain_routes import path_uuid, served_by
 from ecosort_waste.config import Settings
 from ecosort_waste.models import FINAL_STATUSES
 from ecosort_waste.progress import ProgressEvent, final_data, publish_event, read_state
-from ecosort_waste.sse import ProgressResponse, follow
+from ecosort_waste.sse import GONE, ProgressResponse, follow
 
 router = APIRouter(tags=["analyses"])
 
@@ -52,10 +52,12 @@ async def stream_events(request: Request) -> Response:
 
     async def final_state() -> ProgressEvent | None:
         """The final event from the database, published if the log lacks it, so that a
-        reconnection with its id is told to stop (above)."""
+        reconnection with its id is told to stop (above); GONE once the analysis is deleted."""
         async with sessionmaker() as fresh:
             analysis = await crud.get_owned(fresh, analysis_id, owner)
-        if analysis is None or analysis.status not in FINAL_STATUSES:
+        if analysis is None:
+            return GONE
+        if analysis.status not in FINAL_STATUSES:
             return None
         data = final_data(
             status=analysis.status,
