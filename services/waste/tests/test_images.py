@@ -9,6 +9,7 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pillow_heif
 import pytest
@@ -24,6 +25,7 @@ from ecosort_waste.images import (
 )
 
 GPS_LATITUDE = (37.0, 33.0, 59.99)
+SHARED_PHOTOS = Path(__file__).resolve().parents[4] / "shared" / "data" / "waste-images"
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -345,6 +347,105 @@ def test_progressive_jpeg_with_too_many_scans_is_refused_before_decoding() -> No
     with pytest.raises(images.TooManyScans) as refused:
         sanitise(progressive_jpeg_with_extra_scans(images.MAX_JPEG_SCANS))
     assert refused.value.status == 422
+
+
+def jpeg_stuffed(record: bytes, count: int) -> bytes:
+    """A small JPEG with `count` copies of `record` after its first segment (APP0)."""
+    base = encode(photo(64, 48), "JPEG")
+    after_app0 = 4 + int.from_bytes(base[4:6], "big")
+    return base[:after_app0] + record * count + base[after_app0:]
+
+
+def refuse_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_open(*args: object, **kwargs: object) -> Image.Image:
+        raise AssertionError("Pillow was asked to read the file")
+
+    monkeypatch.setattr(Image, "open", no_open)
+
+
+@pytest.mark.parametrize(
+    ("record", "cap", "decodes"),
+    [
+        (b"\xff\xfe\x00\x02", "MAX_JPEG_SEGMENTS", True),  # empty comments
+        (b"\xff\xe1\x00\x02", "MAX_JPEG_SEGMENTS", True),  # empty APP1
+        # JPG0, a marker without a length: Pillow reads it, libjpeg then refuses it.
+        (b"\xff\xf0", "MAX_JPEG_SEGMENTS", False),
+        (b"\xff", "MAX_JPEG_STRAY_BYTES", True),  # fill bytes
+        (b"\x00", "MAX_JPEG_STRAY_BYTES", True),  # junk between segments
+    ],
+    ids=["com", "app1", "jpg0", "fill", "junk"],
+)
+def test_jpeg_stuffed_with_header_records_is_refused_before_pillow_reads_it(
+    record: bytes, cap: str, decodes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10 MB of these held a core for 3-5 s in Pillow's Python header parser.
+    limit = getattr(images, cap)
+    under = jpeg_stuffed(record, limit - 10)
+    if decodes:
+        assert sanitise(under).width == 64
+    else:
+        with pytest.raises(CorruptImage):
+            sanitise(under)
+    refuse_pillow(monkeypatch)
+    with pytest.raises(images.TooManySegments) as refused:
+        sanitise(jpeg_stuffed(record, limit + 1))
+    assert refused.value.status == 422
+    assert refused.value.title == "Image has too many segments"
+    assert str(limit) in refused.value.detail
+
+
+def test_jpeg_markers_between_scans_are_left_to_libjpeg() -> None:
+    # libjpeg reads them in C: 10 MB of empty comments there cost it ~30 ms.
+    base = encode(photo(64, 48), "JPEG", progressive=True)
+    last_scan = base.rfind(b"\xff\xda")
+    stuffed = base[:last_scan] + b"\xff\xfe\x00\x02" * 5_000 + base[last_scan:]
+    assert sanitise(stuffed).width == 64
+
+
+def png_stuffed(chunk: bytes, count: int, *, after_image_data: bool = False) -> bytes:
+    base = encode(photo(64, 48), "PNG")
+    at = base.rfind(b"IEND" if after_image_data else b"IDAT") - 4
+    return base[:at] + chunk * count + base[at:]
+
+
+@pytest.mark.parametrize(
+    ("chunk", "after_image_data", "cap"),
+    [
+        (png_chunk(b"teXt", b""), False, "MAX_PNG_CHUNKS"),
+        (png_chunk(b"zzZz", b""), False, "MAX_PNG_CHUNKS"),  # private, unknown to Pillow
+        (png_chunk(b"zzZz", b""), True, "MAX_PNG_CHUNKS"),  # read by load(), after the pixels
+        (png_chunk(b"IDAT", b""), True, "MAX_PNG_DATA_CHUNKS"),  # empty image data
+    ],
+    ids=["text", "private", "private-after-idat", "empty-idat"],
+)
+def test_png_stuffed_with_chunks_is_refused_before_pillow_reads_it(
+    chunk: bytes, after_image_data: bool, cap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10 MB of these held a core for 2.5-3.5 s in Pillow's Python chunk reader.
+    limit = getattr(images, cap)
+    assert sanitise(png_stuffed(chunk, limit - 10, after_image_data=after_image_data)).width == 64
+    refuse_pillow(monkeypatch)
+    with pytest.raises(images.TooManySegments) as refused:
+        sanitise(png_stuffed(chunk, limit + 1, after_image_data=after_image_data))
+    assert refused.value.status == 422
+    assert str(limit) in refused.value.detail
+
+
+def test_an_apng_with_many_frames_passes() -> None:
+    # Two chunks a frame (fcTL, fdAT): more than a cap sized for still images would allow.
+    frames = [Image.new("RGB", (8, 8), (i % 256, i // 256, 0)) for i in range(2_000)]
+    apng = encode(frames[0], "PNG", save_all=True, append_images=frames[1:], duration=40)
+    assert apng.count(b"fcTL") == 2_000
+    assert sanitise(apng).width == 8
+
+
+def test_real_photos_pass_the_segment_checks() -> None:
+    photos = sorted(SHARED_PHOTOS.rglob("*.jpg"))
+    assert len(photos) > 1_000
+    for path in photos:
+        images._check_jpeg_markers(path.read_bytes())  # all of them: ~30 µs each
+    for path in photos[::300]:  # and a few all the way
+        assert sanitise(path.read_bytes()).source_format == "JPEG"
 
 
 def test_a_codec_pillow_heif_lacks_is_422_not_a_crash() -> None:

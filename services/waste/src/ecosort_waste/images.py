@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import threading
 import warnings
@@ -31,6 +32,18 @@ JPEG_QUALITY: Final = 85
 # at 40 MP each ~66-byte scan cost ~2.7 ms, so a 2 MB file held a core for 80 s. Encoders
 # write about ten.
 MAX_JPEG_SCANS: Final = 100
+# Pillow parses headers in Python, a record at a time: ~1.3 µs for each JPEG marker segment
+# before the first scan (and ~0.5 µs for each stray byte between them), ~4 µs for each PNG
+# chunk, wherever it lies. 10 MB of empty ones held a core for 3-5 s; these caps hold it for
+# well under 0.2 s. Camera JPEGs have fewer than 30 segments there, PNGs fewer than 50 chunks
+# besides their image data; an APNG has one more (fcTL) a frame, and its image data comes in
+# IDAT/fdAT chunks (8-64 kB each from common encoders: ~1,300 for 10 MB at 8 kB). Markers
+# between scans are read by libjpeg, in C (10 MB of them: 30 ms), and need no cap; nor do WebP
+# chunks or HEIF boxes (libwebp, libheif: ~0.1 s for 10 MB of them).
+MAX_JPEG_SEGMENTS: Final = 1_000
+MAX_JPEG_STRAY_BYTES: Final = 64 * 1024
+MAX_PNG_CHUNKS: Final = 10_000
+MAX_PNG_DATA_CHUNKS: Final = 40_000
 # Decoding holds every pixel at full size, except for baseline JPEG (decoded at a reduced
 # scale): with the copies that follow, up to ~16 bytes a pixel, 620 MB for a 40 MP WebP.
 # Decodes share this budget so that a burst of them cannot take the API process past its
@@ -64,6 +77,12 @@ _UPRIGHT: Final = {
 # Pillow's JPEG plugin catches SyntaxError the same way when it reads the resolution from EXIF.
 _UNREADABLE_EXIF: Final = (SyntaxError, struct.error, ValueError)
 _SIXTEEN_BIT_MODES: Final = frozenset({"I;16", "I;16B", "I;16L", "I"})
+# What Pillow's JPEG reader steps over a byte at a time between marker segments: bytes that are
+# not 0xFF, 0xFF fill bytes (0xFF before another 0xFF), and 0xFF 0x00.
+_JPEG_STRAY: Final = re.compile(rb"(?:[^\xff]|\xff\x00|\xff(?=\xff))*")
+# Markers Pillow reads without a length: JPG, RSTn, SOI, EOI, JPGn. It refuses those below 0xC0.
+_JPEG_BARE_MARKERS: Final = frozenset({0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)})
+_PNG_DATA_CHUNKS: Final = frozenset({b"IDAT", b"fdAT"})
 
 
 class ImageRejected(Exception):
@@ -100,6 +119,11 @@ class TooManyPixels(ImageRejected):
 class TooManyScans(ImageRejected):
     status = 422
     title = "Image has too many scans"
+
+
+class TooManySegments(ImageRejected):
+    status = 422
+    title = "Image has too many segments"
 
 
 class MemoryBudget:
@@ -176,11 +200,14 @@ def sanitise(data: bytes) -> SanitisedImage:
     fmt = sniff_format(data)
     if fmt is None:
         raise UnsupportedImage("Only JPEG, PNG, WebP and HEIC/HEIF images are accepted.")
+    # Before Pillow reads a header: reading one of too many records is the cost refused here.
+    if fmt == "JPEG":
+        _check_jpeg_markers(data)
+    elif fmt == "PNG":
+        _check_png_chunks(data)
     image = _open_header(data, fmt)
     try:
         pixels = _check_pixels(image, data, fmt)
-        if fmt == "JPEG":
-            _check_scans(data)
         _eight_bit_colour_key(image)
         # For JPEG, let libjpeg decode at a reduced DCT scale: far less work for big photos.
         image.draft("RGB", (MAX_LONG_SIDE, MAX_LONG_SIDE))
@@ -282,12 +309,70 @@ def _heif_largest_item(data: bytes) -> int:
     return largest
 
 
-def _check_scans(data: bytes) -> None:
-    # Counting the marker is exact enough: entropy-coded data never holds 0xFF 0xDA (an 0xFF
-    # there is followed by 0x00 or a restart marker); only metadata could add to the count.
-    scans = data.count(b"\xff\xda")
+def _check_jpeg_markers(data: bytes) -> None:
+    """Walk the marker segments before the first scan as Pillow will (from segment length to
+    segment length), then count the scans."""
+    end = len(data)
+    pos = 2  # after SOI
+    segments = stray = 0
+    while True:
+        # Bounded, so that a run of stray bytes costs no more to scan than the cap allows.
+        skipped = _JPEG_STRAY.match(data, pos, min(end, pos + MAX_JPEG_STRAY_BYTES + 2))
+        stop = skipped.end() if skipped else pos  # (the pattern always matches)
+        stray += stop - pos
+        pos = stop
+        if stray > MAX_JPEG_STRAY_BYTES:
+            raise TooManySegments(
+                f"The JPEG has more than {MAX_JPEG_STRAY_BYTES} bytes between its marker "
+                "segments before the first scan."
+            )
+        if pos + 4 > end:
+            return  # no scan: Pillow will refuse the file
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise TooManySegments(
+                f"The JPEG has more than {MAX_JPEG_SEGMENTS} marker segments before the first scan."
+            )
+        marker = data[pos + 1]
+        if marker == 0xDA:
+            break
+        if marker < 0xC0:
+            return  # Pillow refuses the file at this marker
+        if marker in _JPEG_BARE_MARKERS:
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    # Counting this marker from here is exact enough: entropy-coded data never holds 0xFF 0xDA
+    # (an 0xFF there is followed by 0x00 or a restart marker); only metadata between scans
+    # could add to the count.
+    scans = data.count(b"\xff\xda", pos)
     if scans > MAX_JPEG_SCANS:
         raise TooManyScans(f"The JPEG has {scans} scans; the limit is {MAX_JPEG_SCANS}.")
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Count the chunks up to IEND, image data (IDAT, APNG's fdAT) apart from the rest: Pillow
+    reads every one in Python. Stops at a length beyond the end, which Pillow refuses."""
+    end = len(data)
+    pos = 8  # after the signature
+    chunks = data_chunks = 0
+    while pos + 8 <= end:
+        kind = data[pos + 4 : pos + 8]
+        if kind in _PNG_DATA_CHUNKS:
+            data_chunks += 1
+            if data_chunks > MAX_PNG_DATA_CHUNKS:
+                raise TooManySegments(
+                    f"The PNG has more than {MAX_PNG_DATA_CHUNKS} image data chunks."
+                )
+        else:
+            chunks += 1
+            if chunks > MAX_PNG_CHUNKS:
+                raise TooManySegments(
+                    f"The PNG has more than {MAX_PNG_CHUNKS} chunks besides its image data."
+                )
+            if kind == b"IEND":
+                return
+        pos += 12 + int.from_bytes(data[pos : pos + 4], "big")
 
 
 def _eight_bit_colour_key(image: Image.Image) -> None:
