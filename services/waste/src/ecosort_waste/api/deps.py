@@ -1,4 +1,4 @@
-"""Dependencies of the waste routes: the caller, a database session, storage, enqueue, the hub.
+"""Dependencies of the waste routes: the caller, a database session, storage, enqueue, settings.
 
 They are ``async def`` although they only read ``app.state``: FastAPI runs plain ``def``
 dependencies in the thread pool, a hop per dependency per request on the hot read path.
@@ -11,13 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.db import get_session
 from ecosort_common.security import Principal, current_principal
 from ecosort_waste.config import Settings
-from ecosort_waste.sse import ProgressHub
 from ecosort_waste.storage import Storage
 
 # Hands an analysis id to the pipeline (``ecosort_waste.queue.send_analysis``); synchronous.
@@ -34,26 +32,11 @@ async def get_enqueue(request: Request) -> Enqueue:
     return enqueue
 
 
-async def get_hub(request: Request) -> ProgressHub:
-    hub: ProgressHub = request.app.state.progress_hub
-    return hub
-
-
-async def get_redis(request: Request) -> Redis:
-    redis: Redis = request.app.state.redis
-    return redis
-
-
 async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
     """A session in autocommit mode for single-statement reads: no BEGIN/ROLLBACK round trips."""
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
     async with sessionmaker() as session:
         yield session
-
-
-async def get_read_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
-    return sessionmaker
 
 
 async def get_settings(request: Request) -> Settings:
@@ -64,11 +47,8 @@ async def get_settings(request: Request) -> Settings:
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 DbSession = Annotated[AsyncSession, Depends(get_session)]
 ReadSession = Annotated[AsyncSession, Depends(get_read_session)]
-RedisClient = Annotated[Redis, Depends(get_redis)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 EnqueueDep = Annotated[Enqueue, Depends(get_enqueue)]
-HubDep = Annotated[ProgressHub, Depends(get_hub)]
-ReadSessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_read_sessionmaker)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
