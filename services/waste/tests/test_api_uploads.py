@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import boto3
 import pytest
+import requests
+from botocore.stub import Stubber
 from fastapi import FastAPI
-from httpx import AsyncClient
+from httpx import ASGITransport, AsyncClient
+from moto import mock_aws
 from PIL import ExifTags, Image
 from sqlalchemy import func, select
 
 from ecosort_common.testing import TokenIssuer
 from ecosort_waste.models import Analysis
-from ecosort_waste.storage import ObjectNotFound
+from ecosort_waste.storage import ObjectNotFound, S3Storage
 
 from .conftest import Gate, stored_images
 
@@ -321,3 +326,58 @@ async def test_a_forged_signature_of_any_characters_is_refused(
     refused = await post_form(client, forged, b"x")
     assert refused.status_code == 403
     assert refused.headers["content-type"] == "application/problem+json"
+
+
+@pytest.fixture
+async def s3_client(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[AsyncClient, S3Storage]]:
+    """The app on an S3 bucket (moto stands in for AWS; boto3 is the client), and a client that
+    sees what the app answers to an unexpected error rather than the error itself."""
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="ap-northeast-2")
+        bucket = "ecosort-private-bucket"
+        s3.create_bucket(
+            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "ap-northeast-2"}
+        )
+        storage = S3Storage(s3, bucket, prefix="waste")
+        monkeypatch.setattr(app.state, "storage", storage)
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http, storage
+
+
+async def test_s3_busy_or_failing_is_a_503_to_retry_that_names_no_bucket(
+    s3_client: tuple[AsyncClient, S3Storage], headers: dict[str, str], enqueued: list[uuid.UUID]
+) -> None:
+    client, storage = s3_client
+    issued = await ticket(client, headers, content_type="image/png")
+    # The client's direct upload, straight to the bucket (moto intercepts `requests`).
+    posted = await asyncio.to_thread(
+        requests.post,
+        issued["url"],
+        data=issued["fields"],
+        files={"file": ("p.png", gps_png())},
+        timeout=5,
+    )
+    assert posted.status_code == 204
+    body = {"upload_id": issued["upload_id"]}
+    # What S3 answers once boto3's retries are spent: busy, or failing.
+    for code, status in (("SlowDown", 503), ("InternalError", 500)):
+        with Stubber(storage._client) as s3:
+            s3.add_client_error(
+                "head_object",
+                service_error_code=code,
+                service_message=f"S3 at {storage.bucket}.s3.ap-northeast-2.amazonaws.com",
+                http_status_code=status,
+            )
+            refused = await client.post(f"{API}/analyses", headers=headers, json=body)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert int(refused.headers["Retry-After"]) > 0
+        assert storage.bucket not in refused.text and "amazonaws" not in refused.text
+    assert enqueued == []
+    # Nothing was lost: the upload is still there, and the retry makes the analysis.
+    created = await client.post(f"{API}/analyses", headers=headers, json=body)
+    assert created.status_code == 202, created.text
+    assert len(enqueued) == 1

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from botocore.exceptions import ReadTimeoutError
+from botocore.exceptions import ClientError, ReadTimeoutError
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from ecosort_common.testing import silent_server
@@ -20,6 +21,7 @@ from ecosort_waste.storage import (
     ObjectNotFound,
     S3Storage,
     Storage,
+    StorageUnavailable,
     UploadFormRejected,
     storage_from_settings,
 )
@@ -159,6 +161,22 @@ def test_s3_presigned_post_accepts_an_upload(s3: S3Storage) -> None:
     assert s3.get("incoming/u/2") == b"abc"
 
 
+def test_s3_failures_are_told_apart(s3: S3Storage) -> None:
+    """Busy or failing (worth a retry: the API answers 503) is not a missing object, nor a
+    misconfiguration such as access denied (a 500, for the operator)."""
+    for code, status in (("SlowDown", 503), ("InternalError", 500), ("ServiceUnavailable", 503)):
+        with Stubber(s3._client) as stub:
+            stub.add_client_error("get_object", code, http_status_code=status)
+            with pytest.raises(StorageUnavailable):
+                s3.get("images/a.jpg")
+    with Stubber(s3._client) as stub:
+        stub.add_client_error("head_object", "AccessDenied", http_status_code=403)
+        with pytest.raises(ClientError):
+            s3.size("images/a.jpg")
+    with pytest.raises(ObjectNotFound):
+        s3.size("images/a.jpg")
+
+
 def test_a_hung_s3_gives_up_in_seconds_not_minutes() -> None:
     """The storage write of an upload runs in a thread the request deadline cannot stop; with
     boto3's defaults (60 s per read, four retries) a hung S3 held it for minutes."""
@@ -173,9 +191,10 @@ def test_a_hung_s3_gives_up_in_seconds_not_minutes() -> None:
         )
         storage = storage_from_settings(settings)
         started = time.monotonic()
-        with pytest.raises(ReadTimeoutError):
+        with pytest.raises(StorageUnavailable) as raised:
             storage.put("photos/a.jpg", b"x", "image/jpeg")
         waited = time.monotonic() - started
+    assert isinstance(raised.value.__cause__, ReadTimeoutError)
     # Three attempts of 0.3 s and the standard retry mode's backoff between them (jittered,
     # up to 2 s then 4 s).
     assert waited < 8, waited

@@ -6,11 +6,13 @@ from collections.abc import Awaitable
 from functools import partial
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from ecosort_common.app import create_service_app
+from ecosort_common.errors import STORE_RETRY_AFTER_SECONDS, problem_response
 from ecosort_waste import models
 from ecosort_waste.api import api_router, plain_routes
 from ecosort_waste.api.deps import Enqueue
@@ -19,7 +21,7 @@ from ecosort_waste.config import Settings, get_settings
 from ecosort_waste.consumers import UserDeletedHandler
 from ecosort_waste.queue import configure_celery, connect, send_analysis
 from ecosort_waste.sse import ProgressHub
-from ecosort_waste.storage import storage_from_settings
+from ecosort_waste.storage import StorageUnavailable, storage_from_settings
 
 log = structlog.get_logger(__name__)
 
@@ -65,9 +67,22 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         on_startup=[start_read_sessions, start_queue, start_progress_hub],
     )
     app.state.storage = storage
+    app.add_exception_handler(StorageUnavailable, _storage_unavailable)
     # The paths every polling client and event stream hits, ahead of FastAPI's router.
     app.router.routes[0:0] = plain_routes(settings.api_prefix)
     return app
+
+
+async def _storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """S3 down, busy or timing out: like the database or Redis not answering, a 503 to retry,
+    which names neither the bucket nor the endpoint (the log does)."""
+    log.warning("storage_unavailable", path=request.url.path, error=str(exc))
+    return problem_response(
+        request,
+        503,
+        detail="The photo store is not answering; retry in a few seconds.",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+    )
 
 
 app = create_app()

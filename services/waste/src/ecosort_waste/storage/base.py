@@ -15,6 +15,11 @@ class ObjectNotFound(KeyError):
     """No object is stored under the key."""
 
 
+class StorageUnavailable(Exception):
+    """The object store is down, throttling or not answering: the request was fine, and the
+    same call may succeed in a moment (the API answers 503 with Retry-After)."""
+
+
 class InvalidKey(ValueError):
     """A key that could escape the storage root or is otherwise malformed."""
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as S3ConnectionError
 
-from ecosort_waste.storage.base import ObjectNotFound, check_key, check_prefix
+from ecosort_waste.storage.base import (
+    ObjectNotFound,
+    StorageUnavailable,
+    check_key,
+    check_prefix,
+)
 
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# S3 answering that it is busy; any 5xx is S3 failing. Both are worth a retry, as the boto3
+# retries already were. Access denied, no such bucket and the like are configuration: not these.
+_BUSY_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"})
 
 
 class S3Storage:
@@ -23,23 +34,20 @@ class S3Storage:
         return self._prefix + check_key(key)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
-        self._client.put_object(
-            Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
-        )
+        with _answered(key):
+            self._client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type
+            )
 
     def get(self, key: str) -> bytes:
-        try:
+        with _answered(key, missing=True):
             response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            raise _translate(exc, key) from exc
-        body: bytes = response["Body"].read()
+            body: bytes = response["Body"].read()
         return body
 
     def size(self, key: str) -> int:
-        try:
+        with _answered(key, missing=True):
             response = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            raise _translate(exc, key) from exc
         return int(response["ContentLength"])
 
     def delete(self, key: str) -> None:
@@ -86,6 +94,20 @@ class S3Storage:
         return presigned["url"], dict(presigned["fields"])
 
 
-def _translate(exc: ClientError, key: str) -> Exception:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    return ObjectNotFound(key) if code in _MISSING_CODES else exc
+@contextmanager
+def _answered(key: str, *, missing: bool = False) -> Iterator[None]:
+    """S3's failures in the storage interface's terms: a missing object (``missing``: reads),
+    or S3 down, busy or not answering in time, after boto3's own retries. Anything else, such
+    as access denied or no such bucket, stays as boto3 raised it."""
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if missing and code in _MISSING_CODES:
+            raise ObjectNotFound(key) from exc
+        if status >= 500 or code in _BUSY_CODES:
+            raise StorageUnavailable(f"S3 answered {code or status} for {key!r}") from exc
+        raise
+    except (S3ConnectionError, HTTPClientError) as exc:  # refused, reset, timed out
+        raise StorageUnavailable(f"S3 did not answer for {key!r}: {exc}") from exc
