@@ -3,6 +3,8 @@ RuntimeDefault seccomp profile, with resources; secrets come only from the exist
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from helm_python import HelmError
 
@@ -100,3 +102,26 @@ def test_migrations_run_as_a_pre_install_and_pre_upgrade_hook(
     assert int(policy["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
         job["metadata"]["annotations"]["helm.sh/hook-weight"]
     )
+
+
+def test_waste_pods_can_take_a_workload_identity(render_with: Any) -> None:
+    """Prod stores photos in S3 and prefers a workload identity to static keys (values.yaml,
+    docs/deploy.md). The egress policy shuts out the node's metadata endpoint and EKS Pod
+    Identity's agent (169.254.0.0/16), so IRSA (an annotated ServiceAccount, STS over HTTPS) is
+    the way left: the values must be able to annotate the ServiceAccount the pods run as."""
+    role = "arn:aws:iam::123456789012:role/ecosort-waste"
+    overrides = {"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": role}}}
+    manifests = render_with("waste", "prod", overrides)
+    (account,) = of_kind(manifests, "ServiceAccount")
+    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role}
+    for workload, pod in pod_templates(manifests):
+        if not workload.startswith("Job/"):  # the migration hook runs before the account exists
+            assert pod["serviceAccountName"] == account["metadata"]["name"], workload
+
+
+@pytest.mark.parametrize(("service", "env"), CASES)
+def test_service_accounts_carry_no_annotations_by_default(
+    service: str, env: str, rendered: Rendered
+) -> None:
+    (account,) = of_kind(rendered[(service, env)], "ServiceAccount")
+    assert "annotations" not in account["metadata"]

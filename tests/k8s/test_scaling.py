@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +272,51 @@ def test_worker_grace_outlasts_its_longest_task(env: str, rendered: Rendered) ->
     )
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > 2 * deadline
+
+
+@pytest.mark.parametrize(
+    "worker_values",
+    [{"keda": {"minReplicaCount": 0}}, {"keda": {"enabled": False}, "replicas": 0}],
+    ids=["keda-to-zero", "no-replicas"],
+)
+def test_a_worker_always_runs_the_reaper(worker_values: dict[str, Any], render_with: Any) -> None:
+    """The reaper runs in the workers only (worker.py): it re-sends analyses the API committed but
+    could not enqueue, and takes back those of a worker that died mid-task, neither of which is
+    in the list KEDA counts. Scaled to zero on an empty list, nothing would run it, and such
+    analyses would stay `queued` or `processing` until the next upload woke a worker."""
+    with pytest.raises(helm.HelmError, match="minimum"):
+        render_with("waste", "prod", {"workers": {"worker": worker_values}})
+
+
+def idle_api_rss_bytes(command: list[str], config: dict[str, str]) -> int:
+    """Resident memory of a fresh process that has imported the API's ASGI app (uvicorn's
+    target) with the chart's plain settings: a floor under what the pod uses once it serves."""
+    module = next(arg for arg in command if arg.endswith(":app")).split(":")[0]
+    script = (
+        f"import importlib; importlib.import_module({module!r}); "
+        "print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    )
+    env = {**os.environ, **config}
+    output = subprocess.run(
+        [sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return int(output.strip().splitlines()[-1]) * 1024
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+@pytest.mark.parametrize("service", ["waste", "recycling"])  # the two with an HPA
+def test_api_memory_request_holds_an_idle_process(
+    service: str, env: str, rendered: Rendered
+) -> None:
+    """The HPA scales on memory as a share of the request: a request the idle process already
+    fills past the target keeps the API at maxReplicas for good, busy or not."""
+    manifests = rendered[(service, env)]
+    (hpa,) = of_kind(manifests, "HorizontalPodAutoscaler")
+    (memory,) = [m for m in hpa["spec"]["metrics"] if m["resource"]["name"] == "memory"]
+    (api,) = [d for d in of_kind(manifests, "Deployment") if d["metadata"]["name"] == service]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    (config,) = of_kind(manifests, "ConfigMap")
+    request = quantity(container["resources"]["requests"]["memory"])
+    target = request * memory["resource"]["target"]["averageUtilization"] / 100
+    idle = idle_api_rss_bytes(container["command"], config["data"])
+    assert idle < target, f"{env}: idle API {idle / 2**20:.0f} MiB, target {target / 2**20:.0f} MiB"

@@ -27,6 +27,12 @@ metadata:
   namespace: {{ .Release.Namespace }}
   labels:
     {{- include "ecosort-lib.labels" . | nindent 4 }}
+  {{- /* e.g. eks.amazonaws.com/role-arn: IRSA, the workload identity waste's S3 storage can use
+  (the egress policies shut out the metadata endpoints that other credentials come from). */}}
+  {{- with (get (get .Values "serviceAccount" | default dict) "annotations") }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 # The services never call the Kubernetes API.
 automountServiceAccountToken: false
 {{- end -}}
