@@ -65,6 +65,20 @@ def test_request_id_travels_through_gateway_and_service(gateway_url: str) -> Non
     assert response.json()["request_id"] == "e2e-trace-1"
 
 
+@pytest.mark.parametrize("request_id", ["e2e.trace-2", "e2e:trace:3"])
+def test_every_request_id_the_gateway_keeps_the_service_keeps_too(
+    gateway_url: str, request_id: str
+) -> None:
+    """nginx keeps a client's X-Request-ID made of letters, digits and `._:-` (and logs the
+    request under it); the service must answer under that same id, not a new one of its own."""
+    response = httpx.get(
+        f"{gateway_url}/api/v1/waste/no-such-thing", headers={"X-Request-ID": request_id}
+    )
+    assert_problem(response, 404)
+    assert response.headers["x-request-id"] == request_id
+    assert response.json()["request_id"] == request_id
+
+
 def test_gateway_body_limit_comes_from_the_ingress(gateway_url: str) -> None:
     # auth's Ingress allows 64k: nginx refuses more before the service sees it.
     response = httpx.post(f"{gateway_url}/api/v1/auth/dev/login", content=b"{" * 70_000)

@@ -92,8 +92,14 @@ async def test_unexpected_error_hides_internals(client: AsyncClient) -> None:
 async def test_request_id_is_kept_or_made(client: AsyncClient) -> None:
     kept = await client.get("/healthz", headers={"x-request-id": "abc-123"})
     assert kept.headers["x-request-id"] == "abc-123"
+    # What the gateway keeps (nginx_conf.py: letters, digits and `._:-`) is kept here too.
+    dotted = await client.get("/healthz", headers={"x-request-id": "trace.1:ab-2"})
+    assert dotted.headers["x-request-id"] == "trace.1:ab-2"
     made = await client.get("/healthz", headers={"x-request-id": "bad id\n"})
     assert made.headers["x-request-id"] not in ("", "bad id\n")
+    # Letters outside ASCII are not a plain token (and would be re-encoded in the header).
+    latin = await client.get("/healthz", headers={"x-request-id": b"caf\xe9"})
+    assert latin.headers["x-request-id"].isascii()
 
 
 async def test_metrics_use_route_templates(client: AsyncClient) -> None:
