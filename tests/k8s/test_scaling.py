@@ -17,6 +17,9 @@ from ecosort_k8scheck.paths import ENVIRONMENTS, SERVICES
 from ecosort_waste import worker
 from ecosort_waste.config import Settings
 
+# The service's own default, which the chart assumes where config does not set it.
+DEFAULT_DEADLINE: int = Settings.model_fields["analysis_deadline_seconds"].default
+
 AUTOSCALED = {"waste", "recycling"}
 
 
@@ -264,14 +267,27 @@ def test_worker_grace_outlasts_its_longest_task(env: str, rendered: Rendered) ->
     (scaled,) = of_kind(manifests, "ScaledObject")
     worker = scaled_deployment(manifests, scaled)
     (config,) = of_kind(manifests, "ConfigMap")
-    deadline = int(
-        config["data"].get(
-            "ANALYSIS_DEADLINE_SECONDS",
-            Settings.model_fields["analysis_deadline_seconds"].default,
-        )
-    )
+    deadline = int(config["data"].get("ANALYSIS_DEADLINE_SECONDS", DEFAULT_DEADLINE))
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > 2 * deadline
+
+
+@pytest.mark.parametrize(
+    ("config", "grace"),
+    [({"ANALYSIS_DEADLINE_SECONDS": "400"}, None), ({}, 2 * DEFAULT_DEADLINE)],
+    ids=["deadline-raised", "grace-cut"],
+)
+def test_a_grace_shorter_than_the_task_limit_does_not_render(
+    config: dict[str, str], grace: int | None, render_with: Any
+) -> None:
+    """The rule above holds for values set at install time too (`--set`), not only for the
+    committed values files: the chart refuses to render against it."""
+    short = {} if grace is None else {"terminationGracePeriodSeconds": grace}
+    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
+        render_with("waste", "prod", {"config": config, "workers": {"worker": short}})
+    limit = 2 * int(config.get("ANALYSIS_DEADLINE_SECONDS", DEFAULT_DEADLINE))
+    longer = {"terminationGracePeriodSeconds": limit + 1}
+    render_with("waste", "prod", {"config": config, "workers": {"worker": longer}})
 
 
 @pytest.mark.parametrize(
@@ -304,7 +320,7 @@ def idle_api_rss_bytes(command: list[str], config: dict[str, str]) -> int:
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-@pytest.mark.parametrize("service", ["waste", "recycling"])  # the two with an HPA
+@pytest.mark.parametrize("service", sorted(AUTOSCALED))
 def test_api_memory_request_holds_an_idle_process(
     service: str, env: str, rendered: Rendered
 ) -> None:
