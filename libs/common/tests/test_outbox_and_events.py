@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from unittest.mock import AsyncMock
 
 import pytest
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ecosort_common import app as app_module
 from ecosort_common import outbox as outbox_module
+from ecosort_common.app import create_service_app
 from ecosort_common.events import PROCESSED_RETENTION, Event, EventConsumer
 from ecosort_common.outbox import (
     PUBLISHED_RETENTION,
@@ -22,6 +29,7 @@ from ecosort_common.outbox import (
     stream_name,
     unread_floor,
 )
+from ecosort_common.settings import ServiceSettings
 
 from .conftest import notes, outbox, processed_events
 
@@ -141,8 +149,11 @@ async def test_failing_handler_leaves_the_message_pending(app: FastAPI) -> None:
         assert seen.first() is None  # rolled back with the handler: it will be retried
 
 
-async def test_a_stream_keeps_what_a_group_has_not_read_or_acknowledged(app: FastAPI) -> None:
+async def test_a_stream_keeps_what_a_group_has_not_read_or_acknowledged(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A consumer that is down while events pile up gets every one of them when it is back."""
+    monkeypatch.setattr(outbox_module, "TRIM_KEEPS", timedelta(0))  # these events as if old
     redis: Redis = app.state.redis
     stream = stream_name("note.trimmed")
     await redis.xgroup_create(stream, "slow", id="0", mkstream=True)
@@ -167,6 +178,32 @@ async def test_a_stream_keeps_what_a_group_has_not_read_or_acknowledged(app: Fas
     await redis.xack(stream, "slow", *(entry for entry, _ in read[0][1][100:]))
     rest = await redis.xreadgroup("slow", "s", {stream: ">"}, count=300)
     assert len(rest[0][1]) == 50  # all that it had not read
+
+
+async def test_a_group_created_after_another_has_read_all_still_gets_the_recent_events(
+    app: FastAPI,
+) -> None:
+    """Redis restarted empty: waste's consumer is back, auth's is still waiting out its backoff.
+    What waste has read and acknowledged meanwhile, auth's group (created at `0`) needs too."""
+    redis: Redis = app.state.redis
+    stream = stream_name("note.late")
+    await redis.xgroup_create(stream, "early", id="0", mkstream=True)
+    async with app.state.sessionmaker() as session, session.begin():
+        for number in range(300):
+            await add_event(session, outbox, "note.late", {"text": str(number)})
+    relay = _relay(app)
+    while await relay.publish_pending():
+        pass
+    read = await redis.xreadgroup("early", "e", {stream: ">"}, count=300)
+    await redis.xack(stream, "early", *(entry for entry, _ in read[0][1]))
+
+    await relay.trim()
+
+    await redis.xgroup_create(stream, "late", id="0")
+    late = await redis.xreadgroup("late", "l", {stream: ">"}, count=1000)
+    assert [json.loads(fields["payload"])["text"] for _, fields in late[0][1]] == [
+        str(number) for number in range(300)
+    ]
 
 
 async def test_a_stream_no_group_reads_is_not_trimmed_below_its_cap(app: FastAPI) -> None:
@@ -238,3 +275,93 @@ async def test_records_of_processed_events_go_after_their_retention(app: FastAPI
     async with app.state.sessionmaker() as session:
         left = set((await session.execute(select(processed_events.c.event_id))).scalars())
     assert recent in left and old not in left
+
+
+class _SilencingProxy:
+    """A TCP proxy to Redis whose open connections can go silent, as after a failover: what
+    is sent on them is never answered nor refused; new connections get through."""
+
+    def __init__(self, target: str) -> None:
+        self.host, port = target.removeprefix("redis://").split("/")[0].split(":")
+        self.port = int(port)
+        self.silenced: set[asyncio.StreamWriter] = set()
+        self.open: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with suppress(OSError):
+            while data := await reader.read(65536):
+                if writer in self.silenced:
+                    continue
+                writer.write(data)
+                await writer.drain()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(self.host, self.port)
+        self.open |= {writer, upstream_writer}
+        for pipe in (self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)):
+            task = asyncio.create_task(pipe)
+            self.tasks.add(task)
+
+    def silence(self) -> None:
+        self.silenced |= self.open
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[int]:
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        try:
+            yield server.sockets[0].getsockname()[1]
+        finally:
+            server.close()
+            for task in self.tasks:
+                task.cancel()
+            for writer in self.open:
+                writer.close()
+
+
+async def test_relay_and_consumer_get_past_a_redis_connection_gone_silent(
+    app: FastAPI, settings: ServiceSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No request deadline bounds the background loops: a Redis connection that stops answering
+    (a failover, a half-open TCP connection) must fail them over to a new one, not hold them."""
+    monkeypatch.setattr(app_module, "EVENTS_REDIS_TIMEOUT_SECONDS", 2.0, raising=False)
+    proxy = _SilencingProxy(settings.redis_url)
+
+    async def record(session: AsyncSession, event: Event) -> None:
+        await session.execute(insert(notes).values(text=event.payload["text"]))
+
+    async def publish(text: str) -> None:
+        async with app.state.sessionmaker() as session, session.begin():
+            await add_event(session, outbox, "note.failover", {"text": text})
+
+    async def handled(text: str, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if await _count_notes(app, text):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async with proxy.running() as port:
+        database = settings.redis_url.rsplit("/", 1)[1]
+        service = create_service_app(
+            settings.model_copy(
+                update={
+                    "service_name": "failover",
+                    "redis_url": f"redis://127.0.0.1:{port}/{database}",
+                    "outbox_relay_enabled": True,
+                    "outbox_poll_seconds": 0.05,
+                }
+            ),
+            title="failover",
+            outbox=outbox,
+            consumers={"note.failover": record},
+            processed_events=processed_events,
+        )
+        async with LifespanManager(service):
+            before, after = uuid.uuid4().hex, uuid.uuid4().hex
+            await publish(before)
+            assert await handled(before, 10)  # published and consumed through the proxy
+            proxy.silence()
+            await publish(after)
+            assert await handled(after, 15)

@@ -30,6 +30,10 @@ from ecosort_common.subscription import Subscription
 # A hook receives the app once its engine, sessionmaker, redis and verifier exist; it may return
 # a coroutine to run in the background for the app's lifetime, or None.
 StartupHook = Callable[[FastAPI], Awaitable[Awaitable[None] | None]]
+# The relay's and the consumers' wait for any Redis reply (above the consumers' 1 s XREADGROUP
+# BLOCK): a connection gone silent (Redis failed over, a half-open TCP connection) fails, is
+# dropped and retried on a new one, rather than holding them for ever.
+EVENTS_REDIS_TIMEOUT_SECONDS = 10.0
 
 
 def create_service_app(
@@ -85,18 +89,22 @@ def create_service_app(
                     background.append(task)
             background.append(app.state.subscription.run())  # the hooks may add channels
             # Built after the hooks: a hook that refuses to start leaves no coroutine behind.
+            events_redis = create_redis(
+                settings.redis_url, socket_timeout=EVENTS_REDIS_TIMEOUT_SECONDS
+            )
+            stack.push_async_callback(events_redis.aclose)
             if outbox is not None and settings.outbox_relay_enabled:
                 relay = OutboxRelay(
                     outbox,
                     app.state.sessionmaker,
-                    app.state.redis,
+                    events_redis,
                     source=settings.service_name,
                     poll_seconds=settings.outbox_poll_seconds,
                 )
                 background.append(relay.run())
             if consumers and processed_events is not None and settings.event_consumers_enabled:
                 consumer = EventConsumer(
-                    redis=app.state.redis,
+                    redis=events_redis,
                     sessionmaker=app.state.sessionmaker,
                     processed=processed_events,
                     group=settings.service_name,

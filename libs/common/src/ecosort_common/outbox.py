@@ -6,7 +6,9 @@ below the oldest entry any group has not read or not acknowledged. A fixed lengt
 the oldest events unread while a consumer is down long enough, and their outbox rows are
 already marked published, so nothing would send them again. A stream no group reads yet (its
 consumers have not started) and a group that stopped reading for good are bounded by
-STREAM_MAXLEN, the guard of Redis's memory, far above what a day's outage accumulates.
+STREAM_MAXLEN, the guard of Redis's memory, far above what a day's outage accumulates. A group
+created after others (a second consumer back later than the first after Redis restarted empty)
+starts at `0`: the trim keeps the last TRIM_KEEPS of entries, whatever the groups have read.
 Published rows leave the outbox table after PUBLISHED_RETENTION.
 """
 
@@ -40,6 +42,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 STREAM_PREFIX = "events:"
 STREAM_MAXLEN = 1_000_000
+# The trim keeps the last day's entries whatever the groups say: a group not created yet (Redis
+# restarted empty and one consumer is back before another, or a service starts consuming a
+# stream others already read) is created at `0` and needs them.
+TRIM_KEEPS = timedelta(days=1)
 HOUSEKEEPING_EVERY_SECONDS = 60.0
 # Published rows stay a while, to look into what was sent; then they go, a batch per round.
 PUBLISHED_RETENTION = timedelta(days=7)
@@ -141,10 +147,12 @@ class OutboxRelay:
 
     async def trim(self) -> None:
         """Drop from each stream this relay published to what every group has read and
-        acknowledged."""
+        acknowledged, and is older than TRIM_KEEPS."""
         for stream in self.streams:
             floor = await unread_floor(self.redis, stream)
             if floor is not None:
+                kept = int((time.time() - TRIM_KEEPS.total_seconds()) * 1000)
+                floor = min(floor, f"{kept}-0", key=_entry_order)
                 await self.redis.xtrim(stream, minid=floor, approximate=True)
 
     async def prune(self) -> int:
