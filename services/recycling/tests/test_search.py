@@ -168,6 +168,29 @@ def test_a_category_name_finds_the_category(query: str, category: str, first: st
         assert hits[0].item.id == first
 
 
+@pytest.mark.parametrize(
+    ("query", "category"),
+    [
+        # The English word for a stream is the stream, not an item that merely starts with it
+        # (plastic straw → general, vinyl flooring → bulky, medicine box → paper, lamp glass
+        # cover → nonburnable).
+        ("plastic", "plastic"),
+        ("vinyl", "vinyl"),
+        ("medicine", "medicine"),
+        ("lamp", "lamp"),
+    ],
+)
+def test_an_english_stream_name_finds_the_stream(query: str, category: str) -> None:
+    assert top_category(query) == category
+
+
+def test_a_bare_bulb_is_not_the_glass_of_a_light_fitting() -> None:
+    # 전구 alone is a bulb (recycling-rules.md §12: bulb-type LEDs go in the lamp box), not
+    # 전구 유리, the glass shade of a fitting (불연성).
+    for query in ("전구", "light bulb"):  # not the lighter either
+        assert top_id(query) == "led-bulb"
+
+
 def test_an_item_name_beats_its_category_name() -> None:
     hits = INDEX.search("폐식용유", limit=3)
     assert hits[0].item.id == "cooking-oil" and hits[0].how == "exact"

@@ -85,23 +85,25 @@ HEAD_SYLLABLE_WEIGHT = 0.75
 # A category matches all of its items, just below an item that carries the name itself: "캔"
 # is 음료캔 first, and then the rest of 캔류.
 CATEGORY_PENALTY = 3.0
-# What people call a category besides its data-file name (recycling-rules.md headings and
-# everyday words). Queries matching these find the category's items.
+# What people call a category besides its data-file name (recycling-rules.md headings, everyday
+# words, and the plain English word where name_en is longer: "plastic" must not find the plastic
+# straw, a general-waste item, before the plastic stream). Queries matching these find the
+# category's items.
 CATEGORY_ALIASES: dict[str, tuple[str, ...]] = {
     "paper": ("종이", "폐지"),
     "glass_bottle": ("유리병류",),
     "can": ("금속캔", "철캔", "알루미늄캔"),
     "scrap_metal": ("고철", "비철금속", "고철류"),
     "pet_clear": ("투명페트병",),
-    "plastic": ("플라스틱", "플라스틱류", "합성수지"),
-    "vinyl": ("비닐", "비닐류"),
+    "plastic": ("플라스틱", "플라스틱류", "합성수지", "plastic"),
+    "vinyl": ("비닐", "비닐류", "vinyl"),
     "styrofoam": ("스티로폼", "발포합성수지"),
     "textile": ("의류", "섬유"),
     "battery": ("폐건전지", "폐배터리", "전지류"),
-    "lamp": ("폐형광등",),
+    "lamp": ("폐형광등", "lamp"),
     "small_appliance": ("소형가전", "소형 전자제품", "작은 가전"),
     "large_appliance": ("대형가전", "폐가전"),
-    "medicine": ("폐의약품", "의약품"),
+    "medicine": ("폐의약품", "의약품", "medicine"),
     "food": ("음식물쓰레기", "음식물", "음식물류"),
     "general": ("일반쓰레기", "종량제봉투", "종량제", "생활쓰레기"),
     "nonburnable": ("불연성", "불연성쓰레기", "불연물"),
