@@ -115,6 +115,24 @@ async def test_state_is_single_use(client: AsyncClient) -> None:
     assert_problem(replay, 400)
 
 
+async def test_callback_must_come_from_the_browser_that_started_the_sign_in(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """A (code, state) pair is not a bearer credential: opened in another browser (login CSRF:
+    the attacker's pair in the victim's browser; or a leaked callback URL replayed by someone
+    else) it signs no one in. A cookie set by /authorize binds the state to its browser
+    (RFC 6749 §10.12, RFC 9700 §4.7.1); PKCE cannot, its verifier never leaves our server."""
+    to_provider = await client.get("/api/v1/auth/kakao/authorize")
+    back = await _provider_redirect(to_provider.headers["location"])
+    async with client_for_app(app, ip="198.51.100.7") as other_browser:
+        assert_problem(await _callback(other_browser, back), 400)
+    # The attempt did not spend the state: the browser that started the sign-in finishes it.
+    assert (await _callback(client, back)).status_code == 200
+    cookie = to_provider.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie
+    assert "path=/api/v1/auth/kakao/callback" in cookie
+
+
 async def test_head_neither_starts_a_sign_in_nor_spends_its_state(client: AsyncClient) -> None:
     """A link checker's HEAD on the callback must leave the state for the user's browser."""
     start = await client.head("/api/v1/auth/kakao/authorize")

@@ -7,7 +7,7 @@ import secrets
 from typing import Annotated
 
 from authlib.common.security import generate_token
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from ecosort_auth import oauth_state
@@ -90,7 +90,10 @@ async def authorize(
         nonce=secrets.token_urlsafe(16),
         device=device_of(request, device),
     )
-    await oauth_state.save(request.app.state.redis, state, pending, settings.auth_state_ttl_seconds)
+    browser_key = secrets.token_urlsafe(32)
+    await oauth_state.save(
+        request.app.state.redis, state, browser_key, pending, settings.auth_state_ttl_seconds
+    )
     url = await authorization_url(
         config,
         redirect_uri=redirect_uri,
@@ -98,7 +101,22 @@ async def authorize(
         code_verifier=pending.code_verifier,
         nonce=pending.nonce,
     )
-    return RedirectResponse(url, status_code=302)
+    redirect = RedirectResponse(url, status_code=302)
+    # Lax: sent on the top-level GET the provider redirects the browser back with.
+    redirect.set_cookie(
+        oauth_state.cookie_name(state),
+        browser_key,
+        max_age=settings.auth_state_ttl_seconds,
+        path=_callback_path(settings, provider),
+        secure=settings.auth_public_base_url.startswith("https://"),
+        httponly=True,
+        samesite="lax",
+    )
+    return redirect
+
+
+def _callback_path(settings: Settings, provider: str) -> str:
+    return f"{settings.api_prefix}/{provider}/callback"
 
 
 @router.get(
@@ -109,17 +127,25 @@ async def authorize(
 async def callback(
     provider: str,
     request: Request,
+    response: Response,
     settings: SettingsDep,
     limiter: LimiterDep,
     state: Annotated[str, Query(min_length=1, max_length=256)],
     code: Annotated[str | None, Query(max_length=2048)] = None,
     error: Annotated[str | None, Query(max_length=256)] = None,
 ) -> TokenAnswer:
-    """Finish the web flow: the state must be one we issued, unused and for this provider."""
+    """Finish the web flow: the state must be one we issued to this browser, unused and for this
+    provider."""
     config = _enabled(settings, provider)
-    pending = await oauth_state.take(request.app.state.redis, state)
+    cookie = oauth_state.cookie_name(state)
+    pending = await oauth_state.take(request.app.state.redis, state, request.cookies.get(cookie))
     if pending is None or pending.provider != provider:
-        raise Problem(400, "Unknown, expired or already used state.", title="Invalid sign-in state")
+        raise Problem(
+            400,
+            "Unknown, expired or already used state, or a sign-in started in another browser.",
+            title="Invalid sign-in state",
+        )
+    response.delete_cookie(cookie, path=_callback_path(settings, provider))
     if error is not None or code is None:
         raise Problem(401, f"The provider did not sign you in ({error}).", title="Sign-in refused")
     try:
