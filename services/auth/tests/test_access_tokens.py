@@ -121,6 +121,20 @@ async def test_claims_that_do_not_match_are_refused(
     assert_problem(await client.get(PROTECTED, headers=bearer(token)), 401)
 
 
+async def test_a_token_issued_a_moment_ahead_of_the_verifiers_clock_is_accepted(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """Clocks drift: a token used the moment auth issued it, at a service whose clock is a few
+    seconds behind auth's, is not "issued in the future". Far ahead it still is, and expiry
+    stays exact."""
+    now = int(time.time())
+    ahead = await _signed_with_current_key(app, iat=now + 5, nbf=now + 5)
+    assert (await client.get(PROTECTED, headers=bearer(ahead))).status_code == 200
+    for claims in ({"iat": now + 3600}, {"exp": now - 1, "iat": now - 901}):
+        token = await _signed_with_current_key(app, **claims)
+        assert_problem(await client.get(PROTECTED, headers=bearer(token)), 401)
+
+
 async def test_alg_none_is_refused(client: AsyncClient) -> None:
     real = (await dev_login(client, "alg-none"))["access_token"]
     header, claims = unverified_parts(real)

@@ -226,6 +226,19 @@ async def test_google_id_token_refusals(
     assert_problem(refused, 401)
 
 
+async def test_google_id_token_from_a_clock_a_little_ahead_of_ours_is_accepted(
+    mobile_app: FastAPI, google_key: RSAKey
+) -> None:
+    """The app sends Google's ID token the moment Google issued it; our clock a few seconds
+    behind Google's must not refuse it as issued in the future (google-auth's "Token used too
+    early")."""
+    ahead = google_id_token(google_key, iat=int(time.time()) + 5)
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(GOOGLE_CERTS).respond(json=google_certs(google_key))
+        answer = await _exchange(mobile_app, "google", {"id_token": ahead})
+    assert answer.status_code == 200, answer.text
+
+
 async def test_google_id_token_signed_by_another_key_is_refused(
     mobile_app: FastAPI, google_key: RSAKey
 ) -> None:

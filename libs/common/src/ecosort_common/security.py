@@ -24,7 +24,7 @@ from cachetools import TTLCache
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from joserfc import jws, jwt
-from joserfc.errors import JoseError
+from joserfc.errors import ExpiredTokenError, JoseError
 from joserfc.jwk import KeySet
 
 from ecosort_common.errors import Problem
@@ -37,6 +37,9 @@ ACCEPTED_ALGORITHMS = ("ES256",)
 MIN_REFRESH_INTERVAL_SECONDS = 10.0
 VERIFIED_TOKEN_CACHE_SIZE = 4096
 VERIFIED_TOKEN_CACHE_SECONDS = 60.0
+# How far ahead of ours the issuer's clock may run: a token used the moment it was issued is not
+# "issued in the future" (iat, nbf) at a verifier whose clock is a little behind.
+CLOCK_SKEW_SECONDS = 60
 log = structlog.get_logger("ecosort.security")
 
 # Only declares the scheme in OpenAPI, so generated clients send the token: `bearer_token`
@@ -55,6 +58,20 @@ class Principal:
     session_id: str
     token_id: str
     claims: dict[str, Any] = field(repr=False)
+
+
+class SkewTolerantClaims(jwt.JWTClaimsRegistry):
+    """Claims checks that accept `iat` and `nbf` up to CLOCK_SKEW_SECONDS ahead of our clock,
+    while `exp` stays exact: a verifier whose clock runs ahead only shortens a token's life, and
+    revocations are kept exactly as long as the revoked tokens last."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(leeway=CLOCK_SKEW_SECONDS, **options)
+
+    def validate_exp(self, value: object) -> None:
+        super().validate_exp(value)
+        if isinstance(value, (int, float)) and value <= self.now:
+            raise ExpiredTokenError("exp")
 
 
 def _unauthorized(detail: str) -> Problem:
@@ -136,7 +153,7 @@ class TokenVerifier:
         self._verified: TTLCache[str, Principal] = TTLCache(
             VERIFIED_TOKEN_CACHE_SIZE, VERIFIED_TOKEN_CACHE_SECONDS
         )
-        self._claims = jwt.JWTClaimsRegistry(
+        self._claims = SkewTolerantClaims(
             iss={"essential": True, "value": issuer},
             aud={"essential": True, "value": audience},
             exp={"essential": True},

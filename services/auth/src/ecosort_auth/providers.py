@@ -17,7 +17,7 @@ from joserfc.errors import JoseError
 from ecosort_auth.config import Settings
 from ecosort_auth.sessions import ProviderIdentity
 from ecosort_common.errors import Problem
-from ecosort_common.security import JwksCache
+from ecosort_common.security import JwksCache, SkewTolerantClaims
 
 try:  # authlib's OAuth client runs on httpx2 when it is installed, else on httpx
     import httpx2
@@ -133,7 +133,7 @@ async def verify_google_id_token(
         }
         if nonce is not None:
             checks["nonce"] = {"essential": True, "value": nonce}
-        jwt.JWTClaimsRegistry(**checks).validate(decoded.claims)
+        SkewTolerantClaims(**checks).validate(decoded.claims)
     except (JoseError, ValueError) as exc:
         raise ProviderRefused(f"Google ID token refused: {exc}") from exc
     claims = decoded.claims
