@@ -239,6 +239,25 @@ async def test_google_id_token_from_a_clock_a_little_ahead_of_ours_is_accepted(
     assert answer.status_code == 200, answer.text
 
 
+async def test_a_profile_longer_than_our_columns_still_signs_in(
+    mobile_app: FastAPI, google_key: RSAKey
+) -> None:
+    """A provider's name over our 100 characters, with a NUL, and an email over 320: the person
+    signs in (the name cut, the email dropped) instead of a 500 at every attempt."""
+    token = google_id_token(
+        google_key,
+        sub="long-profile-1",
+        name="\x00" + "김" * 500,
+        email="a" * 320 + "@example.com",
+        email_verified=True,
+    )
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(GOOGLE_CERTS).respond(json=google_certs(google_key))
+        answer = await _exchange(mobile_app, "google", {"id_token": token})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["user"]["nickname"] == "김" * 100
+
+
 async def test_google_id_token_signed_by_another_key_is_refused(
     mobile_app: FastAPI, google_key: RSAKey
 ) -> None:

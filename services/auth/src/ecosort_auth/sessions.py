@@ -18,14 +18,32 @@ from ecosort_common.pagination import paginate
 USER_REGISTERED = "user.registered"
 
 
+# The columns' lengths (models.Identity): a provider's profile is not ours to refuse over them.
+MAX_NICKNAME = 100
+MAX_EMAIL = 320
+
+
 @dataclass(frozen=True)
 class ProviderIdentity:
-    """Who the provider (or the dev login) says signed in."""
+    """Who the provider (or the dev login) says signed in. The profile is kept as far as our
+    columns take it: a nickname is cut to MAX_NICKNAME, an email that does not fit is dropped
+    (a cut one would be someone else's), and neither may hold NUL, which PostgreSQL refuses;
+    otherwise that person's every sign-in would fail."""
 
     provider: str
     subject: str
     nickname: str | None = None
     email: str | None = None
+
+    def __post_init__(self) -> None:
+        nickname = _text(self.nickname)
+        email = _text(self.email)
+        object.__setattr__(self, "nickname", nickname[:MAX_NICKNAME] if nickname else None)
+        object.__setattr__(self, "email", email if email and len(email) <= MAX_EMAIL else None)
+
+
+def _text(value: object) -> str | None:
+    return value.replace("\x00", "") if isinstance(value, str) else None
 
 
 @dataclass(frozen=True)
