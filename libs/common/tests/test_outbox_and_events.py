@@ -16,12 +16,13 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from ecosort_common import app as app_module
 from ecosort_common import outbox as outbox_module
 from ecosort_common.app import create_service_app
-from ecosort_common.events import PROCESSED_RETENTION, Event, EventConsumer
+from ecosort_common.events import DEAD_LETTER_STREAM, PROCESSED_RETENTION, Event, EventConsumer
 from ecosort_common.outbox import (
     PUBLISHED_RETENTION,
     OutboxRelay,
@@ -147,6 +148,81 @@ async def test_failing_handler_leaves_the_message_pending(app: FastAPI) -> None:
             select(processed_events).where(processed_events.c.event_id == event_id)
         )
         assert seen.first() is None  # rolled back with the handler: it will be retried
+
+
+async def test_events_are_not_dead_lettered_while_the_database_is_down(app: FastAPI) -> None:
+    """Every event fails while the database is down, and its delivery count grows: only a
+    message that still fails once the database answers is poison. The others wait, and are
+    handled when it is back."""
+    redis: Redis = app.state.redis
+    dead_letters = await redis.xlen(DEAD_LETTER_STREAM)
+    unreachable = create_async_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
+    )
+
+    def consumer(sessionmaker: async_sessionmaker[AsyncSession]) -> EventConsumer:
+        async def record(session: AsyncSession, event: Event) -> None:
+            await session.execute(insert(notes).values(text=event.payload["text"]))
+
+        return EventConsumer(
+            redis=redis,
+            sessionmaker=sessionmaker,
+            processed=processed_events,
+            group="outage",
+            consumer="c1",
+            handlers={"note.outage": record},
+            block_ms=50,
+            claim_idle_ms=0,
+            max_deliveries=1,
+        )
+
+    down = consumer(async_sessionmaker(unreachable))
+    await down.ensure_groups()
+    payload = json.dumps({"text": "kept through the outage"})
+    await redis.xadd(
+        stream_name("note.outage"),
+        {"id": str(uuid.uuid4()), "type": "note.outage", "payload": payload},
+    )
+    await down.poll_once()  # delivered once, failed
+    for _ in range(3):  # claimed again and again while the outage lasts
+        with pytest.raises(OperationalError):
+            await down.recover_pending()
+    assert await redis.xlen(DEAD_LETTER_STREAM) == dead_letters
+    await unreachable.dispose()
+
+    assert await consumer(app.state.sessionmaker).recover_pending() == 1  # the database is back
+    assert await _count_notes(app, "kept through the outage") == 1
+    assert await redis.xlen(DEAD_LETTER_STREAM) == dead_letters
+
+
+async def test_a_message_failing_while_the_database_answers_is_dead_lettered(
+    app: FastAPI,
+) -> None:
+    redis: Redis = app.state.redis
+    dead_letters = await redis.xlen(DEAD_LETTER_STREAM)
+
+    async def poison(session: AsyncSession, event: Event) -> None:
+        raise ValueError("cannot be handled")
+
+    consumer = EventConsumer(
+        redis=redis,
+        sessionmaker=app.state.sessionmaker,
+        processed=processed_events,
+        group="poisoned",
+        consumer="c1",
+        handlers={"note.poison": poison},
+        block_ms=50,
+        claim_idle_ms=0,
+        max_deliveries=2,
+    )
+    await consumer.ensure_groups()
+    await redis.xadd(stream_name("note.poison"), {"id": str(uuid.uuid4()), "type": "note.poison"})
+    await consumer.poll_once()  # the first delivery
+    assert await consumer.recover_pending() == 0  # the second: within the limit
+    assert await redis.xlen(DEAD_LETTER_STREAM) == dead_letters
+    assert await consumer.recover_pending() == 0  # past it: a last try, then dead-lettered
+    assert await redis.xlen(DEAD_LETTER_STREAM) == dead_letters + 1
+    assert (await redis.xpending(stream_name("note.poison"), "poisoned"))["pending"] == 0
 
 
 async def test_a_stream_keeps_what_a_group_has_not_read_or_acknowledged(

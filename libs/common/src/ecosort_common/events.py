@@ -16,7 +16,18 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, delete, func, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -116,18 +127,27 @@ class EventConsumer:
                 await handler(session, event)
         await self.redis.xack(stream, self.group, message_id)
 
-    async def _handle_safely(self, stream: str, message_id: str, fields: dict[str, str]) -> None:
+    async def _handle_safely(self, stream: str, message_id: str, fields: dict[str, str]) -> bool:
+        """Whether it was handled; a failure leaves it pending, for recover_pending after
+        claim_idle_ms."""
         try:
             await self.handle(stream, message_id, fields)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # left pending: recovered by recover_pending after claim_idle_ms
+        except Exception as exc:
             log.warning(
                 "event_handler_failed", stream=stream, message_id=message_id, error=repr(exc)
             )
+            return False
+        return True
 
     async def recover_pending(self) -> int:
-        """Take over messages idle longer than claim_idle_ms (their consumer died or failed)."""
+        """Take over messages idle longer than claim_idle_ms (their consumer died or failed).
+        One delivered more than max_deliveries times gets a last try, and goes to the
+        dead-letter stream if that fails too, but only while the database answers: during an
+        outage every event fails and its count grows, and nothing replays dead letters (a
+        `user.deleted` among them would never be applied). While it does not, this raises, and
+        the run loop backs off."""
         recovered = 0
         for stream in self.streams:
             _, messages, _ = await self.redis.xautoclaim(
@@ -136,14 +156,20 @@ class EventConsumer:
             for message_id, fields in messages:
                 if fields is None:
                     continue
-                if await self._deliveries(stream, message_id) > self.max_deliveries:
+                last_try = await self._deliveries(stream, message_id) > self.max_deliveries
+                if last_try:
+                    await self._check_database()
+                if await self._handle_safely(stream, message_id, fields):
+                    recovered += 1
+                elif last_try:
                     await self.redis.xadd(DEAD_LETTER_STREAM, {**fields, "stream": stream})
                     await self.redis.xack(stream, self.group, message_id)
                     log.error("event_dead_lettered", stream=stream, message_id=message_id)
-                    continue
-                await self._handle_safely(stream, message_id, fields)
-                recovered += 1
         return recovered
+
+    async def _check_database(self) -> None:
+        async with self.sessionmaker() as session:
+            await session.execute(text("SELECT 1"))
 
     async def _deliveries(self, stream: str, message_id: str) -> int:
         info = await self.redis.xpending_range(
