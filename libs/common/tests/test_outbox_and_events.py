@@ -400,7 +400,7 @@ async def test_relay_and_consumer_get_past_a_redis_connection_gone_silent(
 ) -> None:
     """No request deadline bounds the background loops: a Redis connection that stops answering
     (a failover, a half-open TCP connection) must fail them over to a new one, not hold them."""
-    monkeypatch.setattr(app_module, "EVENTS_REDIS_TIMEOUT_SECONDS", 2.0, raising=False)
+    monkeypatch.setattr(app_module, "BACKGROUND_SOCKET_TIMEOUT_SECONDS", 2.0)
     proxy = _SilencingProxy(settings.redis_url)
 
     async def record(session: AsyncSession, event: Event) -> None:

@@ -21,7 +21,7 @@ from ecosort_common.logging import configure_logging
 from ecosort_common.observability import ObservabilityMiddleware
 from ecosort_common.openapi import ROUTER_RESPONSES, install_openapi
 from ecosort_common.outbox import OutboxRelay
-from ecosort_common.redis import create_redis
+from ecosort_common.redis import BACKGROUND_SOCKET_TIMEOUT_SECONDS, create_redis
 from ecosort_common.revocation import RevocationWatcher
 from ecosort_common.security import TokenVerifier
 from ecosort_common.settings import ServiceSettings
@@ -30,10 +30,6 @@ from ecosort_common.subscription import Subscription
 # A hook receives the app once its engine, sessionmaker, redis and verifier exist; it may return
 # a coroutine to run in the background for the app's lifetime, or None.
 StartupHook = Callable[[FastAPI], Awaitable[Awaitable[None] | None]]
-# The relay's and the consumers' wait for any Redis reply (above the consumers' 1 s XREADGROUP
-# BLOCK): a connection gone silent (Redis failed over, a half-open TCP connection) fails, is
-# dropped and retried on a new one, rather than holding them for ever.
-EVENTS_REDIS_TIMEOUT_SECONDS = 10.0
 
 
 def create_service_app(
@@ -90,7 +86,7 @@ def create_service_app(
             background.append(app.state.subscription.run())  # the hooks may add channels
             # Built after the hooks: a hook that refuses to start leaves no coroutine behind.
             events_redis = create_redis(
-                settings.redis_url, socket_timeout=EVENTS_REDIS_TIMEOUT_SECONDS
+                settings.redis_url, socket_timeout=BACKGROUND_SOCKET_TIMEOUT_SECONDS
             )
             stack.push_async_callback(events_redis.aclose)
             if outbox is not None and settings.outbox_relay_enabled:

@@ -26,10 +26,11 @@ from typing import Any, TypeVar
 
 import structlog
 from celery import Celery, Task, bootsteps, signals
+from redis.asyncio import Redis
 
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.logging import configure_logging
-from ecosort_common.redis import create_redis
+from ecosort_common.redis import BACKGROUND_SOCKET_TIMEOUT_SECONDS, create_redis
 from ecosort_waste import pipeline, reaper
 from ecosort_waste.classifier.registry import registry_from_settings
 from ecosort_waste.config import Settings, get_settings
@@ -117,6 +118,13 @@ _runtime: WorkerRuntime | None = None
 _runtime_pid: int | None = None
 
 
+def worker_redis(settings: Settings) -> Redis:
+    """The pipeline's and the reaper's Redis client. No request deadline bounds them: a
+    connection gone silent fails after the timeout instead of holding a task until Celery's
+    time limit, or the reaper for good."""
+    return create_redis(settings.redis_url, socket_timeout=BACKGROUND_SOCKET_TIMEOUT_SECONDS)
+
+
 def worker_runtime() -> WorkerRuntime:
     """This process's runtime, created on first use (pools must not cross a fork)."""
     global _runtime, _runtime_pid
@@ -132,7 +140,7 @@ def worker_runtime() -> WorkerRuntime:
         )
         deps = pipeline.PipelineDeps(
             sessionmaker=create_sessionmaker(engine),
-            redis=create_redis(settings.redis_url),
+            redis=worker_redis(settings),
             storage=storage_from_settings(settings),
             classifiers=registry_from_settings(settings),
             guidance=guidance,
@@ -217,7 +225,7 @@ def _reaper_thread() -> None:
 
     async def main() -> None:
         engine = create_engine(settings.database_url, pool_size=1)
-        redis = create_redis(settings.redis_url)
+        redis = worker_redis(settings)
         stop = asyncio.Event()
         watcher = asyncio.create_task(asyncio.to_thread(_reaper_stop.wait))
         watcher.add_done_callback(lambda _: stop.set())
