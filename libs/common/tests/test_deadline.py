@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -21,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from ecosort_common.app import create_service_app
 from ecosort_common.settings import ServiceSettings
+from ecosort_common.testing import silencing_proxy
 
 from .conftest import demo_router
 
@@ -72,44 +70,6 @@ class SlowParts(Response):
             await asyncio.sleep(3 * DEADLINE)
             await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
-
-
-@contextmanager
-def freezable_proxy(target: tuple[str, int]) -> Iterator[tuple[int, threading.Event]]:
-    """A TCP proxy to `target` that stops passing bytes, both ways, while the event is set: a
-    server that hung with its connections open (its kernel still acknowledges, so no TCP
-    timeout fires)."""
-    frozen = threading.Event()
-    listener = socket.create_server(("127.0.0.1", 0))
-    sockets: list[socket.socket] = [listener]
-
-    def pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                while frozen.is_set():
-                    time.sleep(0.02)
-                sink.sendall(data)
-        except OSError:
-            pass
-
-    def accept() -> None:
-        try:
-            while True:
-                client, _ = listener.accept()
-                upstream = socket.create_connection(target)
-                sockets.extend((client, upstream))
-                threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
-                threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
-        except OSError:
-            pass
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1], frozen
-    finally:
-        frozen.clear()
-        for sock in sockets:
-            sock.close()
 
 
 def _app(settings: ServiceSettings) -> FastAPI:
@@ -187,7 +147,7 @@ async def test_a_postgresql_that_hangs_mid_request_is_a_503(settings: ServiceSet
     (5 s to send the cancel, 5 s for the answer) before it closes the connection."""
     url = urlsplit(settings.database_url)
     assert url.hostname is not None
-    with freezable_proxy((url.hostname, url.port or 5432)) as (port, frozen):
+    with silencing_proxy((url.hostname, url.port or 5432)) as (port, silence):
         user = f"{url.username}@" if url.username else ""
         via_proxy = urlunsplit(url._replace(netloc=f"{user}127.0.0.1:{port}"))
         app = _app(settings.model_copy(update={"database_url": via_proxy}))
@@ -195,11 +155,10 @@ async def test_a_postgresql_that_hangs_mid_request_is_a_503(settings: ServiceSet
             transport = ASGITransport(app=app, raise_app_exceptions=False)
             async with AsyncClient(transport=transport, base_url="http://test") as http:
                 assert (await http.get("/api/v1/demo/rows")).status_code == 200
-                frozen.set()
+                silence()
                 started = time.monotonic()
                 async with asyncio.timeout(30):
                     response = await http.get("/api/v1/demo/rows")
                 waited = time.monotonic() - started
-                frozen.clear()
     assert (response.status_code, response.headers["content-type"]) == (503, PROBLEM)
     assert waited < DEADLINE + 12, waited

@@ -6,10 +6,9 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from unittest.mock import AsyncMock
+from urllib.parse import urlsplit
 
 import pytest
 from asgi_lifespan import LifespanManager
@@ -31,6 +30,7 @@ from ecosort_common.outbox import (
     unread_floor,
 )
 from ecosort_common.settings import ServiceSettings
+from ecosort_common.testing import silencing_proxy
 
 from .conftest import notes, outbox, processed_events
 
@@ -353,55 +353,14 @@ async def test_records_of_processed_events_go_after_their_retention(app: FastAPI
     assert recent in left and old not in left
 
 
-class _SilencingProxy:
-    """A TCP proxy to Redis whose open connections can go silent, as after a failover: what
-    is sent on them is never answered nor refused; new connections get through."""
-
-    def __init__(self, target: str) -> None:
-        self.host, port = target.removeprefix("redis://").split("/")[0].split(":")
-        self.port = int(port)
-        self.silenced: set[asyncio.StreamWriter] = set()
-        self.open: set[asyncio.StreamWriter] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with suppress(OSError):
-            while data := await reader.read(65536):
-                if writer in self.silenced:
-                    continue
-                writer.write(data)
-                await writer.drain()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(self.host, self.port)
-        self.open |= {writer, upstream_writer}
-        for pipe in (self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)):
-            task = asyncio.create_task(pipe)
-            self.tasks.add(task)
-
-    def silence(self) -> None:
-        self.silenced |= self.open
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[int]:
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        try:
-            yield server.sockets[0].getsockname()[1]
-        finally:
-            server.close()
-            for task in self.tasks:
-                task.cancel()
-            for writer in self.open:
-                writer.close()
-
-
 async def test_relay_and_consumer_get_past_a_redis_connection_gone_silent(
     app: FastAPI, settings: ServiceSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No request deadline bounds the background loops: a Redis connection that stops answering
     (a failover, a half-open TCP connection) must fail them over to a new one, not hold them."""
     monkeypatch.setattr(app_module, "BACKGROUND_SOCKET_TIMEOUT_SECONDS", 2.0)
-    proxy = _SilencingProxy(settings.redis_url)
+    redis_url = urlsplit(settings.redis_url)
+    assert redis_url.hostname is not None and redis_url.port is not None
 
     async def record(session: AsyncSession, event: Event) -> None:
         await session.execute(insert(notes).values(text=event.payload["text"]))
@@ -418,7 +377,7 @@ async def test_relay_and_consumer_get_past_a_redis_connection_gone_silent(
             await asyncio.sleep(0.05)
         return False
 
-    async with proxy.running() as port:
+    with silencing_proxy((redis_url.hostname, redis_url.port)) as (port, silence):
         database = settings.redis_url.rsplit("/", 1)[1]
         service = create_service_app(
             settings.model_copy(
@@ -438,6 +397,6 @@ async def test_relay_and_consumer_get_past_a_redis_connection_gone_silent(
             before, after = uuid.uuid4().hex, uuid.uuid4().hex
             await publish(before)
             assert await handled(before, 10)  # published and consumed through the proxy
-            proxy.silence()
+            silence()
             await publish(after)
             assert await handled(after, 15)

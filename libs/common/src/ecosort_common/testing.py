@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -114,6 +114,42 @@ def silent_server() -> Iterator[str]:
         for connection in held:
             connection.close()
         listener.close()
+
+
+@contextmanager
+def silencing_proxy(target: tuple[str, int]) -> Iterator[tuple[int, Callable[[], None]]]:
+    """A TCP proxy to `target` and a function that silences every connection open through it
+    at that moment: what is sent on them is never passed on nor answered (their kernels still
+    acknowledge, so no TCP timeout fires), as after a failover or on a half-open connection.
+    Connections made later get through."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sockets: list[socket.socket] = [listener]
+    silenced: set[socket.socket] = set()
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if source not in silenced and sink not in silenced:
+                    sink.sendall(data)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(target)
+                sockets.extend((client, upstream))
+                threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    def silence() -> None:
+        silenced.update(sockets[1:])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], silence
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class TokenIssuer:

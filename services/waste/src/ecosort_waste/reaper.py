@@ -54,6 +54,9 @@ BATCH_SIZE = 100
 DID_NOT_FINISH = "the analysis did not finish in time"
 # A listing of `incoming/` (one LIST request per worker with S3) is not worth every tick.
 UPLOAD_SWEEP_SECONDS = 300.0
+# A pass handles at most a few batches of BATCH_SIZE rows; one that takes longer is waiting on a
+# store that stopped answering, and the next tick tries again.
+REAP_TICK_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -274,15 +277,19 @@ async def run_reaper(
     last_sweep = -math.inf
     while not stop.is_set():
         try:
-            await reap_once(
-                sessionmaker,
-                redis,
-                enqueue,
-                broker=broker,
-                deadline_seconds=deadline_seconds,
-                requeue_unsent_after_seconds=requeue_unsent_after_seconds,
-                max_attempts=max_attempts,
-            )
+            # A database connection gone silent (a failover, a half-open TCP connection) is
+            # answered by no client-side timeout: without this, one would stop the reaper, and
+            # stuck analyses with it, for good.
+            async with asyncio.timeout(REAP_TICK_TIMEOUT_SECONDS):
+                await reap_once(
+                    sessionmaker,
+                    redis,
+                    enqueue,
+                    broker=broker,
+                    deadline_seconds=deadline_seconds,
+                    requeue_unsent_after_seconds=requeue_unsent_after_seconds,
+                    max_attempts=max_attempts,
+                )
             if time.monotonic() - last_sweep >= UPLOAD_SWEEP_SECONDS:
                 last_sweep = time.monotonic()
                 await sweep_unread_uploads(storage, unread_upload_max_age_seconds)

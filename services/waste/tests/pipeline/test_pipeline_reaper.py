@@ -12,13 +12,16 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from sqlalchemy import delete, update
+from sqlalchemy import delete, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ecosort_common.db import create_engine, create_sessionmaker
+from ecosort_common.testing import silencing_proxy
 from ecosort_waste import progress, reaper
 from ecosort_waste.models import Analysis
 from ecosort_waste.reaper import DID_NOT_FINISH, BrokerQueue, reap_once, sweep_unread_uploads
@@ -367,3 +370,54 @@ async def test_a_failed_enqueue_stops_neither_the_failures_final_event_nor_the_o
         )
     report, enqueued = await reap(sessionmaker, redis, broker, celery_list)
     assert sorted(enqueued) == sorted(tried)
+
+
+async def test_a_database_gone_silent_stops_the_reaper_only_until_it_answers(
+    database_url: str,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL offers no client-side timeout: a pass on a connection gone silent is given
+    up after REAP_TICK_TIMEOUT_SECONDS, and the next one reaps, instead of the reaper waiting
+    for good with every stuck analysis."""
+    monkeypatch.setattr(reaper, "REAP_TICK_TIMEOUT_SECONDS", 0.5)
+    url = urlsplit(database_url)
+    assert url.hostname is not None
+    with silencing_proxy((url.hostname, url.port or 5432)) as (port, silence):
+        user = f"{url.username}@" if url.username else ""
+        engine = create_engine(urlunsplit(url._replace(netloc=f"{user}127.0.0.1:{port}")))
+        async with engine.connect() as connection:  # one connection in the reaper's pool
+            await connection.execute(text("SELECT 1"))
+        old = datetime.now(UTC) - timedelta(hours=1)
+        stuck = await add(
+            sessionmaker, age_seconds=3600, status="processing", started_at=old, attempts=1
+        )
+        storage = LocalStorage(tmp_path, upload_url="http://api/upload", signing_key=b"k" * 32)
+        silence()  # the connection the reaper's first pass takes
+        stop = asyncio.Event()
+        running = asyncio.create_task(
+            reaper.run_reaper(
+                create_sessionmaker(engine),
+                redis,
+                lambda _: None,
+                broker=broker,
+                deadline_seconds=DEADLINE,
+                requeue_unsent_after_seconds=UNSENT_AFTER,
+                max_attempts=1,
+                interval_seconds=0.2,
+                stop=stop,
+                storage=storage,
+                unread_upload_max_age_seconds=3600,
+            )
+        )
+        for _ in range(150):
+            if (await status_of(sessionmaker, stuck)).status == "failed":
+                break
+            await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await engine.dispose()
+    assert (await status_of(sessionmaker, stuck)).status == "failed"
