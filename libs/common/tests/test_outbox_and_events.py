@@ -8,7 +8,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from unittest.mock import AsyncMock
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from asgi_lifespan import LifespanManager
@@ -18,6 +18,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from ecosort_common import aio
 from ecosort_common import app as app_module
 from ecosort_common import outbox as outbox_module
 from ecosort_common.app import create_service_app
@@ -353,21 +354,24 @@ async def test_records_of_processed_events_go_after_their_retention(app: FastAPI
     assert recent in left and old not in left
 
 
-async def test_relay_and_consumer_get_past_a_redis_connection_gone_silent(
-    app: FastAPI, settings: ServiceSettings, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("store", ["redis", "postgresql"])
+async def test_relay_and_consumer_get_past_a_connection_gone_silent(
+    app: FastAPI, settings: ServiceSettings, monkeypatch: pytest.MonkeyPatch, store: str
 ) -> None:
-    """No request deadline bounds the background loops: a Redis connection that stops answering
-    (a failover, a half-open TCP connection) must fail them over to a new one, not hold them."""
+    """No request deadline bounds the background loops: a Redis or PostgreSQL connection that
+    stops answering (a failover, a half-open TCP connection) must fail them over to a new one,
+    not hold them: Redis's by a socket timeout, PostgreSQL's by a bound on each round."""
     monkeypatch.setattr(app_module, "BACKGROUND_SOCKET_TIMEOUT_SECONDS", 2.0)
-    redis_url = urlsplit(settings.redis_url)
-    assert redis_url.hostname is not None and redis_url.port is not None
+    monkeypatch.setattr(aio, "BACKGROUND_ROUND_SECONDS", 4.0)
+    url = urlsplit(settings.redis_url if store == "redis" else settings.database_url)
+    assert url.hostname is not None and url.port is not None
 
     async def record(session: AsyncSession, event: Event) -> None:
         await session.execute(insert(notes).values(text=event.payload["text"]))
 
     async def publish(text: str) -> None:
         async with app.state.sessionmaker() as session, session.begin():
-            await add_event(session, outbox, "note.failover", {"text": text})
+            await add_event(session, outbox, f"note.{store}-failover", {"text": text})
 
     async def handled(text: str, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
@@ -377,20 +381,21 @@ async def test_relay_and_consumer_get_past_a_redis_connection_gone_silent(
             await asyncio.sleep(0.05)
         return False
 
-    with silencing_proxy((redis_url.hostname, redis_url.port)) as (port, silence):
-        database = settings.redis_url.rsplit("/", 1)[1]
+    with silencing_proxy((url.hostname, url.port)) as (port, silence):
+        user = f"{url.username}@" if url.username else ""
+        via_proxy = urlunsplit(url._replace(netloc=f"{user}127.0.0.1:{port}"))
         service = create_service_app(
             settings.model_copy(
                 update={
-                    "service_name": "failover",
-                    "redis_url": f"redis://127.0.0.1:{port}/{database}",
+                    "service_name": f"{store}-failover",
+                    {"redis": "redis_url", "postgresql": "database_url"}[store]: via_proxy,
                     "outbox_relay_enabled": True,
                     "outbox_poll_seconds": 0.05,
                 }
             ),
             title="failover",
             outbox=outbox,
-            consumers={"note.failover": record},
+            consumers={f"note.{store}-failover": record},
             processed_events=processed_events,
         )
         async with LifespanManager(service):
@@ -399,4 +404,6 @@ async def test_relay_and_consumer_get_past_a_redis_connection_gone_silent(
             assert await handled(before, 10)  # published and consumed through the proxy
             silence()
             await publish(after)
-            assert await handled(after, 15)
+            # PostgreSQL: each silent pooled connection costs a round (2 s here), then up to
+            # 10 s of psycopg trying to cancel its query before it closes it.
+            assert await handled(after, 60)

@@ -1,4 +1,4 @@
-"""Stopping background tasks for certain."""
+"""Background loops: bounding a round, and stopping them for certain."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ from typing import Any
 import structlog
 
 log = structlog.get_logger("ecosort.aio")
+
+# The longest one round of a background loop (the outbox relay, the event consumers, the waste
+# reaper) may take. PostgreSQL has no client-side timeout and no request deadline bounds these
+# loops: a round that takes longer waits on a connection gone silent (a failover, a half-open
+# TCP connection), and is given up so that the next one starts on a fresh connection.
+BACKGROUND_ROUND_SECONDS = 60.0
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any], recheck_seconds: float = 1.0) -> None:

@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ecosort_common import aio
 from ecosort_common.outbox import PRUNE_BATCH, delete_in_batches, stream_name
 
 DEAD_LETTER_STREAM = "events:dead-letter"
@@ -208,14 +209,16 @@ class EventConsumer:
         pruned_at = -PRUNE_EVERY_SECONDS  # the first round at start
         while True:
             try:
-                await self.ensure_groups()
-                await self.recover_pending()
-                while True:
-                    await self.poll_once()
+                async with asyncio.timeout(aio.BACKGROUND_ROUND_SECONDS):
+                    await self.ensure_groups()
                     await self.recover_pending()
-                    if time.monotonic() - pruned_at > PRUNE_EVERY_SECONDS:
-                        pruned_at = time.monotonic()
-                        await self.prune()
+                while True:
+                    async with asyncio.timeout(aio.BACKGROUND_ROUND_SECONDS):
+                        await self.poll_once()
+                        await self.recover_pending()
+                        if time.monotonic() - pruned_at > PRUNE_EVERY_SECONDS:
+                            pruned_at = time.monotonic()
+                            await self.prune()
                     backoff = 1.0
             except asyncio.CancelledError:
                 raise

@@ -40,6 +40,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ecosort_common import aio
+
 STREAM_PREFIX = "events:"
 STREAM_MAXLEN = 1_000_000
 # The trim keeps the last day's entries whatever the groups say: a group not created yet (Redis
@@ -180,10 +182,11 @@ class OutboxRelay:
         backoff = self.poll_seconds
         while True:
             try:
-                if time.monotonic() - self._housekept_at > HOUSEKEEPING_EVERY_SECONDS:
-                    self._housekept_at = time.monotonic()
-                    await self._housekeeping()
-                published = await self.publish_pending()
+                async with asyncio.timeout(aio.BACKGROUND_ROUND_SECONDS):
+                    if time.monotonic() - self._housekept_at > HOUSEKEEPING_EVERY_SECONDS:
+                        self._housekept_at = time.monotonic()
+                        await self._housekeeping()
+                    published = await self.publish_pending()
                 backoff = self.poll_seconds
                 if published:
                     continue

@@ -43,6 +43,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ecosort_common import aio
 from ecosort_waste import progress
 from ecosort_waste.models import UNFINISHED_STATUSES, Analysis
 from ecosort_waste.storage import INCOMING, Storage
@@ -54,9 +55,6 @@ BATCH_SIZE = 100
 DID_NOT_FINISH = "the analysis did not finish in time"
 # A listing of `incoming/` (one LIST request per worker with S3) is not worth every tick.
 UPLOAD_SWEEP_SECONDS = 300.0
-# A pass handles at most a few batches of BATCH_SIZE rows; one that takes longer is waiting on a
-# store that stopped answering, and the next tick tries again.
-REAP_TICK_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -277,10 +275,9 @@ async def run_reaper(
     last_sweep = -math.inf
     while not stop.is_set():
         try:
-            # A database connection gone silent (a failover, a half-open TCP connection) is
-            # answered by no client-side timeout: without this, one would stop the reaper, and
+            # Without a bound, a database connection gone silent would stop the reaper, and
             # stuck analyses with it, for good.
-            async with asyncio.timeout(REAP_TICK_TIMEOUT_SECONDS):
+            async with asyncio.timeout(aio.BACKGROUND_ROUND_SECONDS):
                 await reap_once(
                     sessionmaker,
                     redis,

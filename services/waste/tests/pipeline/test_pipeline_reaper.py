@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from sqlalchemy import delete, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ecosort_common import aio
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.testing import silencing_proxy
 from ecosort_waste import progress, reaper
@@ -381,9 +382,9 @@ async def test_a_database_gone_silent_stops_the_reaper_only_until_it_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """PostgreSQL offers no client-side timeout: a pass on a connection gone silent is given
-    up after REAP_TICK_TIMEOUT_SECONDS, and the next one reaps, instead of the reaper waiting
+    up after BACKGROUND_ROUND_SECONDS, and the next one reaps, instead of the reaper waiting
     for good with every stuck analysis."""
-    monkeypatch.setattr(reaper, "REAP_TICK_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(aio, "BACKGROUND_ROUND_SECONDS", 0.5)
     url = urlsplit(database_url)
     assert url.hostname is not None
     with silencing_proxy((url.hostname, url.port or 5432)) as (port, silence):
