@@ -22,7 +22,13 @@ from ecosort_common import aio
 from ecosort_common import app as app_module
 from ecosort_common import outbox as outbox_module
 from ecosort_common.app import create_service_app
-from ecosort_common.events import DEAD_LETTER_STREAM, PROCESSED_RETENTION, Event, EventConsumer
+from ecosort_common.events import (
+    DEAD_LETTER_STREAM,
+    PROCESSED_RETENTION,
+    Event,
+    EventConsumer,
+    Handler,
+)
 from ecosort_common.outbox import (
     PUBLISHED_RETENTION,
     OutboxRelay,
@@ -40,17 +46,27 @@ def _relay(app: FastAPI) -> OutboxRelay:
     return OutboxRelay(outbox, app.state.sessionmaker, app.state.redis, source="demo")
 
 
-def _consumer(app: FastAPI, group: str, name: str, **options: int) -> EventConsumer:
-    async def record(session: AsyncSession, event: Event) -> None:
-        await session.execute(insert(notes).values(text=event.payload["text"]))
+async def _record(session: AsyncSession, event: Event) -> None:
+    await session.execute(insert(notes).values(text=event.payload["text"]))
 
+
+def _consumer(
+    app: FastAPI,
+    group: str,
+    name: str,
+    *,
+    handlers: dict[str, Handler] | None = None,
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+    **options: int,
+) -> EventConsumer:
+    """A consumer of `handlers` (by default `note.added`, recorded in `notes`)."""
     return EventConsumer(
         redis=app.state.redis,
-        sessionmaker=app.state.sessionmaker,
+        sessionmaker=sessionmaker or app.state.sessionmaker,
         processed=processed_events,
         group=group,
         consumer=name,
-        handlers={"note.added": record},
+        handlers=handlers or {"note.added": _record},
         block_ms=50,
         **options,
     )
@@ -130,15 +146,7 @@ async def test_failing_handler_leaves_the_message_pending(app: FastAPI) -> None:
     async def broken(session: AsyncSession, event: Event) -> None:
         raise RuntimeError("database said no")
 
-    consumer = EventConsumer(
-        redis=redis,
-        sessionmaker=app.state.sessionmaker,
-        processed=processed_events,
-        group="failing",
-        consumer="c1",
-        handlers={"note.failing": broken},
-        block_ms=50,
-    )
+    consumer = _consumer(app, "failing", "c1", handlers={"note.failing": broken})
     await consumer.ensure_groups()
     event_id = str(uuid.uuid4())
     await redis.xadd(stream_name("note.failing"), {"id": event_id, "type": "note.failing"})
@@ -162,17 +170,12 @@ async def test_events_are_not_dead_lettered_while_the_database_is_down(app: Fast
     )
 
     def consumer(sessionmaker: async_sessionmaker[AsyncSession]) -> EventConsumer:
-        async def record(session: AsyncSession, event: Event) -> None:
-            await session.execute(insert(notes).values(text=event.payload["text"]))
-
-        return EventConsumer(
-            redis=redis,
+        return _consumer(
+            app,
+            "outage",
+            "c1",
+            handlers={"note.outage": _record},
             sessionmaker=sessionmaker,
-            processed=processed_events,
-            group="outage",
-            consumer="c1",
-            handlers={"note.outage": record},
-            block_ms=50,
             claim_idle_ms=0,
             max_deliveries=1,
         )
@@ -205,14 +208,11 @@ async def test_a_message_failing_while_the_database_answers_is_dead_lettered(
     async def poison(session: AsyncSession, event: Event) -> None:
         raise ValueError("cannot be handled")
 
-    consumer = EventConsumer(
-        redis=redis,
-        sessionmaker=app.state.sessionmaker,
-        processed=processed_events,
-        group="poisoned",
-        consumer="c1",
+    consumer = _consumer(
+        app,
+        "poisoned",
+        "c1",
         handlers={"note.poison": poison},
-        block_ms=50,
         claim_idle_ms=0,
         max_deliveries=2,
     )
@@ -366,9 +366,6 @@ async def test_relay_and_consumer_get_past_a_connection_gone_silent(
     url = urlsplit(settings.redis_url if store == "redis" else settings.database_url)
     assert url.hostname is not None and url.port is not None
 
-    async def record(session: AsyncSession, event: Event) -> None:
-        await session.execute(insert(notes).values(text=event.payload["text"]))
-
     async def publish(text: str) -> None:
         async with app.state.sessionmaker() as session, session.begin():
             await add_event(session, outbox, f"note.{store}-failover", {"text": text})
@@ -395,7 +392,7 @@ async def test_relay_and_consumer_get_past_a_connection_gone_silent(
             ),
             title="failover",
             outbox=outbox,
-            consumers={f"note.{store}-failover": record},
+            consumers={f"note.{store}-failover": _record},
             processed_events=processed_events,
         )
         async with LifespanManager(service):
