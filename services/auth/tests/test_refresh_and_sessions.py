@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from ecosort_auth.models import RefreshToken
 from ecosort_auth.tokens import hash_refresh_token
+from ecosort_common.testing import problem_schema_name
 
 REFRESH = "/api/v1/auth/refresh"
 SESSIONS = "/api/v1/auth/sessions"
@@ -94,3 +95,15 @@ async def test_logout_with_the_refresh_token(client: AsyncClient) -> None:
     assert out.status_code == 204
     assert_problem(await client.get(SESSIONS, headers=bearer(tokens["access_token"])), 401)
     assert_problem(await client.post("/api/v1/auth/logout"), 401)
+
+
+async def test_the_openapi_document_says_refresh_and_logout_may_answer_401(
+    client: AsyncClient,
+) -> None:
+    document = (await client.get("/api/v1/auth/openapi.json")).json()
+    refresh = document["paths"]["/api/v1/auth/refresh"]["post"]["responses"]
+    logout = document["paths"]["/api/v1/auth/logout"]["post"]["responses"]
+    for responses in (refresh, logout):
+        assert problem_schema_name(responses["401"]) == "Problem"
+    assert problem_schema_name(refresh["429"]) == "Problem"
+    assert "Retry-After" in refresh["429"]["headers"]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from httpx import AsyncClient
 
+from ecosort_common.testing import problem_schema_name
 from ecosort_recycling.catalog import Catalog
 from ecosort_recycling.knowledge_base import CATEGORY_CODES
 
@@ -145,6 +146,13 @@ async def test_feedback_needs_a_signed_in_user(client: AsyncClient) -> None:
     response = await client.post(f"{PREFIX}/feedback", json={"category": "battery"})
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_the_openapi_document_says_feedback_is_rate_limited(client: AsyncClient) -> None:
+    document = (await client.get(f"{PREFIX}/openapi.json")).json()
+    responses = document["paths"][f"{PREFIX}/feedback"]["post"]["responses"]
+    assert problem_schema_name(responses["429"]) == "Problem"
+    assert "Retry-After" in responses["429"]["headers"]
 
 
 async def test_feedback_rules_answer_by_default(client: AsyncClient, auth: AuthHeaders) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import func, select, text
 from starlette.types import Message
 
 from ecosort_common.events import Event
+from ecosort_common.testing import problem_schema_name
 from ecosort_users import crud
 from ecosort_users.config import Settings
 from ecosort_users.handlers import event_handlers
@@ -266,3 +267,14 @@ async def test_concurrent_deletions_delete_and_announce_once(
             .where(outbox.c.payload["user_id"].astext == str(user_id))
         )
     assert announced == 1
+
+
+async def test_the_openapi_document_says_every_me_route_may_answer_410(
+    client: AsyncClient,
+) -> None:
+    document = (await client.get("/api/v1/users/openapi.json")).json()
+    for path, operations in document["paths"].items():
+        if path.startswith(ME):
+            for method, operation in operations.items():
+                gone = operation["responses"]["410"]
+                assert problem_schema_name(gone) == "Problem", f"{method} {path}"

@@ -25,7 +25,23 @@ LimiterDep = Annotated[RateLimiter, Depends(rate_limiter)]
 JWKS_MAX_AGE_SECONDS = 300
 
 
-@router.post("/refresh", response_model=TokenAnswer)
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
+
+
+@router.post(
+    "/refresh",
+    response_model=TokenAnswer,
+    responses={
+        401: {
+            "description": "Unknown, expired or revoked refresh token, or one already spent "
+            "(which revokes its session)."
+        },
+        429: {
+            "description": "Too many refreshes from this address or for this user.",
+            "headers": RETRY_AFTER,
+        },
+    },
+)
 async def refresh(
     body: RefreshIn, request: Request, settings: SettingsDep, limiter: LimiterDep
 ) -> TokenAnswer:
@@ -39,7 +55,12 @@ async def refresh(
     return await tokens_for_refresh(request.app, body.refresh_token)
 
 
-@router.post("/logout", status_code=204, response_class=Response)
+@router.post(
+    "/logout",
+    status_code=204,
+    response_class=Response,
+    responses={401: {"description": "Neither a refresh token we issued nor a valid access token."}},
+)
 async def logout(request: Request, settings: SettingsDep, body: LogoutIn | None = None) -> Response:
     """End one session, named by its refresh token in the body or by the bearer access token."""
     sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from redis.asyncio import Redis
@@ -16,9 +16,20 @@ from ecosort_recycling.feedback import answer_feedback
 from ecosort_recycling.schemas import FeedbackIn, FeedbackOut
 
 router = APIRouter(prefix="/feedback", tags=["feedback"])
+RATE_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {
+        "description": "This user's feedback requests are over the limit of a minute.",
+        "headers": {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}},
+    }
+}
 
 
-@router.post("", response_model=FeedbackOut, summary="How to dispose of it, with sources")
+@router.post(
+    "",
+    response_model=FeedbackOut,
+    responses=RATE_LIMITED,
+    summary="How to dispose of it, with sources",
+)
 async def post_feedback(
     body: FeedbackIn,
     request: Request,

@@ -4,7 +4,7 @@ always comes from the verified access token, never from the request, so nobody s
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -28,7 +28,9 @@ from ecosort_users.schemas import (
 )
 from ecosort_users.stats import compute_stats
 
-router = APIRouter(prefix="/me", tags=["me"])
+# Every /me route answers 410 once the account is deleted (its token may outlive it).
+DELETED: dict[int | str, dict[str, Any]] = {410: {"description": "This account has been deleted."}}
+router = APIRouter(prefix="/me", tags=["me"], responses=DELETED)
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
