@@ -14,7 +14,8 @@ import redis
 
 from ecosort_devstack import postgres
 from ecosort_devstack.processes import group_members
-from ecosort_devstack.testservers import start_test_servers
+from ecosort_devstack.readiness import wait_until
+from ecosort_devstack.testservers import free_port, start_test_servers
 
 
 def test_embedded_servers_start_answer_and_stop() -> None:
@@ -65,3 +66,32 @@ def test_binaries_out_of_reach_are_copied_where_the_server_user_reaches_them(
         assert version.returncode == 0 and "PostgreSQL" in version.stdout
     finally:
         shutil.rmtree(private)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands PostgreSQL to another user")
+def test_root_serves_a_data_folder_an_ordinary_user_made_as_that_user(open_tmp_path: Path) -> None:
+    # `make run` as a developer, then `sudo make run` in the same clone: PostgreSQL only runs
+    # as the owner of its data folder, so `nobody` would be refused ("Permission denied").
+    owner = "daemon"  # an ordinary user every Debian and Red Hat system has
+    data = open_tmp_path / "postgres" / "data"
+    made = postgres.EmbeddedPostgres(
+        postgres.reachable_distribution(open_tmp_path, owner), data, free_port(), owner, False
+    )
+    made.initialise()
+    assert postgres.server_user(open_tmp_path / "fresh") == postgres.DEFAULT_UNPRIVILEGED_USER
+
+    user = postgres.server_user(data)
+    assert user is not None
+    server = postgres.EmbeddedPostgres(
+        postgres.reachable_distribution(open_tmp_path, user), data, made.port, user, False
+    )
+    process = subprocess.Popen(
+        server.command(), user=user, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(
+            lambda: postgres.can_connect(server.url), what="PostgreSQL", timeout=30, process=process
+        )
+    finally:
+        process.send_signal(server.stop_signal)
+        process.wait(timeout=30)

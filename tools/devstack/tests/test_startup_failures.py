@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ import pytest
 
 from ecosort_devstack.cli import main
 from ecosort_devstack.config import GATEWAY_PORT, StackConfig
-from ecosort_devstack.env import service_env
+from ecosort_devstack.env import missing_data, service_env
 from ecosort_devstack.processes import StateFile, launcher_record
 from ecosort_devstack.readiness import free_port_offset, port_is_listening
 
@@ -41,7 +42,25 @@ def test_a_busy_port_is_named(stack_env: Path, capsys: pytest.CaptureFixture[str
         squatter.bind(("127.0.0.1", waste_port))
         squatter.listen()
         assert main(["up"]) == 1
-    assert f"port {waste_port} (waste) is already in use" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"port {waste_port} (waste) is already in use" in error
+    assert "ECOSORT_STACK_PORT_OFFSET" in error  # how to move the stack out of the way
+    assert_nothing_left(stack_env)
+
+
+def test_a_full_disk_is_an_error_not_a_traceback(
+    stack_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ecosort_devstack.stack import Stack
+
+    def full(self: Stack) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Stack, "_write_gateway_conf", full)
+    assert main(["up"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("ecosort-stack: error: [Errno 28] No space left on device")
+    assert f"the disk holding {stack_env} is full" in error
     assert_nothing_left(stack_env)
 
 
@@ -102,3 +121,13 @@ def test_a_second_stack_on_the_same_home_is_refused(
     assert main(["up"]) == 1
     assert f"a stack is already running from {stack_env}" in capsys.readouterr().err
     assert (stack_env / "stack.json").exists()  # the running stack's file is left alone
+
+
+def test_a_clone_without_the_shared_data_is_told_so(tmp_path: Path) -> None:
+    (tmp_path / "main").mkdir()
+    config = StackConfig(repo=tmp_path / "main", home=tmp_path / "main" / ".local")
+    (notes,) = missing_data(config, environ={})
+    assert str(tmp_path / "shared" / "data" / "collection-points") in notes
+    assert "locations starts without collection points" in notes
+    (tmp_path / "shared" / "data" / "collection-points").mkdir(parents=True)
+    assert missing_data(config, environ={}) == []

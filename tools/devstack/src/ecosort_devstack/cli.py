@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -154,8 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--celery-db", type=int, default=0, help="the database number of waste's REDIS_URL (its /N)"
     )
     args = parser.parse_args(argv)
+    home = "the stack's folder"
     try:
         config = StackConfig.from_env()
+        home = str(config.home)
         if args.command == "up":
             return run_up(config)
         if args.command == "down":
@@ -167,6 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_gateway_config(config)
     except (StackError, FileNotFoundError, ValueError) as exc:
         print(f"ecosort-stack: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:  # a full disk, or files a run as another user (root) left behind
+        hints = {
+            errno.ENOSPC: f"the disk holding {home} is full",
+            errno.EACCES: f"files under {home} belong to another user (a run as root?): "
+            f"`sudo chown -R $(id -un) {home}`",
+        }
+        hint = hints.get(exc.errno or 0)
+        print(
+            f"ecosort-stack: error: {exc}{f'; {hint}' if hint else ''}", file=sys.stderr, flush=True
+        )
         return 1
 
 

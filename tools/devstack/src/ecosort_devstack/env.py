@@ -53,6 +53,26 @@ def _load_or_create_secrets(path: Path) -> dict[str, str]:
     return stored
 
 
+def seed_dir(config: StackConfig) -> Path:
+    """The public collection-point data, in the shared folder beside the clone."""
+    return config.repo / ".." / "shared" / "data" / "collection-points"
+
+
+def missing_data(config: StackConfig, environ: Mapping[str, str] | None = None) -> list[str]:
+    """What the stack starts without, for the summary: a clone without ../shared beside it
+    would otherwise give locations an empty map and no word why."""
+    env = os.environ if environ is None else environ
+    folder = seed_dir(config)
+    if "locations" not in config.services or folder.is_dir():
+        return []
+    if any(name.upper() == "COLLECTION_POINTS_SEED_DIR" for name in env):
+        return []
+    return [
+        f"no {folder.resolve()}: locations starts without collection points (put the shared "
+        "data folder beside the clone and run `make run` again to import them)"
+    ]
+
+
 def service_env(
     config: StackConfig,
     service: str,
@@ -80,7 +100,7 @@ def service_env(
         "CLASSIFIER_HEADS_DIR": str(config.data_dir(service) / "heads"),
         "LOG_LEVEL": "info",
     }
-    seed = config.repo / ".." / "shared" / "data" / "collection-points"
+    seed = seed_dir(config)
     if seed.is_dir():  # locations imports the public collection-point data once, on migrate
         table["COLLECTION_POINTS_SEED_DIR"] = str(seed.resolve())
     environment = dict(os.environ if base is None else base)

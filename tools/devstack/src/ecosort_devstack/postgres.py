@@ -33,11 +33,22 @@ DEFAULT_UNPRIVILEGED_USER = "nobody"
 CONNECT_TIMEOUT_S = 3
 
 
-def server_user() -> str | None:
-    """The user to run PostgreSQL as, or None to run it as ourselves (we are not root)."""
+def server_user(data_dir: Path | None = None) -> str | None:
+    """The user to run PostgreSQL as, or None to run it as ourselves (we are not root).
+
+    As root: ECOSORT_STACK_PG_USER, else the owner of a data folder that a run as an ordinary
+    user made (PostgreSQL runs only as the owner of its data), else nobody.
+    """
     if os.geteuid() != 0:
         return None
-    return os.environ.get("ECOSORT_STACK_PG_USER", DEFAULT_UNPRIVILEGED_USER)
+    if "ECOSORT_STACK_PG_USER" in os.environ:
+        return os.environ["ECOSORT_STACK_PG_USER"]
+    if data_dir is not None and (data_dir / "PG_VERSION").exists():
+        owner = data_dir.stat().st_uid
+        with contextlib.suppress(KeyError):
+            if owner != 0:
+                return pwd.getpwuid(owner).pw_name
+    return DEFAULT_UNPRIVILEGED_USER
 
 
 def primary_group_name(user: str) -> str:

@@ -39,7 +39,10 @@ def require_free_ports(ports: dict[int, str]) -> None:
     """Fails naming the first port (and what wanted it) that something else already holds."""
     for port, owner in sorted(ports.items()):
         if not port_is_free(port):
-            raise StackError(f"port {port} ({owner}) is already in use")
+            raise StackError(
+                f"port {port} ({owner}) is already in use: stop what holds it, or move every port "
+                "of the stack with ECOSORT_STACK_PORT_OFFSET (e.g. ECOSORT_STACK_PORT_OFFSET=1000)"
+            )
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

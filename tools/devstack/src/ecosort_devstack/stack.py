@@ -23,10 +23,15 @@ from sqlalchemy.engine import URL
 
 from ecosort_devstack import postgres, preload, redis_acl, valkey
 from ecosort_devstack.config import WORKER_MODULE, WORKER_QUEUE, WORKER_SERVICE, StackConfig
-from ecosort_devstack.env import per_service_database_url, redis_passwords, service_env
+from ecosort_devstack.env import (
+    missing_data,
+    per_service_database_url,
+    redis_passwords,
+    service_env,
+)
 from ecosort_devstack.errors import StackError
 from ecosort_devstack.ingress import load_routes
-from ecosort_devstack.migrations import is_up_to_date
+from ecosort_devstack.migrations import is_up_to_date, seed_fingerprint
 from ecosort_devstack.nginx_conf import prepare_work_dir, render_nginx_conf
 from ecosort_devstack.processes import (
     ProcessGroup,
@@ -185,7 +190,7 @@ class Stack:
             postgres.ensure_databases(external, names)
             self._progress(f"PostgreSQL at {postgres.shown(external)} answers")
             return external
-        user = postgres.server_user()
+        user = postgres.server_user(self.config.postgres_dir / "data")
         self.config.postgres_dir.mkdir(parents=True, exist_ok=True)
         if user is not None:
             changed = postgres.make_traversable(self.config.postgres_dir, user)
@@ -292,7 +297,16 @@ class Stack:
         return _service_env(self.config, service, server)
 
     def _migrate(self, service: str, env: dict[str, str]) -> None:
-        if not self.config.always_migrate and is_up_to_date(service, env["DATABASE_URL"]):
+        # `migrate` also imports seed files (locations): run it when they changed since the
+        # last time, even with the schema at its head.
+        seed = seed_fingerprint(env)
+        stamp = self.config.data_dir(service) / "seed-imported"
+        seeded = seed is None or (stamp.is_file() and stamp.read_text() == seed)
+        if (
+            not self.config.always_migrate
+            and seeded
+            and is_up_to_date(service, env["DATABASE_URL"])
+        ):
             self._progress(f"{service} database already at its head migration")
             return
         name = f"{service}-migrate"
@@ -316,6 +330,9 @@ class Stack:
                 f"the migrations of {service} failed (exit {process.returncode}); last lines of "
                 f"{self.group.log_path(name)}:\n{log_tail(self.group.log_path(name))}"
             )
+        if seed is not None:
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(seed)
         self._progress(f"{service} migrated")
 
     def _start_service(self, service: str, env: dict[str, str]) -> None:
@@ -388,6 +405,7 @@ class Stack:
         self._refuse_second_stack()
         self._check_packages()
         require_free_ports(self._wanted_ports())
+        self.notes += missing_data(self.config)
         conf = self._write_gateway_conf()
         worker_info = "off"
         with ThreadPoolExecutor(max_workers=4 + 2 * len(self.config.services)) as pool:
