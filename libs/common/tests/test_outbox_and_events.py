@@ -72,6 +72,17 @@ def _consumer(
     )
 
 
+async def _published(app: FastAPI, event_type: str, count: int) -> OutboxRelay:
+    """`count` events with texts "0", "1", ..., written and published; the relay that did it."""
+    async with app.state.sessionmaker() as session, session.begin():
+        for number in range(count):
+            await add_event(session, outbox, event_type, {"text": str(number)})
+    relay = _relay(app)
+    while await relay.publish_pending():
+        pass
+    return relay
+
+
 async def _count_notes(app: FastAPI, text: str) -> int:
     async with app.state.sessionmaker() as session:
         query = select(func.count()).select_from(notes).where(notes.c.text == text)
@@ -235,12 +246,7 @@ async def test_a_stream_keeps_what_a_group_has_not_read_or_acknowledged(
     stream = stream_name("note.trimmed")
     await redis.xgroup_create(stream, "slow", id="0", mkstream=True)
     await redis.xgroup_create(stream, "fast", id="0", mkstream=True)
-    async with app.state.sessionmaker() as session, session.begin():
-        for number in range(300):
-            await add_event(session, outbox, "note.trimmed", {"text": str(number)})
-    relay = _relay(app)
-    while await relay.publish_pending():
-        pass
+    relay = await _published(app, "note.trimmed", 300)
     # "fast" read all and acknowledged all; "slow" read 250, acknowledged the first 100.
     read = await redis.xreadgroup("fast", "f", {stream: ">"}, count=300)
     await redis.xack(stream, "fast", *(entry for entry, _ in read[0][1]))
@@ -265,12 +271,7 @@ async def test_a_group_created_after_another_has_read_all_still_gets_the_recent_
     redis: Redis = app.state.redis
     stream = stream_name("note.late")
     await redis.xgroup_create(stream, "early", id="0", mkstream=True)
-    async with app.state.sessionmaker() as session, session.begin():
-        for number in range(300):
-            await add_event(session, outbox, "note.late", {"text": str(number)})
-    relay = _relay(app)
-    while await relay.publish_pending():
-        pass
+    relay = await _published(app, "note.late", 300)
     read = await redis.xreadgroup("early", "e", {stream: ">"}, count=300)
     await redis.xack(stream, "early", *(entry for entry, _ in read[0][1]))
 
