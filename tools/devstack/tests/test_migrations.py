@@ -43,3 +43,26 @@ def test_seed_files_are_imported_when_the_schema_is_already_at_its_head(
     (seed / "battery-bins.csv").write_text("a,b\n")
     stack._migrate("locations", env | {"COLLECTION_POINTS_SEED_DIR": str(seed)})
     assert ran == ["locations-migrate", "locations-migrate"]
+
+
+def test_a_seed_setting_that_names_no_folder_is_left_to_migrate_to_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # COLLECTION_POINTS_SEED_DIR set by hand to a folder that is not there: `migrate` says so in
+    # its log (and the launcher shows it), rather than the launcher dying in a traceback.
+    monkeypatch.setattr(stack_module, "is_up_to_date", lambda service, url: True)
+    (tmp_path / ".local").mkdir()
+    stack = Stack(StackConfig(repo=tmp_path, home=tmp_path / ".local"), say=lambda _: None)
+    ran: list[str] = []
+
+    def spawn(name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        ran.append(name)
+        return subprocess.Popen(["true"])
+
+    monkeypatch.setattr(stack.group, "spawn", spawn)
+    env = {
+        "DATABASE_URL": "postgresql+psycopg://db/ecosort_locations",
+        "COLLECTION_POINTS_SEED_DIR": str(tmp_path / "no-such-folder"),
+    }
+    stack._migrate("locations", env)
+    assert ran == ["locations-migrate"]

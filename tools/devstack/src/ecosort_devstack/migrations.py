@@ -58,6 +58,9 @@ def seed_fingerprint(env: Mapping[str, str]) -> str | None:
         return None
     digest = hashlib.sha256(env.get("DATABASE_URL", "").encode())
     for folder in folders:
+        if not Path(folder).is_dir():  # never matches a stamp: `migrate` runs and says why
+            digest.update(f"\0{folder}\0not a folder".encode())
+            continue
         for path in sorted(Path(folder).iterdir()):
             info = path.stat()
             digest.update(f"\0{path.name}\0{info.st_size}\0{info.st_mtime_ns}".encode())
