@@ -107,3 +107,16 @@ async def test_the_openapi_document_says_refresh_and_logout_may_answer_401(
         assert problem_schema_name(responses["401"]) == "Problem"
     assert problem_schema_name(refresh["429"]) == "Problem"
     assert "Retry-After" in refresh["429"]["headers"]
+
+
+async def test_the_openapi_document_says_what_sign_in_may_answer(client: AsyncClient) -> None:
+    paths = (await client.get("/api/v1/auth/openapi.json")).json()["paths"]
+    for path, method in (("callback", "get"), ("token", "post")):
+        responses = paths[f"/api/v1/auth/{{provider}}/{path}"][method]["responses"]
+        for status in ("401", "404", "429", "502"):
+            assert problem_schema_name(responses[status]) == "Problem", (path, status)
+        assert "Retry-After" in responses["429"]["headers"]
+    authorize = paths["/api/v1/auth/{provider}/authorize"]["get"]["responses"]
+    dev_login = paths["/api/v1/auth/dev/login"]["post"]["responses"]
+    for responses in (authorize, dev_login):
+        assert {"404", "429"} <= responses.keys()

@@ -38,6 +38,17 @@ def _problem(description: str, schema: str = PROBLEM_SCHEMA) -> dict[str, Any]:
     return {"description": description, "content": problem_content(schema)}
 
 
+# For a route's `responses=`: the header of a 429 or 503 that says when to come back.
+RETRY_AFTER_HEADER: dict[str, Any] = {
+    "Retry-After": {"schema": {"type": "string"}, "description": "seconds"}
+}
+
+
+def retry_later(description: str) -> dict[str, Any]:
+    """A route's `responses=` entry for a 429 or 503 that carries Retry-After."""
+    return {"description": description, "headers": RETRY_AFTER_HEADER}
+
+
 # For `include_router(responses=...)`: every route, whatever it takes.
 ROUTER_RESPONSES: dict[int | str, dict[str, Any]] = {"default": _problem("Any other error.")}
 

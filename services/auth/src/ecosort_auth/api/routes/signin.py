@@ -4,7 +4,7 @@ native SDK's token, and the local dev login."""
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 from authlib.common.security import generate_token
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -29,6 +29,7 @@ from ecosort_auth.providers import (
 from ecosort_auth.sessions import ProviderIdentity
 from ecosort_common.errors import Problem
 from ecosort_common.head import refuse_head
+from ecosort_common.openapi import retry_later
 from ecosort_common.ratelimit import RateLimiter
 
 router = APIRouter(tags=["sign-in"])
@@ -53,6 +54,19 @@ async def _limit_subject(limiter: RateLimiter, settings: Settings, who: Provider
     await limiter.hit("sign-in", f"subject:{subject}", settings.auth_rate_signin_per_subject)
 
 
+Responses = dict[int | str, dict[str, Any]]
+NOT_ENABLED: Responses = {404: {"description": "This provider's sign-in is not enabled here."}}
+TOO_MANY: Responses = {
+    429: retry_later("Too many sign-ins from this address, or for this provider account.")
+}
+SIGN_IN_ERRORS: Responses = {
+    **NOT_ENABLED,
+    **TOO_MANY,
+    401: {"description": "The provider did not sign this person in, or refused the token."},
+    502: {"description": "The provider could not be reached; try again."},
+}
+
+
 @router.get("/providers", response_model=ProvidersOut)
 async def list_providers(settings: SettingsDep) -> ProvidersOut:
     return ProvidersOut(
@@ -65,6 +79,7 @@ async def list_providers(settings: SettingsDep) -> ProvidersOut:
     status_code=302,
     response_class=RedirectResponse,
     dependencies=[Depends(refuse_head), Depends(_limit_ip)],
+    responses={**NOT_ENABLED, **TOO_MANY},
 )
 async def authorize(
     provider: str,
@@ -123,6 +138,7 @@ def _callback_path(settings: Settings, provider: str) -> str:
     "/{provider}/callback",
     response_model=TokenAnswer,
     dependencies=[Depends(refuse_head), Depends(_limit_ip)],
+    responses=SIGN_IN_ERRORS,
 )
 async def callback(
     provider: str,
@@ -167,7 +183,12 @@ async def callback(
     return await tokens_for_sign_in(request.app, who, pending.device)
 
 
-@router.post("/{provider}/token", response_model=TokenAnswer, dependencies=[Depends(_limit_ip)])
+@router.post(
+    "/{provider}/token",
+    response_model=TokenAnswer,
+    dependencies=[Depends(_limit_ip)],
+    responses=SIGN_IN_ERRORS,
+)
 async def mobile_token(
     provider: str,
     body: MobileTokenIn,
@@ -192,7 +213,15 @@ async def mobile_token(
     return await tokens_for_sign_in(request.app, who, device_of(request, body.device))
 
 
-@router.post("/dev/login", response_model=TokenAnswer, dependencies=[Depends(_limit_ip)])
+@router.post(
+    "/dev/login",
+    response_model=TokenAnswer,
+    dependencies=[Depends(_limit_ip)],
+    responses={
+        404: {"description": "The dev login is off (always, outside local and dev)."},
+        **TOO_MANY,
+    },
+)
 async def dev_login(
     body: DevLoginIn, request: Request, settings: SettingsDep, limiter: LimiterDep
 ) -> TokenAnswer:

@@ -15,6 +15,7 @@ from ecosort_auth.issuance import tokens_for_refresh
 from ecosort_auth.keys import published_jwks
 from ecosort_auth.sessions import owner_of_refresh_token, revoke_session, session_of_refresh_token
 from ecosort_common.errors import Problem
+from ecosort_common.openapi import retry_later
 from ecosort_common.ratelimit import RateLimiter
 from ecosort_common.security import bearer_token
 
@@ -25,9 +26,6 @@ LimiterDep = Annotated[RateLimiter, Depends(rate_limiter)]
 JWKS_MAX_AGE_SECONDS = 300
 
 
-RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
-
-
 @router.post(
     "/refresh",
     response_model=TokenAnswer,
@@ -36,10 +34,7 @@ RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "sec
             "description": "Unknown, expired or revoked refresh token, or one already spent "
             "(which revokes its session)."
         },
-        429: {
-            "description": "Too many refreshes from this address or for this user.",
-            "headers": RETRY_AFTER,
-        },
+        429: retry_later("Too many refreshes from this address or for this user."),
     },
 )
 async def refresh(

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from redis.asyncio import Redis
 
 from ecosort_common.errors import Problem
+from ecosort_common.openapi import retry_later
 from ecosort_common.ratelimit import RateLimiter
 from ecosort_common.redis import get_redis
 from ecosort_common.security import Principal, current_principal
@@ -21,17 +22,10 @@ from ecosort_locations.schemas import GeocodeItem, GeocodeOut
 
 router = APIRouter(tags=["geocoding"])
 CACHE_KEY = "locations:geocode:{digest}"
-RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
 GEOCODE_ERRORS: dict[int | str, dict[str, Any]] = {
-    429: {
-        "description": "This user's lookups of new addresses are over the limit of a minute.",
-        "headers": RETRY_AFTER,
-    },
+    429: retry_later("This user's lookups of new addresses are over the limit of a minute."),
     502: {"description": "Kakao Local failed or refused this service's API key."},
-    503: {
-        "description": "Geocoding is not configured here, or Kakao's quota is used up.",
-        "headers": RETRY_AFTER,
-    },
+    503: retry_later("Geocoding is not configured here, or Kakao's quota is used up."),
     504: {"description": "Kakao Local did not answer in time."},
 }
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from redis.asyncio import Redis
 
+from ecosort_common.openapi import retry_later
 from ecosort_common.ratelimit import RateLimiter
 from ecosort_common.redis import get_redis
 from ecosort_common.security import Principal, current_principal
@@ -17,10 +18,7 @@ from ecosort_recycling.schemas import FeedbackIn, FeedbackOut
 
 router = APIRouter(prefix="/feedback", tags=["feedback"])
 RATE_LIMITED: dict[int | str, dict[str, Any]] = {
-    429: {
-        "description": "This user's feedback requests are over the limit of a minute.",
-        "headers": {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}},
-    }
+    429: retry_later("This user's feedback requests are over the limit of a minute.")
 }
 
 
