@@ -117,6 +117,9 @@ async def test_without_a_key_geocoding_is_503_not_configured(
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
     assert "not configured" in response.json()["detail"]
+    # A malformed query is still the client's to fix, whether or not geocoding is configured.
+    blank = await client.get(GEOCODE, params={"query": "  "}, headers=auth())
+    assert blank.status_code == 422
 
 
 async def test_an_address_is_found_and_cached(keyed: AsyncClient, auth: Headers) -> None:

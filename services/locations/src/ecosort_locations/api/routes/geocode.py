@@ -60,12 +60,14 @@ async def geocode(
             description="a Korean address (at least two characters besides spaces)",
         ),
     ],
-    geocoder: Annotated[KakaoLocalClient, Depends(_geocoder)],
     redis: Annotated[Redis, Depends(get_redis)],
 ) -> GeocodeOut:
     """Kakao Local address search, for a signed-in user (a bearer token). Answers are cached;
     a query not in the cache counts against the user's `GEOCODE_RATE_LIMIT_PER_MINUTE`, and over
     it the answer is 429 with Retry-After."""
+    # Asked here, not as a dependency: FastAPI runs dependencies before it reports a malformed
+    # query, which would then get this 503 instead of its 422.
+    geocoder = _geocoder(request)
     settings: Settings = request.app.state.settings
     query = " ".join(query.split())
     key = CACHE_KEY.format(digest=hashlib.sha256(query.encode()).hexdigest()[:32])
