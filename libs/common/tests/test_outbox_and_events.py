@@ -19,8 +19,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from ecosort_common import aio
-from ecosort_common import app as app_module
 from ecosort_common import outbox as outbox_module
+from ecosort_common import redis as redis_module
 from ecosort_common.app import create_service_app
 from ecosort_common.events import (
     DEAD_LETTER_STREAM,
@@ -362,7 +362,7 @@ async def test_relay_and_consumer_get_past_a_connection_gone_silent(
     """No request deadline bounds the background loops: a Redis or PostgreSQL connection that
     stops answering (a failover, a half-open TCP connection) must fail them over to a new one,
     not hold them: Redis's by a socket timeout, PostgreSQL's by a bound on each round."""
-    monkeypatch.setattr(app_module, "BACKGROUND_SOCKET_TIMEOUT_SECONDS", 2.0)
+    monkeypatch.setattr(redis_module, "BACKGROUND_SOCKET_TIMEOUT_SECONDS", 2.0)
     monkeypatch.setattr(aio, "BACKGROUND_ROUND_SECONDS", 4.0)
     url = urlsplit(settings.redis_url if store == "redis" else settings.database_url)
     assert url.hostname is not None and url.port is not None

@@ -21,7 +21,7 @@ from ecosort_common.logging import configure_logging
 from ecosort_common.observability import ObservabilityMiddleware
 from ecosort_common.openapi import ROUTER_RESPONSES, install_openapi
 from ecosort_common.outbox import OutboxRelay
-from ecosort_common.redis import BACKGROUND_SOCKET_TIMEOUT_SECONDS, create_redis
+from ecosort_common.redis import create_background_redis, create_redis
 from ecosort_common.revocation import RevocationWatcher
 from ecosort_common.security import TokenVerifier
 from ecosort_common.settings import ServiceSettings
@@ -85,9 +85,7 @@ def create_service_app(
                     background.append(task)
             background.append(app.state.subscription.run())  # the hooks may add channels
             # Built after the hooks: a hook that refuses to start leaves no coroutine behind.
-            events_redis = create_redis(
-                settings.redis_url, socket_timeout=BACKGROUND_SOCKET_TIMEOUT_SECONDS
-            )
+            events_redis = create_background_redis(settings.redis_url)
             stack.push_async_callback(events_redis.aclose)
             if outbox is not None and settings.outbox_relay_enabled:
                 relay = OutboxRelay(

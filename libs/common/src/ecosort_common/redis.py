@@ -27,6 +27,11 @@ def create_redis(url: str, *, socket_timeout: float | None = None) -> Redis:
     )
 
 
+def create_background_redis(url: str) -> Redis:
+    """A client for a loop no request deadline bounds: BACKGROUND_SOCKET_TIMEOUT_SECONDS."""
+    return create_redis(url, socket_timeout=BACKGROUND_SOCKET_TIMEOUT_SECONDS)
+
+
 def get_redis(request: Request) -> Redis:
     redis: Redis = request.app.state.redis
     return redis

@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.logging import configure_logging
-from ecosort_common.redis import BACKGROUND_SOCKET_TIMEOUT_SECONDS, create_redis
+from ecosort_common.redis import create_background_redis
 from ecosort_waste import pipeline, reaper
 from ecosort_waste.classifier.registry import registry_from_settings
 from ecosort_waste.config import Settings, get_settings
@@ -122,7 +122,7 @@ def worker_redis(settings: Settings) -> Redis:
     """The pipeline's and the reaper's Redis client. No request deadline bounds them: a
     connection gone silent fails after the timeout instead of holding a task until Celery's
     time limit, or the reaper for good."""
-    return create_redis(settings.redis_url, socket_timeout=BACKGROUND_SOCKET_TIMEOUT_SECONDS)
+    return create_background_redis(settings.redis_url)
 
 
 def worker_runtime() -> WorkerRuntime:

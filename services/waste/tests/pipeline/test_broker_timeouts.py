@@ -12,6 +12,7 @@ import uuid
 import pytest
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from ecosort_common import redis as redis_module
 from ecosort_common.testing import silent_server
 from ecosort_waste import worker
 from ecosort_waste.config import Settings
@@ -47,7 +48,7 @@ async def test_the_workers_redis_gives_up_on_a_server_gone_silent(
 ) -> None:
     """No request deadline bounds the reaper: without a socket timeout, one command on a
     connection gone silent held it, and with it every stuck analysis, for good."""
-    monkeypatch.setattr(worker, "BACKGROUND_SOCKET_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(redis_module, "BACKGROUND_SOCKET_TIMEOUT_SECONDS", 1.0)
     with silent_server() as address:
         redis = worker.worker_redis(
             settings.model_copy(update={"redis_url": f"redis://{address}/0"})
