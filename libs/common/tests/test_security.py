@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import threading
 import time
 import uuid
@@ -314,6 +315,10 @@ async def test_without_keys_a_down_auth_is_asked_once_per_interval(
     jwks.healthy = False
     statuses = [await _verified_status(verifier, token_issuer.token()) for _ in range(5)]
     assert statuses == [503] * 5
+    with pytest.raises(Problem) as refused:
+        await verifier.verify(token_issuer.token())
+    # The app comes back when the next fetch may be tried, as after any other 503.
+    assert refused.value.headers == {"Retry-After": str(math.ceil(TEST_REFRESH_INTERVAL))}
     assert jwks.fetches == 1
     jwks.healthy = True
     await asyncio.sleep(TEST_REFRESH_INTERVAL + 0.1)

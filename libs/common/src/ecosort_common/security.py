@@ -168,7 +168,12 @@ class TokenVerifier:
     async def _key_for(self, kid: str) -> Any:
         keys = await self._jwks.key_set(kid)
         if keys is None:
-            raise Problem(503, "The token signing keys are unavailable.")
+            # No fetch is tried again before the interval is out: retrying sooner gets this 503.
+            raise Problem(
+                503,
+                "The token signing keys are unavailable.",
+                headers={"Retry-After": str(math.ceil(MIN_REFRESH_INTERVAL_SECONDS))},
+            )
         try:
             return keys.get_by_kid(kid)
         except (ValueError, KeyError, JoseError) as exc:
