@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 from httpx import ASGITransport, AsyncClient
 from pydantic import BaseModel
@@ -81,6 +81,11 @@ def demo_router() -> APIRouter:
     @router.post("/my-echo")
     async def my_echo(body: Echo, principal: Principal = Depends(current_principal)) -> Echo:
         return body
+
+    @router.get("/public")
+    async def public(response: Response) -> dict[str, str]:
+        response.headers["Cache-Control"] = "public, max-age=60"
+        return {"for": "anyone"}
 
     @router.get("/me")
     async def me(principal: Principal = Depends(current_principal)) -> dict[str, str]:

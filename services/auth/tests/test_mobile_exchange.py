@@ -79,6 +79,7 @@ async def test_kakao_access_token_is_checked_with_kakao(mobile_app: FastAPI) -> 
         answer = await _exchange(mobile_app, "kakao", {"access_token": "kakao-sdk-token"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["user"]["nickname"] == "홍길동"
+    assert answer.headers["cache-control"] == "no-store"  # it carries our tokens
     assert me.calls.last.request.headers["authorization"] == "Bearer kakao-sdk-token"
     assert info.calls.last.request.headers["authorization"] == "Bearer kakao-sdk-token"
     with respx.mock() as mock:

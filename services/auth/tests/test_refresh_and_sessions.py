@@ -32,6 +32,20 @@ async def test_refresh_rotates_and_stores_only_hashes(client: AsyncClient, app: 
     assert hash_refresh_token(first["refresh_token"]) in stored
 
 
+async def test_token_answers_and_sessions_are_not_stored_by_caches(client: AsyncClient) -> None:
+    # RFC 6749 §5.1: an answer holding tokens carries Cache-Control: no-store.
+    login = await client.post(
+        "/api/v1/auth/dev/login", json={"subject": "no-store", "nickname": "tester"}
+    )
+    refreshed = await client.post(REFRESH, json={"refresh_token": login.json()["refresh_token"]})
+    sessions = await client.get(SESSIONS, headers=bearer(refreshed.json()["access_token"]))
+    for answer in (login, refreshed, sessions):
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["cache-control"] == "no-store"
+    jwks = await client.get("/api/v1/auth/jwks.json")
+    assert jwks.headers["cache-control"].startswith("public")
+
+
 async def test_reused_refresh_token_revokes_the_whole_family(client: AsyncClient) -> None:
     stolen = await dev_login(client, "reuse")
     legit = (await client.post(REFRESH, json={"refresh_token": stolen["refresh_token"]})).json()

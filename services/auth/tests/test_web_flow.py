@@ -108,6 +108,19 @@ async def test_whole_web_flow_issues_tokens_and_one_user_per_subject(
     ]
 
 
+async def test_answers_with_tokens_are_never_stored(client: AsyncClient) -> None:
+    """RFC 6749 §5.1: no cache may keep tokens. The callback is a page in the browser, whose
+    disk cache would otherwise hold the tokens for anyone at that computer to read."""
+    signed_in = await _callback(client, await _provider_redirect(await _authorize(client, "kakao")))
+    dev = await client.post("/api/v1/auth/dev/login", json={"subject": "cache", "nickname": "c"})
+    refreshed = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": dev.json()["refresh_token"]}
+    )
+    for answer in (signed_in, dev, refreshed):
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["cache-control"] == "no-store", answer.request.url
+
+
 async def test_state_is_single_use(client: AsyncClient) -> None:
     back = await _provider_redirect(await _authorize(client, "kakao"))
     assert (await _callback(client, back)).status_code == 200

@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import Table
 
 from ecosort_common.aio import cancel_and_wait
+from ecosort_common.caching import NoStoreByDefaultMiddleware
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.deadline import RequestDeadlineMiddleware
 from ecosort_common.errors import install_error_handlers
@@ -46,8 +47,8 @@ def create_service_app(
     on_shutdown: Sequence[Callable[[FastAPI], Awaitable[None]]] = (),
 ) -> FastAPI:
     """Build a FastAPI app with health, metrics, problem+json errors, HEAD wherever GET is, request
-    ids, JSON logs, the database and Redis clients, token verification, the outbox relay and event
-    consumers."""
+    ids, JSON logs, `Cache-Control: no-store` where a route sets none, the database and Redis
+    clients, token verification, the outbox relay and event consumers."""
     configure_logging(settings.log_level, json=settings.log_json)
     prefix = settings.api_prefix
 
@@ -131,6 +132,8 @@ def create_service_app(
     # Inside the HEAD and observability middlewares: a deadline's 503 is logged and counted,
     # and HEAD's is GET's.
     app.add_middleware(RequestDeadlineMiddleware, seconds=settings.request_deadline_seconds)
+    # Outside the deadline: its 503 is no more to be stored than the answers it cuts short.
+    app.add_middleware(NoStoreByDefaultMiddleware)
     # Inside the observability middleware: the access log and metrics say HEAD, not GET.
     app.add_middleware(HeadMiddleware)
     app.add_middleware(ObservabilityMiddleware, service=settings.service_name)
