@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,16 +47,17 @@ def open_tmp_path() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def gateway(nginx: Path) -> Iterator[Gateway]:
-    """The generated gateway on a free port, its upstreams on ports nothing listens on."""
+@contextmanager
+def generated_gateway(nginx: Path, upstreams: dict[str, int]) -> Iterator[str]:
+    """nginx running the generated gateway config on a free port, proxying to `upstreams`."""
     work = Path(tempfile.mkdtemp(prefix="ecosort-gateway-test-"))
     work.chmod(0o755)
     run_as_user = prepare_work_dir(work)
-    dead = {service: free_port() for service in SERVICE_PORTS}
     port = free_port()
     routes = load_routes(REPO / "ingress")
-    conf = render_nginx_conf(routes, dead, listen_port=port, work_dir=work, run_as_user=run_as_user)
+    conf = render_nginx_conf(
+        routes, upstreams, listen_port=port, work_dir=work, run_as_user=run_as_user
+    )
     (work / "nginx.conf").write_text(conf)
     process = subprocess.Popen(
         [str(nginx), "-p", str(work), "-c", str(work / "nginx.conf")],
@@ -65,8 +67,16 @@ def gateway(nginx: Path) -> Iterator[Gateway]:
     )
     try:
         wait_until(lambda: port_is_listening(port), what="nginx", timeout=10, process=process)
-        yield Gateway(f"http://127.0.0.1:{port}", dead)
+        yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gateway(nginx: Path) -> Iterator[Gateway]:
+    """The generated gateway on a free port, its upstreams on ports nothing listens on."""
+    dead = {service: free_port() for service in SERVICE_PORTS}
+    with generated_gateway(nginx, dead) as url:
+        yield Gateway(url, dead)

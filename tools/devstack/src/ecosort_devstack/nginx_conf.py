@@ -266,7 +266,10 @@ def render_nginx_conf(
         "        proxy_set_header Host $host;",
         "        proxy_set_header X-Request-ID $ecosort_request_id;",
         "        proxy_set_header X-Real-IP $remote_addr;",
-        "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        # Replaced, not appended to, as ingress-nginx does (use-forwarded-headers off): the
+        # services trust this header from the gateway, and take the client's own entries for
+        # its address, the key of auth's per-IP limits, if the gateway passes them on.
+        "        proxy_set_header X-Forwarded-For $remote_addr;",
         "        proxy_set_header X-Forwarded-Proto $scheme;",
         "        proxy_set_header X-Forwarded-Host $host;",
         "        proxy_set_header X-Forwarded-Port $server_port;",
