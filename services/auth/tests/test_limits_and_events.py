@@ -14,6 +14,7 @@ from httpx import AsyncClient
 from sqlalchemy import func, select
 
 from ecosort_auth.models import AuthSession, Identity
+from ecosort_auth.sessions import ProviderIdentity, delete_user, sign_in_identity, start_session
 
 DEV_LOGIN = "/api/v1/auth/dev/login"
 
@@ -112,3 +113,38 @@ async def test_user_deleted_removes_identities_and_sessions(
         await client.get("/api/v1/auth/sessions", headers=bearer(tokens["access_token"])), 401
     )
     assert_problem(await client.post("/api/v1/auth/refresh", json=tokens), 401)
+
+
+async def test_a_sign_in_meeting_the_deletion_leaves_no_session_behind(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """A sign-in of the same person on another device, committing while `user.deleted` is
+    applied, must not keep a session (and a refresh token that renews it) of a deleted
+    account."""
+    subject = f"two-devices-{uuid.uuid4().hex[:8]}"
+    user_id = uuid.UUID((await dev_login(client, subject))["user"]["id"])
+    who = ProviderIdentity(provider="dev", subject=subject, nickname=None, email=None)
+    async with app.state.sessionmaker() as signing_in, signing_in.begin():
+        await sign_in_identity(signing_in, who)  # found: the same user
+        await start_session(
+            signing_in,
+            user_id=user_id,
+            provider="dev",
+            device="tablet",
+            refresh_lifetime_seconds=60,
+        )
+
+        async def deletion() -> None:
+            async with app.state.sessionmaker() as db, db.begin():
+                await delete_user(db, user_id)
+
+        deleting = asyncio.create_task(deletion())
+        await asyncio.sleep(0.5)  # the deletion is under way, waiting on the sign-in
+        # The sign-in commits here, as its transaction ends.
+    await deleting
+
+    async with app.state.sessionmaker() as db:
+        sessions = await db.scalar(
+            select(func.count()).select_from(AuthSession).where(AuthSession.user_id == user_id)
+        )
+    assert sessions == 0

@@ -264,6 +264,9 @@ async def find_owned_session(
 async def delete_user(session: AsyncSession, user_id: uuid.UUID) -> list[uuid.UUID]:
     """Remove a user's identities and sessions (refresh tokens go with them by cascade);
     returns the sessions that were still live, whose access tokens must now be refused."""
+    # Identities first: deleting one waits for a sign-in in flight, which holds its row, to
+    # commit, so that the session it opened is among those found and deleted below.
+    await session.execute(delete(Identity).where(Identity.user_id == user_id))
     live = list(
         (
             await session.execute(
@@ -274,5 +277,4 @@ async def delete_user(session: AsyncSession, user_id: uuid.UUID) -> list[uuid.UU
         ).scalars()
     )
     await session.execute(delete(AuthSession).where(AuthSession.user_id == user_id))
-    await session.execute(delete(Identity).where(Identity.user_id == user_id))
     return live
