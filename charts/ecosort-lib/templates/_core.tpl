@@ -47,7 +47,7 @@ metadata:
     {{- include "ecosort-lib.labels" . | nindent 4 }}
 data:
   {{- range $key, $value := .Values.config }}
-  {{ $key }}: {{ $value | toString | quote }}
+  {{ $key }}: {{ include "ecosort-lib.configValue" $value | quote }}
   {{- end }}
 {{- end -}}
 

@@ -49,11 +49,25 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 {{- end -}}
 
+{{/*
+A plain setting as the text the service reads. Helm reads every number of a values file as a
+float, which toString writes in exponent form from a million up ("1e+06", "1.234567e+06"), and the
+services' integer settings (KAKAO_APP_ID, LLM_DAILY_TOKEN_BUDGET, ...) refuse that: JSON writes it
+in full.
+*/}}
+{{- define "ecosort-lib.configValue" -}}
+{{- if kindIs "float64" . -}}
+{{- toJson . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Plain settings as an env list, for pods that run before the ConfigMap exists (hooks). */}}
 {{- define "ecosort-lib.configEnv" -}}
 {{- range $name, $value := .Values.config }}
 - name: {{ $name }}
-  value: {{ $value | toString | quote }}
+  value: {{ include "ecosort-lib.configValue" $value | quote }}
 {{- end }}
 {{- end -}}
 
