@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from ecosort_k8scheck.charts import Rendered, pod_templates
+from ecosort_k8scheck.charts import Rendered, of_kind, pod_templates
 from ecosort_k8scheck.paths import SERVICES
 
 
@@ -79,3 +79,28 @@ def test_dev_loop_applies_the_namespaces_first(skaffold: dict[str, Any]) -> None
     (hook,) = skaffold["deploy"]["helm"]["hooks"]["before"]
     assert hook["host"]["command"] == ["kubectl", "apply", "-f", "k8s/namespaces/"]
     assert all(r["createNamespace"] is False for r in skaffold["deploy"]["helm"]["releases"])
+
+
+def go_duration_seconds(text: str) -> float:
+    """A Go duration as helm takes it for --timeout ("10m", "1m30s", "600s")."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    assert parts and "".join(n + u for n, u in parts) == text, text
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_helm_waits_for_a_migration_as_long_as_its_job_may_run(
+    skaffold: dict[str, Any], rendered: Rendered
+) -> None:
+    """The migration hook Job may run up to its activeDeadlineSeconds (an index built
+    CONCURRENTLY waits for older transactions, docs/deploy.md). helm waits for a hook only
+    --timeout (5 min by default): past it, the release fails while the migration goes on, and the
+    next deploy's before-hook-creation deletes the Job mid-migration."""
+    flags = skaffold["deploy"]["helm"].get("flags", {})
+    for command in ("install", "upgrade"):
+        arguments = flags.get(command, [])
+        assert "--timeout" in arguments, f"helm {command} waits 5 min for the migration hook"
+        timeout = go_duration_seconds(arguments[arguments.index("--timeout") + 1])
+        for (service, env), manifests in rendered.items():
+            for job in of_kind(manifests, "Job"):
+                assert timeout >= job["spec"]["activeDeadlineSeconds"], (command, service, env)
