@@ -46,5 +46,9 @@ train-head: install  ## retrain the classifier head from the shared photos and s
 eval-search: install  ## top-1 accuracy of recycling item search over the query set
 	$(UV) run --frozen python -m ecosort_recycling eval-search $(ARGS)
 
-clean:  ## remove the virtual environment and the local stack's data
+# A running stack is stopped first: its servers would otherwise run on, on deleted files,
+# holding every port, with no state file left for `make stop` to find them by.
+clean:  ## stop the local stack, then remove the virtual environment and the stack's data
+	if [ -f .local/stack.json ] && [ -x .venv/bin/ecosort-stack ]; then \
+		ECOSORT_STACK_HOME=$(CURDIR)/.local .venv/bin/ecosort-stack down; fi
 	rm -rf .venv $(BOOTSTRAP) .local
