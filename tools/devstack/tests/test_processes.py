@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import cast
 
+import psutil
 import pytest
 
 from ecosort_devstack import stack as stack_module
 from ecosort_devstack.cli import run_up
-from ecosort_devstack.config import StackConfig
+from ecosort_devstack.config import StackConfig, find_repo_root
 from ecosort_devstack.processes import (
     ProcessGroup,
     ProcessRecord,
@@ -151,3 +154,56 @@ def test_a_second_interrupt_does_not_cut_the_teardown_short(
     assert stopped == [True]
     assert not group_members(server.pid), "the teardown must end every server"
     assert term_after is term_before and int_after is int_before, "handlers restored"
+
+
+# The launcher as the terminal runs it: starts the forkserver as `up` does, says its PID, and
+# lives on (the forkserver exits with it), surviving Ctrl-C as `up` does with its teardown.
+LAUNCHER = """
+import multiprocessing.forkserver, signal, time
+from ecosort_devstack import preload
+signal.signal(signal.SIGINT, lambda signum, frame: None)
+preload.start_forkserver()
+print(multiprocessing.forkserver._forkserver._forkserver_pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_ctrl_c_while_the_forkserver_imports_leaves_it_running() -> None:
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a terminal's foreground process group
+    )
+    try:
+        assert launcher.stdout is not None
+        forkserver = psutil.Process(int(launcher.stdout.readline()))
+        os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C, during its preload imports
+        time.sleep(3)  # longer than those imports
+        assert forkserver.status() != psutil.STATUS_ZOMBIE, "Ctrl-C ended the forkserver"
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        _, errors = launcher.communicate(timeout=10)
+    assert "KeyboardInterrupt" not in errors
+
+
+def test_make_clean_stops_a_running_stack_before_deleting_it(tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(find_repo_root(Path(__file__).parent) / "Makefile", clone)
+    launcher = Path(sys.executable).parent / "ecosort-stack"
+    (clone / ".venv" / "bin" / "ecosort-stack").symlink_to(launcher)
+    home = clone / ".local"
+    home.mkdir()
+    state = StateFile(home / "stack.json")
+    group = ProcessGroup(state, home)
+    server = spawn(group, "server", FAMILY)
+    # Launched from another terminal (not this test's process, which `down` would stop).
+    state.write(ProcessRecord("ecosort-stack", 2**22 + 1, 0.0, signal.SIGTERM, 99), group.records)
+    try:
+        subprocess.run(["make", "-C", str(clone), "clean"], check=True, capture_output=True)
+        assert not group_members(server.pid), "the servers were left running"
+    finally:
+        stop_records(group.records)
+    assert not home.exists() and launcher.exists()

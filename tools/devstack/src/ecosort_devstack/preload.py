@@ -11,7 +11,9 @@ any other process of the stack.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
+import signal
 import sys
 import threading
 from collections.abc import Mapping
@@ -83,6 +85,20 @@ class ForkedProcess:
     def wait(self, timeout: float | None = None) -> int | None:
         self._process.join(timeout)
         return self.returncode
+
+
+def start_forkserver() -> None:
+    """Starts the forkserver, ignoring SIGINT; from the main thread, before any service.
+
+    It is the one process of the stack left in the terminal's process group, so Ctrl-C reaches
+    it too. Its main loop ignores SIGINT, but not its preload imports, the first seconds of
+    `up`: there Ctrl-C ended it with a traceback across the launcher's orderly stop.
+    """
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through its exec
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def start_api(

@@ -407,6 +407,7 @@ class Stack:
         require_free_ports(self._wanted_ports())
         self.notes += missing_data(self.config)
         conf = self._write_gateway_conf()
+        preload.start_forkserver()
         worker_info = "off"
         with ThreadPoolExecutor(max_workers=4 + 2 * len(self.config.services)) as pool:
             database = pool.submit(self._start_database)
