@@ -90,6 +90,22 @@ def test_delete_prefix_older_than_takes_only_what_was_written_before(storage: St
     assert storage.get("images/u1/a.jpg") == b"keep"
 
 
+def test_a_file_gone_since_the_listing_does_not_stop_the_sweep(
+    local: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload's temporary file renamed into place while the reaper sweeps `incoming/`."""
+    local.put("incoming/u1/a", b"old", "image/jpeg")
+    listed = Path.rglob
+    monkeypatch.setattr(
+        Path,
+        "rglob",
+        lambda folder, pattern: [*listed(folder, pattern), folder / "u1" / ".tmp-renamed"],
+    )
+    assert local.delete_prefix("incoming/", older_than=datetime.now(UTC) + timedelta(hours=1)) == 1
+    with pytest.raises(ObjectNotFound):
+        local.get("incoming/u1/a")
+
+
 def test_delete_prefix_pages_through_s3(s3: S3Storage) -> None:
     # Over one ListObjectsV2 page (and one DeleteObjects call) of 1000 keys.
     for number in range(1005):

@@ -78,7 +78,7 @@ class LocalStorage:
             if path.is_dir():
                 with suppress(OSError):
                     path.rmdir()
-            elif cutoff is None or path.stat().st_mtime < cutoff:
+            elif cutoff is None or _written_before(path, cutoff):
                 path.unlink(missing_ok=True)
                 deleted += 1
         with suppress(OSError):
@@ -117,3 +117,10 @@ class LocalStorage:
     def _sign(self, fields: dict[str, str]) -> str:
         message = "\n".join(f"{name}={fields[name]}" for name in UPLOAD_FORM_FIELDS).encode()
         return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+
+
+def _written_before(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:  # renamed into place or deleted since the listing
+        return False
