@@ -30,6 +30,10 @@ class GeocodedAddress:
         return self.__dict__.copy()
 
 
+# When Kakao's 429 names no time: the app should not come back at once, nor give up for good.
+QUOTA_RETRY_AFTER = "60"
+
+
 class KakaoLocalError(Exception):
     """Kakao Local did not give an answer we can use. `status` is what to tell our client."""
 
@@ -127,7 +131,7 @@ class KakaoLocalClient:
             return KakaoLocalError(
                 503,
                 "Kakao Local's quota is used up for now.",
-                retry_after=response.headers.get("retry-after"),
+                retry_after=response.headers.get("retry-after") or QUOTA_RETRY_AFTER,
             )
         if response.status_code in (401, 403):
             return KakaoLocalError(502, "Kakao Local refused this service's API key.")

@@ -25,7 +25,10 @@ CACHE_KEY = "locations:geocode:{digest}"
 GEOCODE_ERRORS: dict[int | str, dict[str, Any]] = {
     429: retry_later("This user's lookups of new addresses are over the limit of a minute."),
     502: {"description": "Kakao Local failed or refused this service's API key."},
-    503: retry_later("Geocoding is not configured here, or Kakao's quota is used up."),
+    503: retry_later(
+        "Kakao's quota is used up (with Retry-After), or geocoding is not configured here "
+        "(without: it will not come back by waiting)."
+    ),
     504: {"description": "Kakao Local did not answer in time."},
 }
 
