@@ -121,6 +121,7 @@ async def test_the_openapi_document_says_refresh_and_logout_may_answer_401(
         assert problem_schema_name(responses["401"]) == "Problem"
     assert problem_schema_name(refresh["429"]) == "Problem"
     assert "Retry-After" in refresh["429"]["headers"]
+    assert "WWW-Authenticate" in logout["401"]["headers"]  # a refused bearer token
 
 
 async def test_the_openapi_document_says_what_sign_in_may_answer(client: AsyncClient) -> None:

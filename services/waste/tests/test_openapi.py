@@ -42,6 +42,9 @@ async def test_the_create_route_documents_its_errors_as_problems(document: dict[
     for status in ("400", "401", "413", "415", "422"):
         assert problem_schema_name(responses[status]) == "Problem", status
     assert "10 MB" in responses["413"]["description"]
+    assert "Location" in responses["202"]["headers"]
+    schema = responses["202"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/AnalysisAccepted"}
 
 
 async def test_the_polling_route_documents_its_errors(document: dict[str, Any]) -> None:

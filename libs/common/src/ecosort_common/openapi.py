@@ -44,6 +44,10 @@ RETRY_AFTER_HEADER: dict[str, Any] = {
 }
 
 
+# For a 401 that challenges a bearer token (RFC 6750).
+WWW_AUTHENTICATE_HEADER: dict[str, Any] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+
+
 def retry_later(description: str) -> dict[str, Any]:
     """A route's `responses=` entry for a 429 or 503 that carries Retry-After."""
     return {"description": description, "headers": RETRY_AFTER_HEADER}
@@ -82,7 +86,7 @@ def document_errors(operation: dict[str, Any]) -> None:
         responses.setdefault("400", _problem("A parameter was refused."))
     if operation.get("security"):
         unauthorized = _problem("No access token, or one invalid, expired or revoked.")
-        unauthorized["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        unauthorized["headers"] = WWW_AUTHENTICATE_HEADER
         responses.setdefault("401", unauthorized)
     if "path" in places:
         responses.setdefault("404", _problem("Not found (or not yours)."))

@@ -15,7 +15,7 @@ from ecosort_auth.issuance import tokens_for_refresh
 from ecosort_auth.keys import published_jwks
 from ecosort_auth.sessions import owner_of_refresh_token, revoke_session, session_of_refresh_token
 from ecosort_common.errors import Problem
-from ecosort_common.openapi import retry_later
+from ecosort_common.openapi import WWW_AUTHENTICATE_HEADER, retry_later
 from ecosort_common.ratelimit import RateLimiter
 from ecosort_common.security import bearer_token
 
@@ -54,7 +54,12 @@ async def refresh(
     "/logout",
     status_code=204,
     response_class=Response,
-    responses={401: {"description": "Neither a refresh token we issued nor a valid access token."}},
+    responses={
+        401: {
+            "description": "Neither a refresh token we issued nor a valid access token.",
+            "headers": WWW_AUTHENTICATE_HEADER,  # when it was the access token
+        }
+    },
 )
 async def logout(request: Request, settings: SettingsDep, body: LogoutIn | None = None) -> Response:
     """End one session, named by its refresh token in the body or by the bearer access token."""

@@ -73,7 +73,11 @@ CREATE_BODY_DOC: dict[str, Any] = {
         },
     }
 }
-IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "description": "Queued, or the analysis this key or upload already made.",
+        "headers": {"Location": {"schema": {"type": "string"}, "description": "links.self"}},
+    },
     409: {"description": "The upload_id already made an analysis (under another key or none)."},
     410: {"description": "The account was deleted (its token is not revoked yet)."},
     413: {"description": "The image is over 10 MB."},
@@ -87,7 +91,7 @@ IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
     status_code=202,
     response_model=AnalysisAccepted,
     openapi_extra=CREATE_BODY_DOC,
-    responses=IMAGE_ERRORS,
+    responses=CREATE_RESPONSES,
     summary="Upload a photo (multipart `image`) or name a direct upload (`upload_id`)",
 )
 async def create_analysis(
