@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from ecosort_common.ingress_errors import INGRESS_ERROR_CODES
 from ecosort_k8scheck.charts import Rendered, of_kind
 from ecosort_k8scheck.netpol import selector_matches
 from ecosort_k8scheck.paths import SERVICES
@@ -70,6 +71,25 @@ def test_every_ingress_path_reaches_a_service_port(
                 ]
                 assert ports, f"{namespace}: Service has no port named {backend['port']['name']}"
                 assert_port_reaches_pods(rendered, env, svc, ports[0])
+
+
+def test_the_controllers_own_errors_are_pages_its_service_answers(
+    ingresses: list[dict[str, Any]],
+) -> None:
+    """ecosort_common.ingress_errors answers these codes at the Service's `/`; nginx must send
+    no others there, and must not put them over the services' own answers."""
+    prefix = "nginx.ingress.kubernetes.io/"
+    for ingress in ingresses:
+        annotations = ingress["metadata"]["annotations"]
+        codes = annotations[prefix + "custom-http-errors"].split(",")
+        assert tuple(int(code) for code in codes) == INGRESS_ERROR_CODES
+        backends = {
+            path["backend"]["service"]["name"]
+            for rule in ingress["spec"]["rules"]
+            for path in rule["http"]["paths"]
+        }
+        assert backends == {annotations[prefix + "default-backend"]}
+        assert annotations[prefix + "disable-proxy-intercept-errors"] == "true"
 
 
 def test_http_routes_mirror_the_ingresses(

@@ -18,6 +18,7 @@ from ecosort_common.errors import install_error_handlers
 from ecosort_common.events import EventConsumer, Handler
 from ecosort_common.head import HeadMiddleware
 from ecosort_common.health import DEFAULT_CHECKS, ReadinessCheck, health_router, metrics_router
+from ecosort_common.ingress_errors import ingress_errors_router
 from ecosort_common.logging import configure_logging
 from ecosort_common.observability import ObservabilityMiddleware
 from ecosort_common.openapi import ROUTER_RESPONSES, install_openapi
@@ -144,6 +145,7 @@ def create_service_app(
     # the ingress forwards the whole prefix to anyone, the root path stays on the pod's port.
     app.include_router(health, prefix=prefix, include_in_schema=False)
     app.include_router(metrics_router())
+    app.include_router(ingress_errors_router())
     for router in routers:
         app.include_router(router, prefix=prefix, responses=ROUTER_RESPONSES)
     return app

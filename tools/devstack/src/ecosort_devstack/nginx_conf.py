@@ -61,13 +61,15 @@ _TRANSLATIONS = {
 }
 # Handled separately (they need a zone at http level).
 _RATE_LIMIT_ANNOTATIONS = {"limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections"}
+# The cluster's problem+json pages for the controller's own errors: this gateway writes its own.
+_OWN_ERROR_PAGES = {"custom-http-errors", "default-backend", "disable-proxy-intercept-errors"}
 
 
 def translate_annotations(route: IngressRoute) -> list[str]:
     """The location-level directives for a route's annotations (rate limits excluded)."""
     directives = []
     for name, value in sorted(route.annotations.items()):
-        if name in _RATE_LIMIT_ANNOTATIONS:
+        if name in _RATE_LIMIT_ANNOTATIONS | _OWN_ERROR_PAGES:
             continue
         translate = _TRANSLATIONS.get(name)
         if translate is None:
