@@ -8,6 +8,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from httpx import AsyncClient
 
+from ecosort_common.categories import CATEGORY_CODES as SHARED_CATEGORY_CODES
 from ecosort_common.testing import problem_schema_name
 from ecosort_recycling.catalog import Catalog
 from ecosort_recycling.knowledge_base import CATEGORY_CODES
@@ -36,6 +37,32 @@ async def test_category_guidance_body_for_the_waste_pipeline(client: AsyncClient
     assert body["sources"] and {"title", "url", "date"} <= set(body["sources"][0])
     assert all(rule["sources"] and rule["as_of"] for rule in body["rules"]["steps"])
     assert "max-age" in response.headers["cache-control"]
+
+
+# What the waste service needs in an answer before it shows it (services/waste/src/ecosort_waste/
+# guidance.py REQUIRED_FIELDS); its classifiers answer with any of the shared codes.
+WASTE_REQUIRED_FIELDS = frozenset(
+    {
+        "code",
+        "name_ko",
+        "name_en",
+        "disposal",
+        "steps",
+        "mistakes",
+        "marks",
+        "sources",
+        "varies_by_region",
+    }
+)
+
+
+async def test_every_code_waste_can_produce_gets_guidance(client: AsyncClient) -> None:
+    for code in SHARED_CATEGORY_CODES:
+        response = await client.get(f"{PREFIX}/categories/{code}")
+        assert response.status_code == 200, code
+        body = response.json()
+        assert body.keys() >= WASTE_REQUIRED_FIELDS and body["code"] == code
+        assert body["disposal"] and body["steps"] and body["mistakes"] and body["sources"], code
 
 
 async def test_regional_override_is_shown_on_its_category(client: AsyncClient) -> None:
