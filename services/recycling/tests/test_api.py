@@ -145,6 +145,14 @@ async def test_item_hit_carries_its_sources_with_dates(client: AsyncClient) -> N
     assert all(source["date"] and source["url"] for source in item["sources"])
 
 
+async def test_a_source_without_an_address_of_its_own_names_none(client: AsyncClient) -> None:
+    """A news report's deposit amounts: no site's home page stands in for the article."""
+    body = (await client.get(f"{PREFIX}/items", params={"q": "소주병", "limit": 1})).json()
+    sources = {source["key"]: source for source in body["items"][0]["sources"]}
+    assert sources["S10"]["url"] is None
+    assert "뉴스프라임" in sources["S10"]["title"]
+
+
 async def test_item_search_refuses_a_cursor_from_before_a_reload(
     client: AsyncClient, app: FastAPI
 ) -> None:

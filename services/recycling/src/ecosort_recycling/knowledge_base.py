@@ -24,7 +24,7 @@ class _Strict(BaseModel):
 
 class Source(_Strict):
     title: Text
-    url: Text
+    url: Text | None  # None: no address of its own (a news report, a compilation not traced)
     date: date
     date_kind: Text
     tier: Literal["A", "B", "C", "D"]

@@ -28,7 +28,7 @@ class KnowledgeSource(Base):
 
     key: Mapped[str] = mapped_column(String(16), primary_key=True)
     title: Mapped[str] = mapped_column(Text)
-    url: Mapped[str] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(Text)
     date: Mapped[date] = mapped_column(Date)
     date_kind: Mapped[str] = mapped_column(String(32))
     tier: Mapped[str] = mapped_column(String(1))

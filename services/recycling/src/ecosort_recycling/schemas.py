@@ -13,7 +13,7 @@ from ecosort_recycling.knowledge_base import CategoryCode
 class SourceOut(BaseModel):
     key: str
     title: str
-    url: str
+    url: str | None = Field(description="null where the source has no address of its own")
     date: date
 
 
