@@ -97,7 +97,12 @@ class GuidanceClient:
 
     async def _get(self, url: str) -> tuple[int, bytes | None]:
         """The status and body, or None for a body past MAX_BODY_BYTES (read no further)."""
-        async with self.http.stream("GET", url, headers={"Accept": "application/json"}) as response:
+        headers = {"Accept": "application/json"}
+        # The request the analysis came from (the worker binds it), so recycling logs it too.
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        if request_id:
+            headers["X-Request-ID"] = request_id
+        async with self.http.stream("GET", url, headers=headers) as response:
             if response.status_code != 200:
                 return response.status_code, b""
             body = bytearray()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import uuid
 
+import structlog
 from celery import Celery
 
 from ecosort_waste.config import Settings
@@ -34,6 +35,9 @@ UNACKED_KEY = "unacked"
 # Longer than kombu's blocking reads (BRPOP waits 1 s), short enough to fail a publish fast.
 BROKER_SOCKET_TIMEOUT_SECONDS = 5.0
 UNACKED_INDEX_KEY = "unacked_index"
+# The message header naming the request that sent the analysis (its X-Request-ID), so that the
+# worker's log lines and its call to recycling can be found with the request's.
+REQUEST_ID_HEADER = "request_id"
 
 
 def configure_celery(settings: Settings) -> Celery:
@@ -87,8 +91,11 @@ def configure_celery(settings: Settings) -> Celery:
 
 
 def send_analysis(celery: Celery, analysis_id: uuid.UUID) -> None:
-    """Queue an analysis for the pipeline; synchronous (the API calls it in a thread)."""
-    celery.send_task(TASK_NAME, args=[str(analysis_id)], queue=QUEUE)
+    """Queue an analysis for the pipeline; synchronous (the API calls it in a thread, which
+    keeps the request's log context: its request id goes along as a message header)."""
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    celery.send_task(TASK_NAME, args=[str(analysis_id)], queue=QUEUE, headers=headers)
 
 
 def connect(celery: Celery) -> None:

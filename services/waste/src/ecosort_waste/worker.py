@@ -37,6 +37,7 @@ from ecosort_waste.config import Settings, get_settings
 from ecosort_waste.guidance import create_guidance_client
 from ecosort_waste.queue import (
     QUEUE,
+    REQUEST_ID_HEADER,
     TASK_NAME,
     UNACKED_INDEX_KEY,
     configure_celery,
@@ -152,6 +153,15 @@ def worker_runtime() -> WorkerRuntime:
 
 @app.task(name=TASK_NAME, bind=True, max_retries=MAX_TASK_RETRIES)
 def analyse(self: Task, analysis_id: str) -> str:
+    # The id of the request that sent it (queue.py): on every log line of the run, on the call
+    # to recycling, and on the message of a retry (Celery does not carry custom headers over).
+    request_id = getattr(self.request, REQUEST_ID_HEADER, None)
+    context = {REQUEST_ID_HEADER: request_id} if isinstance(request_id, str) else {}
+    with structlog.contextvars.bound_contextvars(**context):
+        return _analyse(self, analysis_id, {"headers": context} if context else {})
+
+
+def _analyse(self: Task, analysis_id: str, retry_options: dict[str, Any]) -> str:
     try:
         parsed = uuid.UUID(analysis_id)
     except (TypeError, ValueError, AttributeError):
@@ -165,9 +175,12 @@ def analyse(self: Task, analysis_id: str) -> str:
         if self.request.retries >= MAX_TASK_RETRIES:
             log.error("task.gave_up", analysis_id=analysis_id, error=repr(exc))
             raise  # the reaper re-queues or fails the analysis once the stores are back
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+        raise self.retry(
+            exc=exc, countdown=_backoff(self.request.retries), **retry_options
+        ) from exc
     if outcome == "retry":
-        raise self.retry(countdown=_backoff(self.request.retries))
+        raise self.retry(countdown=_backoff(self.request.retries), **retry_options)
+    log.info("task.finished", analysis_id=analysis_id, outcome=outcome)
     return outcome
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+import structlog
 
 from ecosort_common.testing import free_port
 from ecosort_waste.guidance import MAX_BODY_BYTES, GuidanceClient, create_guidance_client
@@ -49,6 +50,17 @@ async def test_returns_the_category_guidance() -> None:
     route = respx.get(CAN_URL).respond(200, json=category())
     assert await client().fetch("can") == category()
     assert route.call_count == 1
+
+
+@respx.mock
+async def test_names_the_request_it_serves() -> None:
+    # The worker binds the id of the request that sent the analysis: recycling logs it too.
+    route = respx.get(CAN_URL).respond(200, json=category())
+    with structlog.contextvars.bound_contextvars(request_id="rid-upload-1"):
+        assert await client().fetch("can") == category()
+    assert route.calls.last.request.headers["x-request-id"] == "rid-upload-1"
+    assert await client().fetch("can") == category()
+    assert "x-request-id" not in route.calls.last.request.headers
 
 
 @respx.mock

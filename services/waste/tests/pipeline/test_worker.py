@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 from redis.asyncio import Redis
 
 from ecosort_waste import progress, reaper, worker
@@ -135,6 +136,30 @@ async def test_a_queued_analysis_completes_with_the_local_model(
     events = await progress.read_events(redis, analysis_id)
     assert [e.event for e in events][-1] == "completed"
     assert [e.data["stage"] for e in events[:-1]] == ["load", "classify", "guide", "save"]
+
+
+@pytest.mark.usefixtures("enqueue")
+async def test_the_run_names_the_request_that_sent_it(
+    worker_settings: Settings, fake: FakeThirdParties, running_worker: WorkerProcess
+) -> None:
+    """The API's request id goes with the message: on the worker's log lines and on its call to
+    recycling, so one request's lines can be found in every service's log."""
+    key, data = stored_photo(worker_settings, "glass/glass1.jpg")
+    analysis_id = insert_analysis(worker_settings.database_url, key, data)
+    request_id = f"rid-{uuid.uuid4().hex}"
+
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        worker.enqueue_analysis(analysis_id)
+
+    row = await asyncio.to_thread(
+        wait_for, worker_settings.database_url, analysis_id, status="completed"
+    )
+    assert row["result"]["category"] is not None or row["result"]["not_sure"]
+    lines = [line for line in running_worker.log().splitlines() if str(analysis_id) in line]
+    assert any(request_id in line for line in lines), lines
+    asked = [r for r in fake.requests if r.path.startswith("/api/v1/recycling/categories/")]
+    sent = [{k.lower(): v for k, v in r.headers.items()}.get("x-request-id") for r in asked]
+    assert request_id in sent or row["result"]["not_sure"]
 
 
 @pytest.mark.usefixtures("running_worker", "enqueue")
