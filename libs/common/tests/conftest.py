@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
@@ -58,6 +59,15 @@ def demo_router() -> APIRouter:
     @router.get("/boom")
     async def boom() -> None:
         raise RuntimeError("secret internal detail postgresql://10.0.0.5")
+
+    @router.get("/nested")
+    async def nested(request: Request) -> dict[str, str]:
+        # A request served in-process inside this one, as auth reads its own JWKS.
+        transport = ASGITransport(app=request.app)
+        async with AsyncClient(transport=transport, base_url="http://inner") as http:
+            inner = await http.get("/healthz")
+        structlog.get_logger("demo").info("after_nested")
+        return {"inner_request_id": inner.headers["x-request-id"]}
 
     @router.get("/notes/{note_id}")
     async def note(note_id: int, full: bool = False) -> dict[str, int]:

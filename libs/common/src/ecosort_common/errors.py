@@ -298,7 +298,14 @@ async def _on_store_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+    # Named here: Starlette calls this handler from its outermost middleware, after the
+    # observability middleware has left the request (and its id) behind.
+    log.exception(
+        "unhandled_error",
+        path=request.url.path,
+        error_type=type(exc).__name__,
+        request_id=getattr(request.state, "request_id", None),
+    )
     return problem_response(request, 500, detail="An unexpected error occurred.")
 
 

@@ -92,7 +92,9 @@ class ObservabilityMiddleware:
                 ]
             await send(message)
 
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        # Restored, not unbound, at the end: a request served in-process inside another one (auth
+        # reads its own JWKS through an ASGI transport) must leave the outer one its id.
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
@@ -110,7 +112,7 @@ class ObservabilityMiddleware:
                     status=status_holder["status"],
                     duration_ms=round(elapsed * 1000, 2),
                 )
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.reset_contextvars(**bound)
 
 
 async def metrics_endpoint(_: Request) -> Response:
