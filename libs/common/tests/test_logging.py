@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import sqlalchemy.exc
+from sqlalchemy import text
 
+from ecosort_common.db import create_engine
 from ecosort_common.logging import configure_logging
+from ecosort_common.settings import ServiceSettings
 
 
 @pytest.mark.parametrize("level", ["info", "debug"])
@@ -18,3 +22,23 @@ def test_outbound_request_urls_with_credentials_stay_out_of_the_logs(
     with httpx.Client(transport=transport) as client:
         client.post("https://detect.roboflow.com/waste/3?api_key=SECRET-KEY")
     assert "SECRET-KEY" not in capsys.readouterr().out
+
+
+async def test_a_failed_statements_error_does_not_carry_its_parameters(
+    settings: ServiceSettings,
+) -> None:
+    # Such errors are logged whole: an event handler's failure (`repr`), an unexpected 500's
+    # traceback; their parameters are the users' data.
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(sqlalchemy.exc.DBAPIError) as failed:
+                # Refused for something else than the parameter (the server's own message may
+                # quote a value it refuses, which no client setting hides).
+                await connection.execute(
+                    text("SELECT CAST(:email AS text), 1 / 0"), {"email": "alice@example.com"}
+                )
+    finally:
+        await engine.dispose()
+    assert "division by zero" in str(failed.value)
+    assert "alice@example.com" not in str(failed.value) + repr(failed.value)

@@ -47,6 +47,9 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 3.0
         max_overflow=pool_size,
         pool_pre_ping=True,
         connect_args={"connect_timeout": max(1, int(connect_timeout))},
+        # A statement's error names its parameters otherwise, and such errors are logged (an
+        # event handler's failure, an unexpected 500): nicknames, e-mail addresses.
+        hide_parameters=True,
     )
 
 
