@@ -23,7 +23,9 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # No file named: each logger takes sys.stdout as it is when made, not a stream that a
+        # test's output capture closed since (the same stream in a service's process).
+        logger_factory=structlog.PrintLoggerFactory(),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=numeric, stream=sys.stdout, format="%(message)s", force=True)
