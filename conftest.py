@@ -15,10 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-POSTGRES_ENV = "ECOSORT_TEST_POSTGRES_URL"
-REDIS_ENV = "ECOSORT_TEST_REDIS_URL"
-DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+from ecosort_common.settings import async_database_url
+from ecosort_common.testing import DEFAULT_POSTGRES, DEFAULT_REDIS, POSTGRES_ENV, REDIS_ENV
 
 _STARTED_KEY = pytest.StashKey[Any]()
 
@@ -37,7 +35,7 @@ def _answers(url: str, default_port: int) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return  # an xdist worker: the controller has set the environment already
-    postgres_url = os.environ.setdefault(POSTGRES_ENV, DEFAULT_POSTGRES)
+    postgres_url = os.environ.setdefault(POSTGRES_ENV, async_database_url(DEFAULT_POSTGRES))
     redis_url = os.environ.setdefault(REDIS_ENV, DEFAULT_REDIS)
     need_postgres = not _answers(postgres_url, 5432)
     need_redis = not _answers(redis_url, 6379)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from ecosort_common import cli
 from ecosort_common.cli import run_cli
 from ecosort_common.settings import ServiceSettings
 
@@ -47,3 +48,18 @@ def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert "train something" in out
     assert "migrate" in out
+
+
+def test_after_migrate_runs_once_the_schema_is_up_and_gives_the_exit_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    done: list[str] = []
+    monkeypatch.setattr(cli, "upgrade", lambda package, url: done.append("upgrade"))
+
+    def seed() -> int:
+        done.append("seed")
+        return 5
+
+    assert run_cli("ecosort_demo", ServiceSettings, {}, ["migrate"], after_migrate=seed) == 5
+    assert done == ["upgrade", "seed"]
+    assert _run(["train"]) == 4 and done == ["upgrade", "seed"]  # only after `migrate`

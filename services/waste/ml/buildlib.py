@@ -12,7 +12,6 @@ import random
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
@@ -100,7 +99,3 @@ def augmented_view(
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         image = enhancer(image).enhance(rng.uniform(0.75, 1.25))
     return preprocess.center_square(image, size)
-
-
-def as_batch(arrays: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(arrays))

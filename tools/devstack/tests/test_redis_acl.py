@@ -113,12 +113,9 @@ def open_tmp_path_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_rules_name_what_the_code_uses() -> None:
-    from ecosort_auth.sessions import USER_REGISTERED
     from ecosort_common import events, outbox, revocation
     from ecosort_users.config import Settings as UsersSettings
-    from ecosort_users.crud import USER_DELETED
     from ecosort_users.handlers import event_handlers
-    from ecosort_waste import crud as waste_crud
     from ecosort_waste import progress, queue
 
     assert redis_acl.STREAM_PREFIX == outbox.STREAM_PREFIX
@@ -128,9 +125,9 @@ def test_the_rules_name_what_the_code_uses() -> None:
     assert redis_acl.PROGRESS_CHANNEL == progress.PROGRESS_CHANNEL
     assert redis_acl.CELERY_QUEUE == queue.QUEUE
     assert {queue.UNACKED_KEY, queue.UNACKED_INDEX_KEY} <= set(redis_acl.CELERY_KEYS)
-    assert SERVICES["auth"].produces == (USER_REGISTERED,)
-    assert SERVICES["users"].produces == (USER_DELETED,)
-    assert waste_crud.CORRECTED_EVENT in SERVICES["waste"].produces
+    assert SERVICES["auth"].produces == (events.USER_REGISTERED,)
+    assert SERVICES["users"].produces == (events.USER_DELETED,)
+    assert set(SERVICES["waste"].produces) == {events.ANALYSIS_COMPLETED, events.ANALYSIS_CORRECTED}
     assert set(SERVICES["users"].consumes) == set(event_handlers(UsersSettings()))
     # Whatever one service produces, another consumes, and the other way round.
     produced = {e for access in SERVICES.values() for e in access.produces}

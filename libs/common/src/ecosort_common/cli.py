@@ -19,7 +19,12 @@ def run_cli(
     settings_factory: Callable[[], ServiceSettings],
     commands: Mapping[str, Command] | None = None,
     argv: Sequence[str] | None = None,
+    *,
+    after_migrate: Callable[[], int] | None = None,
 ) -> int:
+    """Run one command; `after_migrate`, when given, runs once `migrate` has brought the schema
+    up to date (a service's data step: recycling's knowledge base, locations' seed files), and
+    its exit status is the command's."""
     commands = commands or {}
     parser = argparse.ArgumentParser(prog=f"python -m {package}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,7 +41,7 @@ def run_cli(
     args, rest = parser.parse_known_args(argv)
     if args.command == "migrate":
         upgrade(package, settings_factory().database_url)
-        return 0
+        return after_migrate() if after_migrate is not None else 0
     if args.command == "serve":
         uvicorn.run(
             f"{package}.main:app",
@@ -50,6 +55,10 @@ def run_cli(
 
 
 def main_for(
-    package: str, settings_factory: Callable[[], ServiceSettings], commands: Mapping[str, Command]
+    package: str,
+    settings_factory: Callable[[], ServiceSettings],
+    commands: Mapping[str, Command],
+    *,
+    after_migrate: Callable[[], int] | None = None,
 ) -> None:
-    sys.exit(run_cli(package, settings_factory, commands))
+    sys.exit(run_cli(package, settings_factory, commands, after_migrate=after_migrate))

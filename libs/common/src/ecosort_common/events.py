@@ -34,6 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ecosort_common import aio
 from ecosort_common.outbox import PRUNE_BATCH, delete_in_batches, stream_name
 
+# The event types the services exchange, each on its stream `events:<type>`: producers and
+# consumers name them from here, so the two sides cannot drift apart.
+USER_REGISTERED = "user.registered"
+USER_DELETED = "user.deleted"
+ANALYSIS_COMPLETED = "analysis.completed"
+ANALYSIS_CORRECTED = "analysis.corrected"
+
 DEAD_LETTER_STREAM = "events:dead-letter"
 # A record of a processed event is what makes a redelivery harmless. Redelivery happens within
 # minutes (a pending message is claimed once idle for claim_idle_ms, dead-lettered after

@@ -56,7 +56,6 @@ bearer_scheme = HTTPBearer(
 class Principal:
     user_id: uuid.UUID
     session_id: str
-    token_id: str
     claims: dict[str, Any] = field(repr=False)
 
 
@@ -212,7 +211,6 @@ class TokenVerifier:
         return Principal(
             user_id=user_id,
             session_id=str(claims["sid"]),
-            token_id=str(claims["jti"]),
             claims=claims,
         )
 

@@ -17,6 +17,7 @@ from ecosort_auth.consumers import UserDeletedHandler
 from ecosort_auth.keys import KeyRing, ensure_current_key
 from ecosort_auth.providers import google_keys
 from ecosort_common.app import create_service_app
+from ecosort_common.events import USER_DELETED
 from ecosort_common.ratelimit import RateLimiter
 from ecosort_common.security import TokenVerifier
 
@@ -59,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "and sessions.",
         routers=[api_router],
         outbox=models.outbox,
-        consumers={"user.deleted": on_user_deleted},
+        consumers={USER_DELETED: on_user_deleted},
         processed_events=models.processed_events,
         on_startup=[start_auth],
         on_shutdown=[_close_google_keys],

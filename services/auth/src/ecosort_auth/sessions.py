@@ -12,11 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_auth.models import AuthSession, Identity, RefreshToken, outbox
 from ecosort_auth.tokens import hash_refresh_token, new_refresh_token
+from ecosort_common.events import USER_REGISTERED
 from ecosort_common.outbox import add_event
 from ecosort_common.pagination import paginate
-
-USER_REGISTERED = "user.registered"
-
 
 # The columns' lengths (models.Identity): a provider's profile is not ours to refuse over them.
 MAX_NICKNAME = 100

@@ -5,10 +5,9 @@ local stack and the chart's migration job leave a ready database with one comman
 """
 
 import argparse
-import sys
 from collections.abc import Sequence
 
-from ecosort_common.cli import run_cli
+from ecosort_common.cli import main_for
 from ecosort_recycling.config import get_settings
 from ecosort_recycling.evaluation import eval_search_command
 from ecosort_recycling.loader import load_knowledge_command
@@ -25,13 +24,5 @@ def _load_knowledge(argv: Sequence[str]) -> int:
 COMMANDS = {"load-knowledge": _load_knowledge, "eval-search": eval_search_command}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    code = run_cli("ecosort_recycling", get_settings, COMMANDS, args)
-    if code == 0 and args[:1] == ["migrate"]:
-        code = _load_knowledge([])
-    return code
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    main_for("ecosort_recycling", get_settings, COMMANDS, after_migrate=lambda: _load_knowledge([]))

@@ -40,7 +40,6 @@ class Query:
 class Outcome:
     query: Query
     top_id: str | None
-    top_name: str | None
     top_categories: tuple[str, ...]
 
     @property
@@ -86,7 +85,6 @@ def evaluate(index: SearchIndex, queries: Sequence[Query]) -> list[Outcome]:
             Outcome(
                 query,
                 top.id if top else None,
-                top.name_ko if top else None,
                 tuple(top.categories) if top else (),
             )
         )

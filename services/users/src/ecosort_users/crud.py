@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.db import hold_account_lock, take_account_lock
+from ecosort_common.events import USER_DELETED
 from ecosort_common.outbox import add_event
 from ecosort_common.pagination import Page, page_of, paginate
 from ecosort_users.models import (
@@ -23,9 +24,6 @@ from ecosort_users.models import (
 )
 from ecosort_users.regions import Region
 from ecosort_users.schemas import HistoryItem
-
-USER_DELETED = "user.deleted"
-
 
 # The account's lock (ecosort_common.db) is held by every transaction creating the person's data
 # (a profile, a history row, a correction kept for later) or changing the profile, and taken

@@ -11,14 +11,17 @@ import structlog
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ecosort_common.events import Event, Handler
+from ecosort_common.events import (
+    ANALYSIS_COMPLETED,
+    ANALYSIS_CORRECTED,
+    USER_REGISTERED,
+    Event,
+    Handler,
+)
 from ecosort_users import crud
 from ecosort_users.config import Settings
 from ecosort_users.schemas import cleaned_nickname
 
-USER_REGISTERED = "user.registered"
-ANALYSIS_COMPLETED = "analysis.completed"
-ANALYSIS_CORRECTED = "analysis.corrected"
 UNCERTAIN = "uncertain"  # waste's answer when the classifier is not sure
 log = structlog.get_logger("ecosort.users.events")
 Payload = TypeVar("Payload", bound=BaseModel)

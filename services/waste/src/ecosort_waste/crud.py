@@ -11,11 +11,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.db import ACCOUNT_LOCK_KEY, take_account_lock
+from ecosort_common.events import ANALYSIS_CORRECTED
 from ecosort_common.outbox import add_event
 from ecosort_common.pagination import Page, page_of, paginate
 from ecosort_waste.models import Analysis, Correction, DeletedUser, analyses, outbox
-
-CORRECTED_EVENT = "analysis.corrected"
 
 
 async def get_owned(
@@ -181,7 +180,7 @@ async def set_correction(
     await add_event(
         session,
         outbox,
-        CORRECTED_EVENT,
+        ANALYSIS_CORRECTED,
         {
             "analysis_id": str(analysis.id),
             "user_id": str(analysis.owner_id),

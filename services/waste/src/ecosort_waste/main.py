@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ecosort_common.app import create_service_app
 from ecosort_common.errors import STORE_RETRY_AFTER_SECONDS, problem_response
+from ecosort_common.events import USER_DELETED
 from ecosort_waste import models
 from ecosort_waste.api import api_router, plain_routes
 from ecosort_waste.api.deps import Enqueue
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
         description="Photo upload, the classification pipeline's progress, results, feedback.",
         routers=[api_router],
         outbox=models.outbox,
-        consumers={"user.deleted": UserDeletedHandler(storage)},
+        consumers={USER_DELETED: UserDeletedHandler(storage)},
         processed_events=models.processed_events,
         on_startup=[start_read_sessions, start_queue, start_progress_hub],
     )

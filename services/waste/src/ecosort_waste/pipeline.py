@@ -37,6 +37,7 @@ from sqlalchemy import Update, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common.aio import cancel_and_wait
+from ecosort_common.events import ANALYSIS_COMPLETED
 from ecosort_common.outbox import add_event
 from ecosort_waste import progress
 from ecosort_waste.classifier.registry import LOCAL, ClassifierRegistry, ProviderAnswer
@@ -49,7 +50,6 @@ log = structlog.get_logger(__name__)
 
 # Progress (0-100) reported when a stage starts; 100 is reserved for "completed".
 STAGE_PROGRESS = {"load": 5, "classify": 20, "guide": 70, "save": 90}
-COMPLETED_EVENT = "analysis.completed"
 # The local networks look at 224 and 260 px squares; JPEGs are decoded at a reduced DCT scale
 # that still covers the larger one.
 DECODE_AT_LEAST = (260, 260)
@@ -366,7 +366,7 @@ async def _save(deps: PipelineDeps, claim: Claim, result: dict[str, Any]) -> Non
         await add_event(
             session,
             outbox,
-            COMPLETED_EVENT,
+            ANALYSIS_COMPLETED,
             {
                 "analysis_id": str(claim.analysis_id),
                 "user_id": str(claim.owner_id),

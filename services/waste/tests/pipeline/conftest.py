@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,9 +59,6 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
-
-
-Responder = Callable[[RecordedRequest], tuple[int, Any]]
 
 
 @dataclass(frozen=True)
