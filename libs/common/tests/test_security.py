@@ -89,6 +89,20 @@ async def test_wrong_claims_are_refused(
     assert (await _status(client, token_issuer.token(**overrides)))[0] == 401
 
 
+@pytest.mark.parametrize("missing", ["exp", "sub", "sid", "jti"])
+async def test_a_token_missing_a_required_claim_is_refused(
+    client: AsyncClient, token_issuer: TokenIssuer, missing: str
+) -> None:
+    """Signed by auth's own key, yet without a claim every access token carries: a 401 (not a
+    token that never expires, nor one whose session cannot be revoked, nor a 500)."""
+    claims = jwt.decode(token_issuer.token(), token_issuer.key).claims
+    del claims[missing]
+    token = jwt.encode({"alg": "ES256", "kid": token_issuer.kid}, claims, token_issuer.key)
+    status, body = await _status(client, token)
+    assert status == 401, body
+    assert "missing_claim" in body
+
+
 async def test_expired_token_is_refused(client: AsyncClient, token_issuer: TokenIssuer) -> None:
     token = token_issuer.token(lifetime=timedelta(seconds=-60))
     status, body = await _status(client, token)
@@ -142,9 +156,12 @@ async def test_revoked_session_is_refused(
     client: AsyncClient, token_issuer: TokenIssuer, app: FastAPI
 ) -> None:
     await _until_live(app.state.subscription)
-    token = token_issuer.token(session_id="revoked-session")
+    # Unique: the announcement channel is shared by every database of the Redis server, so a
+    # test run beside this one (another checkout's) would otherwise revoke this very session.
+    session_id = f"revoked-{uuid.uuid4().hex}"
+    token = token_issuer.token(session_id=session_id)
     assert (await _status(client, token))[0] == 200
-    await revoke_sessions(app.state.redis, ["revoked-session"], ttl_seconds=60)
+    await revoke_sessions(app.state.redis, [session_id], ttl_seconds=60)
     # The announcement reaches the process's own set through pub/sub: give it a moment.
     for _ in range(200):
         status, body = await _status(client, token)
