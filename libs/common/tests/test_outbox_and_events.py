@@ -112,6 +112,23 @@ async def test_relay_publishes_committed_events_once(app: FastAPI) -> None:
     assert ours[0]["source"] == "demo"
 
 
+async def test_relays_of_several_replicas_publish_each_event_once(app: FastAPI) -> None:
+    """Every replica of a service runs a relay on the one outbox: rows one relay is publishing
+    are skipped by the others (SKIP LOCKED), not published a second time."""
+    redis: Redis = app.state.redis
+    text = uuid.uuid4().hex
+    async with app.state.sessionmaker() as session, session.begin():
+        ids = [
+            str(await add_event(session, outbox, "note.replicas", {"text": text, "n": n}))
+            for n in range(20)
+        ]
+    relays = [_relay(app) for _ in range(4)]
+    published = await asyncio.gather(*(relay.publish_pending() for relay in relays))
+    assert sum(published) == len(ids)
+    entries = await redis.xrange(stream_name("note.replicas"))
+    assert sorted(f["id"] for _, f in entries if f["id"] in ids) == sorted(ids)
+
+
 async def test_duplicate_delivery_is_applied_once(app: FastAPI) -> None:
     redis: Redis = app.state.redis
     text = uuid.uuid4().hex

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 from auth_test_helpers import assert_problem, bearer, client_for_app, dev_login
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ecosort_auth.models import RefreshToken
 from ecosort_auth.tokens import hash_refresh_token
@@ -60,6 +61,28 @@ async def test_reused_refresh_token_revokes_the_whole_family(client: AsyncClient
 async def test_unknown_refresh_token_is_refused(client: AsyncClient) -> None:
     assert_problem(await client.post(REFRESH, json={"refresh_token": "made-up"}), 401)
     assert_problem(await client.post(REFRESH, json={}), 422)
+
+
+async def test_an_expired_refresh_token_is_refused_and_spends_nothing(
+    client: AsyncClient, app: FastAPI
+) -> None:
+    """A refresh token past its `expires_at` (its session's end) is refused, not rotated; the
+    session is not revoked for it (an expiry is no reuse), so its access token still works."""
+    tokens = await dev_login(client, "expired-refresh")
+    token_hash = hash_refresh_token(tokens["refresh_token"])
+    async with app.state.sessionmaker() as db, db.begin():
+        await db.execute(
+            update(RefreshToken)
+            .where(RefreshToken.token_hash == token_hash)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    assert_problem(await client.post(REFRESH, json={"refresh_token": tokens["refresh_token"]}), 401)
+    async with app.state.sessionmaker() as db:
+        spent = await db.scalar(
+            select(RefreshToken.spent_at).where(RefreshToken.token_hash == token_hash)
+        )
+    assert spent is None
+    assert (await client.get(SESSIONS, headers=bearer(tokens["access_token"]))).status_code == 200
 
 
 async def test_fifty_concurrent_refreshes_exactly_one_succeeds(app: FastAPI) -> None:

@@ -17,14 +17,16 @@ from ecosort_locations.main import create_app
 
 token_issuer, settings, app, client = service_fixtures("ecosort_locations", Settings, create_app)
 
-SHARED_DATA = Path("/work/shared/data/collection-points")
+# The shared data beside the repository (../shared), as every suite finds it: CI has it there.
+SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "collection-points"
 Importer = Callable[..., Awaitable[ImportReport]]
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"the shared public data is not at {SHARED_DATA}")
+        # A failure, not a skip: a skip would pass CI with the importer's real-data tests unrun.
+        pytest.fail(f"the shared public data is not at {SHARED_DATA}")
     return SHARED_DATA
 
 
