@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import select, update
 
-from ecosort_auth.models import RefreshToken
+from ecosort_auth.models import AuthSession, RefreshToken
 from ecosort_auth.tokens import hash_refresh_token
 from ecosort_common.testing import problem_schema_name
 
@@ -83,6 +83,20 @@ async def test_an_expired_refresh_token_is_refused_and_spends_nothing(
         )
     assert spent is None
     assert (await client.get(SESSIONS, headers=bearer(tokens["access_token"]))).status_code == 200
+
+
+async def test_an_ended_session_is_not_listed(client: AsyncClient, app: FastAPI) -> None:
+    subject = f"ended-{uuid.uuid4().hex[:8]}"
+    phone = await dev_login(client, subject, device="phone")
+    await dev_login(client, subject, device="old laptop")
+    async with app.state.sessionmaker() as db, db.begin():
+        await db.execute(
+            update(AuthSession)
+            .where(AuthSession.device == "old laptop")
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    listed = await client.get(SESSIONS, headers=bearer(phone["access_token"]))
+    assert [item["device"] for item in listed.json()["items"]] == ["phone"]
 
 
 async def test_fifty_concurrent_refreshes_exactly_one_succeeds(app: FastAPI) -> None:
