@@ -27,6 +27,7 @@ from .test_api_analyses import (
     jpeg,
     row,
     upload,
+    waiting_for_an_advisory_lock,
 )
 from .test_api_uploads import gps_png, post_form, ticket
 
@@ -127,8 +128,8 @@ async def test_an_upload_during_the_deletion_waits_for_it_and_is_refused(
     async with app.state.sessionmaker() as deletion:
         await crud.delete_account(deletion, leaving.id)  # holds the account until it commits
         uploading = asyncio.create_task(upload(client, leaving, jpeg(6)))
-        await asyncio.sleep(0.5)
-        assert not uploading.done()  # a row inserted now would escape the DELETE above
+        await waiting_for_an_advisory_lock(app)  # a row inserted now would escape the DELETE
+        assert not uploading.done()
         await deletion.commit()
 
     assert_problem(await uploading, 410)
