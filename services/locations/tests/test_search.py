@@ -226,3 +226,20 @@ async def test_a_cursor_from_another_search_or_malformed_is_a_400_problem(
         assert response.status_code == 400, other
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["title"] == "Invalid cursor"
+
+
+@pytest.mark.usefixtures("paged")
+async def test_a_cursor_of_the_default_radius_pages_on_with_that_radius_given(
+    client: AsyncClient,
+) -> None:
+    whole = (await client.get(POINTS, params=paged_params(limit=100))).json()["items"]
+    first = (await client.get(POINTS, params=paged_params(limit=2))).json()
+    assert first["radius_m"] == 1000
+    # The radius the answer names, or the default written out, is the same search.
+    for radius in (first["radius_m"], 1000, "1000.0"):
+        extra = {"radius_m": radius, "cursor": first["next_cursor"]}
+        response = await client.get(POINTS, params=paged_params(limit=2, **extra))
+        assert response.status_code == 200, response.text
+        assert [item["id"] for item in response.json()["items"]] == [
+            item["id"] for item in whole[2:4]
+        ]

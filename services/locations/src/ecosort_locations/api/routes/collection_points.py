@@ -62,7 +62,9 @@ async def nearby(
         Query(max_length=200, description="`next_cursor` of the previous page of this search"),
     ] = None,
 ) -> NearbyOut:
-    query = [lat, lng, radius_m, point_type]
+    # float(): the default radius is the int 1000, a given one (1000, 1000.0) a float; both are
+    # one search, the answer says 1000.0, and a cursor must page on whichever the client sends.
+    query = [lat, lng, float(radius_m), point_type]
     after = decode_cursor_of(cursor, _POSITION, query=query) if cursor else None
     # One point more than the page shows, to know whether another page exists.
     found = await search.nearest(
