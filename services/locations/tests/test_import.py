@@ -199,13 +199,14 @@ async def test_the_shipped_nationwide_file_imports_with_its_quirks_handled(
     report = await import_data("clothing-bins-nationwide.json", data, "clothing")
     counts = report.counts
     assert counts["rows_read"] == 12_947
-    # 410 rows repeat another's words, but 12 of them are further bins (the alley below).
-    assert (counts["duplicate_rows"], counts["same_words_other_place"]) == (398, 12)
+    # 410 rows repeat another's words, but 12 of them are further bins (the alley below); 37
+    # more repeat a row in another spacing, at its very coordinates (정자로 20번길27).
+    assert (counts["duplicate_rows"], counts["same_words_other_place"]) == (398 + 37, 12)
     # PROVENANCE.md: 안양시's 136 rows at one point and 중랑구's 29 are placeholders; the one
     # 대구 중구 row in another city is caught.
     assert counts["placeholder_coordinates"] >= 136 + 29
     assert counts["far_from_region"] == 1
-    assert counts["imported"] + counts["same_as_other_source"] == 12_947 - 398 - 266
+    assert counts["imported"] + counts["same_as_other_source"] == 12_947 - 435 - 266
     async with app.state.sessionmaker() as session:
         alley = select(func.count()).where(
             CollectionPoint.type == "clothing",
@@ -282,6 +283,68 @@ async def test_bins_listed_in_the_same_words_elsewhere_are_kept_as_other_bins(
             )
         ).all()
     assert sorted(stored) == [alley[0]["x"], alley[2]["x"], alley[4]["x"]]
+
+
+async def test_coordinates_given_in_the_other_order_are_put_right(
+    app: FastAPI, import_data: Importer
+) -> None:
+    lat, lng = 36.71, 127.21
+    rows = [
+        row("바른순서로 1", lat, lng, "순서시"),
+        {**row("뒤바뀐순서로 1", 0, 0, "순서시"), "y": lng + 0.001, "x": lat},  # x, y mixed up
+        *[row(f"이웃로 {i}", lat + i * 0.001, lng, "순서시") for i in range(1, 4)],
+    ]
+    report = await import_data("order.json", standard_json(rows), "medicine")
+    assert (report.counts["swapped_coordinates"], report.counts["imported"]) == (1, 5)
+    assert "out_of_korea" not in report.counts
+    async with app.state.sessionmaker() as session:
+        stored = (
+            await session.execute(
+                select(CollectionPoint.lat, CollectionPoint.lng).where(
+                    CollectionPoint.name == "뒤바뀐순서로 1"
+                )
+            )
+        ).one()
+    assert tuple(stored) == (lat, lng + 0.001)
+
+
+async def test_a_repeated_row_gives_its_coordinates_to_a_first_listing_without_them(
+    app: FastAPI, import_data: Importer
+) -> None:
+    header = "관리번호,설치장소명,시도명,시군구명,소재지도로명주소,위도,경도"
+    data = (
+        f"{header}\n7,곳,충청북도,반복군,반복로 7,,\n7,곳,충청북도,반복군,반복로 7,36.91,127.71\n"
+    ).encode()
+    report = await import_data("repeat.csv", data, "medicine")
+    assert report.counts == {"rows_read": 2, "duplicate_rows": 1, "imported": 1}
+    async with app.state.sessionmaker() as session:
+        point = await session.get(
+            CollectionPoint, point_id("standard-csv", "medicine|충청북도|반복군|7")
+        )
+    assert point is not None and (point.lat, point.lng) == (36.91, 127.71)
+
+
+async def test_a_row_repeated_in_another_spacing_is_one_bin(
+    app: FastAPI, import_data: Importer
+) -> None:
+    lat, lng = 36.81, 127.11
+    # The shipped nationwide file lists 37 bins twice so (천안시 "서부3길 15" and "서부3길15").
+    spaced = row("정자로 20번길27", lat, lng, "띄어쓰기시")
+    unspaced = row("정자로20번길27", lat, lng, "띄어쓰기시")
+    elsewhere = row("정자로20번길 27", lat, metres_east(lat, lng, 300), "띄어쓰기시")
+    report = await import_data(
+        "spacing.json", standard_json([spaced, unspaced, elsewhere]), "medicine"
+    )
+    assert (report.counts["duplicate_rows"], report.counts["imported"]) == (1, 2)
+    again = await import_data(
+        "spacing.json", standard_json([spaced, unspaced, elsewhere]), "medicine"
+    )
+    assert again.counts["imported"] == 2 and "retired" not in again.counts
+    async with app.state.sessionmaker() as session:
+        stored = await session.scalars(
+            select(CollectionPoint.name).where(CollectionPoint.region == "경기도 띄어쓰기시")
+        )
+        assert sorted(stored.all()) == sorted([spaced["n"], elsewhere["n"]])
 
 
 def located_row(name: str, address: str, lat: float, lng: float | None) -> dict[str, Any]:

@@ -22,9 +22,16 @@ REGION_MIN_ROWS = 5
 
 
 def drop_implausible_coordinates(points: list[RawPoint], counts: Counter[str]) -> None:
-    """Clear lat/lng in place where they cannot be right, counting why."""
+    """Clear lat/lng in place where they cannot be right, counting why. A pair given in the
+    other order (위도 and 경도 columns mixed up) is put right: Korea's latitudes (33-39) and
+    longitudes (124-132) never overlap, so it cannot be read two ways."""
     for point in points:
-        if point.lat is not None and point.lng is not None and not in_korea(point.lat, point.lng):
+        if point.lat is None or point.lng is None or in_korea(point.lat, point.lng):
+            continue
+        if in_korea(point.lng, point.lat):
+            point.lat, point.lng = point.lng, point.lat
+            counts["swapped_coordinates"] += 1
+        else:
             _clear(point, counts, "out_of_korea")
     for point in _placeholders(points):
         _clear(point, counts, "placeholder_coordinates")
@@ -70,22 +77,30 @@ def _far_from_region(points: list[RawPoint]) -> list[RawPoint]:
 
 
 def drop_repeated_rows(points: list[RawPoint], counts: Counter[str]) -> list[RawPoint]:
-    """Keep one row per bin. Public files repeat rows, but they also list separate bins in the
-    same words (five "주택가 골목" bins along one 노원구 alley): a repeat is the same bin only
-    within SAME_BIN_M of a row kept under its identity. Another bin gets that identity with its
-    occurrence number in the file, provisionally: on import, load.py matches same-words rows to
-    the stored ones by position, so a bin keeps its number when an earlier one is removed."""
+    """Keep one row per bin. Public files repeat rows, sometimes in another spacing of the same
+    words, but they also list separate bins in the same words (five "주택가 골목" bins along
+    one 노원구 alley): a repeat is the same bin only within SAME_BIN_M of a row kept under its
+    identity (spaces ignored). Another bin gets that identity with its occurrence number in the
+    file, provisionally: on import, load.py matches same-words rows to the stored ones by
+    position, so a bin keeps its number when an earlier one is removed."""
     kept_by_identity: dict[str, list[RawPoint]] = defaultdict(list)
+    kept_by_spelling: dict[str, list[RawPoint]] = defaultdict(list)
     kept = []
     for point in points:
-        same_words = kept_by_identity[point.source_id]
-        if any(_same_place(point, other) for other in same_words):
+        same_spelling = kept_by_spelling[point.spelling]
+        repeated = next((other for other in same_spelling if _same_place(point, other)), None)
+        if repeated is not None:
+            if repeated.lat is None or repeated.lng is None:
+                # The first listing lacked coordinates, this one has them: the bin is there.
+                repeated.lat, repeated.lng = point.lat, point.lng
             counts["duplicate_rows"] += 1
             continue
+        same_words = kept_by_identity[point.source_id]
         if same_words:
             counts["same_words_other_place"] += 1
             point.source_id = f"{point.source_id}#{len(same_words) + 1}"
         same_words.append(point)
+        same_spelling.append(point)
         kept.append(point)
     return kept
 

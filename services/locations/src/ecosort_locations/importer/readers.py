@@ -43,9 +43,13 @@ class RawPoint:
     # The identity the file's words give the row, kept when cleaning.drop_repeated_rows numbers
     # another bin listed in the same words (source_id then ends in #n).
     words: str = ""
+    # That identity with the words' spaces ignored: files list one bin twice in two spacings
+    # ("정자로 20번길27", "정자로20번길27"), which cleaning.drop_repeated_rows takes as a repeat.
+    spelling: str = ""
 
     def __post_init__(self) -> None:
         self.words = self.words or self.source_id
+        self.spelling = self.spelling or self.words
 
 
 class UnknownLayout(ValueError):
@@ -92,6 +96,10 @@ def _digest(*parts: str) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
+def _unspaced_digest(*parts: str) -> str:
+    return _digest(*("".join(part.split()) for part in parts))
+
+
 def _region(*parts: str) -> str | None:
     return " ".join(p for p in parts if p) or None
 
@@ -105,6 +113,7 @@ def _from_standard_json(rows: Iterable[dict[str, Any]], point_type: str) -> Iter
             # No row id upstream: the row's own words identify it (coordinates may be corrected);
             # cleaning.drop_repeated_rows numbers other bins listed in the same words.
             source_id=f"{point_type}|{province}|{district}|{_digest(name, address)}",
+            spelling=f"{point_type}|{province}|{district}|{_unspaced_digest(name, address)}",
             name=name or address,
             address=address,
             detail=None,
@@ -125,6 +134,8 @@ def _from_standard_records(rows: Iterable[dict[str, Any]], point_type: str) -> I
         yield RawPoint(
             source="standard-csv",
             source_id=f"{point_type}|{province}|{district}|{number or _digest(name, address)}",
+            spelling=f"{point_type}|{province}|{district}|"
+            f"{number or _unspaced_digest(name, address)}",
             name=name,
             address=address,
             detail=detail,
@@ -144,6 +155,7 @@ def _from_district_records(rows: Iterable[dict[str, Any]], point_type: str) -> I
         yield RawPoint(
             source="district-csv",
             source_id=f"{point_type}|{region}|{number or _digest(address)}",
+            spelling=f"{point_type}|{region}|{number or _unspaced_digest(address)}",
             name=address,
             address=address,
             detail=None,
