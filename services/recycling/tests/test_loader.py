@@ -62,6 +62,39 @@ async def test_the_service_reads_back_exactly_what_the_files_say(settings: Setti
     assert catalog.knowledge.checksum() == files.checksum() == catalog.checksum
 
 
+async def test_a_source_without_an_address_is_stored_as_older_releases_read_it(
+    settings: Settings,
+) -> None:
+    """Stored as a URI naming no document, not an empty or missing url: the releases before
+    this one read every url as a non-empty string, and would serve no knowledge base at all
+    from data holding another. The API still says null."""
+    engine = create_engine(settings.database_url, pool_size=1)
+    sessionmaker = create_sessionmaker(engine)
+    knowledge = read_knowledge_files()
+    without = sorted(key for key, source in knowledge.sources.items() if source.url is None)
+    assert without  # S10, S16
+    try:
+        await load_knowledge(sessionmaker, knowledge)
+        async with sessionmaker() as session:
+            stored = dict(
+                (
+                    await session.execute(
+                        select(models.KnowledgeSource.key, models.KnowledgeSource.url)
+                    )
+                )
+                .tuples()
+                .all()
+            )
+        catalog = await read_catalog(sessionmaker)
+    finally:
+        await engine.dispose()
+    assert all(url and url.strip() for url in stored.values()), stored
+    assert {key: stored[key] for key in without} == dict.fromkeys(without, models.NO_ADDRESS)
+    assert catalog is not None
+    assert all(catalog.knowledge.sources[key].url is None for key in without)
+    assert catalog.checksum == knowledge.checksum() == catalog.knowledge.checksum()
+
+
 async def test_an_older_data_version_never_replaces_a_newer_one(settings: Settings) -> None:
     engine = create_engine(settings.database_url, pool_size=1)
     sessionmaker = create_sessionmaker(engine)

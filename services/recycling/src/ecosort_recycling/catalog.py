@@ -156,7 +156,7 @@ async def read_catalog(sessionmaker: async_sessionmaker[AsyncSession]) -> Catalo
                 "sources": {
                     s.key: {
                         "title": s.title,
-                        "url": s.url,
+                        "url": None if s.url == models.NO_ADDRESS else s.url,
                         "date": s.date,
                         "date_kind": s.date_kind,
                         "tier": s.tier,

@@ -109,7 +109,11 @@ async def _write(session: AsyncSession, knowledge: KnowledgeBase) -> None:
         session,
         models.KnowledgeSource,
         [
-            {"key": key, **source.model_dump(mode="python")}
+            {
+                "key": key,
+                **source.model_dump(mode="python"),
+                "url": source.url if source.url is not None else models.NO_ADDRESS,
+            }
             for key, source in knowledge.sources.items()
         ],
     )

@@ -23,12 +23,19 @@ outbox = outbox_table(Base.metadata)
 processed_events = processed_events_table(Base.metadata)
 
 
+# What `url` holds for a source with no address of its own (the API's null): a URI that names
+# no document. Not NULL: releases that read every url as a non-empty string would then serve
+# no knowledge base at all, as one of their replicas does when it starts on such data (in a
+# rolling update, or after `helm rollback`, which leaves the loaded data as it is).
+NO_ADDRESS = "about:blank"
+
+
 class KnowledgeSource(Base):
     __tablename__ = "knowledge_sources"
 
     key: Mapped[str] = mapped_column(String(16), primary_key=True)
     title: Mapped[str] = mapped_column(Text)
-    url: Mapped[str | None] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(Text)
     date: Mapped[date] = mapped_column(Date)
     date_kind: Mapped[str] = mapped_column(String(32))
     tier: Mapped[str] = mapped_column(String(1))
