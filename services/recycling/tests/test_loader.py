@@ -76,15 +76,10 @@ async def test_a_source_without_an_address_is_stored_as_older_releases_read_it(
     try:
         await load_knowledge(sessionmaker, knowledge)
         async with sessionmaker() as session:
-            stored = dict(
-                (
-                    await session.execute(
-                        select(models.KnowledgeSource.key, models.KnowledgeSource.url)
-                    )
-                )
-                .tuples()
-                .all()
+            rows = await session.execute(
+                select(models.KnowledgeSource.key, models.KnowledgeSource.url)
             )
+            stored = {key: url for key, url in rows}
         catalog = await read_catalog(sessionmaker)
     finally:
         await engine.dispose()
