@@ -1,10 +1,14 @@
-"""What the logs must never carry."""
+"""What the logs must never carry, and the one shape every line has."""
 
 from __future__ import annotations
+
+import json
+import logging
 
 import httpx
 import pytest
 import sqlalchemy.exc
+import structlog
 from sqlalchemy import text
 
 from ecosort_common.db import create_engine
@@ -22,6 +26,24 @@ def test_outbound_request_urls_with_credentials_stay_out_of_the_logs(
     with httpx.Client(transport=transport) as client:
         client.post("https://detect.roboflow.com/waste/3?api_key=SECRET-KEY")
     assert "SECRET-KEY" not in capsys.readouterr().out
+
+
+def test_the_standard_librarys_loggers_write_the_same_json_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Celery's, uvicorn's and Alembic's own lines, as a log pipeline parses every other line.
+    configure_logging("info")
+    with structlog.contextvars.bound_contextvars(request_id="rid-stdlib"):
+        logging.getLogger("celery.worker").warning("Task %s received", "analyse")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    received, failed = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert received["event"] == "Task analyse received"
+    assert (received["level"], received["logger"]) == ("warning", "celery.worker")
+    assert received["request_id"] == "rid-stdlib" and received["timestamp"]
+    assert failed["level"] == "error" and "ValueError: boom" in failed["exception"]
 
 
 async def test_a_failed_statements_error_does_not_carry_its_parameters(

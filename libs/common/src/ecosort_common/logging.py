@@ -28,7 +28,16 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         logger_factory=structlog.PrintLoggerFactory(),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=numeric, stream=sys.stdout, format="%(message)s", force=True)
+    # The standard library's loggers (Celery, uvicorn, Alembic) through the same processors and
+    # renderer: one JSON object per line whoever wrote it, with the request id where bound.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    logging.basicConfig(level=numeric, handlers=[handler], force=True)
     # httpx logs every outbound request's full URL at INFO (httpcore its traffic at DEBUG), and
     # some providers take their API key in the query string (Roboflow).
     for name in ("httpx", "httpcore"):
