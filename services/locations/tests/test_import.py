@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -237,6 +238,20 @@ async def test_seeding_imports_each_file_once(
     second = await import_files(settings, files, skip_known=True)
     assert first[0]["counts"]["imported"] == 60  # type: ignore[index]
     assert second == [{"file": "mapo_medicine_bins.csv", "skipped": "already imported"}]
+
+
+async def test_two_seedings_at_once_import_a_file_once(
+    settings: Settings, shared_data: Path
+) -> None:
+    """Two `migrate` runs together (two hook Jobs, the launcher and a hand): one imports, the
+    other finds the file imported, and Kakao's quota is spent once."""
+    mapo = shared_data / "seoul_mapo_clothing_bins_EXCERPT_rows1-60.csv"
+    files = [("mapo_battery_bins.csv", mapo.read_bytes(), "battery")]
+    reports = await asyncio.gather(
+        import_files(settings, files, skip_known=True),
+        import_files(settings, files, skip_known=True),
+    )
+    assert sorted("skipped" in report[0] for report in reports) == [False, True]
 
 
 async def test_seeding_retries_rows_left_out_once_a_geocoder_is_configured(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
+from sqlalchemy import text
 
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.logging import configure_logging
@@ -44,6 +45,11 @@ def _geocoder(settings: Settings) -> KakaoLocalClient | None:
     )
 
 
+_ONE_IMPORT_AT_A_TIME = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended('locations:import', 0))"
+)
+
+
 async def import_files(
     settings: Settings, files: Sequence[tuple[str, bytes, str]], *, skip_known: bool
 ) -> list[dict[str, object]]:
@@ -57,6 +63,9 @@ async def import_files(
         for file_name, data, point_type in files:
             try:
                 async with sessionmaker() as session, session.begin():
+                    # One import at a time: a second seeding (two `migrate` runs together) then
+                    # finds the file imported instead of importing it, and geocoding, again.
+                    await session.execute(_ONE_IMPORT_AT_A_TIME)
                     digest = hashlib.sha256(data).hexdigest()
                     if skip_known and await already_imported(
                         session, digest, point_type, can_geocode=geocoder is not None
