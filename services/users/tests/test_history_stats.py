@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.events import Event
 from ecosort_users.stats import compute_stats, streaks
@@ -102,3 +103,33 @@ async def test_stats_endpoint_of_a_new_person_is_all_zero(client: AsyncClient, a
     assert stats["total_analyses"] == 0 and stats["by_category"] == []
     assert stats["current_streak_days"] == 0 and stats["last_analysis_at"] is None
     assert stats["timezone"] == "Asia/Seoul"
+
+
+async def test_stats_read_one_snapshot_of_the_history(
+    client: AsyncClient,
+    auth: Auth,
+    make_event: MakeEvent,
+    apply_event: Deliver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An analysis recorded while GET /me/stats runs its queries is counted by all of them or by
+    none: the totals, the categories and the days describe the same history."""
+    user_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    await apply_event(make_event("analysis.completed", completed_at(now, user_id, "can")))
+    execute = AsyncSession.execute
+    arrived = False
+
+    async def execute_then_arrive(self: AsyncSession, *args: Any, **kwargs: Any) -> Any:
+        nonlocal arrived
+        result = await execute(self, *args, **kwargs)
+        if not arrived and "GROUP BY analysis_history.category" in str(args[0]):
+            arrived = True  # right after the per-category counts: the next analysis commits
+            await apply_event(make_event("analysis.completed", completed_at(now, user_id, "pet")))
+        return result
+
+    monkeypatch.setattr(AsyncSession, "execute", execute_then_arrive)
+    stats = (await client.get(f"{ME}/stats", headers=auth(user_id))).json()
+    assert arrived
+    assert stats["total_analyses"] == sum(c["count"] for c in stats["by_category"]) == 1
+    assert stats["today"] == 1

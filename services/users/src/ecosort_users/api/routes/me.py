@@ -105,9 +105,13 @@ async def get_history(
 
 @router.get("/stats", response_model=StatsOut, summary="My totals, this month, streaks")
 async def get_stats(profile: ProfileDep, session: SessionDep, settings: SettingsDep) -> StatsOut:
-    return await compute_stats(
-        session, profile.user_id, timezone=settings.stats_timezone, now=datetime.now(UTC)
-    )
+    async with session.begin():
+        # One snapshot for compute_stats' queries: an analysis recorded between two of them
+        # would count in the total but not in its category, or today but not in the days.
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        return await compute_stats(
+            session, profile.user_id, timezone=settings.stats_timezone, now=datetime.now(UTC)
+        )
 
 
 @router.get("/export", response_model=ExportOut, summary="All my data, as one JSON document")
