@@ -48,6 +48,8 @@ UNFIT = [
     ("\ufe0f", "a variation selector alone"),
     ("a\U000e0067b", "a tag character without a flag"),
     ("🏴\U000e0067\U000e0062", "flag tags without their cancel tag"),
+    ("분리\u2028왕", "a line separator inside a name"),
+    ("분리\u2029왕", "a paragraph separator inside a name"),
 ]
 
 
@@ -121,6 +123,7 @@ async def test_sign_in_keeps_a_fitting_nickname(
         ("admin\u200b", "admin"),
         ("\u200d분리왕\u200c", "분리왕"),
         ("a\U000e0067b", "ab"),
+        ("분리\u2028왕", "분리왕"),
         ("가" * 29 + "\u200d👩", "가" * 29),  # the cut leaves a joiner at the end
         ("가" * 29 + "\x07" + "나나", "가" * 29 + "나"),  # cut to length after the cleaning
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Callable
 
@@ -48,6 +49,12 @@ async def test_patch_changes_only_the_fields_given(client: AsyncClient, auth: Au
     response = await client.patch(ME, headers=headers, json={"region": "11110"})
     assert response.json()["region"] == {"code": "11110", "name": "서울특별시 종로구"}
     assert response.json()["nickname"] == "분리왕"
+
+    # As a keyboard or a paste may send it: decomposed jamo, the same 구.
+    nfd = unicodedata.normalize("NFD", "서울 종로구")
+    response = await client.patch(ME, headers=headers, json={"region": nfd})
+    assert response.status_code == 200, response.text
+    assert response.json()["region"] == {"code": "11110", "name": "서울특별시 종로구"}
 
     response = await client.patch(ME, headers=headers, json={"region": None})
     assert response.json()["region"] is None
@@ -127,6 +134,10 @@ async def test_reading_does_not_write_the_profile(
         ("경기도 수원시 팔달구", None, "경기도 수원시 팔달구"),
         ("부산 중구", None, "부산광역시 중구"),
         ("41135", "41135", "경기도"),
+        # Decomposed (NFD) Hangul and full-width digits are the same name and code.
+        (unicodedata.normalize("NFD", "서울특별시 마포구"), "11440", "서울특별시 마포구"),
+        (unicodedata.normalize("NFD", "경기 수원시"), None, "경기도 수원시"),
+        ("１１４４０", "11440", "서울특별시 마포구"),
     ],
 )
 def test_region_names_and_codes_are_canonicalised(text: str, code: str | None, name: str) -> None:
@@ -134,7 +145,10 @@ def test_region_names_and_codes_are_canonicalised(text: str, code: str | None, n
     assert (region.code, region.name) == (code, name)
 
 
-@pytest.mark.parametrize("text", ["", "1144", "11000", "88123", "중구", "Seoul", "서울 강남"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "1144", "11000", "88123", "중구", "Seoul", "서울 강남", "41\u0661\u0661\u0660"],
+)
 def test_region_refusals(text: str) -> None:
     with pytest.raises(InvalidRegion):
         parse_region(text)

@@ -9,6 +9,7 @@ and Seoul's 25 구; elsewhere a well-formed 시·군·구 name under a known 시
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 # 시·도: code prefix → official name, and the short forms people type.
@@ -116,11 +117,14 @@ def _from_name(words: list[str]) -> Region:
 
 def parse_region(text: str) -> Region:
     """Canonical region for a code ('11440') or a name ('서울 마포구', '마포구')."""
-    cleaned = " ".join(text.split())
+    # NFKC: a name typed or pasted as decomposed jamo (NFD, as macOS and some keyboards give it)
+    # is the same name, and full-width digits from a Korean keyboard are the same code.
+    cleaned = " ".join(unicodedata.normalize("NFKC", text).split())
     if not cleaned:
         raise InvalidRegion("The region is empty.")
     if cleaned.isdigit():
-        if len(cleaned) != 5:
-            raise InvalidRegion("A 시·군·구 code has 5 digits.")
+        # isdigit() also holds for other scripts' digits ('41١١٠'): not a code, nor storable as one.
+        if len(cleaned) != 5 or not cleaned.isascii():
+            raise InvalidRegion("A 시·군·구 code has 5 digits (0-9).")
         return _from_code(cleaned)
     return _from_name(cleaned.split(" "))

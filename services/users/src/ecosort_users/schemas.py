@@ -14,8 +14,9 @@ from ecosort_users.regions import Region, parse_region
 SUPPORTED_LOCALES = ("ko-KR", "en-US")
 NICKNAME_MAX = 30
 # Control characters, surrogates, private use and unassigned code points: nothing a person types
-# as a name, and what they render as depends on the font, when they render at all.
-_NICKNAME_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn"})
+# as a name, and what they render as depends on the font, when they render at all. The line and
+# paragraph separators (U+2028, U+2029) break the line as a newline (a control) does.
+_NICKNAME_REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
 # Format characters (Cf) are invisible: a zero-width space, a word joiner, a byte order mark or a
 # soft hyphen make a blank nickname, or "admin\u200b" that reads as "admin"; the bidirectional
 # embeddings, overrides and isolates reorder the text around them. They are all refused but the
