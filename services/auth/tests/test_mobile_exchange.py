@@ -16,8 +16,10 @@ from auth_test_helpers import AppFactory, assert_problem, client_for_app
 from fastapi import FastAPI
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from sqlalchemy import select
 
 from ecosort_auth.config import Settings
+from ecosort_auth.models import outbox
 from ecosort_auth.providers import ProviderRefused, provider_config, verify_mobile_token
 from ecosort_common.security import JwksCache
 
@@ -125,6 +127,69 @@ async def test_kakao_app_check_runs_even_when_settings_skipped_validation() -> N
     assert not me.called
 
 
+async def _registered(app: FastAPI, user_id: str) -> dict[str, Any]:
+    """The `user.registered` payload staged for `user_id`."""
+    async with app.state.sessionmaker() as db:
+        payloads = (
+            (
+                await db.execute(
+                    select(outbox.c.payload).where(outbox.c.event_type == "user.registered")
+                )
+            )
+            .scalars()
+            .all()
+        )
+    [payload] = [p for p in payloads if p["user_id"] == user_id]
+    found: dict[str, Any] = payload
+    return found
+
+
+async def test_kakao_email_taken_by_another_account_is_not_kept(mobile_app: FastAPI) -> None:
+    """Kakao: `is_email_valid` is false once the address has been taken by another Kakao account
+    (it then comes masked): that address is not this user's, even with `is_email_verified`."""
+    me = recorded("kakao_user_me.json")
+    me["id"] = 3141592654
+    me["kakao_account"] |= {"is_email_valid": False, "email": "sa***@sample.com"}
+    info = {**recorded("kakao_access_token_info.json"), "id": me["id"]}
+    with respx.mock() as mock:
+        mock.get(KAKAO_TOKEN_INFO).respond(json=info)
+        mock.get(KAKAO_ME).respond(json=me)
+        answer = await _exchange(mobile_app, "kakao", {"access_token": "kakao-sdk-token"})
+    assert answer.status_code == 200, answer.text
+    registered = await _registered(mobile_app, answer.json()["user"]["id"])
+    assert registered["email"] is None
+    assert registered["nickname"] == "홍길동"
+
+
+@pytest.mark.parametrize("provider", ["kakao", "naver"])
+async def test_refused_optional_consent_still_signs_in(mobile_app: FastAPI, provider: str) -> None:
+    """No e-mail and no nickname (the user refused both optional items): signed in by the
+    provider's id, with neither."""
+    with respx.mock() as mock:
+        if provider == "kakao":
+            mock.get(KAKAO_TOKEN_INFO).respond(json=recorded("kakao_access_token_info.json"))
+            mock.get(KAKAO_ME).respond(
+                json={
+                    "id": 2718281828,
+                    "connected_at": "2026-04-11T01:45:28Z",
+                    "kakao_account": {
+                        "profile_nickname_needs_agreement": True,
+                        "email_needs_agreement": True,
+                    },
+                }
+            )
+        else:
+            mock.get(NAVER_VERIFY).respond(json=recorded("naver_token_verify.json"))
+            mock.get(NAVER_ME).respond(
+                json={"resultcode": "00", "message": "success", "response": {"id": "27182818"}}
+            )
+        answer = await _exchange(mobile_app, provider, {"access_token": "sdk-token"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["user"]["nickname"] is None
+    registered = await _registered(mobile_app, answer.json()["user"]["id"])
+    assert (registered["email"], registered["nickname"]) == (None, None)
+
+
 def naver_verified(**changes: Any) -> dict[str, Any]:
     """Naver's documented token-verification answer (GET /v1/nid/verify?info=true)."""
     answer = recorded("naver_token_verify.json")
@@ -204,6 +269,18 @@ async def test_google_id_token_is_checked_against_googles_keys(
     assert web.status_code == 200, web.text
     assert web.json()["user"]["nickname"] == "Jane Smith"
     assert android.json()["user"]["id"] == web.json()["user"]["id"]
+
+
+async def test_google_id_token_with_either_documented_issuer_is_accepted(
+    mobile_app: FastAPI, google_key: RSAKey
+) -> None:
+    """Google's ID tokens name `https://accounts.google.com` or `accounts.google.com`."""
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(GOOGLE_CERTS).respond(json=google_certs(google_key))
+        for issuer in ("https://accounts.google.com", "accounts.google.com"):
+            token = google_id_token(google_key, iss=issuer)
+            answer = await _exchange(mobile_app, "google", {"id_token": token})
+            assert answer.status_code == 200, (issuer, answer.text)
 
 
 @pytest.mark.parametrize(

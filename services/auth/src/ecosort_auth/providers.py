@@ -150,7 +150,10 @@ def _kakao_identity(body: dict[str, Any]) -> ProviderIdentity:
     nickname = (account.get("profile") or {}).get("nickname") or (body.get("properties") or {}).get(
         "nickname"
     )
-    email = account.get("email") if account.get("is_email_verified") else None
+    # Kakao's address is the user's only while `is_email_valid`: it turns false (and the address
+    # comes masked) once the address has been taken by another Kakao account.
+    usable = account.get("is_email_verified") is True and account.get("is_email_valid") is True
+    email = account.get("email") if usable else None
     return ProviderIdentity(
         provider="kakao", subject=str(body["id"]), nickname=nickname, email=email
     )
