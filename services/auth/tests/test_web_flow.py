@@ -15,6 +15,7 @@ from auth_test_helpers import AppFactory, assert_problem, callback_url, client_f
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import select
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ecosort_auth.models import Identity, outbox
 
@@ -239,6 +240,26 @@ async def test_google_id_token_from_the_code_exchange_is_checked(
         assert_problem(await _callback(client, back), 401)
     finally:
         local_provider.id_token_overrides = {}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        HTMLResponse("<html>Service temporarily unavailable</html>"),
+        JSONResponse({"token_type": "bearer", "expires_in": 3600}),
+        JSONResponse({"access_token": None, "token_type": "bearer"}),
+    ],
+    ids=["a-page", "no-access-token", "null-access-token"],
+)
+async def test_a_code_exchange_answered_without_a_token_is_refused(
+    client: AsyncClient, local_provider: LocalOAuthProvider, answer: Response
+) -> None:
+    local_provider.token_answer_override = answer
+    try:
+        back = await _provider_redirect(await _authorize(client, "kakao"))
+        assert_problem(await _callback(client, back), 401)
+    finally:
+        local_provider.token_answer_override = None
 
 
 async def test_concurrent_first_sign_ins_make_one_user(client: AsyncClient, app: FastAPI) -> None:

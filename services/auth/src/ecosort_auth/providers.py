@@ -233,7 +233,11 @@ async def exchange_code(
             )
         except OAuthError as exc:
             raise ProviderRefused(f"{config.name} refused the code: {exc.error}") from exc
-        access_token = str(token["access_token"])
+        except ValueError as exc:  # a 200 that is not JSON: no token came back
+            raise ProviderRefused(f"{config.name} answered the code without a token") from exc
+        access_token = token.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise ProviderRefused(f"{config.name} answered the code without an access token")
         if config.name == "google":
             if "id_token" not in token:
                 raise ProviderRefused("Google answered without an ID token")

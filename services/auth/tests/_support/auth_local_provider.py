@@ -72,6 +72,8 @@ class LocalOAuthProvider:
     token_requests: list[dict[str, str]] = field(default_factory=list)
     # Claims the next ID tokens get changed (a misbehaving or impersonated provider).
     id_token_overrides: dict[str, Any] = field(default_factory=dict)
+    # What the token endpoint answers instead of a token, with 200 (a proxy's page, say).
+    token_answer_override: Response | None = None
     signing_key: RSAKey = field(
         default_factory=lambda: RSAKey.generate_key(2048, parameters={"kid": "local-rsa-1"})
     )
@@ -122,6 +124,8 @@ class LocalOAuthProvider:
         shape = request.path_params["shape"]
         form = {k: str(v) for k, v in (await request.form()).items()}
         self.token_requests.append({"shape": shape, **form})
+        if self.token_answer_override is not None:
+            return self.token_answer_override
         client_id, client_secret = _client_credentials(request, form)
         client = self.clients.get(shape)
         if client is None or (client_id, client_secret) != (
