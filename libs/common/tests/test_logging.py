@@ -9,6 +9,7 @@ import httpx
 import pytest
 import sqlalchemy.exc
 import structlog
+import uvicorn
 from sqlalchemy import text
 
 from ecosort_common.db import create_engine
@@ -32,15 +33,21 @@ def test_the_standard_librarys_loggers_write_the_same_json_lines(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Celery's, uvicorn's and Alembic's own lines, as a log pipeline parses every other line.
+    # uvicorn.run sets up its own loggers first (uvicorn.Config does), then imports the app.
+    uvicorn.Config("ecosort_demo.main:app", access_log=False)
     configure_logging("info")
     with structlog.contextvars.bound_contextvars(request_id="rid-stdlib"):
         logging.getLogger("celery.worker").warning("Task %s received", "analyse")
+        logging.getLogger("uvicorn.error").info("Started server process [%d]", 7)
         try:
             raise ValueError("boom")
         except ValueError:
             logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
-    received, failed = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    written = capsys.readouterr()
+    assert not written.err
+    received, started, failed = (json.loads(line) for line in written.out.splitlines())
     assert received["event"] == "Task analyse received"
+    assert (started["event"], started["logger"]) == ("Started server process [7]", "uvicorn.error")
     assert (received["level"], received["logger"]) == ("warning", "celery.worker")
     assert received["request_id"] == "rid-stdlib" and received["timestamp"]
     assert failed["level"] == "error" and "ValueError: boom" in failed["exception"]
