@@ -323,6 +323,24 @@ async def test_coordinates_given_in_the_other_order_are_put_right(
     assert tuple(stored) == (lat, lng + 0.001)
 
 
+async def test_a_repeat_with_its_coordinates_in_the_other_order_is_the_same_bin(
+    app: FastAPI, import_data: Importer
+) -> None:
+    lat, lng = 36.61, 127.31
+    listed = row("거꾸로 3", lat, lng, "거꾸로시")
+    repeated = {**listed, "y": lng, "x": lat}  # the same bin again, x and y mixed up
+    neighbours = [row(f"옆길 {i}", lat + i * 0.001, lng, "거꾸로시") for i in range(1, 4)]
+    report = await import_data(
+        "twice.json", standard_json([listed, repeated, *neighbours]), "medicine"
+    )
+    assert report.counts["duplicate_rows"] == 1 and report.counts["imported"] == 4
+    async with app.state.sessionmaker() as session:
+        stored = await session.scalars(
+            select(CollectionPoint.source_id).where(CollectionPoint.name == "거꾸로 3")
+        )
+        assert len(stored.all()) == 1
+
+
 async def test_a_repeated_row_gives_its_coordinates_to_a_first_listing_without_them(
     app: FastAPI, import_data: Importer
 ) -> None:

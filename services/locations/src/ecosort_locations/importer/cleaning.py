@@ -21,17 +21,22 @@ FAR_FROM_REGION_M = 50_000
 REGION_MIN_ROWS = 5
 
 
-def drop_implausible_coordinates(points: list[RawPoint], counts: Counter[str]) -> None:
-    """Clear lat/lng in place where they cannot be right, counting why. A pair given in the
-    other order (위도 and 경도 columns mixed up) is put right: Korea's latitudes (33-39) and
-    longitudes (124-132) never overlap, so it cannot be read two ways."""
+def put_swapped_coordinates_right(points: list[RawPoint], counts: Counter[str]) -> None:
+    """Swap back, in place, a pair given in the other order (위도 and 경도 columns mixed up):
+    Korea's latitudes (33-39) and longitudes (124-132) never overlap, so it cannot be read two
+    ways. Before drop_repeated_rows, which measures a repeat's distance by them."""
     for point in points:
         if point.lat is None or point.lng is None or in_korea(point.lat, point.lng):
             continue
         if in_korea(point.lng, point.lat):
             point.lat, point.lng = point.lng, point.lat
             counts["swapped_coordinates"] += 1
-        else:
+
+
+def drop_implausible_coordinates(points: list[RawPoint], counts: Counter[str]) -> None:
+    """Clear lat/lng in place where they cannot be right, counting why."""
+    for point in points:
+        if point.lat is not None and point.lng is not None and not in_korea(point.lat, point.lng):
             _clear(point, counts, "out_of_korea")
     for point in _placeholders(points):
         _clear(point, counts, "placeholder_coordinates")

@@ -25,6 +25,7 @@ from ecosort_locations.importer.cleaning import (
     address_key,
     drop_implausible_coordinates,
     drop_repeated_rows,
+    put_swapped_coordinates_right,
 )
 from ecosort_locations.importer.readers import RawPoint, read_points
 from ecosort_locations.kakao import KakaoLocalClient, KakaoLocalError
@@ -368,6 +369,7 @@ async def import_file(
     report = ImportReport(file_name, layout, point_type, hashlib.sha256(data).hexdigest())
     counts = report.counts
     counts["rows_read"] = len(points)
+    put_swapped_coordinates_right(points, counts)
     points = drop_repeated_rows(points, counts)
     drop_implausible_coordinates(points, counts)
     had_coordinates = {id(p) for p in points if p.lat is not None}
