@@ -11,7 +11,7 @@ from typing import Any
 from auth_test_helpers import AppFactory, assert_problem, bearer, client_for_app, dev_login
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from ecosort_auth.models import AuthSession, Identity
 from ecosort_auth.sessions import ProviderIdentity, delete_user, sign_in_identity, start_session
@@ -139,7 +139,7 @@ async def test_a_sign_in_meeting_the_deletion_leaves_no_session_behind(
                 await delete_user(db, user_id)
 
         deleting = asyncio.create_task(deletion())
-        await asyncio.sleep(0.5)  # the deletion is under way, waiting on the sign-in
+        await _waiting_on_a_lock(app)  # the deletion is under way, waiting on the sign-in
         # The sign-in commits here, as its transaction ends.
     await deleting
 
@@ -148,3 +148,16 @@ async def test_a_sign_in_meeting_the_deletion_leaves_no_session_behind(
             select(func.count()).select_from(AuthSession).where(AuthSession.user_id == user_id)
         )
     assert sessions == 0
+
+
+async def _waiting_on_a_lock(app: FastAPI) -> None:
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    for _ in range(500):
+        async with app.state.sessionmaker() as db:
+            if (await db.execute(waiting)).scalar_one():
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError("nothing waited on a lock")
