@@ -6,8 +6,9 @@ that refused the connection or did not answer in time, a client over `limit-rps`
 (`custom-http-errors`), with `disable-proxy-intercept-errors` so that the services' own answers
 with those codes pass untouched. For such an error ingress-nginx asks that Service for `/`, the
 code in `X-Code`, the client's URI in `X-Original-URI` and the request's id in `X-Request-ID`.
-A Service with no ready pod cannot answer it: that 503 stays nginx's own page. The local gateway
-(tools/devstack) writes these errors as problem+json itself.
+Not the rate limit's 429 and 503: each would cost a pod a request, and `limit-rps` is there to
+keep a flood off the pods. Nor a Service with no ready pod, which cannot answer for itself. Those
+stay nginx's own pages. The local gateway (tools/devstack) writes all of them as problem+json.
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ from ecosort_common.errors import problem_response
 
 DETAILS = {
     413: "The request body is over this route's limit.",
-    429: "Too many requests from this address: slow down.",
     502: "The service could not be reached.",
-    503: "The service cannot take the request now.",
     504: "The service did not answer in time.",
 }
 INGRESS_ERROR_CODES = tuple(DETAILS)
-# Worth trying again soon: a pod may be restarting, a rate limit window passing.
-RETRY_AFTER_SECONDS = {429: 1, 502: 1, 503: 1}
+# Worth trying again soon: another pod may answer, or this one once it has restarted.
+RETRY_AFTER_SECONDS = {502: 1}
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
