@@ -278,3 +278,13 @@ async def test_the_openapi_document_says_every_me_route_may_answer_410(
             for method, operation in operations.items():
                 gone = operation["responses"]["410"]
                 assert problem_schema_name(gone) == "Problem", f"{method} {path}"
+
+
+async def test_the_openapi_document_says_which_profile_fields_may_be_null(
+    client: AsyncClient,
+) -> None:
+    """A generated client must not send null for what the server refuses as null."""
+    document = (await client.get("/api/v1/users/openapi.json")).json()
+    fields = document["components"]["schemas"]["ProfileUpdate"]["properties"]
+    assert fields["nickname"]["type"] == "string" and fields["locale"]["type"] == "string"
+    assert {"type": "null"} in fields["region"]["anyOf"]

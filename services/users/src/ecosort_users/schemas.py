@@ -8,6 +8,7 @@ from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from ecosort_users.regions import Region, parse_region
 
@@ -137,11 +138,16 @@ class ProfileUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    nickname: str | None = Field(default=None, description=f"1-{NICKNAME_MAX} characters")
+    # Absent is "unchanged" and null is refused (the validators): the document says no null.
+    nickname: str | SkipJsonSchema[None] = Field(
+        default=None, description=f"1-{NICKNAME_MAX} characters"
+    )
     region: str | None = Field(
         default=None, description="시·군·구 code ('11440') or name ('서울특별시 마포구')"
     )
-    locale: str | None = Field(default=None, description=f"one of {', '.join(SUPPORTED_LOCALES)}")
+    locale: str | SkipJsonSchema[None] = Field(
+        default=None, description=f"one of {', '.join(SUPPORTED_LOCALES)}"
+    )
 
     @field_validator("nickname")
     @classmethod
