@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ecosort_waste.classifier.base import Candidate, Classification
-from ecosort_waste.classifier.registry import LOCAL, ClassifierRegistry
+from ecosort_waste.classifier.registry import LOCAL, REMOTE_CALL_THREADS, ClassifierRegistry
 from ecosort_waste.classifier.remote import ProviderError
 
 PHOTO = Image.new("RGB", (32, 32), "white")
@@ -51,8 +51,10 @@ class Slow:
 
     def __init__(self) -> None:
         self.released = threading.Event()
+        self.calls = 0
 
     def classify(self, image: Image.Image) -> Classification:
+        self.calls += 1
         self.released.wait(10)
         return answer("paper")
 
@@ -92,3 +94,28 @@ def test_a_remote_answer_in_time_is_the_answer() -> None:
     registry = ClassifierRegistry("roboflow", local_loader=Local, remote=slow)
     got = registry.classify(PHOTO)
     assert (got.provider, got.classification.category) == ("roboflow", "paper")
+
+
+def test_a_remote_call_still_queued_when_given_up_on_is_never_made() -> None:
+    # Every remote thread is held by a call given up on; the next photo's call waits in the
+    # queue, the photo falls back, and that call must not start (and be paid for) later.
+    slow = Slow()
+    registry = ClassifierRegistry(
+        "roboflow", local_loader=Local, remote=slow, remote_deadline_seconds=0.2
+    )
+    held = [
+        threading.Thread(target=registry.classify, args=(PHOTO,))
+        for _ in range(REMOTE_CALL_THREADS)
+    ]
+    try:
+        for thread in held:
+            thread.start()
+        for thread in held:
+            thread.join()
+        got = registry.classify(PHOTO)
+    finally:
+        slow.released.set()
+    assert (got.provider, got.fallback_reason) == (LOCAL, "no answer within 0.2 s")
+    assert registry._remote_calls is not None
+    registry._remote_calls.shutdown(wait=True)  # lets every call that was to run, run
+    assert slow.calls == REMOTE_CALL_THREADS

@@ -103,6 +103,10 @@ class ClassifierRegistry:
         try:
             return ProviderAnswer(call.result(self.remote_deadline_seconds), self.provider)
         except TimeoutError:
+            # Still queued behind calls given up on before (all threads taken): it must not
+            # start later and pay for an answer nobody reads. One already running cannot be
+            # stopped; its client's timeout ends it.
+            call.cancel()
             reason = f"no answer within {self.remote_deadline_seconds:g} s"
         except ProviderError as exc:
             reason = str(exc)
@@ -155,6 +159,7 @@ def registry_from_settings(
             base_url=settings.openai_base_url or None,
             timeout_seconds=settings.openai_timeout_seconds,
             max_retries=settings.openai_max_retries,
+            max_output_tokens=settings.openai_max_output_tokens,
             min_confidence=settings.remote_min_confidence,
         )
     elif provider == "roboflow":
