@@ -70,6 +70,8 @@ class Settings(ServiceSettings):
     openai_base_url: str = ""
     openai_timeout_seconds: float = Field(default=20.0, gt=0)
     openai_max_retries: int = Field(default=2, ge=0)
+    # The answer's token cap (reasoning tokens count too, on models that reason).
+    openai_max_output_tokens: int = Field(default=400, gt=0)
     roboflow_api_key: str = ""
     roboflow_model_id: str = ""
     roboflow_base_url: str = "https://detect.roboflow.com"

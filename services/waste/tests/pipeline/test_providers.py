@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -75,6 +76,9 @@ def test_openai_asks_for_json_constrained_to_our_codes(
     schema = response_format["json_schema"]["schema"]
     assert schema["properties"]["category"]["enum"] == list(CATEGORY_CODES)
     assert schema["additionalProperties"] is False
+    # Output is capped (cost, and a model emitting whitespace until its limit); "low" detail.
+    assert request["max_completion_tokens"] == 400
+    assert request["messages"][1]["content"][1]["image_url"]["detail"] == "low"
     image_part = request["messages"][1]["content"][1]["image_url"]["url"]
     assert image_part.startswith("data:image/jpeg;base64,")
     Image.open(io.BytesIO(base64.b64decode(image_part.split(",", 1)[1]))).verify()
@@ -89,6 +93,26 @@ def test_openai_retries_rate_limits_with_the_sdk_backoff(
     ]
     assert openai_for(third_parties).classify(photo).category == "can"
     assert len(third_parties.chat_requests()) == 2
+
+
+@pytest.mark.parametrize(
+    "header", [{"Retry-After": "60"}, {"retry-after-ms": "60000"}], ids=["seconds", "ms"]
+)
+def test_openai_does_not_wait_out_a_long_retry_after(
+    third_parties: FakeThirdParties, photo: Image.Image, header: dict[str, str]
+) -> None:
+    # The SDK alone would sleep 60 s and ask again, long after the registry's deadline gave the
+    # photo to the local model: a parked thread and a paid answer nobody reads.
+    body = json.dumps(recording("openai_error_rate_limit.json")).encode()
+    third_parties.openai_responses = [
+        (429, RawReply({"Content-Type": "application/json", **header}, body)),
+        (200, recording("openai_chat_completion_can.json")),
+    ]
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match="RateLimitError"):
+        openai_for(third_parties, max_retry_after_seconds=1).classify(photo)
+    assert time.monotonic() - started < 5
+    assert len(third_parties.chat_requests()) == 1
 
 
 def test_openai_gives_up_with_provider_error(
@@ -277,6 +301,18 @@ def test_roboflow_classification_answers_work_too(photo: Image.Image) -> None:
         200, json=recording("roboflow_classification_glass.json")
     )
     assert roboflow().classify(photo).category == "glass_bottle"
+
+
+@respx.mock
+def test_roboflow_multi_label_answers_work_too(photo: Image.Image) -> None:
+    # `predictions` is a mapping there; the unmapped "cigarette", though the most confident,
+    # is ignored.
+    respx.post(ROBOFLOW_MODEL_URL).respond(
+        200, json=recording("roboflow_multilabel_classification.json")
+    )
+    result = roboflow().classify(photo)
+    assert (result.category, result.confidence) == ("paper", pytest.approx(0.8123))
+    assert [c.category for c in result.candidates] == ["paper", "plastic", "general"]
 
 
 @respx.mock

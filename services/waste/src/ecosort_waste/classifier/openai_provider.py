@@ -3,8 +3,10 @@
 Structured output (`response_format` of type `json_schema`, strict) makes the model answer with
 exactly our schema and only our codes; the answer is still validated here, because a provider
 that says otherwise is a provider error, not a category. Timeouts and retries (with backoff,
-honouring Retry-After) are the SDK's own; the body is parsed here, strictly, because the SDK
-passes a malformed one through as a str, a list or a half-built object.
+honouring Retry-After) are the SDK's own, except that a Retry-After longer than
+`MAX_RETRY_AFTER_SECONDS` ends the call (the SDK would wait up to two minutes); the body is
+parsed here, strictly, because the SDK passes a malformed one through as a str, a list or a
+half-built object.
 """
 
 from __future__ import annotations
@@ -19,10 +21,16 @@ from pydantic import BaseModel, Field, ValidationError
 from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.remote import (
     CATEGORY_CODES,
+    MAX_RETRY_AFTER_SECONDS,
     ProviderError,
     jpeg_bytes,
     ranked_classification,
 )
+
+# Our answer is ~70 tokens; the cap bounds the cost and the time of a model that rambles in the
+# free-text fields or, as JSON output can, emits whitespace until its token limit (then the
+# answer ends with finish_reason "length": a provider error, and the local model answers).
+MAX_OUTPUT_TOKENS = 400
 
 INSTRUCTIONS = (
     "You sort household waste under South Korea's separate-collection rules (분리배출). "
@@ -100,9 +108,11 @@ class OpenAIClassifier:
         model: str,
         min_confidence: float = 0.5,
         image_detail: Literal["auto", "low", "high"] = "low",
+        max_output_tokens: int = MAX_OUTPUT_TOKENS,
     ) -> None:
         self._client = client
         self._model = model
+        self._max_output_tokens = max_output_tokens
         self._min_confidence = min_confidence
         # "low" sends a 512 px thumbnail: enough to tell a can from a bottle, and cheaper.
         self._image_detail = image_detail
@@ -125,6 +135,7 @@ class OpenAIClassifier:
                         ],
                     },
                 ],
+                max_completion_tokens=self._max_output_tokens,
                 response_format={
                     "type": "json_schema",
                     "json_schema": {
@@ -146,6 +157,24 @@ class OpenAIClassifier:
         )
 
 
+class _BoundedRetryAfterOpenAI(openai.OpenAI):
+    """The SDK's client, retrying only when a Retry-After (or retry-after-ms) asks for at most
+    `max_retry_after_seconds`: the SDK honours up to two minutes, parking the worker's thread
+    long after the registry has given up on the call, and then sending (and paying for) a
+    request whose answer nobody reads. Refused, the call fails now and the local model answers,
+    as the roboflow provider does."""
+
+    def __init__(self, *, max_retry_after_seconds: float, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_retry_after_seconds = max_retry_after_seconds
+
+    def _should_retry(self, response: Any) -> bool:  # the SDK's own (httpx2) Response
+        retry_after = self._parse_retry_after_header(response.headers)
+        if retry_after is not None and retry_after > self.max_retry_after_seconds:
+            return False
+        return super()._should_retry(response)
+
+
 def create_openai_classifier(
     *,
     api_key: str,
@@ -154,8 +183,11 @@ def create_openai_classifier(
     timeout_seconds: float = 20.0,
     max_retries: int = 2,
     min_confidence: float = 0.5,
+    max_output_tokens: int = MAX_OUTPUT_TOKENS,
+    max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS,
 ) -> OpenAIClassifier:
-    client = openai.OpenAI(
+    client = _BoundedRetryAfterOpenAI(
+        max_retry_after_seconds=max_retry_after_seconds,
         api_key=api_key,
         base_url=base_url,
         timeout=timeout_seconds,
@@ -164,7 +196,9 @@ def create_openai_classifier(
         # wherever a Location header points; a redirect is an error here.
         http_client=openai.DefaultHttpxClient(timeout=timeout_seconds, follow_redirects=False),
     )
-    return OpenAIClassifier(client, model=model, min_confidence=min_confidence)
+    return OpenAIClassifier(
+        client, model=model, min_confidence=min_confidence, max_output_tokens=max_output_tokens
+    )
 
 
 def _parse_completion(body: bytes) -> _Completion:

@@ -14,6 +14,7 @@ from ecosort_waste.classifier.categories import CATEGORY_CODES
 
 __all__ = [
     "CATEGORY_CODES",
+    "MAX_RETRY_AFTER_SECONDS",
     "ProviderError",
     "checked_confidence",
     "jpeg_bytes",
@@ -21,6 +22,9 @@ __all__ = [
 ]
 
 CANDIDATE_COUNT = 3
+# Longest Retry-After a remote provider's call waits for; a server asking for more gets no retry
+# (the photo falls back to the local model) rather than parking the worker.
+MAX_RETRY_AFTER_SECONDS = 5.0
 
 
 class ProviderError(Exception):

@@ -19,6 +19,7 @@ from PIL import Image
 from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.remote import (
     CATEGORY_CODES,
+    MAX_RETRY_AFTER_SECONDS,
     ProviderError,
     checked_confidence,
     jpeg_bytes,
@@ -54,9 +55,6 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 # A prediction list for one photo is a few KB; a body far past that is not an answer we want,
 # and reading it whole would hold the worker's memory hostage.
 MAX_BODY_BYTES = 1_000_000
-# Longest Retry-After we wait for; a server asking for more gets no retry (the photo falls back
-# to the local model) rather than parking the worker.
-MAX_RETRY_AFTER_SECONDS = 5.0
 
 
 class RoboflowClassifier:
