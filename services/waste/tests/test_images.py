@@ -329,6 +329,39 @@ def test_sixteen_bit_rgb_colour_key_makes_the_right_pixels_transparent(
     assert all(abs(a - b) < 15 for a, b in zip(right, opaque, strict=True))  # type: ignore[arg-type]
 
 
+def low_bit_grey_png(bits: int, key: int, other: int) -> bytes:
+    """40x8 grey at 2 or 4 bits a sample: the left half is the tRNS key, the right half
+    `other`. Pillow cannot write one."""
+    per_byte = 8 // bits
+    samples = [key if x < 20 else other for x in range(40)]
+    packed = bytes(
+        sum(value << (8 - bits * (i + 1)) for i, value in enumerate(samples[at : at + per_byte]))
+        for at in range(0, 40, per_byte)
+    )
+    header = struct.pack(">IIBBBBB", 40, 8, bits, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"tRNS", struct.pack(">H", key))
+        + png_chunk(b"IDAT", zlib.compress((b"\0" + packed) * 8))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("bits", "key", "other"), [(2, 1, 0), (4, 5, 0), (2, 2, 3)], ids=["2-bit", "4-bit", "2-bit-hi"]
+)
+def test_low_bit_grey_colour_key_makes_the_right_pixels_transparent(
+    bits: int, key: int, other: int
+) -> None:
+    # Pillow widens 2- and 4-bit samples to 8 bits but keeps the tRNS key at the file's depth,
+    # where it matches other pixels or none.
+    out = Image.open(io.BytesIO(sanitise(low_bit_grey_png(bits, key, other)).data)).convert("L")
+    assert out.getpixel((5, 4)) > 240  # type: ignore[operator]
+    expected = other * 255 // (2**bits - 1)
+    assert abs(out.getpixel((35, 4)) - expected) < 15
+
+
 def progressive_jpeg_with_extra_scans(count: int) -> bytes:
     """A small progressive JPEG followed by `count` more AC scans, each a run of end-of-band
     codes (a Huffman table whose one code, "0", stands for EOB14): tiny, valid and, at 40 MP,

@@ -83,6 +83,8 @@ _JPEG_STRAY: Final = re.compile(rb"(?:[^\xff]|\xff\x00|\xff(?=\xff))*")
 # Markers Pillow reads without a length: JPG, RSTn, SOI, EOI, JPGn. It refuses those below 0xC0.
 _JPEG_BARE_MARKERS: Final = frozenset({0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)})
 _PNG_DATA_CHUNKS: Final = frozenset({b"IDAT", b"fdAT"})
+# Pillow's widening of 2- and 4-bit grey PNG samples to 8 bits (1-bit: mode "1", key done).
+_LOW_BIT_GREY_SCALE: Final = {"L;2": 85, "L;4": 17}
 
 
 class ImageRejected(Exception):
@@ -379,12 +381,16 @@ def _eight_bit_colour_key(image: Image.Image) -> None:
     """Pillow reads a 16-bit RGB PNG as 8-bit RGB (the high bytes) but keeps its tRNS colour
     key at 16 bits, which then matches the wrong pixels or none: compare high bytes too. (Two
     16-bit colours with the same high bytes become alike; that precision is gone with the
-    decode.)"""
+    decode.) Likewise it widens 2- and 4-bit grey to 8 bits (x 85, x 17) but not the grey
+    key, which then matches none of the pixels it names: widen it alike."""
     key = image.info.get("transparency")
-    if not isinstance(image, PngImagePlugin.PngImageFile) or not isinstance(key, tuple):
+    if not isinstance(image, PngImagePlugin.PngImageFile) or not image.tile:
         return
-    if image.tile and image.tile[0].args == "RGB;16B":
+    rawmode = image.tile[0].args
+    if isinstance(key, tuple) and rawmode == "RGB;16B":
         image.info["transparency"] = tuple(value >> 8 for value in key)
+    elif isinstance(key, int) and rawmode in _LOW_BIT_GREY_SCALE:
+        image.info["transparency"] = key * _LOW_BIT_GREY_SCALE[rawmode]
 
 
 def _clean(image: Image.Image, fmt: str) -> SanitisedImage:
