@@ -65,7 +65,8 @@ def test_scaled_object_watches_the_queue_the_worker_consumes(env: str, rendered:
     worker = scaled_deployment(manifests, scaled)
     assert "replicas" not in worker["spec"]  # KEDA owns it
     command = worker["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[:4] == ["celery", "-A", "ecosort_waste.worker", "worker"]
+    # --quiet: no start-up banner, so the worker's log is JSON lines only.
+    assert command[:5] == ["celery", "-A", "ecosort_waste.worker", "--quiet", "worker"]
     queue = command[command.index("-Q") + 1]
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "redis"

@@ -367,7 +367,7 @@ class Stack:
         log = self.group.log_path("worker")
         start = log.stat().st_size if log.exists() else 0
         argv = [
-            sys.executable, "-m", "celery", "-A", WORKER_MODULE, "worker",
+            sys.executable, "-m", "celery", "-A", WORKER_MODULE, "--quiet", "worker",
             "-Q", WORKER_QUEUE, "--prefetch-multiplier=1", "--concurrency=1",
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
