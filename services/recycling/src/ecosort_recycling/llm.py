@@ -99,8 +99,10 @@ class GroundedModel:
                     max_tokens=self.max_tokens,
                 )
         except (TimeoutError, openai.APITimeoutError) as exc:
-            # The server may have generated the whole answer: its cost is unknown, not zero.
-            raise Rejected("timeout") from exc
+            # Sent: the server may have generated the whole answer, its cost is unknown, not
+            # zero. Not sent (a connect that never completed: the server is down or
+            # unreachable): nothing was generated, and a dead server must not spend the day.
+            raise Rejected("timeout", None if call.sent else 0) from exc
         except openai.APIStatusError as exc:
             # An error status instead of a completion: nothing was generated.
             raise Rejected("error", 0) from exc
