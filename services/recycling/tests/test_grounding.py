@@ -222,3 +222,75 @@ def test_unusable_answers_are_refused(
     catalog: Catalog, model_reply: ModelAnswer, reason: str
 ) -> None:
     assert refusal(catalog, model_reply, **POWER_BANK) == reason
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        # Another stream along with the right one: the rules' own mistake ("캔·고철과 섞는 것").
+        ("건전지는 폐건전지 수거함에 넣거나 캔과 함께 버려도 됩니다.", "contradicts_rule"),
+        ("건전지는 폐건전지 수거함에 넣거나 고철이랑 섞어서 내도 됩니다.", "contradicts_rule"),
+        ("건전지는 폐건전지 수거함에 넣고, 귀찮으면 휴지통에 버려도 됩니다.", "contradicts_rule"),
+        ("건전지는 폐건전지 수거함에 넣고, 귀찮으면 쓰레기로 버려도 됩니다.", "contradicts_rule"),
+        ("건전지는 폐건전지 수거함에 넣으세요. 캔과 섞지 마세요.", None),
+        ("건전지는 폐건전지 수거함에 넣으세요. 휴지통에 버리면 안 됩니다.", None),
+    ],
+)
+def test_other_streams_under_other_words_are_read(
+    catalog: Catalog, answer: str, reason: str | None
+) -> None:
+    assert refusal(catalog, reply(answer), category="battery", item="건전지") == reason
+
+
+@pytest.mark.parametrize(
+    ("model_reply", "reason"),
+    [
+        # The check reads Korean destinations: in English they were not seen at all.
+        (reply("Put the power bank in the 폐건전지 수거함.", "Tape the terminals."), "not_korean"),
+        (
+            reply("보조배터리는 폐건전지 수거함에 넣으세요. Or just use the general waste bin."),
+            "not_korean",
+        ),
+        (
+            reply("보조배터리는 폐건전지 수거함에 넣으세요. 귀찮으면 trash에 버려도 됩니다."),
+            "not_korean",
+        ),
+        (
+            reply(
+                "보조배터리는 폐건전지 수거함에 넣으세요.", mistakes=("Putting it in the 수거함.",)
+            ),
+            "not_korean",
+        ),
+        (reply("モバイルバッテリーは폐건전지 수거함に入れてください。"), "not_korean"),
+        # A source the rules we gave do not hold.
+        (reply("고시 S99에 따라 보조배터리는 폐건전지 수거함에 넣으세요."), "not_korean"),
+        # Abbreviations and units are Korean usage.
+        (
+            reply("보조배터리는 폐건전지 수거함에 넣으세요. USB 케이블은 빼서 1L 봉지에 모읍니다."),
+            None,
+        ),
+    ],
+)
+def test_an_answer_is_in_korean(
+    catalog: Catalog, model_reply: ModelAnswer, reason: str | None
+) -> None:
+    assert refusal(catalog, model_reply, **POWER_BANK) == reason
+
+
+def test_a_question_about_another_item_is_held_to_that_items_rules(catalog: Catalog) -> None:
+    # No item given: the rules are general's, but the question is about a power bank.
+    asked = {"category": "general", "question": "보조배터리는 어떻게 버려요?"}
+    told = reply(
+        "보조배터리는 종량제봉투에 넣으세요.", "종량제봉투에 담습니다.", category="general"
+    )
+    assert refusal(catalog, told, **asked) == "contradicts_rule"
+    rules = rules_answer(catalog, FeedbackIn(**asked), None)
+    assert grounding_for(catalog, FeedbackIn(**asked), rules).destinations == frozenset()
+    # A question naming the item asked about, or only a place, changes nothing.
+    same = {"category": "battery", "item": "보조배터리", "question": "보조배터리 어떻게 버려요?"}
+    assert refusal(catalog, reply("보조배터리는 폐건전지 수거함에 넣으세요."), **same) is None
+    place = {"category": "general", "question": "종량제봉투에 버려도 되나요?"}
+    ok = reply(
+        "종량제봉투에 담아 정해진 요일에 내놓으세요.", "종량제봉투에 담습니다.", category="general"
+    )
+    assert refusal(catalog, ok, **place) is None

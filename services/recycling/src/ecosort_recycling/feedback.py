@@ -92,6 +92,15 @@ def _vocabulary(catalog: Catalog, codes: list[str], item: ItemHitOut | None) -> 
     return tuple(dict.fromkeys(w for w in (plain(word) for word in words) if len(w) >= 2))
 
 
+def _item_named_in(catalog: Catalog, question: str | None) -> ItemHitOut | None:
+    """The item the question names by its own Korean name or a synonym (not by a category's
+    name: "종량제봉투에 버려도 돼요?" names a place, not the first item of general)."""
+    hit = resolve_item(catalog, question)
+    if hit is None or hit.matched not in (hit.name_ko, *hit.synonyms):
+        return None
+    return hit
+
+
 def grounding_for(catalog: Catalog, request: FeedbackIn, rules: FeedbackOut) -> Grounding:
     allowed: list[str] = [request.category]
     if rules.item is not None:
@@ -110,10 +119,25 @@ def grounding_for(catalog: Catalog, request: FeedbackIn, rules: FeedbackOut) -> 
         ],
         framed_too=True,
     )
+    also_named = streams_sent_to(rules.steps, framed_too=True)
+    # The question may name another thing than the rules are about ("보조배터리는 어떻게
+    # 버려요?" under general, without an item): an answer about it must agree with its rules
+    # too, so only the streams both send things to remain (none: no answer can pass).
+    named = _item_named_in(catalog, request.question)
+    if named is not None and (rules.item is None or named.id != rules.item.id):
+        theirs = frozenset(named.categories) | streams_sent_to(
+            [
+                *(catalog.categories[code].disposal.text for code in named.categories),
+                *(part.note for part in named.parts if part.note),
+            ],
+            framed_too=True,
+        )
+        destinations &= theirs
+        also_named &= theirs
     return Grounding(
         allowed_categories=allowed,
         destinations=destinations,
-        also_named=streams_sent_to(rules.steps, framed_too=True),
+        also_named=also_named,
         in_mistakes=streams_sent_to(rules.mistakes, framed_too=False),
         vocabulary=_vocabulary(catalog, allowed, rules.item),
         conditions=tuple(
@@ -162,6 +186,10 @@ async def answer_feedback(
     if cached is not None:
         return FeedbackOut.model_validate_json(cached).model_copy(update={"cached": True})
     grounding = grounding_for(catalog, request, rules)
+    if not grounding.destinations:
+        # The question is about a thing the rules we would give send nowhere they send this:
+        # no answer could pass the check, so the call would be paid for nothing.
+        return rules.model_copy(update={"fallback_reason": "off_topic"})
     reservation = await reserve_tokens(
         redis, settings.llm_daily_token_budget, model.tokens_needed(grounding)
     )

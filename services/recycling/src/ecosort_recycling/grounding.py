@@ -48,7 +48,10 @@ STREAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("음식물쓰레기", "음식물전용봉투", "음식물류폐기물", "납부필증", "rfid수거함"),
         ("음식물", "음식물류"),
     ),
-    "general": (("종량제봉투", "일반쓰레기", "생활쓰레기", "일반폐기물", "쓰레기통"), ("종량제",)),
+    "general": (
+        ("종량제봉투", "일반쓰레기", "생활쓰레기", "일반폐기물", "쓰레기통", "휴지통"),
+        ("종량제", "쓰레기"),
+    ),
     "nonburnable": (
         ("불연성종량제마대", "불연성마대", "특수규격마대", "종량제마대", "마대"),
         ("불연성", "불연성쓰레기", "불연성폐기물"),
@@ -63,13 +66,18 @@ STREAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 FOLDS = (
     (re.compile(r"음식물류?(?:쓰레기)?(?:전용)?(?:봉투|봉지)"), "음식물전용봉투"),
     (re.compile(r"(?:일반|생활)?(?:종량제용?(?:쓰레기)?|쓰레기)(?:봉투|봉지)"), "종량제봉투"),
+    # "쓰레기로" alone is the general bag, but not in these names of other streams.
+    (re.compile(r"재활용(?:쓰레기|폐기물)"), "재활용품"),
+    (re.compile(r"대형쓰레기"), "대형폐기물"),
 )
 _COLLECTION = (
     r"(?:전용)?(?:수거함|수거용기|수거장소|수거통|배출장소|수거|배출|스티커|신고|함(?!께))"
 )
 _TOWARDS = (
     r"(?=으?로(?!된|만든|만들|되|써|부터)"
-    r"|에(?:다가?)?(?:넣|버리|버려|버린|담|내|배출|분리|모아|모으|섞|두|가져|반납|맡|붓|부어|부으|흘려|흘리))"
+    r"|에(?:다가?)?(?:넣|버리|버려|버린|담|내|배출|분리|모아|모으|섞|두|가져|반납|맡|붓|부어|부으|흘려|흘리)"
+    # Along with the other stream: "캔과 함께 버려도 됩니다", "고철이랑 섞어서".
+    r"|(?:와|과|이랑|랑|하고)(?:함께|같이|한꺼번에|섞))"
 )
 
 
@@ -207,12 +215,59 @@ def _conditions_in(text: str, conditions: tuple[str, ...]) -> Iterator[Polarity]
                 start = line.find(phrase, start + 1)
 
 
+# A word in Latin letters, unless it is a unit after a number ("1L", "5kg").
+_LATIN_WORD = re.compile(r"(?<![0-9A-Za-z])[A-Za-z]+")
+# Abbreviations a Korean answer uses as they are (recycling marks, devices).
+KNOWN_ABBREVIATIONS = frozenset(
+    {"pet", "pp", "pe", "ps", "pvc", "hdpe", "ldpe", "eps", "rfid", "led", "tv", "pc", "cd", "usb"}
+)
+# Rule fields that are codes and keys, not wording the model was given to use.
+_NOT_WORDING = frozenset({"code", "category", "region_code", "as_of", "sources"})
+
+
+def _wording(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            if key not in _NOT_WORDING:
+                yield from _wording(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _wording(inner)
+
+
+def _is_korean_letter(char: str) -> bool:
+    # Syllables, compatibility jamo, and the conjoining jamo of a decomposed syllable.
+    return (
+        "\uac00" <= char <= "\ud7a3" or "\u3131" <= char <= "\u318e" or "\u1100" <= char <= "\u11ff"
+    )
+
+
+def _not_korean(texts: Iterable[str], rules: dict[str, Any]) -> bool:
+    """Whether the texts use a script other than Hangul, or a Latin word the rules we gave do
+    not (PET, RFID…): the destination check reads Korean only, so "general waste" or "trash"
+    would otherwise pass unseen, and a Korean question is to be answered in Korean."""
+    known = KNOWN_ABBREVIATIONS | {
+        word.lower() for text in _wording(rules) for word in _LATIN_WORD.findall(text)
+    }
+    for text in texts:
+        composed = unicodedata.normalize("NFC", text)
+        if any(c.isalpha() and not c.isascii() and not _is_korean_letter(c) for c in composed):
+            return True
+        if any(word.lower() not in known for word in _LATIN_WORD.findall(composed)):
+            return True
+    return False
+
+
 def check_against_rules(answer: ModelAnswer, grounding: Grounding) -> None:
     if answer.category not in grounding.allowed_categories:
         raise Rejected("invalid_category")
     advice = [answer.answer, *answer.steps]
     if any(not text.strip() for text in (*advice, *answer.mistakes)):
         raise Rejected("empty_answer")
+    if _not_korean((*advice, *answer.mistakes), grounding.rules):
+        raise Rejected("not_korean")
     sendable = grounding.destinations | grounding.also_named
     for text in advice:
         for code, polarity in mentions(text):

@@ -118,6 +118,6 @@ class FeedbackOut(BaseModel):
     fallback_reason: str | None = Field(
         default=None,
         description="Why a configured model's answer was not used (timeout, error, "
-        "invalid_json, invalid_category, empty_answer, off_topic, no_destination, "
+        "invalid_json, invalid_category, empty_answer, off_topic, not_korean, no_destination, "
         "contradicts_rule, budget_exhausted).",
     )
