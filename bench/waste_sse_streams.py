@@ -135,6 +135,7 @@ async def run(api: WasteApi, streams: int, analyses: int) -> None:
     refused = sum(c.status != 200 for c in clients)
     await asyncio.sleep(2)  # let the server settle before reading its memory
     rss_streams = api.rss_mb()
+    open_at_reading = sum(c.status == 200 and not c.ended for c in clients)
 
     listed = await api_redis_clients(redis)
     subscriptions = sum(int(c.get("sub", 0)) > 0 for c in listed)
@@ -154,16 +155,23 @@ async def run(api: WasteApi, streams: int, analyses: int) -> None:
     await asyncio.wait(tasks, timeout=30)
     ended = sum(c.ended and 2 in c.received for c in clients)
     rss_after = api.rss_mb()
+    rss_peak = api.rss_mb("VmHWM")  # the most it held at any moment, the fan-out included
     await redis.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
 
-    cuts = statistics.quantiles(delays, n=100) if len(delays) > 2 else [float("nan")] * 99
+    # Inclusive: the default (exclusive) method extrapolates past the largest delay on few streams.
+    cuts = (
+        statistics.quantiles(delays, n=100, method="inclusive")
+        if len(delays) > 2
+        else [float("nan")] * 99
+    )
     per_stream_kb = (rss_streams - rss_idle) * 1024 / max(1, streams - refused)
     print(
         f"waste SSE streams | one uvicorn process, {streams} streams over {analyses} analyses\n"
         f"  connected {streams - refused}/{streams} in {connect_seconds:.1f} s "
-        f"(refused {refused})\n"
+        f"(refused {refused}; {open_at_reading} still open when the RSS was read)\n"
         f"  API RSS: {rss_idle:.0f} MB idle -> {rss_streams:.0f} MB with the streams open "
-        f"(goal <= 300 MB; {per_stream_kb:.1f} kB per stream); {rss_after:.0f} MB after they end\n"
+        f"(goal <= 300 MB; {per_stream_kb:.1f} kB per stream); {rss_after:.0f} MB after they end, "
+        f"peak {rss_peak:.0f} MB\n"
         f"  Redis subscriptions held by the API: {subscriptions} with the streams open, "
         f"{subscriptions_idle} idle (progress hub, revoked sessions); "
         f"Redis clients of the API in all: {len(listed) - 1}\n"

@@ -1,8 +1,13 @@
 """Status reads: `GET /api/v1/waste/analyses/{id}` against one API process, 64 connections.
 
-Goal (issue 3): >= 2,000 req/s with p99 <= 50 ms. The analysis read is one being processed, so
-each request verifies the token (ES256 + the revocation check in Redis), reads the row from
-PostgreSQL and the live progress hash from Redis: the polling path of a real client.
+Goal (issue 3): >= 2,000 req/s with p99 <= 50 ms. Every request polls ONE analysis being
+processed, with ONE token, through the production handler and middlewares: so after the warm-up
+each is answered from the process's caches (the token verified once and remembered, revocation
+known from pub/sub, the live state kept by the progress hub, the view read from PostgreSQL once
+per 5 s), with no PostgreSQL or Redis round trip. That is the polling path's best case: many
+users each polling their own analysis about once a second would also pay an ES256 check per
+token a minute and a database read per analysis every 5 s or state change, which this does not
+measure.
 
     uv run --frozen python bench/waste_status_reads.py [--seconds 15] [--connections 64] [--gateway]
     uv run --frozen --group bench python bench/waste_status_reads.py --rate 2000 [--gateway]
@@ -76,12 +81,20 @@ def run_wrk(url: str, headers: dict[str, str], connections: int, seconds: int) -
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
+    requests = float(re.search(r"(\d+) requests in", output)[1])  # type: ignore[index]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    # Connect, read and write errors and timeouts: requests with no answer, which wrk leaves out
+    # of its latency figures.
+    socket = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
     return {
         "rps": rps,
+        "requests": requests,
         "p50_ms": ms("50"),
         "p99_ms": ms("99"),
         "non_2xx": float(errors[1]) if errors else 0.0,
+        "unanswered": float(sum(int(n) for n in socket.groups())) if socket else 0.0,
     }
 
 
@@ -106,6 +119,7 @@ def run_k6(
     duration = metrics["http_req_duration"]["values"]
     return {
         "rps": metrics["http_reqs"]["values"]["rate"],
+        "requests": metrics["http_reqs"]["values"]["count"],
         "p50_ms": duration["p(50)"],
         "p99_ms": duration["p(99)"],
         "non_2xx": metrics["http_req_failed"]["values"]["passes"],
@@ -136,6 +150,7 @@ async def run_python(
     cuts = statistics.quantiles(latencies, n=100)
     return {
         "rps": len(latencies) / elapsed,
+        "requests": float(len(latencies)),
         "p50_ms": cuts[49],
         "p99_ms": cuts[98],
         "non_2xx": float(failures),
@@ -174,14 +189,19 @@ def main() -> None:
         rss = api.rss_mb()
         during_run = machine.describe()
     # CPU per request does not depend on what else the machine runs; req/s and latency do.
-    cpu_ms = cpu_used * 1000 / max(1.0, figures["rps"] * args.seconds)
+    cpu_ms = cpu_used * 1000 / max(1.0, figures["requests"])
+    # The goal's req/s are requests served: a quick error answer is not a status read.
+    served = figures["rps"] * (1 - figures["non_2xx"] / max(1.0, figures["requests"]))
     print(
         f"waste status reads | load: {tool}, {args.connections} connections, {args.seconds} s, "
         f"one uvicorn process{' behind nginx' if args.gateway else ''}\n"
-        f"  throughput {figures['rps']:.0f} req/s (goal >= 2000)\n"
+        f"  throughput {served:.0f} req/s served with 2xx (goal >= 2000), "
+        f"{figures['rps']:.0f} req/s in all\n"
         f"  latency p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms "
         f"(goal p99 <= 50)\n"
-        f"  non-2xx {figures['non_2xx']:.0f}, dropped arrivals {figures.get('dropped', 0):.0f}, "
+        f"  non-2xx {figures['non_2xx']:.0f} (k6: and unanswered), "
+        f"unanswered (wrk: socket errors, timeouts) {figures.get('unanswered', 0):.0f}, "
+        f"dropped arrivals {figures.get('dropped', 0):.0f}, "
         f"API RSS {rss:.0f} MB\n"
         f"  API CPU {cpu_ms:.2f} ms per request (=> about {1000 / cpu_ms:.0f} req/s on one "
         f"free core)\n"

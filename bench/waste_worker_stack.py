@@ -1,6 +1,7 @@
 """What the pipeline benchmarks share: real Celery worker processes of `ecosort_waste.worker`, a
-stand-in for the recycling service (fixed category answers, so its own speed is not measured),
-the shared photos, and CPU accounting of a process tree from /proc."""
+stand-in for the recycling service (answers from memory, so its own speed is not measured, but
+the service's own answer bodies, which the result document, the database row and the final
+event carry), the shared photos, and CPU accounting of a process tree from /proc."""
 
 from __future__ import annotations
 
@@ -66,28 +67,37 @@ def classifier_description(args: argparse.Namespace) -> str:
     )
 
 
+def category_bodies() -> dict[str, bytes]:
+    """What recycling answers for each category: the bodies its catalog builds from the
+    knowledge files it loads (1.4-2.2 kB each, with the rules, their sources and the regional
+    rules), not a few placeholder fields: the worker keeps the whole answer in the result."""
+    from ecosort_recycling.catalog import Catalog
+    from ecosort_recycling.knowledge_base import read_knowledge_files
+
+    catalog = Catalog(read_knowledge_files(), checksum="bench")
+    return {
+        code: json.dumps(
+            body.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":")
+        ).encode()
+        for code, body in catalog.category_bodies.items()
+    }
+
+
 @contextmanager
 def recycling_stand_in() -> Iterator[str]:
     """GET /api/v1/recycling/categories/{code} answered from memory, like recycling would."""
+    bodies = category_bodies()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
-            code = self.path.rsplit("/", 1)[-1]
-            body = json.dumps(
-                {
-                    "code": code,
-                    "name_ko": code,
-                    "name_en": code,
-                    "disposal": "…",
-                    "steps": [],
-                    "mistakes": [],
-                    "marks": [],
-                    "sources": [],
-                    "varies_by_region": False,
-                }
-            ).encode()
+            body = bodies.get(self.path.rsplit("/", 1)[-1])
+            if body is None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
