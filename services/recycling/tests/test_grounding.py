@@ -294,3 +294,36 @@ def test_a_question_about_another_item_is_held_to_that_items_rules(catalog: Cata
         "종량제봉투에 담아 정해진 요일에 내놓으세요.", "종량제봉투에 담습니다.", category="general"
     )
     assert refusal(catalog, ok, **place) is None
+
+
+@pytest.mark.parametrize(
+    ("request_", "answer"),
+    [
+        # A bare 쓰레기 before a collection word is the day or the truck, not the general bag.
+        (
+            {"category": "can", "item": "캔"},
+            "캔은 내용물을 비우고 찌그러뜨려 쓰레기 배출일에 캔류 수거함에 넣으세요.",
+        ),
+        (
+            {"category": "can", "item": "캔"},
+            "캔은 캔류 수거함에 넣으세요. 쓰레기 수거 요일을 지켜 주세요.",
+        ),
+        # 음식물류 쓰레기 is the food stream.
+        ({"category": "food"}, "물기를 빼고 음식물류 쓰레기로 배출하세요."),
+        # "형광등과 같이" is "like a lamp", not "together with the lamps".
+        (
+            {"category": "battery", "item": "건전지"},
+            "건전지는 형광등과 같이 유해한 폐기물이므로 폐건전지 수거함에 넣으세요.",
+        ),
+        # Units after a number, spaced as Korean text often spaces them.
+        (POWER_BANK, "보조배터리(10,000 mAh)는 폐건전지 수거함에 넣으세요."),
+        ({"category": "general"}, "20 L 종량제봉투에 담아 정해진 요일에 내놓으세요."),
+    ],
+)
+def test_everyday_korean_wording_is_not_refused(
+    catalog: Catalog, request_: dict[str, str], answer: str
+) -> None:
+    asked = FeedbackIn(**request_)
+    rules = rules_answer(catalog, asked, resolve_item(catalog, asked.item))
+    told = reply(answer, *rules.steps, category=asked.category)
+    assert refusal(catalog, told, **request_) is None

@@ -50,7 +50,7 @@ STREAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "general": (
         ("종량제봉투", "일반쓰레기", "생활쓰레기", "일반폐기물", "쓰레기통", "휴지통"),
-        ("종량제", "쓰레기"),
+        ("종량제",),
     ),
     "nonburnable": (
         ("불연성종량제마대", "불연성마대", "특수규격마대", "종량제마대", "마대"),
@@ -69,7 +69,11 @@ FOLDS = (
     # "쓰레기로" alone is the general bag, but not in these names of other streams.
     (re.compile(r"재활용(?:쓰레기|폐기물)"), "재활용품"),
     (re.compile(r"대형쓰레기"), "대형폐기물"),
+    (re.compile(r"음식물류쓰레기"), "음식물쓰레기"),
 )
+# Destinations only before a particle of direction ("쓰레기로 버려도", "쓰레기와 함께"): before a
+# collection word a bare 쓰레기 is the day or the truck ("쓰레기 배출일", "쓰레기 수거 요일").
+BY_DIRECTION_ONLY: dict[str, tuple[str, ...]] = {"general": ("쓰레기",)}
 _COLLECTION = (
     r"(?:전용)?(?:수거함|수거용기|수거장소|수거통|배출장소|수거|배출|스티커|신고|함(?!께))"
 )
@@ -77,20 +81,30 @@ _TOWARDS = (
     r"(?=으?로(?!된|만든|만들|되|써|부터)"
     r"|에(?:다가?)?(?:넣|버리|버려|버린|담|내|배출|분리|모아|모으|섞|두|가져|반납|맡|붓|부어|부으|흘려|흘리)"
     # Along with the other stream: "캔과 함께 버려도 됩니다", "고철이랑 섞어서".
-    r"|(?:와|과|이랑|랑|하고)(?:함께|같이|한꺼번에|섞))"
+    # "와 같이" alone is also "like" ("형광등과 같이 유해한"): only before a verb of disposal.
+    r"|(?:와|과|이랑|랑|하고)(?:함께|한꺼번에|섞|같이(?=버리|버려|버린|넣|담|내놓|배출|섞|모아))"
+    r"|(?:이랑|랑|하고)같이)"
 )
 
 
 def _term_patterns() -> list[tuple[str, str]]:
-    terms = [
-        (len(word), re.escape(word), code)
-        for code, (places, _) in STREAMS.items()
-        for word in places
-    ] + [
-        (len(word), f"{re.escape(word)}(?:{_COLLECTION}|{_TOWARDS})", code)
-        for code, (_, materials) in STREAMS.items()
-        for word in materials
-    ]
+    terms = (
+        [
+            (len(word), re.escape(word), code)
+            for code, (places, _) in STREAMS.items()
+            for word in places
+        ]
+        + [
+            (len(word), f"{re.escape(word)}(?:{_COLLECTION}|{_TOWARDS})", code)
+            for code, (_, materials) in STREAMS.items()
+            for word in materials
+        ]
+        + [
+            (len(word), f"{re.escape(word)}{_TOWARDS}", code)
+            for code, words in BY_DIRECTION_ONLY.items()
+            for word in words
+        ]
+    )
     # Longest first: "종이팩 수거함" is paper_pack, not "종이" followed by something.
     return [(pattern, code) for _, pattern, code in sorted(terms, key=lambda t: -t[0])]
 
@@ -215,8 +229,8 @@ def _conditions_in(text: str, conditions: tuple[str, ...]) -> Iterator[Polarity]
                 start = line.find(phrase, start + 1)
 
 
-# A word in Latin letters, unless it is a unit after a number ("1L", "5kg").
-_LATIN_WORD = re.compile(r"(?<![0-9A-Za-z])[A-Za-z]+")
+# A word in Latin letters, unless it is a unit after a number ("1L", "5 kg", "10,000 mAh").
+_LATIN_WORD = re.compile(r"(?<![0-9A-Za-z])(?<![0-9] )[A-Za-z]+")
 # Abbreviations a Korean answer uses as they are (recycling marks, devices).
 KNOWN_ABBREVIATIONS = frozenset(
     {"pet", "pp", "pe", "ps", "pvc", "hdpe", "ldpe", "eps", "rfid", "led", "tv", "pc", "cd", "usb"}
