@@ -53,6 +53,24 @@ def test_the_standard_librarys_loggers_write_the_same_json_lines(
     assert failed["level"] == "error" and "ValueError: boom" in failed["exception"]
 
 
+def test_uvicorns_access_log_writes_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
+    # The chart runs `uvicorn ecosort_<svc>.main:app` with its access log on: uvicorn gives that
+    # logger a plain-text handler on stdout of its own, one line per request (probes too).
+    uvicorn.Config("ecosort_demo.main:app")
+    configure_logging("info")
+    logging.getLogger("uvicorn.access").info(
+        '%s - "%s %s HTTP/%s" %d', "10.0.0.1:5", "GET", "/health", "1.1", 200
+    )
+    written = capsys.readouterr()
+    assert not written.err
+    (line,) = written.out.splitlines()
+    access = json.loads(line)
+    assert (access["logger"], access["event"]) == (
+        "uvicorn.access",
+        '10.0.0.1:5 - "GET /health HTTP/1.1" 200',
+    )
+
+
 async def test_a_failed_statements_error_does_not_carry_its_parameters(
     settings: ServiceSettings,
 ) -> None:

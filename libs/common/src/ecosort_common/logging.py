@@ -38,12 +38,14 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         )
     )
     logging.basicConfig(level=numeric, handlers=[handler], force=True)
-    # uvicorn has given its own logger a plain-text handler on stderr, and kept its lines from
-    # the root's, by the time it imports the app that calls this: send them to the root's too.
-    uvicorn = logging.getLogger("uvicorn")
-    uvicorn.handlers.clear()
-    uvicorn.propagate = True
-    uvicorn.setLevel(logging.NOTSET)
+    # uvicorn has given its own loggers plain-text handlers (stderr; stdout for the access log,
+    # which the chart's `uvicorn` command leaves on), and kept their lines from the root's, by
+    # the time it imports the app that calls this: send them to the root's too.
+    for name in ("uvicorn", "uvicorn.access"):
+        uvicorn = logging.getLogger(name)
+        uvicorn.handlers.clear()
+        uvicorn.propagate = True
+        uvicorn.setLevel(logging.NOTSET)
     # httpx logs every outbound request's full URL at INFO (httpcore its traffic at DEBUG), and
     # some providers take their API key in the query string (Roboflow).
     for name in ("httpx", "httpcore"):
