@@ -79,6 +79,14 @@ def test_api_pods_drain_before_they_stop(service: str, env: str, rendered: Rende
     assert pod["terminationGracePeriodSeconds"] >= pause + drain + 5
 
 
+@pytest.mark.parametrize(("service", "env"), CASES)
+def test_api_pods_log_each_request_once(service: str, env: str, rendered: Rendered) -> None:
+    """The service's own JSON line (with the request id) is the access log; uvicorn's would be
+    a second, plain-text line per request, health probes included."""
+    _, container = api_container(rendered, service, env)
+    assert "--no-access-log" in container["command"]
+
+
 def mebibytes(quantity: str) -> float:
     units = {"Mi": 1, "Gi": 1024}
     return float(quantity[:-2]) * units[quantity[-2:]]

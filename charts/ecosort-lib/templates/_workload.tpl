@@ -123,7 +123,8 @@ spec:
       X-Forwarded-For from these and takes the rightmost address that is not one of them. With
       "*" it took the leftmost, which any client can write. */}}
       {{- $trusted := join "," .Values.api.forwardedAllowIps }}
-      {{- $command := list "uvicorn" (printf "ecosort_%s.main:app" $name) "--host" "0.0.0.0" "--port" (toString .Values.api.port) "--proxy-headers" "--forwarded-allow-ips" $trusted "--timeout-graceful-shutdown" "20" }}
+      {{- /* --no-access-log: the service logs each request itself, as JSON with its id. */}}
+      {{- $command := list "uvicorn" (printf "ecosort_%s.main:app" $name) "--host" "0.0.0.0" "--port" (toString .Values.api.port) "--proxy-headers" "--forwarded-allow-ips" $trusted "--timeout-graceful-shutdown" "20" "--no-access-log" }}
       {{- /* The ingress controllers drop the endpoint only some time after SIGTERM has
       reached the pod: keep serving a few seconds, so that requests still routed here are not
       refused. The kubelet's sleep action needs nothing in the image. */}}
