@@ -38,9 +38,9 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         )
     )
     logging.basicConfig(level=numeric, handlers=[handler], force=True)
-    # uvicorn has given its own loggers plain-text handlers (stderr; stdout for the access log,
-    # which the chart's `uvicorn` command leaves on), and kept their lines from the root's, by
-    # the time it imports the app that calls this: send them to the root's too.
+    # uvicorn has given its own loggers plain-text handlers (stderr; stdout for an access log,
+    # where one is on), and kept their lines from the root's, by the time it imports the app
+    # that calls this: send them to the root's too.
     for name in ("uvicorn", "uvicorn.access"):
         uvicorn = logging.getLogger(name)
         uvicorn.handlers.clear()
