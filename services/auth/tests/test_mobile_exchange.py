@@ -12,14 +12,12 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from auth_test_helpers import AppFactory, assert_problem, client_for_app
+from auth_test_helpers import AppFactory, assert_problem, client_for_app, registered_payloads
 from fastapi import FastAPI
 from joserfc import jwt
 from joserfc.jwk import RSAKey
-from sqlalchemy import select
 
 from ecosort_auth.config import Settings
-from ecosort_auth.models import outbox
 from ecosort_auth.providers import ProviderRefused, provider_config, verify_mobile_token
 from ecosort_common.security import JwksCache
 
@@ -129,16 +127,7 @@ async def test_kakao_app_check_runs_even_when_settings_skipped_validation() -> N
 
 async def _registered(app: FastAPI, user_id: str) -> dict[str, Any]:
     """The `user.registered` payload staged for `user_id`."""
-    async with app.state.sessionmaker() as db:
-        payloads = (
-            (
-                await db.execute(
-                    select(outbox.c.payload).where(outbox.c.event_type == "user.registered")
-                )
-            )
-            .scalars()
-            .all()
-        )
+    payloads = await registered_payloads(app)
     [payload] = [p for p in payloads if p["user_id"] == user_id]
     found: dict[str, Any] = payload
     return found

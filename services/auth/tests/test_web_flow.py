@@ -11,13 +11,19 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from auth_local_provider import LocalOAuthProvider
-from auth_test_helpers import AppFactory, assert_problem, callback_url, client_for_app
+from auth_test_helpers import (
+    AppFactory,
+    assert_problem,
+    callback_url,
+    client_for_app,
+    registered_payloads,
+)
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import select
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from ecosort_auth.models import Identity, outbox
+from ecosort_auth.models import Identity
 
 PROVIDERS = ["kakao", "naver", "google"]
 
@@ -89,15 +95,7 @@ async def test_whole_web_flow_issues_tokens_and_one_user_per_subject(
         identities = (
             (await db.execute(select(Identity).where(Identity.subject == subject))).scalars().all()
         )
-        registered = (
-            (
-                await db.execute(
-                    select(outbox.c.payload).where(outbox.c.event_type == "user.registered")
-                )
-            )
-            .scalars()
-            .all()
-        )
+    registered = await registered_payloads(app)
     assert [str(i.user_id) for i in identities] == [user_id]
     assert [p for p in registered if p["user_id"] == user_id] == [
         {
@@ -271,16 +269,7 @@ async def test_concurrent_first_sign_ins_make_one_user(client: AsyncClient, app:
     user_ids = {a.json()["user"]["id"] for a in answers}
     assert len(user_ids) == 1, user_ids
     assert sum(a.json()["user"]["is_new"] for a in answers) == 1
-    async with app.state.sessionmaker() as db:
-        registered = (
-            (
-                await db.execute(
-                    select(outbox.c.payload).where(outbox.c.event_type == "user.registered")
-                )
-            )
-            .scalars()
-            .all()
-        )
+    registered = await registered_payloads(app)
     assert [p["user_id"] for p in registered].count(user_ids.pop()) == 1
 
 

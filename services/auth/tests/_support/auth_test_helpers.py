@@ -10,6 +10,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient, Response
+from sqlalchemy import select
+
+from ecosort_auth.models import outbox
+from ecosort_common.events import USER_REGISTERED
 
 
 def assert_problem(response: Response, status: int) -> dict[str, Any]:
@@ -70,3 +74,12 @@ def client_for_app(application: FastAPI, ip: str = "203.0.113.10") -> AsyncClien
     """An httpx client speaking ASGI to the app, as a caller at `ip`."""
     transport = ASGITransport(app=application, client=(ip, 50000))
     return AsyncClient(transport=transport, base_url=BASE_URL)
+
+
+async def registered_payloads(app: FastAPI) -> list[dict[str, Any]]:
+    """Every `user.registered` payload auth has staged in its outbox."""
+    async with app.state.sessionmaker() as db:
+        staged = await db.execute(
+            select(outbox.c.payload).where(outbox.c.event_type == USER_REGISTERED)
+        )
+        return list(staged.scalars())
