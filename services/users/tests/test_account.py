@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from httpx import AsyncClient, Response
 from redis.asyncio import Redis
 from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import Message
 
 from ecosort_common.events import Event
@@ -56,6 +57,95 @@ async def test_export_holds_profile_history_and_stats(
     assert export["profile"]["region"]["code"] == "11440"
     assert len(export["history"]) == 2
     assert export["stats"]["total_analyses"] == 2
+
+
+def correction(of: dict[str, object], category: str, at: datetime) -> dict[str, object]:
+    return {
+        "analysis_id": of["analysis_id"],
+        "user_id": of["user_id"],
+        "category": category,
+        "corrected_at": at.isoformat(),
+    }
+
+
+async def test_export_holds_the_corrections_applied_and_pending(
+    client: AsyncClient, auth: Auth, make_event: MakeEvent, apply_event: Deliver
+) -> None:
+    """PIPA's right of access: when the person corrected an analysis, and the corrections whose
+    analyses have not arrived yet, are theirs too."""
+    user_id, neighbour = uuid.uuid4(), uuid.uuid4()
+    at = datetime(2026, 11, 28, 9, 30, 15, 123456, tzinfo=UTC)
+    corrected, untouched, awaited = analysis(user_id), analysis(user_id), analysis(user_id)
+    for payload in (corrected, untouched):
+        await apply_event(make_event("analysis.completed", payload))
+    await apply_event(make_event("analysis.corrected", correction(corrected, "can", at)))
+    # `awaited`'s analysis.completed has not arrived: its correction waits for it.
+    await apply_event(make_event("analysis.corrected", correction(awaited, "vinyl", at)))
+    theirs = analysis(neighbour)
+    await apply_event(make_event("analysis.completed", theirs))
+    await apply_event(make_event("analysis.corrected", correction(theirs, "paper", at)))
+    await apply_event(
+        make_event("analysis.corrected", correction(analysis(neighbour), "paper", at))
+    )
+
+    response = await client.get(f"{ME}/export", headers=auth(user_id))
+    assert response.status_code == 200
+    export = response.json()
+    ExportOut.model_validate(export)
+    history = {
+        item["analysis_id"]: (item["category"], item["corrected_at"]) for item in export["history"]
+    }
+    assert history == {
+        corrected["analysis_id"]: ("can", "2026-11-28T09:30:15.123456Z"),
+        untouched["analysis_id"]: ("glass_bottle", None),
+    }
+    assert export["pending_corrections"] == [
+        {
+            "analysis_id": awaited["analysis_id"],
+            "category": "vinyl",
+            "corrected_at": "2026-11-28T09:30:15.123456Z",
+        }
+    ]
+    page = (await client.get(f"{ME}/history", headers=auth(user_id))).json()
+    assert export["history"] == page["items"]
+
+
+async def test_export_shows_a_correction_once_while_its_analysis_arrives(
+    client: AsyncClient,
+    auth: Auth,
+    make_event: MakeEvent,
+    apply_event: Deliver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The analysis arriving while the export runs takes its pending correction along: read from
+    one snapshot, the export lists the correction as pending, not also in the history."""
+    user_id = uuid.uuid4()
+    awaited = analysis(user_id)
+    await apply_event(
+        make_event("analysis.corrected", correction(awaited, "can", datetime.now(UTC)))
+    )
+    execute = AsyncSession.execute
+    arrived = False
+
+    async def execute_then_arrive(self: AsyncSession, *args: Any, **kwargs: Any) -> Any:
+        nonlocal arrived
+        result = await execute(self, *args, **kwargs)
+        if not arrived and "FROM pending_corrections" in str(args[0]):
+            arrived = True  # right after the pending corrections are read: the analysis commits
+            await apply_event(make_event("analysis.completed", awaited))
+        return result
+
+    monkeypatch.setattr(AsyncSession, "execute", execute_then_arrive)
+    export = (await client.get(f"{ME}/export", headers=auth(user_id))).json()
+    assert arrived
+    assert [p["analysis_id"] for p in export["pending_corrections"]] == [awaited["analysis_id"]]
+    assert export["history"] == [] and export["stats"]["total_analyses"] == 0
+    monkeypatch.undo()
+    later = (await client.get(f"{ME}/export", headers=auth(user_id))).json()
+    assert [(i["analysis_id"], i["category"]) for i in later["history"]] == [
+        (awaited["analysis_id"], "can")
+    ]
+    assert later["pending_corrections"] == []
 
 
 async def _published_deletion(redis_url: str, user_id: uuid.UUID) -> bool:

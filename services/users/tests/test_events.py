@@ -187,6 +187,20 @@ def corrected(
     }
 
 
+async def _history(
+    client: AsyncClient, headers: dict[str, str]
+) -> dict[str, tuple[str, datetime | None]]:
+    """Each analysis of the history: its category, and when the owner corrected it."""
+    items = (await client.get(f"{ME}/history", headers=headers)).json()["items"]
+    return {
+        i["analysis_id"]: (
+            i["category"],
+            datetime.fromisoformat(i["corrected_at"]) if i["corrected_at"] else None,
+        )
+        for i in items
+    }
+
+
 async def _categories(client: AsyncClient, headers: dict[str, str]) -> dict[str, int]:
     stats = (await client.get(f"{ME}/stats", headers=headers)).json()
     return {c["category"]: c["count"] for c in stats["by_category"]}
@@ -203,10 +217,9 @@ async def test_a_correction_counts_the_analysis_under_the_newest_category(
     at = datetime.now(UTC)
     first = make_event("analysis.corrected", corrected(wrong, "vinyl", at))
     await apply_event(first)
-    items = (await client.get(f"{ME}/history", headers=headers)).json()["items"]
-    assert {i["analysis_id"]: i["category"] for i in items} == {
-        wrong["analysis_id"]: "vinyl",
-        right["analysis_id"]: "can",
+    assert await _history(client, headers) == {
+        wrong["analysis_id"]: ("vinyl", at),
+        right["analysis_id"]: ("can", None),
     }
     assert await _categories(client, headers) == {"vinyl": 1, "can": 1}
     # An older correction arriving late, and the same one under another event id, change
@@ -216,6 +229,7 @@ async def test_a_correction_counts_the_analysis_under_the_newest_category(
     assert await _categories(client, headers) == {"vinyl": 1, "can": 1}
     await apply_event(make_event("analysis.corrected", corrected(wrong, "general", at + _SECOND)))
     assert await _categories(client, headers) == {"general": 1, "can": 1}
+    assert (await _history(client, headers))[wrong["analysis_id"]] == ("general", at + _SECOND)
 
 
 async def test_a_correction_of_a_deleted_account_is_ignored(

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.events import Event
+from ecosort_users.schemas import HistoryItem
 from ecosort_users.stats import compute_stats, streaks
 
 ME = "/api/v1/users/me"
@@ -53,6 +55,22 @@ async def test_history_pages_newest_first_without_gaps_or_repeats(
     assert seen == sorted(seen, reverse=True)
     other = (await client.get(f"{ME}/history", headers=auth(uuid.uuid4()))).json()
     assert other == {"items": [], "next_cursor": None}
+
+
+async def test_a_history_item_is_read_from_the_covering_index_alone(app: FastAPI) -> None:
+    """The history's pages and the export read a person's rows from the index, in its order: a
+    field missing from it sends them to the table, and the export to a sort (100k analyses: it
+    spilled to disk)."""
+    indexed = text(
+        "SELECT a.attname FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE c.relname = 'ix_analysis_history_user_completed_covering'"
+    )
+    async with app.state.sessionmaker() as session:
+        columns = set((await session.scalars(indexed)).all())
+    read = {"id" if field == "analysis_id" else field for field in HistoryItem.model_fields}
+    assert read | {"user_id"} <= columns
 
 
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 101}, {"cursor": "garbage!"}])

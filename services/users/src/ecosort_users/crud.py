@@ -23,7 +23,7 @@ from ecosort_users.models import (
     outbox,
 )
 from ecosort_users.regions import Region
-from ecosort_users.schemas import HistoryItem
+from ecosort_users.schemas import HistoryItem, PendingCorrectionItem
 
 # The account's lock (ecosort_common.db) is held by every transaction creating the person's data
 # (a profile, a history row, a correction kept for later) or changing the profile, and taken
@@ -300,6 +300,7 @@ def _history_select(user_id: uuid.UUID) -> Any:
         AnalysisRecord.category,
         AnalysisRecord.confidence,
         AnalysisRecord.completed_at.label("created_at"),
+        AnalysisRecord.corrected_at,
     ).where(AnalysisRecord.user_id == user_id)
 
 
@@ -309,6 +310,7 @@ def _history_item(row: Any) -> HistoryItem:
         category=row.category,
         confidence=row.confidence,
         completed_at=row.created_at,
+        corrected_at=row.corrected_at,
     )
 
 
@@ -341,6 +343,7 @@ async def history_batches(
             AnalysisRecord.category,
             AnalysisRecord.confidence,
             AnalysisRecord.completed_at,
+            AnalysisRecord.corrected_at,
         )
         .where(AnalysisRecord.user_id == user_id)
         .order_by(AnalysisRecord.completed_at.desc(), AnalysisRecord.id.desc())
@@ -349,6 +352,26 @@ async def history_batches(
     result = await session.stream(stmt)
     async for rows in result.mappings().partitions():
         yield [dict(row) for row in rows]
+
+
+async def pending_corrections(
+    session: AsyncSession, user_id: uuid.UUID
+) -> list[PendingCorrectionItem]:
+    """The person's corrections kept for analyses not in the history yet, newest first. Read at
+    once: they are few (kept until their analysis arrives, at most
+    PENDING_CORRECTION_RETENTION)."""
+    pending = PendingCorrection
+    rows = await session.execute(
+        select(pending.analysis_id, pending.category, pending.corrected_at)
+        .where(pending.user_id == user_id)
+        .order_by(pending.corrected_at.desc(), pending.analysis_id.desc())
+    )
+    return [
+        PendingCorrectionItem(
+            analysis_id=row.analysis_id, category=row.category, corrected_at=row.corrected_at
+        )
+        for row in rows
+    ]
 
 
 async def delete_account(session: AsyncSession, user_id: uuid.UUID) -> bool:

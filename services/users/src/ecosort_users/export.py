@@ -48,11 +48,19 @@ async def export_document(
     first piece is out the status is sent too, so a failure later cuts the document short (a
     client sees invalid JSON), which is the best a stream can say."""
     async with sessionmaker() as session, session.begin():
-        # One snapshot: the statistics count exactly the history listed.
+        # One snapshot: the statistics count exactly the history listed, and a correction
+        # applied meanwhile shows once (pending, or in the history).
         await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         stats = await compute_stats(session, profile.id, timezone=timezone, now=now)
+        pending = await crud.pending_corrections(session, profile.id)
         head, tail = _around_history(
-            ExportOut(exported_at=now, profile=profile, history=[], stats=stats)
+            ExportOut(
+                exported_at=now,
+                profile=profile,
+                history=[],
+                pending_corrections=pending,
+                stats=stats,
+            )
         )
         yield head
         separator = b""

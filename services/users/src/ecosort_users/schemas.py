@@ -180,9 +180,25 @@ class ProfileUpdate(BaseModel):
 
 class HistoryItem(BaseModel):
     analysis_id: uuid.UUID
-    category: str
-    confidence: float | None
+    category: str = Field(
+        description="the owner's correction when corrected_at is set, else the model's answer"
+    )
+    confidence: float | None = Field(
+        description="the model's confidence in its own answer (not in a correction)"
+    )
     completed_at: datetime
+    corrected_at: datetime | None = Field(
+        description="when the owner corrected the category (the newest correction); null: never"
+    )
+
+
+class PendingCorrectionItem(BaseModel):
+    """The owner's correction of an analysis not in the history yet: it applies when the
+    analysis arrives, and is dropped when the analysis never does (it failed)."""
+
+    analysis_id: uuid.UUID
+    category: str
+    corrected_at: datetime
 
 
 class CategoryCount(BaseModel):
@@ -210,6 +226,9 @@ class ExportOut(BaseModel):
     exported_at: datetime
     profile: ProfileOut
     history: list[HistoryItem]
+    pending_corrections: list[PendingCorrectionItem] = Field(
+        description="corrections of analyses not in the history yet, newest first"
+    )
     stats: StatsOut
     format_version: int = 1
 
