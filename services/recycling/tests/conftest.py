@@ -133,6 +133,9 @@ def llm_settings(settings: Settings, model_server: RecordedModelServer) -> Setti
             "llm_timeout_seconds": 1.0,
             "feedback_rate_limit_per_minute": 5,
             "llm_daily_token_budget": 10_000,
+            # Two questions of one user fit, not three (one reserves 1,300-1,700; the recorded
+            # replies settle it to 976).
+            "llm_daily_tokens_per_user": 3_000,
         }
     )
 
@@ -161,10 +164,12 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-def auth(token_issuer: TokenIssuer) -> Callable[[], dict[str, str]]:
-    """Authorization headers for a new user each call (rate limits are per user)."""
+def auth(token_issuer: TokenIssuer) -> Callable[..., dict[str, str]]:
+    """Authorization headers for a new user each call (rate limits and token shares are per
+    user), or for `user_id`."""
 
-    def headers(**claims: Any) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token_issuer.token(uuid.uuid4(), **claims)}"}
+    def headers(user_id: uuid.UUID | None = None, **claims: Any) -> dict[str, str]:
+        token = token_issuer.token(user_id or uuid.uuid4(), **claims)
+        return {"Authorization": f"Bearer {token}"}
 
     return headers

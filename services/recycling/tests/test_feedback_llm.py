@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from ecosort_recycling.main import create_app
 PREFIX = "/api/v1/recycling"
 # `model` (conftest): the local server replaying recordings; `model.requests` holds what the
 # service sent it.
-AuthHeaders = Callable[[], dict[str, str]]
+AuthHeaders = Callable[..., dict[str, str]]
 BATTERY_QUESTION = {"category": "battery", "item": "보조배터리", "question": "어떻게 버려요?"}
 # Model replies that were served as grounded answers before the check read destinations.
 AUDIT_REPLIES = json.loads(
@@ -39,6 +40,14 @@ def budget_key() -> str:
 
 async def spent(redis: Redis) -> int:
     return int(await redis.get(budget_key()) or 0)
+
+
+def share_key(user_id: uuid.UUID) -> str:
+    return f"recycling:llm-tokens:{datetime.now(UTC):%Y%m%d}:user:{user_id}"
+
+
+async def spent_by(redis: Redis, user_id: uuid.UUID) -> int:
+    return int(await redis.get(share_key(user_id)) or 0)
 
 
 def reserved_for(sent: dict[str, Any]) -> int:
@@ -191,13 +200,99 @@ async def test_concurrent_calls_cannot_spend_past_the_budget(
 
 async def test_reservations_are_atomic_and_settled(redis: Redis) -> None:
     await redis.set(budget_key(), 9_000)
-    reservations = await asyncio.gather(*(reserve_tokens(redis, 10_000, 600) for _ in range(5)))
+    reservations = await asyncio.gather(
+        *(
+            reserve_tokens(redis, uuid.uuid4(), 600, daily_budget=10_000, user_share=10_000)
+            for _ in range(5)
+        )
+    )
     granted = [reservation for reservation in reservations if reservation is not None]
     assert len(granted) == 1 and await spent(redis) == 9_600, "refused ones are handed back"
     await settle_tokens(redis, granted[0], 250)
     assert await spent(redis) == 9_250
     await settle_tokens(redis, granted[0], None)
     assert await spent(redis) == 9_250, "unknown usage keeps what was reserved"
+
+
+async def test_one_users_reservations_are_atomic_and_settled_from_their_share_too(
+    redis: Redis,
+) -> None:
+    user = uuid.uuid4()
+    reservations = await asyncio.gather(
+        *(reserve_tokens(redis, user, 600, daily_budget=10_000, user_share=1_000) for _ in range(5))
+    )
+    granted = [reservation for reservation in reservations if reservation is not None]
+    assert len(granted) == 1, "one share of 1,000 holds one reservation of 600"
+    assert await spent(redis) == await spent_by(redis, user) == 600, "refusals handed back"
+    assert 0 < await redis.ttl(share_key(user)) <= 2 * 86_400
+    await settle_tokens(redis, granted[0], 250)
+    assert await spent(redis) == await spent_by(redis, user) == 250
+    await settle_tokens(redis, granted[0], None)
+    assert await spent(redis) == await spent_by(redis, user) == 250
+
+
+async def test_a_user_past_their_share_gets_the_rules_while_others_get_the_model(
+    llm_client: AsyncClient, redis: Redis, auth: AuthHeaders, model: Any
+) -> None:
+    model.replay("chat_completion_good_battery.json")
+    heavy = uuid.uuid4()
+    questions = ["어떻게 버려요?", "어디에 버려요?", "주의할 점이 있나요?"]
+    answered = [
+        await ask(llm_client, auth(heavy), category="battery", item="보조배터리", question=q)
+        for q in questions[:2]
+    ]
+    assert [body["source"] for body in answered] == ["llm", "llm"]
+    assert await spent_by(redis, heavy) == 2 * 976
+    # llm_settings: 3,000 a user. The third question is the longest, so its reservation is
+    # larger than the second's: it does not fit in what is left.
+    assert reserved_for(model.requests[-1]) > 3_000 - 2 * 976
+    refused = await ask(
+        llm_client, auth(heavy), category="battery", item="보조배터리", question=questions[2]
+    )
+    assert refused["source"] == "rules" and refused["fallback_reason"] == "budget_exhausted"
+    assert "폐건전지 수거함" in refused["answer"]
+    assert len(model.requests) == 2
+    assert await spent_by(redis, heavy) == 2 * 976, "the refused reservation is handed back"
+    assert 0 < await redis.ttl(share_key(heavy)) <= 2 * 86_400
+    someone_else = await ask(
+        llm_client, auth(), category="battery", item="보조배터리", question=questions[2]
+    )
+    assert someone_else["source"] == "llm" and len(model.requests) == 3
+    assert await spent(redis) == 3 * 976
+
+
+async def test_one_users_concurrent_calls_cannot_spend_past_their_share(
+    llm_client: AsyncClient, redis: Redis, auth: AuthHeaders, model: Any
+) -> None:
+    model.replay("chat_completion_good_battery.json")
+    model.reply.delay_seconds = 0.2  # all five are in flight together
+    user = uuid.uuid4()
+    await redis.set(share_key(user), 1_000)  # llm_settings: 3,000 a user, 10,000 for all
+    bodies = await asyncio.gather(
+        *(ask(llm_client, auth(user), category="battery", question=f"동시 {n}") for n in range(5))
+    )
+    assert len(model.requests) == 1
+    assert 1_000 < reserved_for(model.requests[0]) <= 2_000, "one fits in what is left, not two"
+    reasons = [body["fallback_reason"] for body in bodies]
+    assert reasons.count(None) == 1 and reasons.count("budget_exhausted") == 4
+    assert await spent_by(redis, user) == 1_000 + 976 and await spent(redis) == 976
+
+
+async def test_refunds_and_settlements_reach_the_users_share_too(
+    llm_client: AsyncClient, redis: Redis, auth: AuthHeaders, model: Any
+) -> None:
+    user = uuid.uuid4()
+    model.respond(503, {"error": {"message": "overloaded", "type": "server_error"}})
+    body = await ask(llm_client, auth(user), category="battery", question="첫 질문")
+    assert body["fallback_reason"] == "error"
+    assert await spent(redis) == await spent_by(redis, user) == 0, "returned to both"
+    model.replay("chat_completion_good_battery.json")
+    await ask(llm_client, auth(user), **BATTERY_QUESTION)
+    assert await spent(redis) == await spent_by(redis, user) == 976, "settled in both"
+    model.replay("chat_completion_no_usage.json")
+    await ask(llm_client, auth(user), category="battery", question="두번째 질문")
+    kept = 976 + reserved_for(model.requests[-1])
+    assert await spent(redis) == await spent_by(redis, user) == kept, "unknown: kept in both"
 
 
 async def test_a_reply_without_usage_keeps_its_whole_reservation(

@@ -1,7 +1,8 @@
 """The Redis ACL users of redis_acl.py, loaded into a real Valkey (the embedded binary, on a free
 port): each service does what its code does in Redis, through that code (ecosort_common's
 revocation, subscription, rate limits, outbox relay and event consumer; waste's progress
-scripts, leases and Celery broker), and what it must not do is refused with NOPERM.
+scripts, leases and Celery broker; recycling's model-token budget), and what it must not do is
+refused with NOPERM.
 
 The whole stack runs with the same rules in tests/e2e; these tests say which rule failed.
 """
@@ -289,6 +290,21 @@ async def test_waste_reports_progress_and_holds_leases(acl_server: AclServer) ->
             pipe.llen(queue.QUEUE)
             pipe.zcount(queue.UNACKED_INDEX_KEY, 0, "+inf")
             assert await pipe.execute() == [0, 0]
+
+
+async def test_recycling_reserves_and_settles_model_tokens(acl_server: AclServer) -> None:
+    """The day's budget and the user's share of it, both in one transaction: recycling may run
+    no script."""
+    from ecosort_recycling.limits import reserve_tokens, settle_tokens
+
+    user = uuid.uuid4()
+    async with acl_server.service("recycling") as recycling:
+        limits = {"daily_budget": 10_000, "user_share": 1_000}
+        reservation = await reserve_tokens(recycling, user, 600, **limits)
+        assert reservation is not None
+        assert await reserve_tokens(recycling, user, 600, **limits) is None  # over the share
+        await settle_tokens(recycling, reservation, 250)
+        assert await recycling.mget(reservation.keys) == ["250", "250"]
 
 
 # How KEDA's Redis scaler reads a list's length (kedacore/keda, pkg/scalers/redis_scaler.go):

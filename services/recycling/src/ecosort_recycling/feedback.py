@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import re
+import uuid
 from typing import TYPE_CHECKING
 
 import structlog
@@ -172,6 +173,7 @@ def cache_key(catalog: Catalog, model: str, request: FeedbackIn) -> str:
 async def answer_feedback(
     request: FeedbackIn,
     *,
+    user_id: uuid.UUID,
     catalog: Catalog,
     redis: Redis,
     settings: Settings,
@@ -191,9 +193,15 @@ async def answer_feedback(
         # no answer could pass the check, so the call would be paid for nothing.
         return rules.model_copy(update={"fallback_reason": "off_topic"})
     reservation = await reserve_tokens(
-        redis, settings.llm_daily_token_budget, model.tokens_needed(grounding)
+        redis,
+        user_id,
+        model.tokens_needed(grounding),
+        daily_budget=settings.llm_daily_token_budget,
+        user_share=settings.llm_daily_tokens_per_user,
     )
     if reservation is None:
+        # The day's budget or this user's share of it: the same answer, since either way the
+        # person gets the model's again tomorrow and not before.
         return rules.model_copy(update={"fallback_reason": "budget_exhausted"})
     call = Call()
     # What to settle the reservation to; None (unknown) keeps it all, as for a timeout.

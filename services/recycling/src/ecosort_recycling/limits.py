@@ -1,24 +1,32 @@
-"""The daily model-token budget, in Redis so every replica spends from the same one. (The
-per-user request rate is ecosort_common.ratelimit, in the feedback route.)
+"""The daily model-token budget, in Redis so every replica spends from the same one, and each
+user's share of it, so that one person (or a stolen token) cannot spend the day's budget for
+everyone within the request rate limit (ecosort_common.ratelimit, in the feedback route).
 
-A call reserves the most it can cost before it is made, in one INCRBY, so that concurrent calls
-cannot all pass a "still under budget" check and then overspend together; the reservation is
-settled to what the server reports once that is known."""
+A call reserves the most it can cost before it is made, from both counters in one transaction
+(MULTI: INCRBY each), so that concurrent calls cannot all pass a "still under budget" check and
+then overspend either together; the reservation is settled to what the server reports once
+that is known. Not a Lua script that checks before it adds: the recycling Redis user may not
+run scripts (tools/devstack redis_acl.py)."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
 BUDGET_KEY = "recycling:llm-tokens:{day}"
+SHARE_KEY = "recycling:llm-tokens:{day}:user:{user_id}"
+# Past the day, so a settlement just after midnight still finds its day's counters.
+KEY_TTL_SECONDS = 2 * 86_400
 
 
 @dataclass(frozen=True)
 class Reservation:
-    # The day's key at reservation time: a call that ends after midnight settles that day.
-    key: str
+    # The day's keys at reservation time, the budget's and the user's share's: a call that
+    # ends after midnight settles that day.
+    keys: tuple[str, str]
     tokens: int
 
 
@@ -30,23 +38,24 @@ class Call:
     sent: bool = False
 
 
-def _budget_key() -> str:
-    return BUDGET_KEY.format(day=datetime.now(UTC).strftime("%Y%m%d"))
-
-
-async def reserve_tokens(redis: Redis, daily_budget: int, tokens: int) -> Reservation | None:
-    """Reserve `tokens` of today's budget, or None (nothing reserved) when they do not fit."""
-    key = _budget_key()
+async def reserve_tokens(
+    redis: Redis, user_id: uuid.UUID, tokens: int, *, daily_budget: int, user_share: int
+) -> Reservation | None:
+    """Reserve `tokens` of today's budget and of the user's share of it, or None (nothing
+    reserved) when they do not fit in either."""
+    day = datetime.now(UTC).strftime("%Y%m%d")
+    keys = (BUDGET_KEY.format(day=day), SHARE_KEY.format(day=day, user_id=user_id))
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.incrby(key, tokens)
-        pipe.expire(key, 2 * 86_400)
-        spent, _ = await pipe.execute()
-    if int(spent) > daily_budget:
-        # While this is handed back, a concurrent call may see the total over budget and be
+        for key in keys:
+            pipe.incrby(key, tokens)
+            pipe.expire(key, KEY_TTL_SECONDS)
+        spent, _, spent_by_user, _ = await pipe.execute()
+    if int(spent) > daily_budget or int(spent_by_user) > user_share:
+        # While this is handed back, a concurrent call may see a total over its limit and be
         # refused too: a refusal too many, never a token too many.
-        await redis.decrby(key, tokens)
+        await _add(redis, keys, -tokens)
         return None
-    return Reservation(key, tokens)
+    return Reservation(keys, tokens)
 
 
 async def settle_tokens(redis: Redis, reservation: Reservation, used: int | None) -> None:
@@ -54,4 +63,12 @@ async def settle_tokens(redis: Redis, reservation: Reservation, used: int | None
     without usage) keeps all of it spent, since the server may well have spent it."""
     if used is None or used == reservation.tokens:
         return
-    await redis.incrby(reservation.key, used - reservation.tokens)
+    await _add(redis, reservation.keys, used - reservation.tokens)
+
+
+async def _add(redis: Redis, keys: tuple[str, str], tokens: int) -> None:
+    # One transaction: one round trip, and no one sees one counter corrected without the other.
+    async with redis.pipeline(transaction=True) as pipe:
+        for key in keys:
+            pipe.incrby(key, tokens)
+        await pipe.execute()

@@ -40,6 +40,7 @@ async def post_feedback(
     await limiter.hit("feedback", str(principal.user_id), settings.feedback_rate_limit_per_minute)
     return await answer_feedback(
         body,
+        user_id=principal.user_id,
         catalog=catalog,
         redis=redis,
         settings=settings,
