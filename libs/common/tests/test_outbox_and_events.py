@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from unittest.mock import AsyncMock
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,11 +15,12 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Delete, NullPool, create_engine, func, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from ecosort_common import aio
+from ecosort_common import events as events_module
 from ecosort_common import outbox as outbox_module
 from ecosort_common import redis as redis_module
 from ecosort_common.app import create_service_app
@@ -37,7 +39,7 @@ from ecosort_common.outbox import (
     unread_floor,
 )
 from ecosort_common.settings import ServiceSettings
-from ecosort_common.testing import silencing_proxy
+from ecosort_common.testing import silencing_proxy, temporary_database
 
 from .conftest import notes, outbox, processed_events
 
@@ -370,6 +372,45 @@ async def test_records_of_processed_events_go_after_their_retention(app: FastAPI
     async with app.state.sessionmaker() as session:
         left = set((await session.execute(select(processed_events.c.event_id))).scalars())
     assert recent in left and old not in left
+
+
+async def test_records_of_processed_events_are_pruned_by_their_primary_key(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of old records is looked up by event id: not joined to a scan of the whole table,
+    which the planner chose for `IN (...)` (41 ms a batch at 300k records)."""
+    batches: list[Delete] = []
+
+    async def kept(sessionmaker: object, batch: Delete) -> int:
+        batches.append(batch)
+        return 0
+
+    monkeypatch.setattr(events_module, "delete_in_batches", kept)
+    await _consumer(app, "pruner", "p").prune()
+    with temporary_database("prune_plan") as url:
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.begin() as conn:
+                processed_events.create(conn)
+                conn.exec_driver_sql(
+                    "INSERT INTO processed_events SELECT md5(n::text), 'note.added', "
+                    "now() - interval '40 days' FROM generate_series(1, 20000) n"
+                )
+                conn.exec_driver_sql("ANALYZE processed_events")
+                compiled = batches[0].compile(engine)
+                plan = conn.exec_driver_sql(
+                    f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params
+                ).scalar_one()[0]["Plan"]
+        finally:
+            engine.dispose()
+    assert "pk_processed_events" in _indexes_in(plan)
+
+
+def _indexes_in(plan: dict[str, Any]) -> set[str]:
+    found = {plan["Index Name"]} if "Index Name" in plan else set()
+    for child in plan.get("Plans", []):
+        found |= _indexes_in(child)
+    return found
 
 
 @pytest.mark.parametrize("store", ["redis", "postgresql"])
