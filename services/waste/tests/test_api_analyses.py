@@ -20,7 +20,7 @@ from ecosort_waste import crud, images
 from ecosort_waste.api.routes.analyses import poll_analysis
 from ecosort_waste.api.routes.events import stream_events
 from ecosort_waste.models import Analysis, Correction, outbox
-from ecosort_waste.progress import publish_event
+from ecosort_waste.progress import events_key, publish_event, publish_requeued, state_key
 
 from .conftest import Gate, stored_images
 
@@ -378,6 +378,36 @@ async def test_status_shows_live_progress_then_the_result(
     assert (done["status"], done["progress"], done["result"]) == ("completed", 100, result)
     listed = (await client.get(f"{API}/analyses", headers=user.headers)).json()["items"][0]
     assert (listed["id"], listed["category"], listed["confidence"]) == (analysis_id, "can", 0.97)
+
+
+async def test_status_follows_a_requeue_after_redis_lost_the_progress(
+    app: FastAPI, client: AsyncClient, user: User, enqueued: list[uuid.UUID]
+) -> None:
+    """Polled at the guide stage, then Redis lost the analysis's hash and the reaper re-queued
+    it: the poll says queued, not the lost run's stage, which this process had kept."""
+    redis = app.state.redis
+    analysis_id = (await upload(client, user, jpeg(9))).json()["id"]
+    for stage, value in [("load", 5), ("classify", 20), ("guide", 70)]:
+        data = {"status": "processing", "stage": stage, "progress": value}
+        await publish_event(redis, analysis_id, "progress", data, attempt=1)
+    live = (await client.get(f"{API}/analyses/{analysis_id}", headers=user.headers)).json()
+    assert (live["status"], live["stage"], live["progress"]) == ("processing", "guide", 70)
+
+    await redis.delete(state_key(analysis_id), events_key(analysis_id))
+    async with app.state.sessionmaker() as session:
+        await session.execute(
+            update(Analysis)
+            .where(Analysis.id == uuid.UUID(analysis_id))
+            .values(status="queued", stage=None, progress=0, attempts=1)
+        )
+        await session.commit()
+    await publish_requeued(redis, analysis_id, next_attempt=2)
+    for _ in range(100):
+        live = (await client.get(f"{API}/analyses/{analysis_id}", headers=user.headers)).json()
+        if live["status"] == "queued":
+            break
+        await asyncio.sleep(0.02)
+    assert (live["status"], live["stage"], live["progress"]) == ("queued", None, 0)
 
 
 async def test_feedback_stores_a_correction_with_a_valid_code(

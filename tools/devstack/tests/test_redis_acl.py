@@ -267,7 +267,7 @@ async def test_waste_reports_progress_and_holds_leases(acl_server: AclServer) ->
     async with acl_server.service("waste") as waste:
         listener = waste.pubsub()
         await listener.subscribe(progress.PROGRESS_CHANNEL)
-        # EVAL of the progress script: HSET, HINCRBY, XADD, EXPIRE and PUBLISH inside.
+        # EVAL of the progress script: HGET, HSET, XADD, EXPIRE and PUBLISH inside.
         data = {"status": "processing", "stage": "load", "progress": 10}
         assert await progress.publish_event(waste, analysis, "progress", data, attempt=1) == 1
         async with asyncio.timeout(5):

@@ -179,7 +179,13 @@ async def run_analysis(deps: PipelineDeps, analysis_id: uuid.UUID) -> Outcome:
         await cancel_and_wait(renewal)
         await _release_lease(deps, claim)
     await progress.publish_final(
-        deps.redis, analysis_id, status="completed", stage="save", progress=100, result=result
+        deps.redis,
+        analysis_id,
+        status="completed",
+        stage="save",
+        progress=100,
+        attempt=claim.attempt,
+        result=result,
     )
     return "completed"
 
@@ -417,7 +423,7 @@ async def fail(
                     completed_at=failed_at,
                     updated_at=failed_at,
                 )
-                .returning(analyses.c.stage, analyses.c.progress)
+                .returning(analyses.c.stage, analyses.c.progress, analyses.c.attempts)
             )
         ).first()
     if row is None:
@@ -429,6 +435,7 @@ async def fail(
         status="failed",
         stage=row.stage,
         progress=row.progress,
+        attempt=row.attempts,
         error=reason,
     )
     return True
@@ -463,6 +470,7 @@ async def _republish_final_state(deps: PipelineDeps, analysis_id: uuid.UUID) -> 
                     analyses.c.progress,
                     analyses.c.result,
                     analyses.c.error,
+                    analyses.c.attempts,
                 ).where(analyses.c.id == analysis_id)
             )
         ).first()
@@ -479,6 +487,7 @@ async def _republish_final_state(deps: PipelineDeps, analysis_id: uuid.UUID) -> 
         status=row.status,
         stage=row.stage,
         progress=row.progress,
+        attempt=row.attempts,
         result=row.result,
         error=row.error,
     )

@@ -2,7 +2,9 @@
 
 For each analysis:
 - a hash `waste:analysis:<id>` with the latest status, stage, progress and seq, and the
-  attempt (run) whose events it still takes;
+  attempt (run) whose events it still takes; an event's seq is never below its place in the
+  analysis (`least_seq`, from the database's attempt count), so that ids keep rising when
+  Redis loses the hash;
 - an event log, the capped Redis Stream `waste:analysis:<id>:events`, whose entries are
   {seq, event, data} so that an SSE client reconnecting with Last-Event-ID can catch up;
 - every event is also PUBLISHed on the one channel `waste:progress` as JSON
@@ -21,6 +23,8 @@ from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 
+from ecosort_waste.models import ANALYSIS_STAGES
+
 PROGRESS_CHANNEL = "waste:progress"
 EVENT_LOG_MAXLEN = 200
 # Long enough for a client to come back to a finished analysis, short enough to clean up.
@@ -29,17 +33,28 @@ PROGRESS_TTL_SECONDS = 24 * 3600
 TERMINAL_EVENTS: frozenset[str] = frozenset({"completed", "failed"})
 # Fields of an event's data mirrored into the state hash.
 _STATE_FIELDS = ("status", "stage", "progress")
+# Run `a` (the database's `attempts`) takes seqs from (a - 1) * SEQS_PER_RUN: step 0 is the
+# hand-over to it (queued again), then its stages, then its final event, so a first run that
+# completes has 1 to 5, as a counter would give. The steps leave room for an event published
+# out of step (a run given up on, heard again once Redis lost the hash that refused it), which
+# takes the next seq instead.
+SEQS_PER_RUN = 10
+_FINAL_STEP = len(ANALYSIS_STAGES) + 1
 
 # One atomic step: bump seq, update the state hash, append to the log, publish.
 # Atomic so two writers can never hand out the same seq or publish out of order.
+# The seq is the last one + 1, or the event's place if that is higher: once Redis has lost the
+# hash (a restart without persistence, an eviction, its expiry mid-run), a counter would start
+# again at 1, below the ids watchers hold, and they would take what follows, the final event
+# included, for events they have seen.
 # Nothing is published once the hash holds a final status (a run that lost the analysis to
 # another may still be reporting stages), nor for a run older than the hash's `attempt`, nor a
 # hand-over (re-queue) to a run that is already reporting; the script then answers the latest
 # seq instead. An empty value removes the field (no stage).
 # KEYS: state hash, event stream. ARGV: analysis id, event, data JSON, ttl, maxlen, the run's
-# attempt (empty: none), "1" if the event hands over to that run, then field/value pairs for
-# the hash. The published JSON is assembled here because `data` is already JSON text; the id is
-# a UUID and the event a fixed word, so nothing needs escaping.
+# attempt (empty: none), "1" if the event hands over to that run, the event's least seq, then
+# field/value pairs for the hash. The published JSON is assembled here because `data` is
+# already JSON text; the id is a UUID and the event a fixed word, so nothing needs escaping.
 _PUBLISH_SCRIPT = (
     """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -54,8 +69,9 @@ if ARGV[6] ~= '' then
   end
   redis.call('HSET', KEYS[1], 'attempt', ARGV[6])
 end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-for i = 8, #ARGV, 2 do
+local seq = math.max(tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1, tonumber(ARGV[8]))
+redis.call('HSET', KEYS[1], 'seq', seq)
+for i = 9, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', KEYS[1], ARGV[i])
   else
@@ -100,9 +116,11 @@ async def publish_event(
     hands_over: bool = False,
 ) -> int:
     """Record and broadcast one event; returns its seq (the SSE `id:`). `attempt` is the run
-    reporting: an older run than the latest is not heard. With `hands_over`, the event passes
-    the analysis to run `attempt`, which must not be reporting yet. Refused (see the script),
-    it returns the latest event's seq, which after a final event is the final event's."""
+    reporting: an older run than the latest is not heard, and the event's seq is at least its
+    place in that run (`least_seq`); without one, the seq is the next. With `hands_over`, the
+    event passes the analysis to run `attempt`, which must not be reporting yet. Refused (see
+    the script), it returns the latest event's seq, which after a final event is the final
+    event's."""
     analysis_id = str(uuid.UUID(str(analysis_id)))  # refuse anything but a UUID in the script
     if event not in ("progress", *TERMINAL_EVENTS):
         raise ValueError(f"unknown progress event {event!r}")
@@ -122,6 +140,7 @@ async def publish_event(
             str(EVENT_LOG_MAXLEN),
             "" if attempt is None else str(attempt),
             "1" if hands_over else "",
+            str(least_seq(attempt, event, data)),
             *hash_fields,
         ),
     )
@@ -135,13 +154,15 @@ async def publish_final(
     status: Literal["completed", "failed"],
     stage: str | None,
     progress: int,
+    attempt: int,
     result: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> int:
-    """The terminal event. Whoever sends it (the pipeline, the reaper, a repair after a crash),
-    its data has the same keys as the status read: the app reads one shape."""
+    """The terminal event of run `attempt` (the analysis's `attempts` as it ended). Whoever
+    sends it (the pipeline, the reaper, a repair after a crash), its data has the same keys as
+    the status read: the app reads one shape."""
     data = final_data(status=status, stage=stage, progress=progress, result=result, error=error)
-    return await publish_event(redis, analysis_id, status, data)
+    return await publish_event(redis, analysis_id, status, data, attempt=attempt)
 
 
 async def publish_requeued(redis: Redis, analysis_id: uuid.UUID | str, *, next_attempt: int) -> int:
@@ -156,6 +177,21 @@ async def publish_requeued(redis: Redis, analysis_id: uuid.UUID | str, *, next_a
         attempt=next_attempt,
         hands_over=True,
     )
+
+
+def least_seq(attempt: int | None, event: str, data: dict[str, Any]) -> int:
+    """The lowest seq an event of run `attempt` may take: its place in the analysis, above
+    every earlier step's, so that it is above any id handed out before it even when Redis lost
+    the analysis's hash (see SEQS_PER_RUN). 0 for an event of no run."""
+    if attempt is None:
+        return 0
+    if event in TERMINAL_EVENTS:
+        step = _FINAL_STEP
+    elif data.get("stage") in ANALYSIS_STAGES:
+        step = ANALYSIS_STAGES.index(data["stage"]) + 1
+    else:
+        step = 0  # the hand-over: queued again, no stage
+    return (attempt - 1) * SEQS_PER_RUN + step
 
 
 def final_data(

@@ -115,7 +115,7 @@ async def _reap_stuck(
 ) -> None:
     now = datetime.now(UTC)
     cutoff = now - timedelta(seconds=deadline_seconds)
-    failures: dict[uuid.UUID, tuple[str | None, int]] = {}
+    failures: dict[uuid.UUID, tuple[str | None, int, int]] = {}
     next_attempts: dict[uuid.UUID, int] = {}
     async with sessionmaker() as session, session.begin():
         stuck = (
@@ -146,7 +146,7 @@ async def _reap_stuck(
                     "error": DID_NOT_FINISH,
                     "completed_at": now,
                 }
-                failures[row.id] = (stage, reached)
+                failures[row.id] = (stage, reached, row.attempts)
                 report.failed.append(row.id)
             log.warning(
                 "reaper.stuck",
@@ -164,7 +164,7 @@ async def _reap_stuck(
     # once committed, nothing picks a failure up again, so one error (the broker down) must not
     # keep the others from their final event. A re-queue left unsent is `queued` with no
     # message, which `_resend_unsent` sends later.
-    for analysis_id, (stage, reached) in failures.items():
+    for analysis_id, (stage, reached, attempt) in failures.items():
         try:
             await progress.publish_final(
                 redis,
@@ -172,6 +172,7 @@ async def _reap_stuck(
                 status="failed",
                 stage=stage,
                 progress=reached,
+                attempt=attempt,
                 error=DID_NOT_FINISH,
             )
         except Exception as exc:

@@ -5,7 +5,8 @@ the analysis's event log (see ``progress.py``). ``ProgressHub`` listens on the p
 subscription (ecosort_common.subscription) and hands each message to the mailboxes of the
 clients watching that analysis.
 A client first replays the log after its Last-Event-ID, then follows live messages; a gap in
-seq (a dropped message, a Redis reconnect) is filled from the log, so no event is lost.
+seq (a dropped message, a Redis reconnect, or seqs skipping ahead at a re-queue or an early end:
+progress.SEQS_PER_RUN) is filled from the log, so no event is lost.
 Memory per open stream is what limits a process (5,000 streams in 300 MB): hence a mailbox
 rather than a queue, one generator, and ``ProgressResponse``'s single task per stream.
 """

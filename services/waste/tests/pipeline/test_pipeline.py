@@ -132,12 +132,14 @@ async def test_a_lost_final_event_is_published_by_a_duplicate_delivery(
 ) -> None:
     analysis = await new_analysis(deps)
     await pipeline.run_analysis(deps, analysis.id)
+    *_, lost = await progress.read_events(deps.redis, analysis.id)
     await deps.redis.delete(progress.state_key(analysis.id), progress.events_key(analysis.id))
 
     assert await pipeline.run_analysis(deps, analysis.id) == "skipped"
 
     (event,) = await progress.read_events(deps.redis, analysis.id)
     assert event.event == "completed" and event.data["result"]["category"] == "can"
+    assert event.seq == lost.seq  # a client that saw the lost one is told to stop
 
 
 async def test_recycling_down_still_completes_without_guidance(
@@ -213,6 +215,65 @@ async def test_provider_errors_are_retried_then_fail_with_a_user_safe_reason(
     assert (last.data["stage"], last.data["progress"]) == (row.stage, row.progress)
     assert (row.stage, row.progress) == ("classify", pipeline.STAGE_PROGRESS["classify"])
     assert await completed_events(deps, analysis.id) == []
+
+
+async def test_event_ids_go_on_after_redis_lost_the_progress(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    third_parties: FakeThirdParties,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis loses the analysis's hash and log (a restart without persistence, an eviction)
+    between two runs, then between the second's commit and its final event: every id handed out
+    after a loss is above the ones before it, which watchers have seen and resume after."""
+    third_parties.openai_responses = [(503, {"error": {"message": "overloaded"}})]
+    settings.analysis_max_attempts = 2
+    registry = registry_from_settings(settings, local_loader=BrokenLocal)
+    deps = make_deps(settings, sessionmaker, redis, registry)
+    analysis = await new_analysis(deps)
+    keys = (progress.state_key(analysis.id), progress.events_key(analysis.id))
+
+    async def ids() -> list[int]:
+        return [event.seq for event in await progress.read_events(redis, analysis.id)]
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "retry"
+    first_run = await ids()
+    await redis.delete(*keys)
+    third_parties.openai_responses = []  # the provider is back
+    save = pipeline._save
+    second_run: list[int] = []
+
+    async def redis_restarts_after_the_commit(
+        deps: pipeline.PipelineDeps, claim: pipeline.Claim, result: dict[str, Any]
+    ) -> None:
+        await save(deps, claim, result)
+        second_run.extend(await ids())
+        await redis.delete(*keys)
+
+    monkeypatch.setattr(pipeline, "_save", redis_restarts_after_the_commit)
+    assert await pipeline.run_analysis(deps, analysis.id) == "completed"
+
+    assert first_run == [1, 2, 10]  # load, classify, then queued for the second run
+    assert second_run == [11, 12, 13, 14]  # its stages
+    assert await ids() == [15]  # its end
+
+
+async def test_a_failure_after_redis_lost_the_progress_follows_the_lost_ids(
+    deps: pipeline.PipelineDeps,
+) -> None:
+    # The photo killed its worker on every run, and Redis restarted after the last one's stage.
+    analysis = await new_analysis(deps, attempts=deps.max_attempts, status="processing")
+    save = {"status": "processing", "stage": "save", "progress": 90}
+    seen = await progress.publish_event(
+        deps.redis, analysis.id, "progress", save, attempt=deps.max_attempts
+    )
+    await deps.redis.delete(progress.state_key(analysis.id), progress.events_key(analysis.id))
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "failed"
+
+    (failed,) = await progress.read_events(deps.redis, analysis.id)
+    assert failed.event == "failed" and failed.seq > seen
 
 
 async def test_a_store_failing_mid_run_leaves_the_analysis_queued_not_processing(

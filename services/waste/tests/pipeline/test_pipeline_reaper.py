@@ -191,6 +191,37 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
     assert {retryable, exhausted}.isdisjoint(report.requeued + report.failed + enqueued)
 
 
+async def test_what_the_reaper_publishes_after_redis_lost_the_progress_follows_the_lost_ids(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
+) -> None:
+    """The lost runs reported their stages, then Redis lost the analyses' hashes and logs (a
+    restart without persistence): the re-queue and the failure the reaper publishes get ids
+    above the ones watchers saw, as the next run and the failure stand after them."""
+    long_ago = datetime.now(UTC) - timedelta(seconds=DEADLINE * 2)
+    stuck = {"status": "processing", "stage": "load", "started_at": long_ago}
+    retryable = await add(sessionmaker, age_seconds=DEADLINE * 2, attempts=1, **stuck)
+    exhausted = await add(sessionmaker, age_seconds=DEADLINE * 2, attempts=MAX_ATTEMPTS, **stuck)
+    seen: dict[uuid.UUID, int] = {}
+    for analysis_id, attempt in ((retryable, 1), (exhausted, MAX_ATTEMPTS)):
+        for stage, reached in [("load", 5), ("classify", 20), ("guide", 70)]:
+            data = {"status": "processing", "stage": stage, "progress": reached}
+            seen[analysis_id] = await progress.publish_event(
+                redis, analysis_id, "progress", data, attempt=attempt
+            )
+        await redis.delete(progress.state_key(analysis_id), progress.events_key(analysis_id))
+
+    report, _ = await reap(sessionmaker, redis, broker, celery_list)
+
+    assert (report.requeued, report.failed) == ([retryable], [exhausted])
+    (requeued,) = await progress.read_events(redis, retryable)
+    (failed,) = await progress.read_events(redis, exhausted)
+    assert (requeued.data["status"], failed.event) == ("queued", "failed")
+    assert requeued.seq > seen[retryable] and failed.seq > seen[exhausted]
+
+
 async def test_queued_analyses_without_a_message_are_enqueued_again_well_before_the_deadline(
     sessionmaker: async_sessionmaker[AsyncSession],
     redis: Redis,

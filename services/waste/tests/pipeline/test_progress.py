@@ -92,17 +92,17 @@ async def test_nothing_is_published_after_the_final_event(redis: Redis) -> None:
     stage = {"status": "processing", "stage": "load", "progress": 5}
     await progress.publish_event(redis, analysis_id, "progress", stage, attempt=1)
     final = await progress.publish_final(
-        redis, analysis_id, status="completed", stage="save", progress=100, result={}
+        redis, analysis_id, status="completed", stage="save", progress=100, attempt=1, result={}
     )
     late = {"status": "processing", "stage": "guide", "progress": 70}
     late_seq = await progress.publish_event(redis, analysis_id, "progress", late, attempt=2)
     repeated = await progress.publish_final(
-        redis, analysis_id, status="completed", stage="save", progress=100, result={}
+        redis, analysis_id, status="completed", stage="save", progress=100, attempt=1, result={}
     )
 
-    assert final == late_seq == repeated == 2  # the final event's seq, for a reconnection
+    assert final == late_seq == repeated == 5  # the final event's seq, for a reconnection
     assert (await progress.read_state(redis, analysis_id))["status"] == "completed"
-    assert [e.seq for e in await progress.read_events(redis, analysis_id)] == [1, 2]
+    assert [e.seq for e in await progress.read_events(redis, analysis_id)] == [1, 5]
 
 
 async def test_a_run_given_up_on_is_not_heard_and_its_stage_is_gone(redis: Redis) -> None:
@@ -112,15 +112,44 @@ async def test_a_run_given_up_on_is_not_heard_and_its_stage_is_gone(redis: Redis
     await progress.publish_requeued(redis, analysis_id, next_attempt=2)
 
     state = await progress.read_state(redis, analysis_id)
-    assert state == {"status": "queued", "progress": "0", "seq": "2", "attempt": "2"}
-    assert await progress.publish_event(redis, analysis_id, "progress", lost, attempt=1) == 2
+    assert state == {"status": "queued", "progress": "0", "seq": "10", "attempt": "2"}
+    assert await progress.publish_event(redis, analysis_id, "progress", lost, attempt=1) == 10
     claimed = {"status": "processing", "stage": "load", "progress": 5}
-    assert await progress.publish_event(redis, analysis_id, "progress", claimed, attempt=2) == 3
+    assert await progress.publish_event(redis, analysis_id, "progress", claimed, attempt=2) == 11
     events = await progress.read_events(redis, analysis_id)
-    assert [(e.seq, e.data["stage"]) for e in events] == [(1, "guide"), (2, None), (3, "load")]
+    assert [(e.seq, e.data["stage"]) for e in events] == [(3, "guide"), (10, None), (11, "load")]
     # A re-queue that comes late, after the run it hands over to has started, is not heard.
-    assert await progress.publish_requeued(redis, analysis_id, next_attempt=2) == 3
+    assert await progress.publish_requeued(redis, analysis_id, next_attempt=2) == 11
     assert (await progress.read_state(redis, analysis_id))["status"] == "processing"
+
+
+async def test_ids_never_go_backwards_when_redis_loses_the_analysis(redis: Redis) -> None:
+    """An id is the event's place in the analysis, from the run's attempt (the database's) and
+    its step, so the ids after a lost hash and log (a restart without persistence, an eviction)
+    go on above those handed out before, which watchers hold as their Last-Event-ID."""
+    analysis_id = uuid.uuid4()
+
+    def stage(name: str, value: int) -> dict[str, Any]:
+        return {"status": "processing", "stage": name, "progress": value}
+
+    async def lose_it() -> None:
+        await redis.delete(progress.state_key(analysis_id), progress.events_key(analysis_id))
+
+    load, classify = stage("load", 5), stage("classify", 20)
+    assert await progress.publish_event(redis, analysis_id, "progress", load, attempt=1) == 1
+    assert await progress.publish_event(redis, analysis_id, "progress", classify, attempt=1) == 2
+    await lose_it()  # mid-run
+    guide = stage("guide", 70)
+    assert await progress.publish_event(redis, analysis_id, "progress", guide, attempt=1) == 3
+    await lose_it()  # between runs
+    assert await progress.publish_requeued(redis, analysis_id, next_attempt=2) == 10
+    assert await progress.publish_event(redis, analysis_id, "progress", load, attempt=2) == 11
+    await lose_it()  # before the end
+    final = await progress.publish_final(
+        redis, analysis_id, status="failed", stage="load", progress=5, error="x", attempt=2
+    )
+    assert final == 15
+    assert [e.seq for e in await progress.read_events(redis, analysis_id)] == [15]
 
 
 def test_a_hub_keeps_the_state_as_the_hash_has_it() -> None:

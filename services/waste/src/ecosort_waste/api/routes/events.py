@@ -42,8 +42,9 @@ async def stream_events(request: Request) -> Response:
         live = await read_state(redis, analysis_id)
         seq = int(live.get("seq", 0))
         if after_seq > seq:
-            # An id past the log's last one was given by a log since lost (Redis restarted, the
-            # entries expired): the client has seen none of this log's events.
+            # An id past the last seq was handed out before Redis lost the hash and log (a
+            # restart, an eviction, their expiry): the client has seen none of this log's
+            # events. (Those of the runs that go on come above its id: progress.least_seq.)
             after_seq = 0
         elif after_seq == seq and live.get("status") in FINAL_STATUSES:
             # An EventSource reconnects after every close; 204 is the SSE way to say "stop".
@@ -66,7 +67,9 @@ async def stream_events(request: Request) -> Response:
             result=analysis.result,
             error=analysis.error,
         )
-        seq = await publish_event(redis, analysis_id, analysis.status, data)
+        seq = await publish_event(
+            redis, analysis_id, analysis.status, data, attempt=analysis.attempts
+        )
         return ProgressEvent(seq=seq, event=analysis.status, data=data)
 
     return ProgressResponse(
