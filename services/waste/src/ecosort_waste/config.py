@@ -62,7 +62,8 @@ class Settings(ServiceSettings):
     guidance_cache_seconds: float = Field(default=300.0, ge=0)
     guidance_down_cooldown_seconds: float = Field(default=5.0, ge=0)
     # Remote providers; a failing one falls back to the local model, and so does one that has
-    # not answered, retries included, within the deadline (the person is waiting).
+    # not answered, retries included, within the deadline (the person is waiting). The deadline
+    # is the call's whole budget: no attempt or retry of it starts past it (CallBudget).
     remote_min_confidence: float = Field(default=0.5, ge=0, le=1)
     remote_classifier_deadline_seconds: float = Field(default=30.0, gt=0)
     openai_api_key: str = ""

@@ -1,12 +1,13 @@
 """Fixtures of the pipeline's tests: a Redis database of their own, a throw-away PostgreSQL
 database with the waste migrations, and a local HTTP server replaying recorded answers of the
-third parties (OpenAI) and standing in for the recycling service."""
+third parties (OpenAI, Roboflow) and standing in for the recycling service."""
 
 from __future__ import annotations
 
 import io
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,34 +74,40 @@ class RawReply:
 @dataclass
 class FakeThirdParties:
     """One local HTTP server: `POST /v1/chat/completions` answers like OpenAI (from recordings),
-    `GET /api/v1/recycling/categories/{code}` like recycling. Tests steer it:
-    `openai_responses` is a queue of (status, JSON body or RawReply) answers (the last one
-    repeats), `hang_openai` holds OpenAI
-    calls until released, `recycling_down` answers 503."""
+    `POST /roboflow/{project}/{version}` like Roboflow's hosted inference (`roboflow_url` is its
+    base URL), `GET /api/v1/recycling/categories/{code}` like recycling. Tests steer it:
+    `openai_responses` and `roboflow_responses` are queues of (status, JSON body or RawReply)
+    answers (the last one repeats), `hang_openai` holds OpenAI calls until released,
+    `provider_delay_seconds` delays every OpenAI and Roboflow answer, `recycling_down` answers
+    503."""
 
     port: int = field(default_factory=free_port)
     requests: list[RecordedRequest] = field(default_factory=list)
     openai_responses: list[tuple[int, Any]] = field(default_factory=list)
+    roboflow_responses: list[tuple[int, Any]] = field(default_factory=list)
     hang_openai: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    provider_delay_seconds: float = 0.0
     recycling_down: bool = False
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def roboflow_url(self) -> str:
+        return f"{self.url}/roboflow"
+
     def respond(self, request: RecordedRequest) -> tuple[int, Any]:
         self.requests.append(request)
         if request.path.startswith("/v1/chat/completions"):
             if self.hang_openai.is_set():
                 self.release.wait(timeout=60)
-            if not self.openai_responses:
-                return 200, recording("openai_chat_completion_can.json")
-            return (
-                self.openai_responses.pop(0)
-                if len(self.openai_responses) > 1
-                else self.openai_responses[0]
-            )
+            time.sleep(self.provider_delay_seconds)
+            return next_reply(self.openai_responses, recording("openai_chat_completion_can.json"))
+        if request.path.startswith("/roboflow/"):
+            time.sleep(self.provider_delay_seconds)
+            return next_reply(self.roboflow_responses, recording("roboflow_detection_can.json"))
         if request.path.startswith("/api/v1/recycling/categories/"):
             if self.recycling_down:
                 return 503, {"title": "Service Unavailable"}
@@ -112,9 +119,25 @@ class FakeThirdParties:
             json.loads(r.body) for r in self.requests if r.path.startswith("/v1/chat/completions")
         ]
 
+    def provider_requests(self) -> list[RecordedRequest]:
+        """The requests that reached OpenAI or Roboflow: each one billed."""
+        return [
+            r for r in self.requests if r.path.startswith(("/v1/chat/completions", "/roboflow/"))
+        ]
+
+
+def next_reply(replies: list[tuple[int, Any]], recorded: Any) -> tuple[int, Any]:
+    """The queue's next answer, its last one repeating; a 200 with `recorded` when it is empty."""
+    if not replies:
+        return 200, recorded
+    return replies.pop(0) if len(replies) > 1 else replies[0]
+
 
 def serve(fake: FakeThirdParties) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
+        # Keeps connections open, as the real services do: a client reusing one can send at once.
+        protocol_version = "HTTP/1.1"
+
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             request = RecordedRequest(

@@ -23,6 +23,7 @@ from ecosort_waste.api.schemas import AnalysisResult
 from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.openai_provider import create_openai_classifier
 from ecosort_waste.classifier.registry import ClassifierRegistry, registry_from_settings
+from ecosort_waste.classifier.remote import CallBudget
 from ecosort_waste.config import Settings
 from ecosort_waste.guidance import GuidanceClient
 from ecosort_waste.models import Analysis, outbox
@@ -169,6 +170,30 @@ async def test_a_failing_remote_provider_falls_back_to_the_local_model(
     assert result["provider"] == "local"
     assert result["model_version"].startswith("efficientnet-lite0")
     assert result["head_version"]
+
+
+async def test_a_remote_call_given_up_on_is_not_retried_and_the_photo_completes_locally(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    third_parties: FakeThirdParties,
+) -> None:
+    # OpenAI fails, but only after the deadline: a retry then would be billed and never read.
+    third_parties.provider_delay_seconds = 2.0
+    third_parties.openai_responses = [(500, {"error": {"message": "down"}})]
+    settings.remote_classifier_deadline_seconds = 0.3
+    settings.openai_max_retries = 2
+    registry = registry_from_settings(settings)
+    deps = make_deps(settings, sessionmaker, redis, registry)
+    analysis = await new_analysis(deps)
+
+    assert await pipeline.run_analysis(deps, analysis.id) == "completed"
+
+    result = (await load(deps, analysis.id)).result
+    assert result is not None and result["provider"] == "local"
+    assert registry._remote_calls is not None
+    await asyncio.to_thread(registry._remote_calls.shutdown, wait=True)  # the call has ended
+    assert len(third_parties.chat_requests()) == 1
 
 
 class BrokenLocal:
@@ -362,7 +387,7 @@ class Usurper:
         self.inner = inner
         self.analysis_id: uuid.UUID | None = None
 
-    def classify(self, image: Image.Image) -> Classification:
+    def classify(self, image: Image.Image, budget: CallBudget) -> Classification:
         async def bump() -> None:
             engine = create_engine(self.database_url, pool_size=1)
             async with create_sessionmaker(engine)() as session, session.begin():
@@ -374,7 +399,7 @@ class Usurper:
             await engine.dispose()
 
         asyncio.run(bump())  # runs in the pipeline's worker thread, so a loop of its own
-        answer: Classification = self.inner.classify(image)
+        answer: Classification = self.inner.classify(image, budget)
         return answer
 
 

@@ -19,7 +19,7 @@ from ecosort_common.redis import create_redis
 from ecosort_waste import pipeline, progress, reaper
 from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.registry import ClassifierRegistry
-from ecosort_waste.classifier.remote import ProviderError
+from ecosort_waste.classifier.remote import CallBudget, ProviderError
 from ecosort_waste.config import Settings
 from ecosort_waste.queue import configure_celery
 
@@ -36,7 +36,7 @@ class ReapedThenFails:
         self.database_url, self.redis_url = database_url, redis_url
         self.sent: list[uuid.UUID] = []
 
-    def classify(self, image: Image.Image) -> Classification:
+    def classify(self, image: Image.Image, budget: CallBudget) -> Classification:
         async def reap() -> None:
             engine = create_engine(self.database_url, pool_size=1)
             redis = create_redis(self.redis_url)

@@ -22,7 +22,7 @@ from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.categories import CATEGORY_CODES
 from ecosort_waste.classifier.openai_provider import create_openai_classifier
 from ecosort_waste.classifier.registry import ClassifierRegistry, registry_from_settings
-from ecosort_waste.classifier.remote import ProviderError, ranked_classification
+from ecosort_waste.classifier.remote import CallBudget, ProviderError, ranked_classification
 from ecosort_waste.classifier.roboflow_provider import RoboflowClassifier
 from ecosort_waste.config import Settings
 
@@ -466,7 +466,7 @@ class CountingLocal:
 class FailingRemote:
     name = "openai"
 
-    def classify(self, image: Image.Image) -> Classification:
+    def classify(self, image: Image.Image, budget: CallBudget) -> Classification:
         raise ProviderError("openai: APIConnectionError: Connection error.")
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ecosort_waste.classifier.base import Candidate, Classification
 from ecosort_waste.classifier.registry import LOCAL, REMOTE_CALL_THREADS, ClassifierRegistry
-from ecosort_waste.classifier.remote import ProviderError
+from ecosort_waste.classifier.remote import CallBudget, ProviderError
 
 PHOTO = Image.new("RGB", (32, 32), "white")
 
@@ -40,7 +40,7 @@ class Failing:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def classify(self, image: Image.Image) -> Classification:
+    def classify(self, image: Image.Image, budget: CallBudget) -> Classification:
         raise self.error
 
 
@@ -53,7 +53,7 @@ class Slow:
         self.released = threading.Event()
         self.calls = 0
 
-    def classify(self, image: Image.Image) -> Classification:
+    def classify(self, image: Image.Image, budget: CallBudget) -> Classification:
         self.calls += 1
         self.released.wait(10)
         return answer("paper")

@@ -4,14 +4,16 @@ Structured output (`response_format` of type `json_schema`, strict) makes the mo
 exactly our schema and only our codes; the answer is still validated here, because a provider
 that says otherwise is a provider error, not a category. Timeouts and retries (with backoff,
 honouring Retry-After) are the SDK's own, except that a Retry-After longer than
-`MAX_RETRY_AFTER_SECONDS` ends the call (the SDK would wait up to two minutes); the body is
-parsed here, strictly, because the SDK passes a malformed one through as a str, a list or a
-half-built object.
+`MAX_RETRY_AFTER_SECONDS` ends the call (the SDK would wait up to two minutes), and that they
+keep within the call's budget; the body is parsed here, strictly, because the SDK passes a
+malformed one through as a str, a list or a half-built object.
 """
 
 from __future__ import annotations
 
 import base64
+import sys
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import openai
@@ -22,6 +24,8 @@ from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.remote import (
     CATEGORY_CODES,
     MAX_RETRY_AFTER_SECONDS,
+    UNLIMITED,
+    CallBudget,
     ProviderError,
     jpeg_bytes,
     ranked_classification,
@@ -117,8 +121,9 @@ class OpenAIClassifier:
         # "low" sends a 512 px thumbnail: enough to tell a can from a bottle, and cheaper.
         self._image_detail = image_detail
 
-    def classify(self, image: Image.Image) -> Classification:
+    def classify(self, image: Image.Image, budget: CallBudget = UNLIMITED) -> Classification:
         data_url = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(image)).decode()
+        token = _call_budget.set(budget)
         try:
             raw = self._client.chat.completions.with_raw_response.create(
                 model=self._model,
@@ -147,6 +152,8 @@ class OpenAIClassifier:
             )
         except openai.OpenAIError as exc:  # connection, timeout, 4xx/5xx after the SDK's retries
             raise ProviderError(f"openai: {type(exc).__name__}: {exc}") from exc
+        finally:
+            _call_budget.reset(token)
         completion = _parse_completion(raw.content)
         answer = _parse_answer(completion)
         return ranked_classification(
@@ -157,16 +164,53 @@ class OpenAIClassifier:
         )
 
 
-class _BoundedRetryAfterOpenAI(openai.OpenAI):
-    """The SDK's client, retrying only when a Retry-After (or retry-after-ms) asks for at most
-    `max_retry_after_seconds`: the SDK honours up to two minutes, parking the worker's thread
-    long after the registry has given up on the call, and then sending (and paying for) a
-    request whose answer nobody reads. Refused, the call fails now and the local model answers,
-    as the roboflow provider does."""
+# The budget of the call this thread is making. The SDK runs the call's attempts, and the
+# pauses between them, in the calling thread, and its request options have no place for a
+# budget; the client (shared by the registry's threads) reads it here.
+_call_budget: ContextVar[CallBudget] = ContextVar("openai_call_budget", default=UNLIMITED)
 
-    def __init__(self, *, max_retry_after_seconds: float, **options: Any) -> None:
-        super().__init__(**options)
+
+class _BudgetedOpenAI(openai.OpenAI):
+    """The SDK's client, its retries kept within the call's budget (the registry has given up
+    on the call once it is spent; a request sent after that is paid for and never read): each
+    attempt's timeout is at most what is left of it, and no attempt or pause starts that could
+    not end within it. It also retries only when a Retry-After (or retry-after-ms) asks for at
+    most `max_retry_after_seconds`: the SDK honours up to two minutes, and waiting most of the
+    budget would hold the photo of a person who is waiting. Refused, the call fails now and the
+    local model answers, as the roboflow provider does."""
+
+    def __init__(self, *, timeout: float, max_retry_after_seconds: float, **options: Any) -> None:
+        super().__init__(timeout=timeout, **options)
+        self.attempt_timeout_seconds = timeout
         self.max_retry_after_seconds = max_retry_after_seconds
+
+    def _prepare_options(self, options: Any) -> Any:  # the SDK's FinalRequestOptions
+        # Called before every attempt, the first one included, with options of its own.
+        seconds = _call_budget.get().attempt_seconds(self.attempt_timeout_seconds)
+        if not seconds:
+            raise ProviderError("openai: no time left for another attempt")
+        options.timeout = seconds
+        return super()._prepare_options(options)
+
+    def _sleep_for_retry(
+        self,
+        *,
+        retries_taken: int,
+        max_retries: int,
+        options: Any,  # the SDK's FinalRequestOptions
+        response: Any,  # the SDK's own (httpx2) Response, or None after no answer
+    ) -> None:
+        # The SDK's own pause (Retry-After, else backoff with jitter), within the budget.
+        headers = None if response is None else response.headers
+        seconds = self._calculate_retry_timeout(max_retries - retries_taken, options, headers)
+        if not _call_budget.get().pause(seconds):
+            # The SDK pauses while it handles the failed attempt: its failure is the reason.
+            failure = (
+                type(sys.exception()).__name__
+                if response is None
+                else f"HTTP {response.status_code}"
+            )
+            raise ProviderError(f"openai: {failure}; no time left for another attempt")
 
     def _should_retry(self, response: Any) -> bool:  # the SDK's own (httpx2) Response
         retry_after = self._parse_retry_after_header(response.headers)
@@ -186,7 +230,7 @@ def create_openai_classifier(
     max_output_tokens: int = MAX_OUTPUT_TOKENS,
     max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS,
 ) -> OpenAIClassifier:
-    client = _BoundedRetryAfterOpenAI(
+    client = _BudgetedOpenAI(
         max_retry_after_seconds=max_retry_after_seconds,
         api_key=api_key,
         base_url=base_url,

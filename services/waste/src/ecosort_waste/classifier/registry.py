@@ -15,7 +15,7 @@ from PIL import Image
 
 from .base import Classification, Classifier
 from .head import MODELS_DIR, seed_heads
-from .remote import ProviderError
+from .remote import CallBudget, ProviderError, RemoteClassifier
 
 log = structlog.get_logger(__name__)
 
@@ -54,8 +54,9 @@ def providers() -> list[str]:
 LOCAL = "local"
 # Remote calls run on threads of their own so that a late one can be given up on: a provider
 # answering byte by byte is bounded only per read by its client's timeout. A call given up on
-# keeps its thread until that timeout ends it; with all of them taken, the next photo waits its
-# deadline and falls back too.
+# has spent its budget (CallBudget), so it starts no further attempt, and keeps its thread until
+# the attempt in flight ends: its timeouts were cut to what was left of the budget when it
+# started. With all the threads taken, the next photo waits its deadline and falls back too.
 REMOTE_CALL_THREADS = 4
 
 
@@ -72,7 +73,7 @@ class ClassifierRegistry:
         provider: str,
         *,
         local_loader: Callable[[], Classifier],
-        remote: Classifier | None = None,
+        remote: RemoteClassifier | None = None,
         remote_deadline_seconds: float = 30.0,
     ) -> None:
         if provider != LOCAL and remote is None:
@@ -99,13 +100,15 @@ class ClassifierRegistry:
         local model fails too."""
         if self._remote is None or self._remote_calls is None:
             return ProviderAnswer(self._classify_locally(image), LOCAL)
-        call = self._remote_calls.submit(self._remote.classify, image)
+        # The budget runs from now, time queued included, and ends before the wait below does.
+        budget = CallBudget(self.remote_deadline_seconds)
+        call = self._remote_calls.submit(self._remote.classify, image, budget)
         try:
             return ProviderAnswer(call.result(self.remote_deadline_seconds), self.provider)
         except TimeoutError:
-            # Still queued behind calls given up on before (all threads taken): it must not
-            # start later and pay for an answer nobody reads. One already running cannot be
-            # stopped; its client's timeout ends it.
+            # Still queued behind calls given up on before (all threads taken): it is dropped
+            # before it takes a thread. One already running starts no further attempt, its
+            # budget being spent.
             call.cancel()
             reason = f"no answer within {self.remote_deadline_seconds:g} s"
         except ProviderError as exc:
@@ -153,7 +156,7 @@ def registry_from_settings(
 
         if not settings.openai_api_key:
             raise ValueError("CLASSIFIER_PROVIDER=openai needs OPENAI_API_KEY")
-        remote: Classifier = create_openai_classifier(
+        remote: RemoteClassifier = create_openai_classifier(
             api_key=settings.openai_api_key,
             model=settings.openai_model,
             base_url=settings.openai_base_url or None,

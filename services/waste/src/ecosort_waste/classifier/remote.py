@@ -1,11 +1,14 @@
 """What the remote providers (openai, roboflow) share: errors, the category codes they may
-answer with, and turning their ranked answers into a `Classification`."""
+answer with, the time a call has in all, and turning their ranked answers into a
+`Classification`."""
 
 from __future__ import annotations
 
 import io
 import math
+import time
 from collections.abc import Sequence
+from typing import Protocol
 
 from PIL import Image
 
@@ -15,7 +18,10 @@ from ecosort_waste.classifier.categories import CATEGORY_CODES
 __all__ = [
     "CATEGORY_CODES",
     "MAX_RETRY_AFTER_SECONDS",
+    "UNLIMITED",
+    "CallBudget",
     "ProviderError",
+    "RemoteClassifier",
     "checked_confidence",
     "jpeg_bytes",
     "ranked_classification",
@@ -29,6 +35,44 @@ MAX_RETRY_AFTER_SECONDS = 5.0
 
 class ProviderError(Exception):
     """A provider could not give an answer (down, timed out, refused, answered nonsense)."""
+
+
+class CallBudget:
+    """The time one remote call has in all, its retries and the pauses between them included.
+
+    The registry gives up on a call when its budget is spent, and a call's thread cannot be
+    stopped from outside; so the call stops itself: no attempt starts once the budget is spent,
+    none starts with more time than is left, and no pause is taken that would end past it. Past
+    the budget nothing more is sent to the provider (nor billed), and the thread is free once
+    the attempt in flight ends."""
+
+    def __init__(self, seconds: float) -> None:
+        self._ends = time.monotonic() + seconds
+
+    def attempt_seconds(self, configured: float) -> float:
+        """The time the attempt about to start may take: `configured`, or what is left of the
+        budget when that is less; 0 when nothing is, and then the attempt must not start."""
+        return min(configured, max(0.0, self._ends - time.monotonic()))
+
+    def pause(self, seconds: float) -> bool:
+        """Waits `seconds` before a retry and says whether to make it: a retry that could only
+        start past the budget is not waited for, nor made."""
+        if time.monotonic() + seconds >= self._ends:
+            return False
+        time.sleep(seconds)
+        return True
+
+
+# A call on its own, outside the registry: bounded by its attempts' timeouts only.
+UNLIMITED = CallBudget(math.inf)
+
+
+class RemoteClassifier(Protocol):
+    """A provider called over the network, within the budget of the call."""
+
+    name: str
+
+    def classify(self, image: Image.Image, budget: CallBudget = UNLIMITED) -> Classification: ...
 
 
 def jpeg_bytes(image: Image.Image, *, quality: int = 90) -> bytes:

@@ -20,6 +20,8 @@ from ecosort_waste.classifier.base import Classification
 from ecosort_waste.classifier.remote import (
     CATEGORY_CODES,
     MAX_RETRY_AFTER_SECONDS,
+    UNLIMITED,
+    CallBudget,
     ProviderError,
     checked_confidence,
     jpeg_bytes,
@@ -95,9 +97,9 @@ class RoboflowClassifier:
         self._max_body_bytes = max_body_bytes
         self._max_retry_after_seconds = max_retry_after_seconds
 
-    def classify(self, image: Image.Image) -> Classification:
+    def classify(self, image: Image.Image, budget: CallBudget = UNLIMITED) -> Classification:
         body = base64.b64encode(jpeg_bytes(image))
-        answer = self._post_with_retry(body)
+        answer = self._post_with_retry(body, budget)
         return ranked_classification(
             self._ranked(answer),
             min_confidence=self._min_confidence,
@@ -108,9 +110,13 @@ class RoboflowClassifier:
             ),
         )
 
-    def _post_with_retry(self, body: bytes) -> dict[str, Any]:
+    def _post_with_retry(self, body: bytes, budget: CallBudget) -> dict[str, Any]:
         reason = "no attempt made"
         for attempt in range(1, self._attempts + 1):
+            attempt_seconds = budget.attempt_seconds(self._deadline_seconds)
+            if not attempt_seconds:
+                reason += "; no time left for another attempt"
+                break
             pause = self._backoff_seconds * 2 ** (attempt - 1)
             started = time.monotonic()
             try:
@@ -120,9 +126,10 @@ class RoboflowClassifier:
                     params={"api_key": self._api_key, "confidence": 10},
                     content=body,
                     headers={"Content-Type": "application/x-www-form-urlencoded"},
+                    timeout=_capped(self._http.timeout, attempt_seconds),
                 ) as response:
                     if response.status_code == 200:
-                        return _json_object(self._read_body(response, started))
+                        return _json_object(self._read_body(response, started, attempt_seconds))
                     reason = f"HTTP {response.status_code}"
                     if response.status_code not in RETRYABLE_STATUS:
                         break  # a bad key or a missing model will not get better by asking again
@@ -134,21 +141,22 @@ class RoboflowClassifier:
                         pause = max(pause, retry_after)
             except httpx.TransportError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            if attempt < self._attempts:
-                time.sleep(pause)
+            if attempt < self._attempts and not budget.pause(pause):
+                reason += "; no time left for another attempt"
+                break
         raise ProviderError(f"roboflow: {reason}")
 
-    def _read_body(self, response: httpx.Response, started: float) -> bytes:
-        """The body, streamed: at most `max_body_bytes`, and done within `deadline_seconds` of
-        `started` (the monotonic time the request began)."""
+    def _read_body(self, response: httpx.Response, started: float, seconds: float) -> bytes:
+        """The body, streamed: at most `max_body_bytes`, and done within `seconds` of `started`
+        (the monotonic time the request began)."""
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_bytes():
             size += len(chunk)
             if size > self._max_body_bytes:
                 raise ProviderError(f"roboflow: answer larger than {self._max_body_bytes} bytes")
-            if time.monotonic() - started > self._deadline_seconds:
-                raise ProviderError(f"roboflow: answer took over {self._deadline_seconds:g} s")
+            if time.monotonic() - started > seconds:
+                raise ProviderError(f"roboflow: answer took over {seconds:g} s")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -160,6 +168,16 @@ class RoboflowClassifier:
             if code is not None and confidence > best.get(code, -1.0):
                 best[code] = confidence
         return sorted(best.items(), key=lambda item: item[1], reverse=True)
+
+
+def _capped(timeout: httpx.Timeout, seconds: float) -> httpx.Timeout:
+    """`timeout` with no phase (connect, read, write, pool) longer than `seconds`."""
+    return httpx.Timeout(
+        **{
+            phase: seconds if limit is None else min(limit, seconds)
+            for phase, limit in timeout.as_dict().items()
+        }
+    )
 
 
 def _retry_after_seconds(headers: httpx.Headers) -> float | None:
