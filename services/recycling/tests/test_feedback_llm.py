@@ -7,18 +7,21 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from ecosort_common.testing import free_port
+from ecosort_recycling import limits
 from ecosort_recycling.limits import reserve_tokens, settle_tokens
 from ecosort_recycling.llm import estimate_prompt_tokens
 from ecosort_recycling.main import create_app
@@ -176,13 +179,18 @@ async def test_the_same_question_normalised_is_answered_from_the_cache(
 
 
 async def test_the_daily_token_budget_stops_model_calls(
-    llm_client: AsyncClient, redis: Redis, auth: AuthHeaders, model: Any
+    llm_client: AsyncClient,
+    redis: Redis,
+    auth: AuthHeaders,
+    model: Any,
+    limit_logs: list[dict[str, Any]],
 ) -> None:
     model.replay("chat_completion_good_battery.json")
     await redis.set(f"recycling:llm-tokens:{datetime.now(UTC):%Y%m%d}", 10_000)
     body = await ask(llm_client, auth(), **BATTERY_QUESTION)
     assert body["source"] == "rules" and body["fallback_reason"] == "budget_exhausted"
     assert len(model.requests) == 0
+    assert [line["over"] for line in limit_logs] == [["day"]]
 
 
 async def test_concurrent_calls_cannot_spend_past_the_budget(
@@ -232,7 +240,11 @@ async def test_one_users_reservations_are_atomic_and_settled_from_their_share_to
 
 
 async def test_a_user_past_their_share_gets_the_rules_while_others_get_the_model(
-    llm_client: AsyncClient, redis: Redis, auth: AuthHeaders, model: Any
+    llm_client: AsyncClient,
+    redis: Redis,
+    auth: AuthHeaders,
+    model: Any,
+    limit_logs: list[dict[str, Any]],
 ) -> None:
     model.replay("chat_completion_good_battery.json")
     heavy = uuid.uuid4()
@@ -249,6 +261,9 @@ async def test_a_user_past_their_share_gets_the_rules_while_others_get_the_model
     refused = await ask(
         llm_client, auth(heavy), category="battery", item="보조배터리", question=questions[2]
     )
+    assert [(line["event"], line["over"], line["user_id"]) for line in limit_logs] == [
+        ("llm_tokens_refused", ["user_share"], str(heavy))
+    ], "the log says whose share was spent"
     assert refused["source"] == "rules" and refused["fallback_reason"] == "budget_exhausted"
     assert "폐건전지 수거함" in refused["answer"]
     assert len(model.requests) == 2
@@ -323,6 +338,15 @@ async def test_feedback_is_rate_limited_per_user(
         f"{PREFIX}/feedback", json={"category": "battery"}, headers=auth()
     )
     assert someone_else.status_code == 200
+
+
+@pytest.fixture
+def limit_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """What limits.py logs. A fresh logger: one cached at first use keeps the processors of an
+    earlier configuration, which capture_logs cannot see."""
+    monkeypatch.setattr(limits, "log", structlog.get_logger("ecosort.recycling.limits"))
+    with capture_logs() as entries:
+        yield entries
 
 
 @pytest.fixture

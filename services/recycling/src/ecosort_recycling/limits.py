@@ -14,12 +14,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import structlog
 from redis.asyncio import Redis
 
 BUDGET_KEY = "recycling:llm-tokens:{day}"
 SHARE_KEY = "recycling:llm-tokens:{day}:user:{user_id}"
 # Past the day, so a settlement just after midnight still finds its day's counters.
 KEY_TTL_SECONDS = 2 * 86_400
+
+log = structlog.get_logger("ecosort.recycling.limits")
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,20 @@ async def reserve_tokens(
             pipe.incrby(key, tokens)
             pipe.expire(key, KEY_TTL_SECONDS)
         spent, _, spent_by_user, _ = await pipe.execute()
-    if int(spent) > daily_budget or int(spent_by_user) > user_share:
+    over = [
+        limit
+        for limit, total, most in (
+            ("day", spent, daily_budget),
+            ("user_share", spent_by_user, user_share),
+        )
+        if int(total) > most
+    ]
+    if over:
         # While this is handed back, a concurrent call may see a total over its limit and be
         # refused too: a refusal too many, never a token too many.
         await _add(redis, keys, -tokens)
+        # Which limit: one person at their share, day after day, may be a stolen token.
+        log.warning("llm_tokens_refused", over=over, user_id=str(user_id), tokens=tokens)
         return None
     return Reservation(keys, tokens)
 
