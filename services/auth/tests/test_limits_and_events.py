@@ -6,9 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Any
 
-from auth_test_helpers import AppFactory, assert_problem, bearer, client_for_app, dev_login
+from auth_test_helpers import (
+    AppFactory,
+    assert_problem,
+    bearer,
+    client_for_app,
+    dev_login,
+    eventually,
+)
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import func, select, text
@@ -17,14 +23,6 @@ from ecosort_auth.models import AuthSession, Identity
 from ecosort_auth.sessions import ProviderIdentity, delete_user, sign_in_identity, start_session
 
 DEV_LOGIN = "/api/v1/auth/dev/login"
-
-
-async def _eventually(check: Any) -> None:
-    for _ in range(100):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not met within 10 s")
 
 
 async def test_sign_in_rate_limits_per_ip_and_per_subject(make_app: AppFactory) -> None:
@@ -79,7 +77,7 @@ async def test_user_registered_is_published(client: AsyncClient, app: FastAPI) -
         entries = await redis.xrange("events:user.registered")
         return any(json.loads(f["payload"])["user_id"] == user_id for _, f in entries)
 
-    await _eventually(published)
+    await eventually(published)
 
 
 async def test_user_deleted_removes_identities_and_sessions(
@@ -108,7 +106,7 @@ async def test_user_deleted_removes_identities_and_sessions(
             )
         return left == 0 and sessions == 0
 
-    await _eventually(forgotten)
+    await eventually(forgotten)
     assert_problem(
         await client.get("/api/v1/auth/sessions", headers=bearer(tokens["access_token"])), 401
     )

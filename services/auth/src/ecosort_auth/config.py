@@ -10,6 +10,9 @@ Beyond the shared ones (DATABASE_URL, REDIS_URL, JWT_ISSUER, JWT_AUDIENCE, …):
   (``{provider}`` is replaced by the provider's name).
 - ``AUTH_ACCESS_TOKEN_TTL_SECONDS`` (900), ``AUTH_REFRESH_TOKEN_TTL_SECONDS`` (30 days),
   ``AUTH_STATE_TTL_SECONDS`` (600).
+- ``AUTH_ENDED_SESSION_RETENTION_SECONDS`` (30 days): a session that ended (expired, signed out,
+  revoked) longer ago than this is deleted with its refresh tokens (pruning.py); presented
+  after that, one of them is refused as unknown rather than as expired or revoked.
 - ``AUTH_DEV_LOGIN_ENABLED`` (false): ``POST /api/v1/auth/dev/login``, which signs anyone in as
   anyone. Auth refuses to start with it on unless ``ENVIRONMENT`` is ``local``, ``dev`` or ``test``.
 - ``AUTH_RATE_WINDOW_SECONDS`` and the ``AUTH_RATE_*`` limits per window.
@@ -71,6 +74,7 @@ class Settings(ServiceSettings):
     auth_access_token_ttl_seconds: int = 900
     auth_refresh_token_ttl_seconds: int = 30 * 24 * 3600
     auth_state_ttl_seconds: int = 600
+    auth_ended_session_retention_seconds: int = Field(default=30 * 24 * 3600, gt=0)
     auth_dev_login_enabled: bool = False
 
     auth_rate_window_seconds: int = 60

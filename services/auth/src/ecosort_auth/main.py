@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from datetime import timedelta
 
 import httpx
 import structlog
@@ -16,6 +17,7 @@ from ecosort_auth.config import Settings, get_settings
 from ecosort_auth.consumers import UserDeletedHandler
 from ecosort_auth.keys import KeyRing, ensure_current_key
 from ecosort_auth.providers import google_keys
+from ecosort_auth.pruning import run_session_pruning
 from ecosort_common.app import create_service_app
 from ecosort_common.events import USER_DELETED
 from ecosort_common.ratelimit import RateLimiter
@@ -62,9 +64,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         outbox=models.outbox,
         consumers={USER_DELETED: on_user_deleted},
         processed_events=models.processed_events,
-        on_startup=[start_auth],
+        on_startup=[start_auth, _start_session_pruning],
         on_shutdown=[_close_google_keys],
     )
+
+
+async def _start_session_pruning(app: FastAPI) -> Awaitable[None]:
+    settings: Settings = app.state.settings
+    retention = timedelta(seconds=settings.auth_ended_session_retention_seconds)
+    return run_session_pruning(app.state.sessionmaker, retention)
 
 
 async def _close_google_keys(app: FastAPI) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -14,6 +15,15 @@ from sqlalchemy import select
 
 from ecosort_auth.models import outbox
 from ecosort_common.events import USER_REGISTERED
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait up to 10 s for `check` to hold: for what background loops do."""
+    for _ in range(100):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met within 10 s")
 
 
 def assert_problem(response: Response, status: int) -> dict[str, Any]:
