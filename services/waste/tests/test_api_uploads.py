@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
 import requests
 from botocore.stub import Stubber
@@ -20,12 +19,15 @@ from PIL import ExifTags, Image
 from sqlalchemy import func, select
 
 from ecosort_common.testing import TokenIssuer
+from ecosort_waste.config import Settings
 from ecosort_waste.models import Analysis
-from ecosort_waste.storage import ObjectNotFound, S3Storage
+from ecosort_waste.storage import ObjectNotFound, S3Storage, storage_from_settings
 
 from .conftest import Gate, stored_images
+from .test_images import png_header_only
 
 API = "/api/v1/waste"
+REGION = "ap-northeast-2"
 
 
 def gps_png() -> bytes:
@@ -254,8 +256,9 @@ async def test_concurrent_uses_of_one_upload_make_one_analysis(
     assert len(enqueued) == 1
 
 
+@pytest.mark.usefixtures("enqueued")
 async def test_unknown_or_foreign_upload_ids_are_refused(
-    client: AsyncClient, headers: dict[str, str], token_issuer: TokenIssuer
+    app: FastAPI, client: AsyncClient, headers: dict[str, str], token_issuer: TokenIssuer
 ) -> None:
     unknown = await client.post(
         f"{API}/analyses", headers=headers, json={"upload_id": str(uuid.uuid4())}
@@ -265,10 +268,17 @@ async def test_unknown_or_foreign_upload_ids_are_refused(
     issued = await ticket(client, headers)
     await post_form(client, issued, gps_png())
     stranger = {"Authorization": f"Bearer {token_issuer.token(uuid.uuid4())}"}
-    stolen = await client.post(
-        f"{API}/analyses", headers=stranger, json={"upload_id": issued["upload_id"]}
-    )
-    assert stolen.status_code == 422
+    body = {"upload_id": issued["upload_id"]}
+    stolen = await client.post(f"{API}/analyses", headers=stranger, json=body)
+    # Someone else's upload is answered as one that does not exist: nothing tells them apart.
+    assert (stolen.status_code, stolen.json()["title"]) == (422, "Unknown upload")
+    assert stolen.json()["detail"] == unknown.json()["detail"]
+    # Nor does the stranger's try cost the owner anything.
+    assert app.state.storage.get(issued["fields"]["key"]) == gps_png()
+    assert (await client.post(f"{API}/analyses", headers=headers, json=body)).status_code == 202
+    # Once spent, it is still unknown to them (not "already used", which would tell).
+    again = await client.post(f"{API}/analyses", headers=stranger, json=body)
+    assert (again.status_code, again.json()["title"]) == (422, "Unknown upload")
 
 
 @pytest.mark.parametrize(
@@ -335,16 +345,32 @@ async def s3_client(
     """The app on an S3 bucket (moto stands in for AWS; boto3 is the client), and a client that
     sees what the app answers to an unexpected error rather than the error itself."""
     with mock_aws():
-        s3 = boto3.client("s3", region_name="ap-northeast-2")
         bucket = "ecosort-private-bucket"
-        s3.create_bucket(
-            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "ap-northeast-2"}
+        # Built from settings, as the app builds it: the same client, timeouts and retries.
+        storage = storage_from_settings(
+            Settings(storage_backend="s3", s3_bucket=bucket, s3_prefix="waste", s3_region=REGION)
         )
-        storage = S3Storage(s3, bucket, prefix="waste")
+        assert isinstance(storage, S3Storage)
+        storage._client.create_bucket(
+            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION}
+        )
         monkeypatch.setattr(app.state, "storage", storage)
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://test") as http:
             yield http, storage
+
+
+async def post_to_bucket(issued: dict[str, Any], data: bytes) -> int:
+    """The client's direct upload, straight to the bucket (moto intercepts `requests`)."""
+    posted = await asyncio.to_thread(
+        requests.post, issued["url"], data=issued["fields"], files={"file": ("p", data)}, timeout=5
+    )
+    return posted.status_code
+
+
+def incoming_objects(storage: S3Storage) -> list[str]:
+    listed = storage._client.list_objects_v2(Bucket=storage.bucket, Prefix="waste/incoming/")
+    return [item["Key"] for item in listed.get("Contents", [])]
 
 
 async def test_s3_busy_or_failing_is_a_503_to_retry_that_names_no_bucket(
@@ -352,15 +378,7 @@ async def test_s3_busy_or_failing_is_a_503_to_retry_that_names_no_bucket(
 ) -> None:
     client, storage = s3_client
     issued = await ticket(client, headers, content_type="image/png")
-    # The client's direct upload, straight to the bucket (moto intercepts `requests`).
-    posted = await asyncio.to_thread(
-        requests.post,
-        issued["url"],
-        data=issued["fields"],
-        files={"file": ("p.png", gps_png())},
-        timeout=5,
-    )
-    assert posted.status_code == 204
+    assert await post_to_bucket(issued, gps_png()) == 204
     body = {"upload_id": issued["upload_id"]}
     # What S3 answers once boto3's retries are spent: busy, or failing.
     for code, status in (("SlowDown", 503), ("InternalError", 500)):
@@ -381,3 +399,79 @@ async def test_s3_busy_or_failing_is_a_503_to_retry_that_names_no_bucket(
     created = await client.post(f"{API}/analyses", headers=headers, json=body)
     assert created.status_code == 202, created.text
     assert len(enqueued) == 1
+
+
+async def test_an_upload_through_s3_is_sanitised_and_its_original_deleted(
+    app: FastAPI,
+    s3_client: tuple[AsyncClient, S3Storage],
+    headers: dict[str, str],
+    enqueued: list[uuid.UUID],
+) -> None:
+    client, storage = s3_client
+    issued = await ticket(client, headers, content_type="image/png")
+    assert await post_to_bucket(issued, gps_png()) == 204
+    assert incoming_objects(storage) == [issued["fields"]["key"]]
+
+    created = await client.post(
+        f"{API}/analyses", headers=headers, json={"upload_id": issued["upload_id"]}
+    )
+
+    assert created.status_code == 202, created.text
+    stored = Image.open(io.BytesIO(storage.get((await row_of(app, created)).image_key)))
+    assert (stored.format, stored.size) == ("JPEG", (1024, 512))
+    assert not stored.getexif() and "exif" not in stored.info
+    assert incoming_objects(storage) == []  # the original, GPS and all, is gone
+    assert len(enqueued) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "title"),
+    [
+        (b"<html>not an image</html>", 415, "Unsupported image type"),
+        (b"\xff\xd8\xff" + b"\0" * 1000, 422, "Corrupt image"),
+        (png_header_only(10_000, 10_000), 422, "Image has too many pixels"),
+    ],
+    ids=["not-an-image", "truncated-jpeg", "100-megapixels"],
+)
+async def test_an_upload_through_s3_is_judged_like_any_upload(
+    s3_client: tuple[AsyncClient, S3Storage],
+    headers: dict[str, str],
+    enqueued: list[uuid.UUID],
+    data: bytes,
+    status: int,
+    title: str,
+) -> None:
+    client, storage = s3_client
+    issued = await ticket(client, headers)
+    assert await post_to_bucket(issued, data) == 204
+    refused = await client.post(
+        f"{API}/analyses", headers=headers, json={"upload_id": issued["upload_id"]}
+    )
+    assert (refused.status_code, refused.json()["title"]) == (status, title), refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert enqueued == []
+    assert incoming_objects(storage) == []
+
+
+async def test_s3_refusing_access_is_a_500_that_names_no_bucket_and_keeps_the_upload(
+    s3_client: tuple[AsyncClient, S3Storage], headers: dict[str, str], enqueued: list[uuid.UUID]
+) -> None:
+    """Access denied is the bucket's or the role's configuration: no retry mends it, so it is
+    not the 503 of an S3 down or busy, but it tells the client no more than that."""
+    client, storage = s3_client
+    issued = await ticket(client, headers)
+    assert await post_to_bucket(issued, gps_png()) == 204
+    body = {"upload_id": issued["upload_id"]}
+    with Stubber(storage._client) as s3:
+        s3.add_client_error(
+            "head_object",
+            service_error_code="AccessDenied",
+            service_message=f"arn:aws:s3:::{storage.bucket}/{issued['fields']['key']}",
+            http_status_code=403,
+        )
+        refused = await client.post(f"{API}/analyses", headers=headers, json=body)
+    assert refused.status_code == 500
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert storage.bucket not in refused.text and "arn:" not in refused.text
+    assert incoming_objects(storage) == [issued["fields"]["key"]]
+    assert (await client.post(f"{API}/analyses", headers=headers, json=body)).status_code == 202

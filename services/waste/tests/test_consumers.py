@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
+from moto import mock_aws
 
+from ecosort_common.events import Event
 from ecosort_common.outbox import stream_name
 from ecosort_common.testing import TokenIssuer
 from ecosort_waste import crud
 from ecosort_waste.config import Settings
-from ecosort_waste.storage import image_key
+from ecosort_waste.consumers import UserDeletedHandler
+from ecosort_waste.storage import S3Storage, image_key, incoming_key, storage_from_settings
 
 from .conftest import stored_images
 from .test_api_analyses import (
@@ -29,7 +32,7 @@ from .test_api_analyses import (
     upload,
     waiting_for_an_advisory_lock,
 )
-from .test_api_uploads import gps_png, post_form, ticket
+from .test_api_uploads import REGION, gps_png, post_form, ticket
 
 
 def user_deleted(user_id: uuid.UUID) -> dict[str, str]:
@@ -96,6 +99,37 @@ async def test_user_deleted_removes_their_unread_direct_uploads(
         await asyncio.sleep(0.1)
     assert not (uploads / "incoming" / str(leaving.id)).exists()
     assert all(path.exists() for path in originals[staying.id])
+
+
+async def test_user_deleted_takes_their_photos_and_uploads_from_s3_too(app: FastAPI) -> None:
+    """The same handler, on a bucket (moto stands in for S3), as the app builds it from
+    STORAGE_BACKEND=s3: the person's objects go, under the prefix, and nobody else's."""
+    leaving, staying = uuid.uuid4(), uuid.uuid4()
+    with mock_aws():
+        storage = storage_from_settings(
+            Settings(
+                storage_backend="s3", s3_bucket="ecosort-del", s3_prefix="waste", s3_region=REGION
+            )
+        )
+        assert isinstance(storage, S3Storage)
+        client = storage._client
+        client.create_bucket(
+            Bucket="ecosort-del", CreateBucketConfiguration={"LocationConstraint": REGION}
+        )
+        keys = {
+            owner: [image_key(owner, "0" * 64), incoming_key(owner, uuid.uuid4())]
+            for owner in (leaving, staying)
+        }
+        for photo, original in keys.values():
+            storage.put(photo, b"photo", "image/jpeg")
+            storage.put(original, b"original, GPS and all", "image/png")
+        event = Event(**{**user_deleted(leaving), "payload": {"user_id": str(leaving)}})
+
+        async with app.state.sessionmaker() as session, session.begin():
+            await UserDeletedHandler(storage)(session, event)
+
+        listed = client.list_objects_v2(Bucket="ecosort-del")["Contents"]
+        assert sorted(item["Key"] for item in listed) == [f"waste/{k}" for k in keys[staying]]
 
 
 @pytest.mark.usefixtures("enqueued")

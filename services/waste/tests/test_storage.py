@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -156,15 +158,46 @@ def test_s3_presigned_post_policy(s3: S3Storage) -> None:
     assert BUCKET in url
     assert fields["key"] == "waste/incoming/u/1"
     assert fields["Content-Type"] == "image/jpeg"
-    assert "policy" in fields
-    # The policy S3 enforces carries the size limit and the content type.
-    import base64
-    import json
-
+    # The policy S3 enforces (moto does not: it stores whatever is posted) carries the size
+    # limit, the content type, this one key (not a prefix) and an expiry minutes away.
     policy = json.loads(base64.b64decode(fields["policy"]))
     conditions = policy["conditions"]
     assert ["content-length-range", 1, 10 * 1024 * 1024] in conditions
     assert {"Content-Type": "image/jpeg"} in conditions
+    assert {"key": "waste/incoming/u/1"} in conditions
+    assert {"bucket": BUCKET} in conditions
+    expires = datetime.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(0) < expires - datetime.now(UTC) <= timedelta(seconds=900)
+
+
+def test_upload_forms_name_the_public_endpoint_and_nothing_else_does() -> None:
+    """On kind the API reaches MinIO by its in-cluster name, which a phone cannot resolve: the
+    form it is given must name an endpoint it reaches. The API's own calls stay in-cluster."""
+    internal = "http://minio.ecosort-data.svc.cluster.local:9000"
+    public = "http://192.168.0.10:9000"
+    settings = Settings(
+        storage_backend="s3",
+        s3_bucket=BUCKET,
+        s3_endpoint_url=internal,
+        s3_public_endpoint_url=public,
+        s3_region="ap-northeast-2",
+        s3_access_key_id="test-key",
+        s3_secret_access_key="test-secret",
+        upload_expires_seconds=300,
+    )
+    storage = storage_from_settings(settings)
+    assert isinstance(storage, S3Storage)
+    url, fields = storage.presign_upload("incoming/u/1", "image/png", 1000)
+    assert url == f"{public}/{BUCKET}"
+    assert fields["key"] == "incoming/u/1"
+    assert fields["x-amz-credential"].startswith("test-key/")  # signed as the API
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    expires = datetime.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert expires - datetime.now(UTC) <= timedelta(seconds=300)
+    assert storage._client.meta.endpoint_url == internal
+
+    unset = storage_from_settings(settings.model_copy(update={"s3_public_endpoint_url": ""}))
+    assert unset.presign_upload("incoming/u/1", "image/png", 1000)[0] == f"{internal}/{BUCKET}"
 
 
 def test_s3_presigned_post_accepts_an_upload(s3: S3Storage) -> None:

@@ -18,6 +18,10 @@ class Settings(ServiceSettings):
     s3_prefix: str = ""
     s3_region: str = ""
     s3_endpoint_url: str = ""
+    # The endpoint named in presigned upload forms, for clients outside the cluster when
+    # S3_ENDPOINT_URL is an in-cluster name (MinIO on kind). Empty: S3_ENDPOINT_URL. Only
+    # signing uses it (a POST form is signed over its policy, not the host): nothing is sent.
+    s3_public_endpoint_url: str = ""
     s3_access_key_id: str = ""
     s3_secret_access_key: str = ""
     # Each attempt's connect and read timeout (boto3's default is 60 s, retried 4 times): an

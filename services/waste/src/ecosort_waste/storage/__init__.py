@@ -46,23 +46,29 @@ def storage_from_settings(settings: Any) -> Storage:
         import boto3
         from botocore.config import Config
 
-        client = boto3.client(
-            "s3",
-            region_name=settings.s3_region or None,
-            endpoint_url=settings.s3_endpoint_url or None,
+        # One session: both clients share its credentials and their refreshes.
+        session = boto3.Session(
             aws_access_key_id=settings.s3_access_key_id or None,
             aws_secret_access_key=settings.s3_secret_access_key or None,
-            config=Config(
-                connect_timeout=settings.s3_timeout_seconds,
-                read_timeout=settings.s3_timeout_seconds,
-                retries={"mode": "standard", "max_attempts": 3},
-            ),
+            region_name=settings.s3_region or None,
         )
+        config = Config(
+            connect_timeout=settings.s3_timeout_seconds,
+            read_timeout=settings.s3_timeout_seconds,
+            retries={"mode": "standard", "max_attempts": 3},
+        )
+        client = session.client("s3", endpoint_url=settings.s3_endpoint_url or None, config=config)
+        presigner = None
+        if settings.s3_public_endpoint_url:
+            presigner = session.client(
+                "s3", endpoint_url=settings.s3_public_endpoint_url, config=config
+            )
         return S3Storage(
             client,
             settings.s3_bucket,
             prefix=settings.s3_prefix,
             expires_in=settings.upload_expires_seconds,
+            presigner=presigner,
         )
     return LocalStorage(
         Path(settings.data_dir) / "uploads",

@@ -24,8 +24,19 @@ _BUSY_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "Reque
 
 
 class S3Storage:
-    def __init__(self, client: Any, bucket: str, *, prefix: str = "", expires_in: int = 900):
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        prefix: str = "",
+        expires_in: int = 900,
+        presigner: Any | None = None,
+    ):
         self._client = client
+        # Upload forms name the presigner's endpoint: the one clients reach, which the client's
+        # (in-cluster) endpoint may not be.
+        self._presigner = presigner or client
         self.bucket = bucket
         self._prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._expires_in = expires_in
@@ -84,7 +95,7 @@ class S3Storage:
         self, key: str, content_type: str, max_bytes: int
     ) -> tuple[str, dict[str, str]]:
         # S3 itself enforces these conditions when the client POSTs: the bytes never reach us.
-        presigned = self._client.generate_presigned_post(
+        presigned = self._presigner.generate_presigned_post(
             Bucket=self.bucket,
             Key=self._key(key),
             Fields={"Content-Type": content_type},

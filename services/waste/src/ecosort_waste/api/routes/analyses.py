@@ -82,7 +82,10 @@ CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     410: {"description": "The account was deleted (its token is not revoked yet)."},
     413: {"description": "The image is over 10 MB."},
     415: {"description": "Not a JPEG, PNG, WebP or HEIC/HEIF image."},
-    422: {"description": "Corrupt or truncated image, too many pixels, or a reused key."},
+    422: {
+        "description": "Corrupt or truncated image, too many pixels, a reused key, or an "
+        "upload_id with no uploaded object (never uploaded, expired, or not yours)."
+    },
 }
 
 
