@@ -40,13 +40,32 @@ class TimestampMixin:
     )
 
 
+# libpq's TCP settings for every connection. A server that vanished without a word (a failover
+# that black-holes the old address, a NAT or load balancer that dropped an idle connection's
+# state) acknowledges nothing, and with the kernel's defaults (keepalive after two hours, data
+# retransmitted for ~15 minutes) a pooled connection to it, its pre-ping included, waits for
+# ever: a request until its deadline, a background loop for its whole round. With these the
+# kernel closes such a connection within TCP_USER_TIMEOUT_MS of silence, idle or in use, and the
+# pre-ping replaces it. The keepalives also keep idle connections known to middleboxes that
+# forget them after a few minutes. A server that acknowledges but never answers (a hung proxy)
+# is beyond TCP's reach: the request deadline and ecosort_common.aio's rounds bound that.
+TCP_USER_TIMEOUT_MS = 20_000
+TCP_KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+}
+
+
 def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 3.0) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": max(1, int(connect_timeout))},
+        connect_args={"connect_timeout": max(1, int(connect_timeout)), **TCP_KEEPALIVE},
         # A statement's error names its parameters otherwise, and such errors are logged (an
         # event handler's failure, an unexpected 500): nicknames, e-mail addresses.
         hide_parameters=True,
