@@ -267,6 +267,23 @@ class ProcessGroup:
             self._popens.pop(popen.pid, None)
             self._state.write(self._launcher, self._records)
 
+    def discard(self, record: ProcessRecord) -> int | None:
+        """Drops a process whose leader exited, ending first what it left in its group (Celery's
+        pool process outlives a main process killed with SIGKILL, still holding its task);
+        returns the leader's exit status when known (negative: the signal that ended it)."""
+        _signal_group(record, signal.SIGKILL)
+        with self._lock:
+            self._records = [r for r in self._records if r.pid != record.pid]
+            child = self._popens.pop(record.pid, None)
+            self._state.write(self._launcher, self._records)
+        if child is None:
+            return None
+        # Reaped here, and its status known: a leader that looks exited may still be waiting
+        # for its other threads to end, which the kernel does before it can be reaped.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=1.0)
+        return child.poll()
+
     @property
     def records(self) -> list[ProcessRecord]:
         with self._lock:

@@ -46,6 +46,7 @@ from ecosort_devstack.readiness import (
     tcp_open,
     wait_until,
 )
+from ecosort_devstack.supervise import Supervisor
 
 # Stop order, highest first: the gateway, then the apps, then migrations, then the data servers.
 TIER_GATEWAY, TIER_APPS, TIER_MIGRATIONS, TIER_DATA = 4, 3, 2, 1
@@ -111,6 +112,7 @@ class Stack:
         self.say = say
         self.state = StateFile(config.state_file)
         self.group = ProcessGroup(self.state, config.logs_dir)
+        self.supervisor = Supervisor(self.group, say)
         self.notes: list[str] = []
         self._started = time.monotonic()
 
@@ -337,13 +339,16 @@ class Stack:
 
     def _start_service(self, service: str, env: dict[str, str]) -> None:
         port = self.config.service_port(service)
-        process = self.group.spawn_forked(
+        process = self.supervisor.supervise(
             service,
-            lambda log: preload.start_api(
-                f"ecosort_{service}.main", port, env, self.config.repo, log
+            lambda: self.group.spawn_forked(
+                service,
+                lambda log: preload.start_api(
+                    f"ecosort_{service}.main", port, env, self.config.repo, log
+                ),
+                tier=TIER_APPS,
+                port=port,
             ),
-            tier=TIER_APPS,
-            port=port,
         )
         wait_until(
             http_ok(f"http://127.0.0.1:{port}/healthz"),
@@ -371,12 +376,9 @@ class Stack:
             "-Q", WORKER_QUEUE, "--prefetch-multiplier=1", "--concurrency=1",
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
-        process = self.group.spawn(
+        process = self.supervisor.supervise(
             "worker",
-            argv,
-            env=env,
-            cwd=self.config.repo,
-            tier=TIER_APPS,
+            lambda: self.group.spawn("worker", argv, env=env, cwd=self.config.repo, tier=TIER_APPS),
         )
 
         def says_ready() -> bool:
@@ -461,17 +463,11 @@ class Stack:
         )
 
     def watch(self, interval: float = 0.5) -> None:
-        """Blocks until interrupted; says once when a process of the stack exits by itself."""
-        reported: set[int] = set()
+        """Blocks until interrupted; says when a process of the stack exits by itself, and
+        starts an API or the worker again (supervise.py)."""
         while True:
             time.sleep(interval)
-            for record in self.group.records:
-                if record.pid not in reported and not is_alive(record):
-                    reported.add(record.pid)
-                    self.say(
-                        f"{record.name} (pid {record.pid}) exited; see "
-                        f"{self.group.log_path(record.name)}"
-                    )
+            self.supervisor.check()
 
     def stop(self) -> None:
         self.group.stop_all(say=self.say)
