@@ -71,6 +71,15 @@ def test_uvicorns_access_log_writes_json_lines_too(capsys: pytest.CaptureFixture
     )
 
 
+def test_uvicorns_access_log_stays_off_when_turned_off() -> None:
+    # The chart and the launcher run uvicorn with --no-access-log: the service's own JSON line
+    # is the access log. uvicorn writes its line whenever the logger has a handler up its tree.
+    uvicorn.Config("ecosort_demo.main:app", access_log=False)
+    configure_logging("info")
+    configure_logging("info")  # every app built in a process configures it again
+    assert not logging.getLogger("uvicorn.access").hasHandlers()
+
+
 async def test_a_failed_statements_error_does_not_carry_its_parameters(
     settings: ServiceSettings,
 ) -> None:

@@ -43,6 +43,11 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
     # that calls this: send them to the root's too.
     for name in ("uvicorn", "uvicorn.access"):
         uvicorn = logging.getLogger(name)
+        if name == "uvicorn.access" and not uvicorn.handlers and not uvicorn.propagate:
+            # Its access log is off (--no-access-log: the service's own JSON line is the access
+            # log). uvicorn writes one while the logger has a handler up its tree, the root's
+            # included: a propagating logger would log every request twice.
+            continue
         uvicorn.handlers.clear()
         uvicorn.propagate = True
         uvicorn.setLevel(logging.NOTSET)
