@@ -50,7 +50,10 @@ _FINAL_STEP = len(ANALYSIS_STAGES) + 1
 # Nothing is published once the hash holds a final status (a run that lost the analysis to
 # another may still be reporting stages), nor for a run older than the hash's `attempt`, nor a
 # hand-over (re-queue) to a run that is already reporting; the script then answers the latest
-# seq instead. An empty value removes the field (no stage).
+# seq instead. A final event is heard whatever its run: the database's conditional writes
+# decided it, and a run given up on may still end the analysis there (a photo found missing
+# after the reaper re-queued it); refused, the hash would say `queued` for ever. Its run does
+# not lower the hash's `attempt`. An empty value removes the field (no stage).
 # KEYS: state hash, event stream. ARGV: analysis id, event, data JSON, ttl, maxlen, the run's
 # attempt (empty: none), "1" if the event hands over to that run, the event's least seq, then
 # field/value pairs for the hash. The published JSON is assembled here because `data` is
@@ -64,10 +67,13 @@ end
 if ARGV[6] ~= '' then
   local attempt = tonumber(ARGV[6])
   local current = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-  if attempt < current or (ARGV[7] == '1' and attempt == current) then
+  local final = ARGV[2] == 'completed' or ARGV[2] == 'failed'
+  if not final and (attempt < current or (ARGV[7] == '1' and attempt == current)) then
     return tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
   end
-  redis.call('HSET', KEYS[1], 'attempt', ARGV[6])
+  if attempt > current then
+    redis.call('HSET', KEYS[1], 'attempt', ARGV[6])
+  end
 end
 local seq = math.max(tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1, tonumber(ARGV[8]))
 redis.call('HSET', KEYS[1], 'seq', seq)
@@ -116,11 +122,11 @@ async def publish_event(
     hands_over: bool = False,
 ) -> int:
     """Record and broadcast one event; returns its seq (the SSE `id:`). `attempt` is the run
-    reporting: an older run than the latest is not heard, and the event's seq is at least its
-    place in that run (`least_seq`); without one, the seq is the next. With `hands_over`, the
-    event passes the analysis to run `attempt`, which must not be reporting yet. Refused (see
-    the script), it returns the latest event's seq, which after a final event is the final
-    event's."""
+    reporting: an older run than the latest is not heard (its final event is), and the event's
+    seq is at least its place in that run (`least_seq`); without one, the seq is the next. With
+    `hands_over`, the event passes the analysis to run `attempt`, which must not be reporting
+    yet. Refused (see the script), it returns the latest event's seq, which after a final event
+    is the final event's."""
     analysis_id = str(uuid.UUID(str(analysis_id)))  # refuse anything but a UUID in the script
     if event not in ("progress", *TERMINAL_EVENTS):
         raise ValueError(f"unknown progress event {event!r}")

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ecosort_common import aio
 from ecosort_common.db import create_engine, create_sessionmaker
 from ecosort_common.testing import silencing_proxy
-from ecosort_waste import progress, reaper
+from ecosort_waste import pipeline, progress, reaper
 from ecosort_waste.models import Analysis
 from ecosort_waste.reaper import DID_NOT_FINISH, BrokerQueue, reap_once, sweep_unread_uploads
 from ecosort_waste.storage import LocalStorage, ObjectNotFound
@@ -220,6 +220,43 @@ async def test_what_the_reaper_publishes_after_redis_lost_the_progress_follows_t
     (failed,) = await progress.read_events(redis, exhausted)
     assert (requeued.data["status"], failed.event) == ("queued", "failed")
     assert requeued.seq > seen[retryable] and failed.seq > seen[exhausted]
+
+
+async def test_a_run_given_up_on_that_then_fails_the_analysis_still_ends_its_progress(
+    deps: pipeline.PipelineDeps,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reaper re-queues an analysis whose run is still loading its photo (slow storage),
+    handing the progress over to the next run; the run then finds the photo gone and fails the
+    analysis, whose `attempts` are still its own. The database says failed: so must the hash,
+    or every poll and stream shows `queued` for ever and an EventSource reconnects in a loop."""
+    analysis_id = await add(sessionmaker, age_seconds=DEADLINE * 2, status="queued")
+    load_image = pipeline._load_image
+
+    async def given_up_on_while_loading(storage: Any, key: str) -> Any:
+        async with sessionmaker() as session, session.begin():
+            await session.execute(
+                update(Analysis)
+                .where(Analysis.id == analysis_id)
+                .values(started_at=datetime.now(UTC) - timedelta(seconds=DEADLINE * 2))
+            )
+        report, _ = await reap(sessionmaker, redis, broker, celery_list)
+        assert report.requeued == [analysis_id]
+        return await load_image(storage, key)
+
+    monkeypatch.setattr(pipeline, "_load_image", given_up_on_while_loading)
+    assert await pipeline.run_analysis(deps, analysis_id) == "failed"
+
+    row = await status_of(sessionmaker, analysis_id)
+    assert (row.status, row.attempts, row.error) == ("failed", 1, pipeline.IMAGE_MISSING)
+    assert (await progress.read_state(redis, analysis_id))["status"] == "failed"
+    *_, handed_over, failed = await progress.read_events(redis, analysis_id)
+    assert (handed_over.data["status"], failed.event) == ("queued", "failed")
+    assert failed.seq > handed_over.seq
 
 
 async def test_queued_analyses_without_a_message_are_enqueued_again_well_before_the_deadline(

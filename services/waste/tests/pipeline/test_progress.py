@@ -123,6 +123,21 @@ async def test_a_run_given_up_on_is_not_heard_and_its_stage_is_gone(redis: Redis
     assert (await progress.read_state(redis, analysis_id))["status"] == "processing"
 
 
+async def test_the_final_event_of_a_run_given_up_on_is_heard(redis: Redis) -> None:
+    """The database took the failure of run 1 after the progress was handed over to run 2 (the
+    run found its photo missing): the end is the end, whichever run reports it, and the hash
+    still takes run 2's events only."""
+    analysis_id = uuid.uuid4()
+    await progress.publish_requeued(redis, analysis_id, next_attempt=2)
+    failed = await progress.publish_final(
+        redis, analysis_id, status="failed", stage="load", progress=5, attempt=1, error="gone"
+    )
+
+    assert failed == 11
+    state = await progress.read_state(redis, analysis_id)
+    assert (state["status"], state["attempt"]) == ("failed", "2")
+
+
 async def test_ids_never_go_backwards_when_redis_loses_the_analysis(redis: Redis) -> None:
     """An id is the event's place in the analysis, from the run's attempt (the database's) and
     its step, so the ids after a lost hash and log (a restart without persistence, an eviction)
