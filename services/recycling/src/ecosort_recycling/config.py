@@ -28,8 +28,9 @@ class Settings(ServiceSettings):
     # Tokens (prompt + completion, as the server reports them) all users may spend per UTC day.
     llm_daily_token_budget: int = Field(default=200_000, ge=0)
     # One user's share of it per UTC day, so that one person (or a stolen token) cannot spend
-    # everyone's day within the rate limit: at least five questions even if each kept its whole
-    # reservation (the README's "Feedback with a model" has the arithmetic).
+    # everyone's day within the rate limit: at least five questions (four of the longest) even
+    # if each kept its whole reservation (the README's "Feedback with a model" has the
+    # arithmetic).
     llm_daily_tokens_per_user: int = Field(default=10_000, ge=0)
 
     feedback_rate_limit_per_minute: int = Field(default=10, gt=0)
