@@ -237,6 +237,12 @@ async def test_one_users_reservations_are_atomic_and_settled_from_their_share_to
     assert await spent(redis) == await spent_by(redis, user) == 250
     await settle_tokens(redis, granted[0], None)
     assert await spent(redis) == await spent_by(redis, user) == 250
+    # The counters lost before a settlement (Redis restarted): made anew, they expire too.
+    await redis.delete(budget_key(), share_key(user))
+    await settle_tokens(redis, granted[0], 300)
+    assert await spent(redis) == await spent_by(redis, user) == -300
+    assert 0 < await redis.ttl(budget_key()) <= 2 * 86_400
+    assert 0 < await redis.ttl(share_key(user)) <= 2 * 86_400
 
 
 async def test_a_user_past_their_share_gets_the_rules_while_others_get_the_model(

@@ -10,6 +10,7 @@ run scripts (tools/devstack redis_acl.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,8 +64,9 @@ async def reserve_tokens(
     ]
     if over:
         # While this is handed back, a concurrent call may see a total over its limit and be
-        # refused too: a refusal too many, never a token too many.
-        await _add(redis, keys, -tokens)
+        # refused too: a refusal too many, never a token too many. Shielded: a client gone
+        # meanwhile must not leave the refused reservation spent.
+        await asyncio.shield(_add(redis, keys, -tokens))
         # Which limit: one person at their share, day after day, may be a stolen token.
         log.warning("llm_tokens_refused", over=over, user_id=str(user_id), tokens=tokens)
         return None
@@ -81,7 +83,10 @@ async def settle_tokens(redis: Redis, reservation: Reservation, used: int | None
 
 async def _add(redis: Redis, keys: tuple[str, str], tokens: int) -> None:
     # One transaction: one round trip, and no one sees one counter corrected without the other.
+    # The expiry again: a counter lost meanwhile (Redis restarted) is made anew by INCRBY, and
+    # without one it would stay for ever, one per user and day.
     async with redis.pipeline(transaction=True) as pipe:
         for key in keys:
             pipe.incrby(key, tokens)
+            pipe.expire(key, KEY_TTL_SECONDS)
         await pipe.execute()
