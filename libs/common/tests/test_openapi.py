@@ -8,7 +8,11 @@ from typing import Any
 from httpx import AsyncClient
 
 from ecosort_common.errors import PROBLEM_JSON, ProblemBody, ValidationProblemBody
-from ecosort_common.testing import check_documented_errors, problem_schema_name
+from ecosort_common.testing import (
+    check_documented_errors,
+    check_unreadable_body,
+    problem_schema_name,
+)
 
 API = "/api/v1/demo"
 
@@ -45,6 +49,13 @@ async def test_path_and_query_parameters_document_404_400_and_422(client: AsyncC
     assert problem_schema_name(note["422"]) == "ValidationProblem"
     teapot = (await _document(client))["paths"][f"{API}/teapot"]["get"]["responses"]
     assert sorted(teapot) == ["200", "default"]  # it takes nothing that could be refused
+
+
+async def test_a_body_documents_the_400_of_one_that_cannot_be_read(client: AsyncClient) -> None:
+    await check_unreadable_body(client, "POST", f"{API}/echo")
+    echo = (await _document(client))["paths"][f"{API}/echo"]["post"]["responses"]
+    assert echo["400"]["description"] == "The body could not be read."
+    assert problem_schema_name(echo["400"]) == "Problem"
 
 
 async def test_authenticated_routes_declare_the_bearer_scheme_and_401(

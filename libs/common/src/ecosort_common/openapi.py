@@ -7,7 +7,9 @@ shape, as application/json. So every route is included with a problem+json `defa
 errors it can answer with, judged from what the document says it takes:
 
 - 400 with query or header parameters: a well-formed value the route still refuses (a stale
-  cursor, a malformed Idempotency-Key or Last-Event-ID);
+  cursor, a malformed Idempotency-Key or Last-Event-ID); and with a body: one that cannot be
+  read at all (JSON not in UTF-8 or nested too deep, a malformed multipart form), which FastAPI
+  and Starlette refuse with a 400 of their own before any validation;
 - 401 behind a security scheme (the bearer token of ecosort_common.security);
 - 404 with path parameters: what they name may not exist, or not be the caller's;
 - 422 with any parameter or a body: request validation, with its `errors[]`.
@@ -82,8 +84,13 @@ def document_errors(operation: dict[str, Any]) -> None:
     """Adds the errors an operation can answer with (see the module) to its `responses`."""
     places = {parameter.get("in") for parameter in operation.get("parameters", [])}
     responses: dict[str, Any] = operation.setdefault("responses", {})
+    refused: list[str] = []
     if places & {"query", "header"}:
-        responses.setdefault("400", _problem("A parameter was refused."))
+        refused.append("A parameter was refused.")
+    if "requestBody" in operation:
+        refused.append("The body could not be read.")
+    if refused:
+        responses.setdefault("400", _problem(" ".join(refused)))
     if operation.get("security"):
         unauthorized = _problem("No access token, or one invalid, expired or revoked.")
         unauthorized["headers"] = WWW_AUTHENTICATE_HEADER

@@ -290,7 +290,8 @@ async def check_service_defaults(client: Any, service: str) -> None:
 
 def check_documented_errors(document: dict[str, Any]) -> None:
     """The OpenAPI document describes errors as they are sent (ecosort_common.openapi): only
-    problem+json, never FastAPI's HTTPValidationError, and a 401 wherever a token is needed."""
+    problem+json, never FastAPI's HTTPValidationError, a 401 wherever a token is needed and a
+    400 wherever a body is taken."""
     assert "HTTPValidationError" not in json.dumps(document)
     schemes = document.get("components", {}).get("securitySchemes", {})
     for path, operations in document["paths"].items():
@@ -303,6 +304,38 @@ def check_documented_errors(document: dict[str, Any]) -> None:
                 assert "401" in operation["responses"], where
                 for requirement in operation["security"]:
                     assert all(schemes[name]["scheme"] == "bearer" for name in requirement)
+            if "requestBody" in operation:
+                assert "400" in operation["responses"], where  # check_unreadable_body
+
+
+# JSON in bytes that are not UTF-8: FastAPI cannot decode it at all and answers a 400 of its
+# own, before any validation (a 422) and before the route's dependencies (a 401).
+UNREADABLE_JSON = b'{"text": "\xa5"}'
+
+
+async def check_unreadable_body(
+    client: Any,
+    method: str,
+    path: str,
+    *,
+    documented_as: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """A body that cannot be read is a 400 problem, and the OpenAPI document of the operation
+    says so: a generated client has no type for a status the document leaves to `default`.
+    `documented_as` is the path template when `path` fills in path parameters."""
+    response = await client.request(
+        method,
+        path,
+        content=UNREADABLE_JSON,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    prefix = "/".join(path.split("/")[:4])  # /api/v1/<service>
+    document = (await client.get(f"{prefix}/openapi.json")).json()
+    operation = document["paths"][documented_as or path][method.lower()]
+    assert "400" in operation["responses"], f"{method} {documented_as or path}"
 
 
 def problem_schema_name(response: dict[str, Any]) -> str:
