@@ -261,7 +261,7 @@ async def test_events_go_from_each_producer_to_each_consumer(acl_server: AclServ
 
 
 async def test_waste_reports_progress_and_holds_leases(acl_server: AclServer) -> None:
-    from ecosort_waste import pipeline, progress, queue
+    from ecosort_waste import pipeline, progress, queue, reaper
 
     analysis = uuid.uuid4()
     async with acl_server.service("waste") as waste:
@@ -284,6 +284,8 @@ async def test_waste_reports_progress_and_holds_leases(acl_server: AclServer) ->
         assert await waste.set(lease, "1", nx=True, px=60_000)
         assert await waste.eval(pipeline._RENEW_SCRIPT, 1, lease, "1", "60000", pipeline.CLAIMING)
         assert await waste.eval(pipeline._RELEASE_SCRIPT, 1, lease, "1") == 1
+        # The reaper's look at the leases, with its epoch key.
+        assert await reaper._without_lease(waste, [analysis], 0) == {analysis}
 
         # The reaper's count of what the broker holds.
         async with waste.pipeline(transaction=True) as pipe:

@@ -48,9 +48,15 @@ class Settings(ServiceSettings):
     recycling_url: str = "http://127.0.0.1:8104"
     classifier_provider: Literal["local", "openai", "roboflow"] = "local"
     analysis_deadline_seconds: int = Field(default=300, gt=0)
+    # A `processing` analysis whose run holds no lease (its worker died: kill -9, OOM) is lost
+    # once it has been processing this long, not only at the deadline. More than the lease
+    # (pipeline.LEASE_SECONDS, checked by the worker): a claim writes the database, then its lease.
+    analysis_lease_grace_seconds: float = Field(default=30.0, gt=0)
     # How often one analysis may be started (crashed workers, provider retries) before it fails.
     analysis_max_attempts: int = Field(default=3, gt=0)
-    reaper_interval_seconds: float = Field(default=15.0, gt=0)
+    # Each worker's reaper passes this often: a lost run is re-queued up to this long after its
+    # lease expired. A pass with nothing to do is two short transactions and a Redis round trip.
+    reaper_interval_seconds: float = Field(default=5.0, gt=0)
     # A queued analysis for which the broker holds no message this long is sent again: the API
     # died between its commit and the enqueue, or Redis refused the enqueue.
     requeue_unsent_after_seconds: float = Field(default=30.0, gt=0)

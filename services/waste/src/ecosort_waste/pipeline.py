@@ -10,8 +10,9 @@ A `processing` analysis is taken over only once its lease has expired (its run d
 OOM). A second message while the run lives (kombu restores a worker's unacknowledged messages
 when its broker connection drops, and the running task goes on) is retried later instead: taking
 over would cost the live run its attempt and, on the last one, fail an analysis about to
-complete. A `queued` analysis (re-queued by the reaper, which decides by the database deadline)
-is claimed whatever a run's lease says, but not while another delivery is claiming it.
+complete. A `queued` analysis is claimed whatever a run's lease says (the reaper re-queues a run
+past the deadline even while its lease is renewed: hung), but not while another delivery is
+claiming it. The reaper also re-queues a run whose lease has expired (reaper.py).
 
 The database is written twice per analysis (the claim, then the result with its outbox event);
 the stages in between go to Redis only, which is where the API reads live progress. Statements

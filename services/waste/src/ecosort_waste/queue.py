@@ -14,7 +14,9 @@ Delivery guarantees, and why each setting:
   (on the last one, failing the analysis). They go on; the restored duplicate waits out the
   run's lease (pipeline.py) and then finds the analysis finished.
 - the Redis `visibility_timeout` (redelivery of messages whose whole worker vanished) is longer
-  than the longest task; the reaper re-queues sooner (ANALYSIS_DEADLINE_SECONDS).
+  than the longest task; the reaper re-queues sooner: once the run's lease has expired
+  (ANALYSIS_LEASE_GRACE_SECONDS after its claim at the earliest), else at
+  ANALYSIS_DEADLINE_SECONDS.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The reaper: nothing stays `processing` past ANALYSIS_DEADLINE_SECONDS.
+"""The reaper: nothing stays `processing` once its run is lost, nor past the deadline.
 
 Where it runs, and why: a periodic loop in every worker's main process (a thread started when
 the worker is ready), not Celery beat. Beat must run as exactly one extra process; a reaper in
@@ -6,8 +6,22 @@ each worker needs no extra Deployment, runs exactly when there are workers to re
 survives any single worker's death (the others keep reaping). Several reapers are safe: rows are
 taken with `FOR UPDATE SKIP LOCKED` and every change is conditional on the row's state.
 
-A stuck analysis (its worker died, hung, or lost the message) is re-queued while attempts
-remain, else marked `failed` with the reason.
+A stuck analysis is re-queued while attempts remain, else marked `failed` with the reason. It is
+stuck when its run is lost: `processing` for ANALYSIS_LEASE_GRACE_SECONDS and its run holds no
+lease (pipeline.py), the claim's own test of a dead run (the whole worker killed, OOM). The grace
+is longer than the lease, so that a claim that has written the database but not yet its lease
+is never taken for one. It is stuck, too, past ANALYSIS_DEADLINE_SECONDS whatever its lease: a
+run that hangs with its lease renewed (the renewal is a task of its own on the run's loop), and
+a lost run while the leases do not count (below).
+
+Should Redis lose its keys at once (a restart without persistence), every live run would look
+lost and be re-queued: its result refused (every write is conditional on its attempt), its
+attempt spent, and on its last one the analysis failed. Each live run takes its lease back
+within LEASE_RENEW_SECONDS (pipeline.py), so the leases count only once Redis has kept a key of
+the reaper's own (REDIS_EPOCH_KEY, no expiry) for the grace; until then the deadline alone
+decides. The leases of one pass are read with that key in one round trip. Workers of earlier
+releases hold and renew their leases alike (since the lease came), so a rolling upgrade changes
+nothing for their runs; their reapers keep to the deadline.
 
 An analysis `queued` for longer than REQUEUE_UNSENT_AFTER_SECONDS may have no message at all
 (the API died between its commit and the enqueue, Redis refused the enqueue, a retry message
@@ -44,7 +58,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common import aio
-from ecosort_waste import progress
+from ecosort_waste import pipeline, progress
 from ecosort_waste.models import UNFINISHED_STATUSES, Analysis
 from ecosort_waste.storage import INCOMING, Storage
 
@@ -79,6 +93,8 @@ class ReapReport:
 
 # The key of the advisory lock one reaper holds while it re-sends unsent analyses.
 UNSENT_LOCK = 0x7EC0_5047
+# When a reaper first found this Redis without it (Unix time): how long Redis has kept its keys.
+REDIS_EPOCH_KEY = "waste:reaper:epoch"
 
 
 async def reap_once(
@@ -88,11 +104,14 @@ async def reap_once(
     *,
     broker: BrokerQueue,
     deadline_seconds: float,
+    lease_grace_seconds: float,
     requeue_unsent_after_seconds: float,
     max_attempts: int,
 ) -> ReapReport:
     report = ReapReport()
-    await _reap_stuck(sessionmaker, redis, enqueue, report, deadline_seconds, max_attempts)
+    await _reap_stuck(
+        sessionmaker, redis, enqueue, report, deadline_seconds, lease_grace_seconds, max_attempts
+    )
     # Only now: the analyses re-queued above have their messages, so they are not counted short.
     await _resend_unsent(sessionmaker, redis, enqueue, report, broker, requeue_unsent_after_seconds)
     if report.requeued or report.failed or report.reenqueued:
@@ -111,22 +130,46 @@ async def _reap_stuck(
     enqueue: Callable[[uuid.UUID], None],
     report: ReapReport,
     deadline_seconds: float,
+    lease_grace_seconds: float,
     max_attempts: int,
 ) -> None:
     now = datetime.now(UTC)
     cutoff = now - timedelta(seconds=deadline_seconds)
+    grace_cutoff = now - timedelta(seconds=lease_grace_seconds)
     failures: dict[uuid.UUID, tuple[str | None, int, int]] = {}
     next_attempts: dict[uuid.UUID, int] = {}
     async with sessionmaker() as session, session.begin():
-        stuck = (
+        candidates = (
             await session.execute(
-                select(Analysis.id, Analysis.attempts, Analysis.stage, Analysis.progress)
-                .where(Analysis.status == "processing", Analysis.started_at < cutoff)
+                select(
+                    Analysis.id,
+                    Analysis.attempts,
+                    Analysis.stage,
+                    Analysis.progress,
+                    Analysis.started_at,
+                )
+                .where(
+                    Analysis.status == "processing",
+                    Analysis.started_at < max(cutoff, grace_cutoff),
+                )
+                # Oldest first: the live runs it locks as well (only their leases tell) must not
+                # crowd those past the deadline out of the batch.
+                .order_by(Analysis.started_at)
                 .limit(BATCH_SIZE)
                 .with_for_update(skip_locked=True)
             )
         ).all()
-        for row in stuck:
+        # Also with no candidate: the epoch then starts as soon as Redis is back.
+        lost = await _without_lease(
+            redis, [row.id for row in candidates if row.started_at >= cutoff], lease_grace_seconds
+        )
+        for row in candidates:
+            if row.started_at < cutoff:
+                why = f"after {deadline_seconds:g} s (worker lost or hung?)"
+            elif row.id in lost:
+                why = "and its run holds no lease (worker lost)"
+            else:
+                continue
             # The database has the stage and progress of the claim; Redis has the last reported.
             live_stage, reached = await progress.last_reached(redis, row.id)
             stage = live_stage or row.stage
@@ -152,8 +195,7 @@ async def _reap_stuck(
                 "reaper.stuck",
                 analysis_id=str(row.id),
                 outcome=values["status"],
-                detail=f"attempt {row.attempts} of {max_attempts} still in {where} "
-                f"after {deadline_seconds:g} s (worker lost or hung?)",
+                detail=f"attempt {row.attempts} of {max_attempts} still in {where} {why}",
             )
             await session.execute(
                 update(Analysis)
@@ -186,6 +228,26 @@ async def _reap_stuck(
             enqueue(analysis_id)
         except Exception as exc:
             _log_unsent("reaper.requeue_not_sent", analysis_id, exc)
+
+
+async def _without_lease(
+    redis: Redis, analysis_ids: list[uuid.UUID], grace_seconds: float
+) -> set[uuid.UUID]:
+    """Those of `analysis_ids` whose run holds no lease; none while Redis may have lost the
+    leases of live runs that have not yet taken them back (its epoch is younger than the
+    grace)."""
+    now = time.time()
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(REDIS_EPOCH_KEY, now, nx=True)
+        pipe.mget([REDIS_EPOCH_KEY, *map(pipeline.lease_key, analysis_ids)])
+        _, (epoch, *leases) = await pipe.execute()
+    if now - float(epoch) < grace_seconds:
+        return set()
+    return {
+        analysis_id
+        for analysis_id, lease in zip(analysis_ids, leases, strict=True)
+        if lease is None
+    }
 
 
 def _log_unsent(event: str, analysis_id: uuid.UUID, exc: Exception) -> None:
@@ -264,6 +326,7 @@ async def run_reaper(
     *,
     broker: BrokerQueue,
     deadline_seconds: float,
+    lease_grace_seconds: float,
     requeue_unsent_after_seconds: float,
     max_attempts: int,
     interval_seconds: float,
@@ -285,6 +348,7 @@ async def run_reaper(
                     enqueue,
                     broker=broker,
                     deadline_seconds=deadline_seconds,
+                    lease_grace_seconds=lease_grace_seconds,
                     requeue_unsent_after_seconds=requeue_unsent_after_seconds,
                     max_attempts=max_attempts,
                 )

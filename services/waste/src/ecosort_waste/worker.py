@@ -57,6 +57,12 @@ T = TypeVar("T")
 
 def create_celery_app(settings: Settings) -> Celery:
     """The queue's Celery app (queue.py) with the worker's own consumer step."""
+    if settings.analysis_lease_grace_seconds <= pipeline.LEASE_SECONDS:
+        raise ValueError(
+            f"ANALYSIS_LEASE_GRACE_SECONDS must exceed a run's lease ({pipeline.LEASE_SECONDS:g} "
+            "s), or the reaper takes a run that has claimed its analysis but not yet written its "
+            "lease for a lost one"
+        )
     celery = configure_celery(settings)
     celery.steps["consumer"].add(HeartbeatFile)
     return celery
@@ -255,6 +261,7 @@ def _reaper_thread() -> None:
                     live_hold_seconds=settings.analysis_deadline_seconds + MAX_BACKOFF_SECONDS,
                 ),
                 deadline_seconds=settings.analysis_deadline_seconds,
+                lease_grace_seconds=settings.analysis_lease_grace_seconds,
                 requeue_unsent_after_seconds=settings.requeue_unsent_after_seconds,
                 max_attempts=settings.analysis_max_attempts,
                 interval_seconds=settings.reaper_interval_seconds,

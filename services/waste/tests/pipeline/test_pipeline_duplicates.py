@@ -47,6 +47,7 @@ class ReapedThenFails:
                     self.sent.append,
                     broker=reaper.BrokerQueue("dup:analyses", "dup:unacked_index", 360),
                     deadline_seconds=0,
+                    lease_grace_seconds=3600,
                     requeue_unsent_after_seconds=3600,
                     max_attempts=3,
                 )
@@ -155,8 +156,9 @@ async def test_a_dead_runs_analysis_is_taken_over_once_its_lease_expires(
 async def test_a_requeued_analysis_is_claimed_whatever_the_old_runs_lease(
     deps: pipeline.PipelineDeps, redis: Redis
 ) -> None:
-    """The reaper decides by the database deadline: once it re-queued the analysis, the next
-    message runs it even if the run it gave up on is alive and holds its lease."""
+    """The reaper takes a run past the deadline whatever its lease (it hangs): once it re-queued
+    the analysis, the next message runs it even if the run it gave up on is alive and holds its
+    lease."""
     analysis = await new_analysis(deps, status="queued", attempts=1)
     await redis.set(pipeline.lease_key(analysis.id), "1", ex=60)
 

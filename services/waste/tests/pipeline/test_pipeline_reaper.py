@@ -1,6 +1,6 @@
-"""reaper.reap_once against real PostgreSQL and Redis: stuck analyses are re-queued while
-attempts remain, else failed with a reason; queued ones the broker holds no message for are
-enqueued again."""
+"""reaper.reap_once against real PostgreSQL and Redis: stuck analyses (their run's lease gone,
+or past the deadline) are re-queued while attempts remain, else failed with a reason; queued ones
+the broker holds no message for are enqueued again."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from ecosort_waste.reaper import DID_NOT_FINISH, BrokerQueue, reap_once, sweep_u
 from ecosort_waste.storage import LocalStorage, ObjectNotFound
 
 DEADLINE = 60.0
+GRACE = 20.0
 UNSENT_AFTER = 10.0
 LIVE_HOLD = DEADLINE + 60
 MAX_ATTEMPTS = 3
@@ -110,6 +111,7 @@ async def reap(
         enqueue,
         broker=broker,
         deadline_seconds=DEADLINE,
+        lease_grace_seconds=GRACE,
         requeue_unsent_after_seconds=UNSENT_AFTER,
         max_attempts=MAX_ATTEMPTS,
     )
@@ -119,6 +121,35 @@ async def reap(
 async def hold(redis: Redis, broker: BrokerQueue, tag: str, age_seconds: float) -> None:
     """A message a worker took `age_seconds` ago and has not acknowledged (kombu's index)."""
     await redis.zadd(broker.held_index_key, {tag: time.time() - age_seconds})
+
+
+async def redis_kept_keys_for(redis: Redis, seconds: float) -> None:
+    """Redis has held the reaper's epoch for `seconds`: it lost no lease since."""
+    await redis.set(reaper.REDIS_EPOCH_KEY, time.time() - seconds)
+
+
+async def processing(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    *,
+    for_seconds: float,
+    attempts: int = 1,
+    lease: str | None = None,
+) -> uuid.UUID:
+    """An analysis its run claimed `for_seconds` ago, and the run's lease as Redis holds it."""
+    analysis_id = await add(
+        sessionmaker,
+        age_seconds=for_seconds,
+        status="processing",
+        stage="load",
+        attempts=attempts,
+        started_at=datetime.now(UTC) - timedelta(seconds=for_seconds),
+    )
+    data = {"status": "processing", "stage": "classify", "progress": 20}
+    await progress.publish_event(redis, analysis_id, "progress", data, attempt=attempts)
+    if lease is not None:
+        await redis.set(pipeline.lease_key(analysis_id), lease, ex=60)
+    return analysis_id
 
 
 async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
@@ -189,6 +220,79 @@ async def test_stuck_analyses_are_requeued_or_failed_and_fresh_ones_left_alone(
     # A second pass finds nothing new to do with them.
     report, enqueued = await reap(sessionmaker, redis, broker, celery_list)
     assert {retryable, exhausted}.isdisjoint(report.requeued + report.failed + enqueued)
+
+
+async def test_a_run_without_its_lease_is_lost_before_the_deadline(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
+) -> None:
+    """Its worker was killed whole (kill -9, OOM): nobody renews the lease, and the reaper takes
+    the analysis once the grace is over, as it would at the deadline."""
+    await redis_kept_keys_for(redis, GRACE * 10)
+    retryable = await processing(sessionmaker, redis, for_seconds=GRACE + 1)
+    exhausted = await processing(sessionmaker, redis, for_seconds=GRACE + 1, attempts=MAX_ATTEMPTS)
+    assert GRACE + 1 < DEADLINE
+
+    status_at_send: dict[uuid.UUID, bytes | None] = {}
+    report, enqueued = await reap(sessionmaker, redis, broker, celery_list, status_at_send)
+
+    assert (report.requeued, report.failed, enqueued) == ([retryable], [exhausted], [retryable])
+    assert status_at_send == {retryable: b"queued"}
+    requeued = await status_of(sessionmaker, retryable)
+    assert (requeued.status, requeued.attempts, requeued.error) == ("queued", 1, None)
+    failed = await status_of(sessionmaker, exhausted)
+    assert (failed.status, failed.stage, failed.error) == ("failed", "classify", DID_NOT_FINISH)
+    *_, failed_event = await progress.read_events(redis, exhausted)
+    assert (failed_event.event, failed_event.data["error"]) == ("failed", DID_NOT_FINISH)
+
+
+async def test_live_runs_and_fresh_claims_wait_for_the_deadline(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
+) -> None:
+    """A lease renewed, a delivery claiming, a claim whose lease is not written yet (the claim
+    writes the database first): none is lost. Past the deadline the run is taken whatever its
+    lease says: it hangs."""
+    await redis_kept_keys_for(redis, GRACE * 10)
+    live = await processing(sessionmaker, redis, for_seconds=GRACE + 1, lease="1")
+    claiming = await processing(sessionmaker, redis, for_seconds=GRACE + 1, lease=pipeline.CLAIMING)
+    just_claimed = await processing(sessionmaker, redis, for_seconds=1)
+    hung = await processing(sessionmaker, redis, for_seconds=DEADLINE + 1, lease="1")
+
+    report, enqueued = await reap(sessionmaker, redis, broker, celery_list)
+
+    assert (report.requeued, report.failed, enqueued) == ([hung], [], [hung])
+    for analysis_id in (live, claiming, just_claimed):
+        assert (await status_of(sessionmaker, analysis_id)).status == "processing"
+
+
+async def test_once_redis_lost_every_lease_only_the_deadline_counts_for_the_grace(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
+) -> None:
+    """A Redis restart without persistence: no run has a lease, though the live ones take theirs
+    back within seconds. Until Redis has kept the reaper's epoch for the grace, none is taken
+    for lost; past the deadline, one still is."""
+    await redis.delete(reaper.REDIS_EPOCH_KEY)
+    running = await processing(sessionmaker, redis, for_seconds=GRACE + 1)
+    stuck = await processing(sessionmaker, redis, for_seconds=DEADLINE + 1)
+
+    report, _ = await reap(sessionmaker, redis, broker, celery_list)
+
+    assert (report.requeued, report.failed) == ([stuck], [])
+    assert (await status_of(sessionmaker, running)).status == "processing"
+    assert await redis.get(reaper.REDIS_EPOCH_KEY) is not None  # the epoch starts now
+
+    # The grace later its run has not taken its lease back: it is lost.
+    await redis_kept_keys_for(redis, GRACE)
+    report, _ = await reap(sessionmaker, redis, broker, celery_list)
+    assert report.requeued == [running]
 
 
 async def test_what_the_reaper_publishes_after_redis_lost_the_progress_follows_the_lost_ids(
@@ -422,6 +526,7 @@ async def test_a_failed_enqueue_stops_neither_the_failures_final_event_nor_the_o
         broker_down,
         broker=broker,
         deadline_seconds=DEADLINE,
+        lease_grace_seconds=GRACE,
         requeue_unsent_after_seconds=UNSENT_AFTER,
         max_attempts=MAX_ATTEMPTS,
     )
@@ -474,6 +579,7 @@ async def test_a_database_gone_silent_stops_the_reaper_only_until_it_answers(
                 lambda _: None,
                 broker=broker,
                 deadline_seconds=DEADLINE,
+                lease_grace_seconds=GRACE,
                 requeue_unsent_after_seconds=UNSENT_AFTER,
                 max_attempts=1,
                 interval_seconds=0.2,

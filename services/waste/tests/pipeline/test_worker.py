@@ -15,7 +15,7 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
-from ecosort_waste import progress, reaper, worker
+from ecosort_waste import pipeline, progress, reaper, worker
 from ecosort_waste.config import Settings, get_settings
 from ecosort_waste.queue import TASK_NAME
 from ecosort_waste.storage import storage_from_settings
@@ -75,6 +75,7 @@ def environment(settings: Settings) -> dict[str, str]:
         "recycling_url",
         "classifier_provider",
         "analysis_deadline_seconds",
+        "analysis_lease_grace_seconds",
         "analysis_max_attempts",
         "reaper_interval_seconds",
         "requeue_unsent_after_seconds",
@@ -285,6 +286,11 @@ def test_the_visibility_timeout_must_exceed_the_tasks_time_limit(tmp_path: Path)
         worker.create_celery_app(
             Settings(analysis_deadline_seconds=300, celery_visibility_timeout_seconds=600)
         )
+
+
+def test_the_lease_grace_must_exceed_the_lease() -> None:
+    with pytest.raises(ValueError, match="ANALYSIS_LEASE_GRACE_SECONDS"):
+        worker.create_celery_app(Settings(analysis_lease_grace_seconds=pipeline.LEASE_SECONDS))
 
 
 def test_the_consumer_touches_its_heartbeat_file(

@@ -3,11 +3,11 @@
 The task is held mid-stage by the OpenAI stand-in, which keeps the first classification
 request waiting: the worker is then in `classify`, exactly where a crash hurts.
 
-The kill -9 test proves Celery's own redelivery (queue.py: acks_late, reject_on_worker_lost,
-prefetch 1), so the reaper must not be able to help: the deadline is far longer than any wait
-here. (When a whole worker dies, the reaper does come first in production: the deadline is
-shorter than the visibility timeout. It has its own tests: test_worker.py,
-test_pipeline_reaper.py.)"""
+The first kill -9 test proves Celery's own redelivery (queue.py: acks_late,
+reject_on_worker_lost, prefetch 1), so the reaper must not be able to help: its deadline and its
+lease grace are far longer than any wait there. When a whole worker dies, the reaper comes
+first in production, once the run's lease has expired (the visibility timeout is an hour): the
+second kill -9 test, with a short grace and the same long deadline."""
 
 from __future__ import annotations
 
@@ -30,12 +30,21 @@ from ecosort_waste.storage import storage_from_settings
 
 from .conftest import FakeThirdParties, photo_bytes, running_third_parties
 from .test_worker import environment
-from .workers import WorkerProcess, insert_analysis, outbox_events, start_worker, wait_for
+from .workers import (
+    WorkerProcess,
+    analysis_row,
+    insert_analysis,
+    outbox_events,
+    start_worker,
+    wait_for,
+)
 
 DEADLINE_SECONDS = 120
 # A redelivery takes seconds (a new pool process loads the model first); failing here means
 # Celery did not redeliver, as the reaper waits for DEADLINE_SECONDS.
 REDELIVERY_WAIT_SECONDS = 30
+# The shortest the worker accepts: more than the run's lease.
+LEASE_GRACE_SECONDS = pipeline.LEASE_SECONDS + 2
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +72,7 @@ def settings(
         openai_base_url=f"{fake.url}/v1",
         openai_max_retries=0,
         analysis_deadline_seconds=DEADLINE_SECONDS,
+        analysis_lease_grace_seconds=DEADLINE_SECONDS,
         requeue_unsent_after_seconds=DEADLINE_SECONDS,
         analysis_max_attempts=3,
         reaper_interval_seconds=0.3,
@@ -216,6 +226,53 @@ async def test_kill_9_mid_task_is_redelivered_by_celery(
     # processing (first worker, killed) → processing → completed (second worker)
     assert published[0] == "processing" and published[-1] == "completed"
     assert_not_reaped(second, published)
+
+
+async def test_kill_9_of_a_whole_worker_is_requeued_by_the_reaper_once_the_lease_expires(
+    settings: Settings, fake: FakeThirdParties, redis: Redis, tmp_path_factory: Any
+) -> None:
+    """A whole worker dies mid-task (its pod OOM-killed): its message stays unacknowledged for
+    the visibility timeout (an hour), and the deadline is minutes away. Another worker's reaper
+    re-queues the analysis once the dead run's lease has expired. While the run lived, past the
+    grace, its renewed lease kept the reapers off."""
+    env = environment(settings) | {"ANALYSIS_LEASE_GRACE_SECONDS": str(LEASE_GRACE_SECONDS)}
+    logs = tmp_path_factory.mktemp("logs")
+    doomed = start_worker(env, "lease-1", logs)
+    try:
+        sent = len(fake.chat_requests())
+        analysis_id = queue_held_analysis(settings, fake)
+        await asyncio.to_thread(wait_until_classifying, settings, fake, analysis_id, sent)
+        claimed = time.monotonic()
+        survivor = start_worker(env, "lease-2", logs)
+        try:
+            # Both reapers look every 0.3 s, past the grace: the live run is left alone.
+            await asyncio.sleep(max(0.0, claimed + LEASE_GRACE_SECONDS + 2 - time.monotonic()))
+            row = await asyncio.to_thread(analysis_row, settings.database_url, analysis_id)
+            assert (row["status"], row["attempts"]) == ("processing", 1)
+            assert await redis.get(pipeline.lease_key(analysis_id)) == "1"
+            for process in (doomed, survivor):
+                assert_not_reaped(process, await published_statuses(redis, analysis_id))
+
+            doomed.kill_all()
+            let_provider_answer(fake)
+            # The lease expires, then a reaper's pass: seconds, not the deadline's minutes.
+            row = await asyncio.to_thread(
+                wait_for,
+                settings.database_url,
+                analysis_id,
+                timeout=pipeline.LEASE_SECONDS + REDELIVERY_WAIT_SECONDS,
+                status="completed",
+            )
+        finally:
+            survivor.stop()
+    finally:
+        doomed.kill_all()
+    assert pipeline.LEASE_SECONDS + REDELIVERY_WAIT_SECONDS < DEADLINE_SECONDS / 2
+    assert row["attempts"] == 2 and row["result"]["provider"] == "openai"
+    assert len(outbox_events(settings.database_url, analysis_id)) == 1
+    assert "holds no lease" in survivor.log()
+    published = await published_statuses(redis, analysis_id)
+    assert "queued" in published and published[-1] == "completed"
 
 
 async def test_provider_errors_are_retried_with_backoff_then_fail_with_the_reason(
