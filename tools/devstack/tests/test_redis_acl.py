@@ -558,3 +558,39 @@ def test_the_celery_key_prefix_moves_the_broker_grants() -> None:
     assert "~run-1:analyses " in redis_acl.keda_rules(celery_key_prefix="run-1:") + " "
     with pytest.raises(ValueError, match="glob"):
         redis_acl.service_rules("waste", celery_key_prefix="run*")
+
+
+def test_what_the_services_wrote_survives_a_restart_of_valkey(tmp_path: Path) -> None:
+    # Transactions too (the recycling budget's, kombu's): replayed from an append-only file,
+    # Valkey refused them with the `default` user's rights (valkey-io/valkey#3983).
+    passwords = {user: secrets.token_urlsafe(16) for user in USERS}
+    acl_file = tmp_path / "users.acl"
+    acl_file.write_text(render_acl_file(passwords))
+    server = EmbeddedValkey(tmp_path / "data", free_port(), acl_file)
+    url = embedded_url(server.port, "recycling", passwords["recycling"])
+    log = tmp_path / "valkey.log"
+
+    def running() -> subprocess.Popen[bytes]:
+        with log.open("ab") as output:
+            process = subprocess.Popen(server.command(), stdout=output, stderr=subprocess.STDOUT)
+        wait_until(lambda: ping(url), what="Valkey", timeout=15, process=process, log=log)
+        return process
+
+    process = running()
+    try:
+        with redis.Redis.from_url(url, decode_responses=True) as client:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.incrby("recycling:llm-tokens:20261128", 976)
+                pipe.expire("recycling:llm-tokens:20261128", 86_400)
+                pipe.execute()
+            client.set("recycling:feedback:cached", "an answer")
+        process.send_signal(server.stop_signal)
+        process.wait(timeout=10)
+        process = running()
+        with redis.Redis.from_url(url, decode_responses=True) as client:
+            assert client.get("recycling:llm-tokens:20261128") == "976"
+            assert client.get("recycling:feedback:cached") == "an answer"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert "NOPERM" not in log.read_text()

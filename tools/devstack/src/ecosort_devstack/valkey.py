@@ -53,13 +53,16 @@ class EmbeddedValkey:
             "--bind", "127.0.0.1",
             "--daemonize", "no",
             "--dir", str(self.data_dir),
-            # Append-only file: streams, queues and progress survive a restart of the stack.
-            "--appendonly", "yes",
-            "--save", "",
+            # Snapshots, written at a clean stop (SIGTERM) and each minute with a change:
+            # streams, queues and progress survive a restart of the stack. Not the append-only
+            # file: Valkey replays its transactions with the rights of the `default` user,
+            # KEDA's few, which refuse them (valkey-io/valkey#3983): each restart lost them.
+            "--appendonly", "no",
+            "--save", "60 1",
             *(["--aclfile", str(self.acl_file)] if self.acl_file else []),
         ]  # fmt: skip
 
-    # SIGTERM: Valkey flushes the append-only file and exits.
+    # SIGTERM: Valkey writes its snapshot and exits.
     stop_signal = signal.SIGTERM
 
 
