@@ -130,6 +130,10 @@ def test_http_routes_mirror_the_ingresses(
                     (port,) = [p for p in svc["spec"]["ports"] if p["port"] == backend["port"]]
                     assert_port_reaches_pods(rendered, env, svc, port)
                 for match in rule["matches"]:
+                    if match["path"]["type"] == "RegularExpression":
+                        # A rule of its own for a timeout (waste's event stream), inside a
+                        # prefix of the same Service (test_waste_event_stream.py).
+                        continue
                     for host in route["spec"]["hostnames"]:
                         http_routes.add((namespace, host, match["path"]["value"], backend["name"]))
     assert http_routes == ingress_routes

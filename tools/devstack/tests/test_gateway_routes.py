@@ -87,7 +87,7 @@ def test_annotations_become_directives(tmp_path: Path) -> None:
     waste = location_blocks(generated_conf(tmp_path))["/api/v1/waste/"]
     assert "client_max_body_size 12m;" in waste
     assert "proxy_buffering off;" in waste
-    assert "proxy_read_timeout 3600s;" in waste
+    assert "proxy_read_timeout 120s;" in waste
     assert re.search(r"limit_req zone=waste_rps burst=100 nodelay;", waste)
     auth = location_blocks(generated_conf(tmp_path))["/api/v1/auth/"]
     assert "client_max_body_size 64k;" in auth
