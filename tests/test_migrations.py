@@ -154,6 +154,37 @@ def test_migrators_started_together_both_succeed() -> None:
         assert valid == 2
 
 
+def test_an_interrupted_rebuild_of_the_history_index_is_finished_not_redone() -> None:
+    """users 0007 stopped between dropping the old covering index and renaming the new one: the
+    retry renames the built one, so the history is never left without a covering index."""
+    with temporary_database("migrations_interrupted_index") as url:
+        upgrade("ecosort_users", url, "0006")
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        oid = sa.text("SELECT to_regclass(:name)::oid")
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "CREATE INDEX ix_analysis_history_user_completed_covering_next "
+                    "ON analysis_history (user_id, completed_at, id) "
+                    "INCLUDE (category, confidence, corrected_at)"
+                )
+            )
+            connection.execute(sa.text("DROP INDEX ix_analysis_history_user_completed_covering"))
+            built = connection.execute(
+                oid, {"name": "ix_analysis_history_user_completed_covering_next"}
+            ).scalar_one()
+        upgrade("ecosort_users", url)
+        with engine.connect() as connection:
+            covering = connection.execute(
+                oid, {"name": "ix_analysis_history_user_completed_covering"}
+            ).scalar_one()
+            left = connection.execute(
+                oid, {"name": "ix_analysis_history_user_completed_covering_next"}
+            ).scalar()
+        engine.dispose()
+        assert (covering, left) == (built, None), "the built index renamed, not built again"
+
+
 def test_concurrent_index_builds_wait_out_long_transactions() -> None:
     """A backup or a report holds a snapshot longer than LOCK_TIMEOUT: a concurrent index build
     waits for it, since it blocks nobody meanwhile, instead of failing the release."""

@@ -7,6 +7,7 @@ Create Date: 2026-11-29 10:00:00.000000
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 from ecosort_common.migrations import LOCK_TIMEOUT, STATEMENT_TIMEOUT
@@ -29,19 +30,33 @@ def upgrade() -> None:
         # The builds wait out every older transaction (0005): the hook Job's deadline bounds them.
         op.execute("SET lock_timeout = 0")
         op.execute("SET statement_timeout = 0")
-        # A failed attempt may leave an invalid or an unrenamed build behind: a retry starts over.
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {BUILDING}")
-        op.create_index(
-            BUILDING,
-            "analysis_history",
-            ["user_id", "completed_at", "id"],
-            postgresql_include=["category", "confidence", "corrected_at"],
-            postgresql_concurrently=True,
-        )
+        # An attempt that stopped part-way left an invalid build (a retry starts it over) or a
+        # valid one, perhaps with the old index dropped already: kept, the history is never
+        # without a covering index, nor built twice.
+        if not _valid(BUILDING):
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {BUILDING}")
+            op.create_index(
+                BUILDING,
+                "analysis_history",
+                ["user_id", "completed_at", "id"],
+                postgresql_include=["category", "confidence", "corrected_at"],
+                postgresql_concurrently=True,
+            )
         op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {COVERING}")
         op.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
         op.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
         op.execute(f"ALTER INDEX {BUILDING} RENAME TO {COVERING}")
+
+
+def _valid(index: str) -> bool:
+    found = op.get_bind().execute(
+        sa.text(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = :index"
+        ),
+        {"index": index},
+    )
+    return bool(found.scalar())
 
 
 def downgrade() -> None:
