@@ -3,11 +3,11 @@ retry instead of waiting for as long as the store does.
 
 PostgreSQL gives a client no way to bound a statement's wait on a connection that has gone
 silent (a hung server, a failover that blackholes the old address), and the gateway's read
-timeout for waste is an hour, for the event streams. So the service bounds itself: the clock
-runs only while the request is the service's to answer, from the moment the app stops waiting
-for the client (its body read, or never asked for) until the response starts. A slow upload is
-the network's time, not the service's; an event stream, once started, may run for as long as
-it likes.
+timeout is long (two minutes for waste, whose event streams it must not cut). So the service
+bounds itself, well within that: the clock runs only while the request is the service's to
+answer, from the moment the app stops waiting for the client (its body read, or never asked
+for) until the response starts. A slow upload is the network's time, not the service's; an
+event stream, once started, may run for as long as it likes.
 
 The 503 goes out once the app has stopped: psycopg, cancelled mid-query, asks the server to
 cancel it and waits up to 10 s more before it closes the connection, so a hung PostgreSQL is
