@@ -56,6 +56,7 @@ class Settings(ServiceSettings):
     analysis_max_attempts: int = Field(default=3, gt=0)
     # Each worker's reaper passes this often: a lost run is re-queued up to this long after its
     # lease expired. A pass with nothing to do is two short transactions and a Redis round trip.
+    # Under reaper.epoch_lapse_seconds() (7 s; the worker checks): each pass keeps the epoch.
     reaper_interval_seconds: float = Field(default=5.0, gt=0)
     # A queued analysis for which the broker holds no message this long is sent again: the API
     # died between its commit and the enqueue, or Redis refused the enqueue.

@@ -14,14 +14,19 @@ is never taken for one. It is stuck, too, past ANALYSIS_DEADLINE_SECONDS whateve
 run that hangs with its lease renewed (the renewal is a task of its own on the run's loop), and
 a lost run while the leases do not count (below).
 
-Should Redis lose its keys at once (a restart without persistence), every live run would look
-lost and be re-queued: its result refused (every write is conditional on its attempt), its
-attempt spent, and on its last one the analysis failed. Each live run takes its lease back
-within LEASE_RENEW_SECONDS (pipeline.py), so the leases count only once Redis has kept a key of
-the reaper's own (REDIS_EPOCH_KEY, no expiry) for the grace; until then the deadline alone
-decides. The leases of one pass are read with that key in one round trip. Workers of earlier
-releases hold and renew their leases alike (since the lease came), so a rolling upgrade changes
-nothing for their runs; their reapers keep to the deadline.
+Should Redis lose the leases of live runs (a restart without persistence; or an outage, a
+restart with persistence, a failover longer than a lease lasts: the keys are kept, but their
+expiry passes while nobody can renew them), every live run would look lost and be re-queued:
+its result refused (every write is conditional on its attempt), its attempt spent, and on its
+last one the analysis failed. Each live run takes its lease back within LEASE_RENEW_SECONDS
+(pipeline.py), so the leases count only once Redis has kept a key of the reaper's own
+(REDIS_EPOCH_KEY) for the grace; until then the deadline alone decides. Every pass renews the
+key's expiry, which is no longer than a lease outlives its last renewal
+(`epoch_lapse_seconds`): whatever took the leases took the key too. The leases of one pass are
+read with that key in one round trip, and with no row locked: the runs it looks at are mostly
+alive, and their writes must not wait for Redis. Workers of earlier releases hold and renew their
+leases alike (since the lease came), so a rolling upgrade changes nothing for their runs; their
+reapers keep to the deadline.
 
 An analysis `queued` for longer than REQUEUE_UNSENT_AFTER_SECONDS may have no message at all
 (the API died between its commit and the enqueue, Redis refused the enqueue, a retry message
@@ -93,7 +98,8 @@ class ReapReport:
 
 # The key of the advisory lock one reaper holds while it re-sends unsent analyses.
 UNSENT_LOCK = 0x7EC0_5047
-# When a reaper first found this Redis without it (Unix time): how long Redis has kept its keys.
+# Since when (Unix time) reapers have reached this Redis, each pass within
+# `epoch_lapse_seconds` of the last: how long a live run has had to take its lease back.
 REDIS_EPOCH_KEY = "waste:reaper:epoch"
 
 
@@ -138,40 +144,57 @@ async def _reap_stuck(
     grace_cutoff = now - timedelta(seconds=lease_grace_seconds)
     failures: dict[uuid.UUID, tuple[str | None, int, int]] = {}
     next_attempts: dict[uuid.UUID, int] = {}
+    # Read without a lock: most runs past the grace are alive, and a live run's writes (its
+    # result, a requeue) must not wait behind the reaper's round trips to Redis, which a slow
+    # or silent Redis stretches to the socket timeout. Only the lost ones are locked, below.
     async with sessionmaker() as session, session.begin():
         candidates = (
             await session.execute(
-                select(
-                    Analysis.id,
-                    Analysis.attempts,
-                    Analysis.stage,
-                    Analysis.progress,
-                    Analysis.started_at,
-                )
+                select(Analysis.id, Analysis.attempts, Analysis.started_at)
                 .where(
                     Analysis.status == "processing",
                     Analysis.started_at < max(cutoff, grace_cutoff),
                 )
-                # Oldest first: the live runs it locks as well (only their leases tell) must not
-                # crowd those past the deadline out of the batch.
+                # Oldest first: the live runs among them (only their leases tell) must not crowd
+                # those past the deadline out of the batch.
                 .order_by(Analysis.started_at)
                 .limit(BATCH_SIZE)
+            )
+        ).all()
+    # Also with no candidate: the epoch then starts as soon as Redis is back.
+    lost = await _without_lease(
+        redis, [row.id for row in candidates if row.started_at >= cutoff], lease_grace_seconds
+    )
+    # Each of the lost with the attempt that was lost: a later claim is a new run.
+    doomed: dict[uuid.UUID, tuple[int, str]] = {}
+    for candidate in candidates:
+        if candidate.started_at < cutoff:
+            doomed[candidate.id] = (
+                candidate.attempts,
+                f"after {deadline_seconds:g} s (worker lost or hung?)",
+            )
+        elif candidate.id in lost:
+            doomed[candidate.id] = (candidate.attempts, "and its run holds no lease (worker lost)")
+    if not doomed:
+        return
+    # The database has the stage and progress of the claim; Redis has the last reported. Read
+    # before the rows are locked, for the same reason.
+    reported = {
+        analysis_id: await progress.last_reached(redis, analysis_id) for analysis_id in doomed
+    }
+    async with sessionmaker() as session, session.begin():
+        stuck = (
+            await session.execute(
+                select(Analysis.id, Analysis.attempts, Analysis.stage, Analysis.progress)
+                .where(Analysis.id.in_(doomed), Analysis.status == "processing")
                 .with_for_update(skip_locked=True)
             )
         ).all()
-        # Also with no candidate: the epoch then starts as soon as Redis is back.
-        lost = await _without_lease(
-            redis, [row.id for row in candidates if row.started_at >= cutoff], lease_grace_seconds
-        )
-        for row in candidates:
-            if row.started_at < cutoff:
-                why = f"after {deadline_seconds:g} s (worker lost or hung?)"
-            elif row.id in lost:
-                why = "and its run holds no lease (worker lost)"
-            else:
+        for row in stuck:
+            attempt, why = doomed[row.id]
+            if row.attempts != attempt:  # claimed again since it was read
                 continue
-            # The database has the stage and progress of the claim; Redis has the last reported.
-            live_stage, reached = await progress.last_reached(redis, row.id)
+            live_stage, reached = reported[row.id]
             stage = live_stage or row.stage
             reached = row.progress if reached is None else reached
             where = f"stage {stage}" if stage else "its first stage"
@@ -199,7 +222,11 @@ async def _reap_stuck(
             )
             await session.execute(
                 update(Analysis)
-                .where(Analysis.id == row.id, Analysis.status == "processing")
+                .where(
+                    Analysis.id == row.id,
+                    Analysis.status == "processing",
+                    Analysis.attempts == row.attempts,
+                )
                 .values(updated_at=now, **values)
             )
     # After the commit: a task must never see the old state. Each on its own, failures first:
@@ -230,6 +257,17 @@ async def _reap_stuck(
             _log_unsent("reaper.requeue_not_sent", analysis_id, exc)
 
 
+def epoch_lapse_seconds() -> float:
+    """How long the epoch outlives the last pass that reached Redis: no longer than the lease
+    of a run that renewed on time outlives its last renewal. Then, whenever Redis stops being
+    reached for long enough that live runs' leases expire (an outage, a restart that kept its
+    keys: a key's expiry is a time, which passes while nobody can renew), or a snapshot older
+    than that is loaded, the epoch has lapsed too, and the leases do not count until the live
+    runs have had the grace to take theirs back. A pass must come sooner (every
+    REAPER_INTERVAL_SECONDS, worker.py checks); a late one only starts the epoch again."""
+    return pipeline.LEASE_SECONDS - pipeline.LEASE_RENEW_SECONDS
+
+
 async def _without_lease(
     redis: Redis, analysis_ids: list[uuid.UUID], grace_seconds: float
 ) -> set[uuid.UUID]:
@@ -239,8 +277,9 @@ async def _without_lease(
     now = time.time()
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(REDIS_EPOCH_KEY, now, nx=True)
+        pipe.pexpire(REDIS_EPOCH_KEY, int(epoch_lapse_seconds() * 1000))
         pipe.mget([REDIS_EPOCH_KEY, *map(pipeline.lease_key, analysis_ids)])
-        _, (epoch, *leases) = await pipe.execute()
+        _, _, (epoch, *leases) = await pipe.execute()
     if now - float(epoch) < grace_seconds:
         return set()
     return {

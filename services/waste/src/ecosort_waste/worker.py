@@ -63,6 +63,11 @@ def create_celery_app(settings: Settings) -> Celery:
             "s), or the reaper takes a run that has claimed its analysis but not yet written its "
             "lease for a lost one"
         )
+    if settings.reaper_interval_seconds >= reaper.epoch_lapse_seconds():
+        raise ValueError(
+            f"REAPER_INTERVAL_SECONDS must be under {reaper.epoch_lapse_seconds():g} s, or the "
+            "reaper's epoch lapses between its passes and a lost run waits for the deadline"
+        )
     celery = configure_celery(settings)
     celery.steps["consumer"].add(HeartbeatFile)
     return celery

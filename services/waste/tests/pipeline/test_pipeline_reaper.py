@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ecosort_common import aio
 from ecosort_common.db import create_engine, create_sessionmaker
+from ecosort_common.redis import create_redis
 from ecosort_common.testing import silencing_proxy
 from ecosort_waste import pipeline, progress, reaper
 from ecosort_waste.models import Analysis
@@ -293,6 +294,84 @@ async def test_once_redis_lost_every_lease_only_the_deadline_counts_for_the_grac
     await redis_kept_keys_for(redis, GRACE)
     report, _ = await reap(sessionmaker, redis, broker, celery_list)
     assert report.requeued == [running]
+
+
+async def test_a_redis_outage_longer_than_a_lease_does_not_make_live_runs_look_lost(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    broker: BrokerQueue,
+    celery_list: SyncRedis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis kept its keys (persistence, or only the network gone) but nobody reached it for
+    longer than a lease lasts: the live runs' leases expired meanwhile, and they take them back
+    only at their next renewal. The epoch must have lapsed with them, or the reaper's first pass
+    takes every live run past the grace for a lost one. Short leases stand in for the real
+    ones, so that the outage is a second."""
+    monkeypatch.setattr(pipeline, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(pipeline, "LEASE_RENEW_SECONDS", 0.3)
+    await redis_kept_keys_for(redis, GRACE * 10)
+    live = await processing(sessionmaker, redis, for_seconds=GRACE + 1)
+    # Renewed as the run does, just before the outage.
+    await redis.set(pipeline.lease_key(live), "1", px=int(pipeline.LEASE_SECONDS * 1000))
+    report, _ = await reap(sessionmaker, redis, broker, celery_list)
+    assert report.requeued == []
+
+    await asyncio.sleep(pipeline.LEASE_SECONDS + 0.2)  # neither the run nor a reaper gets through
+    assert await redis.get(pipeline.lease_key(live)) is None
+
+    report, _ = await reap(sessionmaker, redis, broker, celery_list)
+    assert (report.requeued, report.failed) == ([], [])
+    assert (await status_of(sessionmaker, live)).status == "processing"
+
+
+async def test_a_live_runs_save_never_waits_for_the_reapers_redis(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis_url: str,
+    redis: Redis,
+    broker: BrokerQueue,
+) -> None:
+    """The reaper looks at the leases of runs past the grace, most of them alive. While Redis
+    keeps it waiting (slow, or gone silent until the socket timeout), it must hold no lock on
+    their rows: a run's save, its claim or its requeue would wait behind it."""
+    await redis_kept_keys_for(redis, GRACE * 10)
+    live = await processing(sessionmaker, redis, for_seconds=GRACE + 1, lease="1")
+    url = urlsplit(redis_url)
+    assert url.hostname is not None
+    with silencing_proxy((url.hostname, url.port or 6379)) as (port, silence):
+        silent = create_redis(
+            urlunsplit(url._replace(netloc=f"127.0.0.1:{port}")), socket_timeout=3
+        )
+        await silent.ping()
+        silence()
+        passing = asyncio.create_task(
+            reap_once(
+                sessionmaker,
+                silent,
+                lambda _: None,
+                broker=broker,
+                deadline_seconds=DEADLINE,
+                lease_grace_seconds=GRACE,
+                requeue_unsent_after_seconds=UNSENT_AFTER,
+                max_attempts=MAX_ATTEMPTS,
+            )
+        )
+        try:
+            await asyncio.sleep(0.5)  # the pass waits on Redis
+            assert not passing.done()
+            async with sessionmaker() as session, session.begin():
+                await session.execute(text("SET LOCAL lock_timeout = '500ms'"))
+                # The run's save (pipeline._save), as far as locks go.
+                await session.execute(
+                    update(Analysis)
+                    .where(Analysis.id == live, Analysis.status == "processing")
+                    .values(status="completed", progress=100)
+                )
+        finally:
+            with pytest.raises(Exception):  # noqa: B017 (the socket timeout, whichever kind)
+                await passing
+            await silent.aclose()
+    assert (await status_of(sessionmaker, live)).status == "completed"
 
 
 async def test_what_the_reaper_publishes_after_redis_lost_the_progress_follows_the_lost_ids(

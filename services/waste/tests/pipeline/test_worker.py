@@ -293,6 +293,13 @@ def test_the_lease_grace_must_exceed_the_lease() -> None:
         worker.create_celery_app(Settings(analysis_lease_grace_seconds=pipeline.LEASE_SECONDS))
 
 
+def test_the_reapers_passes_must_come_before_its_epoch_lapses() -> None:
+    # Each pass renews the epoch's expiry; passes further apart would never count a lease.
+    with pytest.raises(ValueError, match="REAPER_INTERVAL_SECONDS"):
+        worker.create_celery_app(Settings(reaper_interval_seconds=reaper.epoch_lapse_seconds()))
+    worker.create_celery_app(Settings())
+
+
 def test_the_consumer_touches_its_heartbeat_file(
     running_worker: WorkerProcess, worker_settings: Settings
 ) -> None:
