@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.events import Event
 from ecosort_common.outbox import stream_name
@@ -25,6 +26,8 @@ token_issuer, settings, app, client = service_fixtures("ecosort_users", Settings
 Auth = Callable[[uuid.UUID], dict[str, str]]
 MakeEvent = Callable[..., Event]
 Deliver = Callable[[Event], Awaitable[None]]
+# (marker, event) -> whether it has arrived yet
+ArriveAfter = Callable[[str, Event], Callable[[], bool]]
 
 
 @pytest.fixture
@@ -59,6 +62,30 @@ def apply_event(app: FastAPI, settings: Settings) -> Deliver:
             await handlers[ev.type](session, ev)
 
     return apply
+
+
+@pytest.fixture
+def arrive_after(monkeypatch: pytest.MonkeyPatch, apply_event: Deliver) -> ArriveAfter:
+    """Applies `event` (committed in a transaction of its own) right after the first statement
+    whose SQL holds `marker` has run, in the middle of what a request reads; `monkeypatch.undo()`
+    ends it. Returns a check that it arrived."""
+
+    def install(marker: str, event: Event) -> Callable[[], bool]:
+        execute = AsyncSession.execute
+        arrived = False
+
+        async def execute_then_arrive(self: AsyncSession, *args: Any, **kwargs: Any) -> Any:
+            nonlocal arrived
+            result = await execute(self, *args, **kwargs)
+            if not arrived and marker in str(args[0]):
+                arrived = True
+                await apply_event(event)
+            return result
+
+        monkeypatch.setattr(AsyncSession, "execute", execute_then_arrive)
+        return lambda: arrived
+
+    return install
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from fastapi import FastAPI
 from httpx import AsyncClient, Response
 from redis.asyncio import Redis
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import Message
 
 from ecosort_common.events import Event
@@ -30,6 +29,7 @@ ME = "/api/v1/users/me"
 Auth = Callable[[uuid.UUID], dict[str, str]]
 Deliver = Callable[[Event], Awaitable[None]]
 MakeEvent = Callable[..., Event]
+ArriveAfter = Callable[[str, Event], Callable[[], bool]]
 
 
 def analysis(user_id: uuid.UUID, category: str = "glass_bottle") -> dict[str, object]:
@@ -115,6 +115,7 @@ async def test_export_shows_a_correction_once_while_its_analysis_arrives(
     auth: Auth,
     make_event: MakeEvent,
     apply_event: Deliver,
+    arrive_after: ArriveAfter,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The analysis arriving while the export runs takes its pending correction along: read from
@@ -124,20 +125,10 @@ async def test_export_shows_a_correction_once_while_its_analysis_arrives(
     await apply_event(
         make_event("analysis.corrected", correction(awaited, "can", datetime.now(UTC)))
     )
-    execute = AsyncSession.execute
-    arrived = False
-
-    async def execute_then_arrive(self: AsyncSession, *args: Any, **kwargs: Any) -> Any:
-        nonlocal arrived
-        result = await execute(self, *args, **kwargs)
-        if not arrived and "FROM pending_corrections" in str(args[0]):
-            arrived = True  # right after the pending corrections are read: the analysis commits
-            await apply_event(make_event("analysis.completed", awaited))
-        return result
-
-    monkeypatch.setattr(AsyncSession, "execute", execute_then_arrive)
+    # Right after the pending corrections are read: the analysis commits.
+    arrived = arrive_after("FROM pending_corrections", make_event("analysis.completed", awaited))
     export = (await client.get(f"{ME}/export", headers=auth(user_id))).json()
-    assert arrived
+    assert arrived()
     assert [p["analysis_id"] for p in export["pending_corrections"]] == [awaited["analysis_id"]]
     assert export["history"] == [] and export["stats"]["total_analyses"] == 0
     monkeypatch.undo()

@@ -11,7 +11,6 @@ import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosort_common.events import Event
 from ecosort_users.schemas import HistoryItem
@@ -21,6 +20,7 @@ ME = "/api/v1/users/me"
 Auth = Callable[[uuid.UUID], dict[str, str]]
 Deliver = Callable[[Event], Awaitable[None]]
 MakeEvent = Callable[..., Event]
+ArriveAfter = Callable[[str, Event], Callable[[], bool]]
 
 
 def completed_at(when: datetime, user_id: uuid.UUID, category: str) -> dict[str, str]:
@@ -128,26 +128,19 @@ async def test_stats_read_one_snapshot_of_the_history(
     auth: Auth,
     make_event: MakeEvent,
     apply_event: Deliver,
-    monkeypatch: pytest.MonkeyPatch,
+    arrive_after: ArriveAfter,
 ) -> None:
     """An analysis recorded while GET /me/stats runs its queries is counted by all of them or by
     none: the totals, the categories and the days describe the same history."""
     user_id = uuid.uuid4()
     now = datetime.now(UTC)
     await apply_event(make_event("analysis.completed", completed_at(now, user_id, "can")))
-    execute = AsyncSession.execute
-    arrived = False
-
-    async def execute_then_arrive(self: AsyncSession, *args: Any, **kwargs: Any) -> Any:
-        nonlocal arrived
-        result = await execute(self, *args, **kwargs)
-        if not arrived and "GROUP BY analysis_history.category" in str(args[0]):
-            arrived = True  # right after the per-category counts: the next analysis commits
-            await apply_event(make_event("analysis.completed", completed_at(now, user_id, "pet")))
-        return result
-
-    monkeypatch.setattr(AsyncSession, "execute", execute_then_arrive)
+    # Right after the per-category counts: the next analysis commits.
+    arrived = arrive_after(
+        "GROUP BY analysis_history.category",
+        make_event("analysis.completed", completed_at(now, user_id, "pet")),
+    )
     stats = (await client.get(f"{ME}/stats", headers=auth(user_id))).json()
-    assert arrived
+    assert arrived()
     assert stats["total_analyses"] == sum(c["count"] for c in stats["by_category"]) == 1
     assert stats["today"] == 1
