@@ -49,6 +49,10 @@ class TimestampMixin:
 # pre-ping replaces it. The keepalives also keep idle connections known to middleboxes that
 # forget them after a few minutes. A server that acknowledges but never answers (a hung proxy)
 # is beyond TCP's reach: the request deadline and ecosort_common.aio's rounds bound that.
+# A long query is not cut (the server acknowledges its probes), but a live server that stops
+# reading for that long while we still have data to send is (Linux counts zero-window probes
+# against it): no pipeline (psycopg's executemany) or COPY of megabytes behind a statement that
+# may wait on a lock.
 TCP_USER_TIMEOUT_MS = 20_000
 TCP_KEEPALIVE = {
     "keepalives": 1,
