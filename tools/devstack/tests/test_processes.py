@@ -64,6 +64,40 @@ def test_a_process_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
     group.stop_all()
 
 
+def _kill_leader(record: ProcessRecord) -> None:
+    os.kill(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while is_alive(record) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_what_a_leader_killed_just_before_the_stop_left_is_stopped(tmp_path: Path) -> None:
+    # nginx's workers outlive their master, Celery's pool process its main process: killed
+    # within the supervisor's interval before Ctrl-C, they held the port with no record left.
+    state = StateFile(tmp_path / "stack.json")
+    group = ProcessGroup(state, tmp_path)
+    record = spawn(group, "gateway", FAMILY)
+    _kill_leader(record)
+    group.stop_all()
+    assert not group_members(record.pid)
+    assert not state.path.exists()
+
+
+def test_down_stops_what_a_dead_leader_left(tmp_path: Path) -> None:
+    config = StackConfig(repo=Path.cwd(), home=tmp_path)
+    state = StateFile(config.state_file)
+    group = ProcessGroup(state, tmp_path)
+    record = spawn(group, "gateway", FAMILY)
+    _kill_leader(record)  # and then the launcher, before it looked
+    state.write(ProcessRecord("ecosort-stack", 2**22 + 1, 0.0, signal.SIGTERM, 99), group.records)
+    messages: list[str] = []
+    try:
+        assert down(config, say=messages.append) == 0, messages
+        assert not group_members(record.pid)
+    finally:
+        group.stop_all()
+
+
 def test_a_reused_pid_is_not_ours() -> None:
     me = launcher_record()
     assert is_alive(me)

@@ -80,6 +80,23 @@ def test_the_delay_starts_over_after_a_program_ran_a_while() -> None:
     assert policy.next_delay(30.0, 61.0) == 1.0
 
 
+def test_a_program_that_cannot_be_started_again_is_tried_again_later(tmp_path: Path) -> None:
+    group = ProcessGroup(StateFile(tmp_path / "stack.json"), tmp_path)
+    said: list[str] = []
+    supervisor = Supervisor(group, said.append, policy=QUICK)
+    starts = [["true"], ["/nonexistent/python"], ["sleep", "60"]]  # gone, then back
+    supervisor.supervise(
+        "worker",
+        lambda: group.spawn("worker", starts.pop(0), env=dict(os.environ), cwd=tmp_path, tier=3),
+    )
+    try:
+        assert _look_until(supervisor, lambda: any("started again" in m for m in said), 10), said
+    finally:
+        group.stop_all()
+    assert "could not start worker again (cannot start worker (/nonexistent/python)" in said[1]
+    assert said[1].endswith("next try in 0.2 s")
+
+
 def test_a_process_not_supervised_is_only_reported(tmp_path: Path) -> None:
     group = ProcessGroup(StateFile(tmp_path / "stack.json"), tmp_path)
     said: list[str] = []

@@ -84,6 +84,17 @@ def _leader_running(record: ProcessRecord) -> bool:
         return False
 
 
+def left_running(record: ProcessRecord) -> bool:
+    """Whether anything of `record` still runs: the process, or what it left in its group when
+    it exited (nginx's workers, Celery's pool process, which outlive a leader killed with
+    SIGKILL and go on holding its port or its task)."""
+    if is_alive(record):
+        return True
+    # A PID in use as a group's ID is not given to a new process: members are what it left,
+    # unless the PID was free and a new process took it (then running, and not ours).
+    return not _leader_running(record) and bool(group_members(record.pid))
+
+
 def _signal_leader(record: ProcessRecord, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(record.pid, sig)
@@ -104,7 +115,9 @@ def stop_records(
     for record in records:
         by_tier.setdefault(record.tier, []).append(record)
     for tier in sorted(by_tier, reverse=True):
-        alive = [record for record in by_tier[tier] if is_alive(record)]
+        # A leader that exited just before (before the supervisor's look) is still stopped:
+        # its group gets the stop signal in the loop below, as a leader's that exits there.
+        alive = [record for record in by_tier[tier] if left_running(record)]
         started = time.monotonic()
         # The leader first: uvicorn, Celery, nginx and PostgreSQL stop their own children in
         # order. Whatever a leader leaves behind gets the same signal, then SIGKILL.

@@ -11,7 +11,13 @@ import time
 from collections.abc import Callable
 
 from ecosort_devstack.config import StackConfig
-from ecosort_devstack.processes import StateFile, group_members, is_alive, stop_records
+from ecosort_devstack.processes import (
+    StateFile,
+    group_members,
+    is_alive,
+    left_running,
+    stop_records,
+)
 from ecosort_devstack.readiness import port_is_listening
 
 Say = Callable[[str], None]
@@ -30,7 +36,7 @@ def down(config: StackConfig, say: Say = print, timeout: float = 40.0) -> int:
         while is_alive(launcher) and time.monotonic() < deadline:
             time.sleep(0.05)
     # Whatever is still there (the launcher was killed, or did not finish): stop it by PID.
-    stop_records([record for record in records if is_alive(record)], say=say)
+    stop_records([record for record in records if left_running(record)], say=say)
     state.remove()
     left = [r for r in records if group_members(r.pid)]
     busy = [r for r in records if r.port is not None and port_is_listening(r.port)]

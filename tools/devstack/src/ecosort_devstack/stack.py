@@ -37,6 +37,7 @@ from ecosort_devstack.processes import (
     ProcessGroup,
     StateFile,
     is_alive,
+    left_running,
     stop_records,
 )
 from ecosort_devstack.readiness import (
@@ -128,7 +129,7 @@ class Stack:
                 f"a stack is already running from {self.config.home} (launcher pid "
                 f"{launcher.pid}); stop it with `ecosort-stack down`"
             )
-        leftovers = [record for record in records if is_alive(record)]
+        leftovers = [record for record in records if left_running(record)]
         if leftovers:
             names = ", ".join(f"{r.name} (pid {r.pid})" for r in leftovers)
             self.say(f"stopping what a previous run left behind: {names}")

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ecosort_devstack.errors import StackError
 from ecosort_devstack.processes import Child, ProcessGroup, ProcessRecord, is_alive
 
 FIRST_DELAY_S = 1.0
@@ -111,9 +110,12 @@ class Supervisor:
     def _start_again(self, name: str, program: _Program) -> None:
         try:
             child = program.start()
-        except StackError:
-            return  # the stack is stopping
         except Exception as exc:  # the next look tries again, later
+            # Not only the stop's refusal is a StackError: so is a program that cannot be
+            # started (its interpreter gone with a `uv sync`, no process left to fork), which
+            # taken for the stop was never tried again, and not a word said.
+            if self.group.stopping.is_set():
+                return
             with self._lock:
                 program.delay = self.policy.next_delay(program.delay, 0.0)
                 program.due_at = self.clock() + program.delay
